@@ -1,0 +1,13 @@
+"""LangChain components for m3rag (install with ``pip install "m3rag[langchain]"``)."""
+
+from __future__ import annotations
+
+try:
+    import langchain_core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    msg = 'm3rag_langchain requires LangChain: pip install "m3rag[langchain]"'
+    raise ImportError(msg) from exc
+
+from m3rag_langchain.embeddings import M3Embeddings
+
+__all__ = ["M3Embeddings"]

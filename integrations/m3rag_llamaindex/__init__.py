@@ -1,0 +1,13 @@
+"""LlamaIndex components for m3rag (install with ``pip install "m3rag[llamaindex]"``)."""
+
+from __future__ import annotations
+
+try:
+    import llama_index.core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    msg = 'm3rag_llamaindex requires LlamaIndex: pip install "m3rag[llamaindex]"'
+    raise ImportError(msg) from exc
+
+from m3rag_llamaindex.embeddings import M3Embedding
+
+__all__ = ["M3Embedding"]

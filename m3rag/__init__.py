@@ -1,0 +1,48 @@
+"""m3rag: hybrid retrieval with BGE-M3's three heads, a local index, fusion and reranking.
+
+Importing m3rag is cheap: torch and transformers load only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+from m3rag._version import __version__
+from m3rag.encoder import M3Encoder, PairScores
+from m3rag.errors import (
+    InputTooLongError,
+    M3RagError,
+    MissingDependencyError,
+    MissingHeadError,
+    ModelLoadError,
+    UnsupportedOutputError,
+)
+from m3rag.scoring import (
+    colbert_score,
+    colbert_scores,
+    dense_scores,
+    lexical_matching_score,
+    lexical_scores,
+)
+from m3rag.types import HEADS, Head, M3Output
+
+__all__ = [
+    "__version__",
+    # encoder
+    "M3Encoder",
+    "M3Output",
+    "PairScores",
+    "Head",
+    "HEADS",
+    # scoring
+    "dense_scores",
+    "lexical_matching_score",
+    "lexical_scores",
+    "colbert_score",
+    "colbert_scores",
+    # errors
+    "M3RagError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "MissingHeadError",
+    "UnsupportedOutputError",
+    "InputTooLongError",
+]

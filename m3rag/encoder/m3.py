@@ -1,0 +1,733 @@
+"""The BGE-M3 encoder: dense, lexical and ColBERT heads from one forward pass.
+
+Matches FlagEmbedding's ``BGEM3FlagModel`` (1.4.x, ``use_fp16=False``) numerically; the exact
+semantics are written up in ``shared/reference/m3_reference_spec.md`` and summarised here:
+
+* tokenise with right truncation at ``max_length`` (specials included), sort by length descending
+  with ``np.argsort(-len)``, pad right with the pad id and an attention mask;
+* ``H = XLMRobertaModel(ids, mask).last_hidden_state``;
+* dense = ``normalize(H[:, 0])``;
+* lexical = ``relu(sparse_linear(H))``, per text the maximum weight per token id, specials
+  (``<s> </s> <pad> <unk>``) and zero weights dropped, keys in order of first occurrence;
+* ColBERT = ``normalize(colbert_linear(H[:, 1:]) * mask[:, 1:])``, rows ``[: n_tokens - 1]``.
+
+Where m3rag differs it is on purpose and does not change the numbers: batches are bounded by a
+token budget instead of a fixed count (bit-identical to the reference with
+``max_batch_tokens=None``), the pooler the reference computes and throws away is skipped, the
+lexical dicts are built with vectorised numpy instead of a Python loop per token, and there is no
+throw-away "batch-size probe" forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag._batching import plan_batches
+from m3rag._hub import resolve_model_dir
+from m3rag._torchutil import is_oom, resolve_device, resolve_dtype
+from m3rag.encoder._checkpoint import COLBERT_FILE, SPARSE_FILE, CheckpointInfo, inspect_checkpoint
+from m3rag.errors import InputTooLongError, MissingHeadError, ModelLoadError, UnsupportedOutputError
+from m3rag.scoring import colbert_score, lexical_matching_score
+from m3rag.types import Head, M3Output
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["M3Encoder", "PairScores", "validate_texts"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "BAAI/bge-m3"
+
+
+def validate_texts(texts: object, *, what: str = "texts") -> list[str]:
+    """Check that ``texts`` is a string or a sequence of strings; return it as a list.
+
+    Raises:
+        TypeError: Naming the first offending index and its type.
+    """
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        msg = f"{what} must be a string or a list of strings, got {type(texts).__name__}"
+        raise TypeError(msg)
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            msg = f"{what}[{i}] must be a string, got {type(text).__name__}" + (
+                " (nested lists are not accepted; flatten them)"
+                if isinstance(text, (list, tuple))
+                else ""
+            )
+            raise TypeError(msg)
+    return out
+
+
+_MODE_KEYS = {
+    "dense": "dense",
+    "sparse": "sparse",
+    "colbert": "colbert",
+    "sparse+dense": "sparse_dense",
+    "colbert+sparse+dense": "colbert_sparse_dense",
+}
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Scores of ``(query, passage)`` pairs, one float32 array per mode, as FlagEmbedding returns.
+
+    Index with FlagEmbedding's keys: ``scores["colbert+sparse+dense"]``.
+
+    Attributes:
+        dense: Dense inner products.
+        sparse: Lexical matching scores.
+        colbert: ColBERT MaxSim scores.
+        sparse_dense: ``(w_sparse * sparse + w_dense * dense) / (w_sparse + w_dense)``.
+        colbert_sparse_dense: ``(w_c * colbert + w_s * sparse + w_d * dense) / (w_d + w_s + w_c)``.
+        weights: The ``(dense, sparse, colbert)`` weights used.
+    """
+
+    dense: npt.NDArray[np.float32]
+    sparse: npt.NDArray[np.float32]
+    colbert: npt.NDArray[np.float32]
+    sparse_dense: npt.NDArray[np.float32]
+    colbert_sparse_dense: npt.NDArray[np.float32]
+    weights: tuple[float, float, float]
+
+    def __getitem__(self, key: str) -> npt.NDArray[np.float32]:
+        try:
+            return getattr(self, _MODE_KEYS[key])  # type: ignore[no-any-return]
+        except KeyError:
+            msg = f"unknown score mode {key!r}; choose one of {list(_MODE_KEYS)}"
+            raise KeyError(msg) from None
+
+    def __len__(self) -> int:
+        return len(self.dense)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """The FlagEmbedding-shaped dict of five lists of floats."""
+        return {key: self[key].tolist() for key in _MODE_KEYS}
+
+
+def _validate_weights(weights: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(w) for w in weights)
+    if len(values) != 3:
+        msg = f"weights must be 3 numbers (dense, sparse, colbert), got {len(values)}"
+        raise ValueError(msg)
+    if any(not np.isfinite(w) or w < 0 for w in values) or sum(values) <= 0:
+        msg = (
+            f"weights must be finite, non-negative and not all zero, got {values}; "
+            "e.g. (0.4, 0.2, 0.4) for (dense, sparse, colbert)"
+        )
+        raise ValueError(msg)
+    return values[0], values[1], values[2]
+
+
+def _check_length(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3:
+        msg = f"{name} must be an int >= 3 (specials included), got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+class M3Encoder:
+    """BGE-M3 encoder producing dense, lexical and ColBERT representations in one pass.
+
+    Args:
+        model_name_or_path: A hub id (default ``"BAAI/bge-m3"``, fetched through the hub cache,
+            honouring ``HF_HUB_OFFLINE``) or a local folder. A dense-only sentence-transformers
+            folder (e.g. all-MiniLM-L6-v2) loads too, with the pooling it declares.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` (name or ``torch.dtype``); ``None`` is
+            fp16 on CUDA and fp32 on CPU. Outputs are float32 whatever the compute dtype.
+        batch_size: Maximum texts per forward pass.
+        max_batch_tokens: Maximum padded tokens per forward pass (long texts get small batches);
+            ``None`` batches by count alone, exactly as FlagEmbedding does.
+        query_max_length: Truncation length of :meth:`encode_queries`, specials included.
+        passage_max_length: Truncation length of :meth:`encode_corpus` and :meth:`encode`; capped
+            at what the model supports (8192 for BGE-M3).
+        show_progress: Show a progress bar over batches.
+        revision: Hub revision for hub ids.
+        cache_dir: Hub cache folder.
+        trust_remote_code: Allow custom modelling code from the checkpoint (off unless asked).
+
+    Raises:
+        ModelLoadError: The model cannot be found or read (the message says how to fix it).
+        MissingHeadError: An M3 checkpoint lacks ``colbert_linear.pt`` or ``sparse_linear.pt``.
+
+    Example:
+        ```python
+        encoder = M3Encoder("BAAI/bge-m3")
+        out = encoder.encode_corpus(["BGE M3 is an embedding model.", "北京是中国的首都。"])
+        out.dense_vecs.shape, out.lexical_weights[0], out.colbert_vecs[0].shape
+        ```
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        device: str | Any | None = None,
+        dtype: str | Any | None = None,
+        batch_size: int = 256,
+        max_batch_tokens: int | None = 16384,
+        query_max_length: int = 512,
+        passage_max_length: int = 8192,
+        show_progress: bool = False,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            msg = f"batch_size must be a positive int, got {batch_size!r}"
+            raise ValueError(msg)
+        if max_batch_tokens is not None and (
+            isinstance(max_batch_tokens, bool)
+            or not isinstance(max_batch_tokens, int)
+            or max_batch_tokens < 1
+        ):
+            msg = f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}"
+            raise ValueError(msg)
+        _check_length(query_max_length, "query_max_length")
+        _check_length(passage_max_length, "passage_max_length")
+
+        self.model_name_or_path = (
+            os.fspath(model_name_or_path)
+            if isinstance(model_name_or_path, os.PathLike)
+            else model_name_or_path
+        )
+        folder = resolve_model_dir(model_name_or_path, revision=revision, cache_dir=cache_dir)
+        self._info: CheckpointInfo = inspect_checkpoint(folder)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.query_max_length = self._cap(query_max_length, "query_max_length")
+        self.passage_max_length = self._cap(passage_max_length, "passage_max_length")
+        self.show_progress = show_progress
+        self._load(trust_remote_code=trust_remote_code)
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _cap(self, value: int, name: str) -> int:
+        limit = self._info.max_length
+        if value > limit:
+            logger.info("%s=%d capped at the model's limit of %d tokens", name, value, limit)
+            return limit
+        return value
+
+    def _load(self, *, trust_remote_code: bool) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = self._info.folder
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=trust_remote_code
+            )
+            has_safetensors = any(folder.glob("*.safetensors"))
+            model = AutoModel.from_pretrained(
+                folder,
+                dtype=self.dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=has_safetensors or None,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            msg = f"cannot load the model in {folder}: {exc}"
+            raise ModelLoadError(msg) from exc
+        # The reference computes the pooler (dense + tanh on CLS) on every batch and never uses
+        # it; dropping it changes no output and saves a matmul per batch.
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None
+        self._model = model.to(self.device).eval()
+        self._colbert: torch.nn.Linear | None = None
+        self._sparse: torch.nn.Linear | None = None
+        if self._info.kind == "m3":
+            hidden = self._info.hidden_size
+            self._colbert = self._load_head(folder / COLBERT_FILE, hidden, None)
+            self._sparse = self._load_head(folder / SPARSE_FILE, hidden, 1)
+        self._special_ids = np.array(
+            sorted(
+                {
+                    i
+                    for i in (
+                        self.tokenizer.cls_token_id,
+                        self.tokenizer.eos_token_id,
+                        self.tokenizer.pad_token_id,
+                        self.tokenizer.unk_token_id,
+                    )
+                    if i is not None
+                }
+            ),
+            dtype=np.int64,
+        )
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = 0 if pad is None else int(pad)
+
+    def _load_head(self, path: Path, hidden: int, out_features: int | None) -> torch.nn.Linear:
+        import torch
+
+        try:
+            # weights_only: the .pt head files are plain state dicts; never unpickle code.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt or hostile files raise many types
+            msg = f"cannot read head file {path}: {exc}"
+            raise MissingHeadError(msg) from exc
+        weight = state.get("weight") if isinstance(state, dict) else None
+        if weight is None or weight.ndim != 2 or weight.shape[1] != hidden:
+            shape = None if weight is None else tuple(weight.shape)
+            msg = f"{path} is not a Linear({hidden}, ...) state dict (weight shape {shape})"
+            raise MissingHeadError(msg)
+        out = int(weight.shape[0]) if out_features is None else out_features
+        layer = torch.nn.Linear(hidden, out, dtype=self.dtype)
+        try:
+            # load_state_dict casts the stored (fp16) values to the compute dtype, as the
+            # reference does: in fp32 the heads hold fp16-valued numbers.
+            layer.load_state_dict(state)
+        except RuntimeError as exc:
+            msg = f"{path} does not fit Linear({hidden}, {out}): {exc}"
+            raise MissingHeadError(msg) from exc
+        return layer.to(self.device).eval()
+
+    # -- introspection ------------------------------------------------------------------------
+
+    @property
+    def heads(self) -> tuple[Head, ...]:
+        """The heads this model can produce."""
+        return ("dense", "sparse", "colbert") if self._info.kind == "m3" else ("dense",)
+
+    @property
+    def dim(self) -> int:
+        """Dense vector dimension."""
+        return self._info.hidden_size
+
+    @property
+    def colbert_dim(self) -> int | None:
+        """ColBERT vector dimension, or ``None`` for dense-only models."""
+        return None if self._colbert is None else int(self._colbert.out_features)
+
+    @property
+    def max_length(self) -> int:
+        """The longest input, specials included, the model supports."""
+        return self._info.max_length
+
+    @property
+    def pooling(self) -> str:
+        """Dense pooling: ``"cls"`` (BGE-M3) or ``"mean"``."""
+        return self._info.pooling
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the tokenizer vocabulary (token ids are below this)."""
+        return len(self.tokenizer)
+
+    def __repr__(self) -> str:
+        return (
+            f"M3Encoder({self.model_name_or_path!r}, heads={list(self.heads)}, dim={self.dim}, "
+            f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')})"
+        )
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def encode_queries(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dense: bool | None = None,
+        sparse: bool | None = None,
+        colbert: bool | None = None,
+    ) -> M3Output:
+        """Encode queries, truncated at ``query_max_length``. See :meth:`encode`."""
+        return self.encode(
+            texts, max_length=self.query_max_length, dense=dense, sparse=sparse, colbert=colbert
+        )
+
+    def encode_corpus(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dense: bool | None = None,
+        sparse: bool | None = None,
+        colbert: bool | None = None,
+    ) -> M3Output:
+        """Encode passages, truncated at ``passage_max_length``. See :meth:`encode`."""
+        return self.encode(
+            texts, max_length=self.passage_max_length, dense=dense, sparse=sparse, colbert=colbert
+        )
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        max_length: int | None = None,
+        dense: bool | None = True,
+        sparse: bool | None = None,
+        colbert: bool | None = None,
+    ) -> M3Output:
+        """Encode texts with the requested heads in one forward pass per batch.
+
+        Args:
+            texts: A string or a list of strings (empty strings are valid, as in the reference).
+            max_length: Truncation length in tokens, specials included; default
+                ``passage_max_length``. Texts cut at it are flagged in ``M3Output.truncated``.
+            dense: Compute dense vectors. ``None`` means "if the model has the head".
+            sparse: Compute lexical weights. ``None`` means "if the model has the head".
+            colbert: Compute ColBERT vectors. ``None`` means "if the model has the head".
+
+        Returns:
+            An :class:`M3Output` in input order; heads not requested are ``None``.
+
+        Raises:
+            TypeError: A text is not a string (the message names its index).
+            UnsupportedOutputError: A head the model lacks was asked for explicitly.
+            InputTooLongError: ``max_length`` exceeds what the model supports.
+            ValueError: No head requested, or ``max_length`` < 3.
+        """
+        items = validate_texts(texts)
+        heads = self._select_heads(dense=dense, sparse=sparse, colbert=colbert)
+        if max_length is None:
+            length = self.passage_max_length
+        else:
+            length = _check_length(max_length, "max_length")
+            if length > self.max_length:
+                msg = (
+                    f"max_length={length} exceeds the {self.max_length} tokens "
+                    f"{self.model_name_or_path!r} supports; lower it"
+                )
+                raise InputTooLongError(msg)
+        if not items:
+            return self._empty(heads)
+        ids, truncated = self._tokenize(items, length)
+        return self._encode_ids(ids, truncated, heads)
+
+    def _select_heads(
+        self, *, dense: bool | None, sparse: bool | None, colbert: bool | None
+    ) -> tuple[Head, ...]:
+        available = self.heads
+        chosen: list[Head] = []
+        options: tuple[tuple[Head, bool | None], ...] = (
+            ("dense", dense),
+            ("sparse", sparse),
+            ("colbert", colbert),
+        )
+        for head, flag in options:
+            if flag is None:
+                if head in available:
+                    chosen.append(head)
+            elif flag:
+                if head not in available:
+                    msg = (
+                        f"{self.model_name_or_path!r} is a dense-only model and cannot produce "
+                        f"{head} output; use a BGE-M3 checkpoint with {COLBERT_FILE} and "
+                        f"{SPARSE_FILE}, or ask for dense only"
+                    )
+                    raise UnsupportedOutputError(msg)
+                chosen.append(head)
+        if not chosen:
+            msg = "at least one of dense, sparse, colbert must be requested"
+            raise ValueError(msg)
+        return tuple(chosen)
+
+    def _empty(self, heads: tuple[Head, ...]) -> M3Output:
+        return M3Output(
+            np.zeros((0, self.dim), dtype=np.float32) if "dense" in heads else None,
+            [] if "sparse" in heads else None,
+            [] if "colbert" in heads else None,
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.bool_),
+        )
+
+    def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids with specials, right-truncated at ``max_length``, and the truncation flags.
+
+        One extra token of room tells which texts were cut; those few are re-tokenised at
+        ``max_length`` so their ids are exactly the tokenizer's own truncation.
+        """
+        probe = self.tokenizer(
+            texts, truncation=True, max_length=max_length + 1, add_special_tokens=True
+        )["input_ids"]
+        truncated = np.array([len(x) > max_length for x in probe], dtype=np.bool_)
+        if truncated.any():
+            cut = np.flatnonzero(truncated)
+            again = self.tokenizer([texts[i] for i in cut], truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
+            for i, row in zip(cut, again, strict=False):
+                probe[i] = row
+        return [list(x) for x in probe], truncated
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        longest = max(len(r) for r in rows)
+        ids = np.full((len(rows), longest), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), longest), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, heads: tuple[Head, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Run the backbone once and the requested heads on its last hidden state.
+
+        Returns padded tensors: ``dense`` [B, d], ``sparse`` [B, L] token weights, ``colbert``
+        [B, L-1, d] with zero rows at pads.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        hidden = self._model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+        out: dict[str, torch.Tensor] = {}
+        if "dense" in heads:
+            if self._info.pooling == "cls":
+                vec = hidden[:, 0]
+            else:
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                vec = (hidden * weights).sum(1) / torch.clamp(weights.sum(1), min=1e-9)
+            out["dense"] = F.normalize(vec, dim=-1)
+        if "sparse" in heads:
+            assert self._sparse is not None  # noqa: S101 - guaranteed by _select_heads
+            out["sparse"] = torch.relu(self._sparse(hidden)).squeeze(-1)
+        if "colbert" in heads:
+            assert self._colbert is not None  # noqa: S101 - guaranteed by _select_heads
+            vecs = self._colbert(hidden[:, 1:])
+            # fp32 mask as the reference: in fp16 this promotes ColBERT to fp32 before the
+            # normalisation, which keeps zero pad rows from turning into NaN.
+            vecs = vecs * mask[:, 1:, None].float()
+            out["colbert"] = F.normalize(vecs, dim=-1)
+        return out
+
+    def _batches(self, lengths: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        return plan_batches(
+            lengths, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
+        )
+
+    def _run_with_backoff(
+        self, rows: list[list[int]], index: np.ndarray, heads: tuple[Head, ...]
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
+        """Yield ``(indices, outputs, input_ids)`` per forward pass, halving a batch on OOM."""
+        pending = [index]
+        while pending:
+            part = pending.pop(0)
+            ids, mask = self._pad([rows[i] for i in part])
+            try:
+                out = self._forward(ids, mask, heads)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_oom(exc) or len(part) == 1:
+                    raise
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                half = len(part) // 2
+                logger.warning(
+                    "out of memory on a batch of %d x %d tokens; retrying in halves",
+                    len(part),
+                    ids.shape[1],
+                )
+                if self.max_batch_tokens is not None:
+                    self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+                self.batch_size = max(1, min(self.batch_size, half))
+                pending[:0] = [part[:half], part[half:]]
+                continue
+            yield part, out, ids
+
+    def _encode_ids(
+        self, rows: list[list[int]], truncated: np.ndarray, heads: tuple[Head, ...]
+    ) -> M3Output:
+        import torch
+
+        n = len(rows)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        _, batches = self._batches(lengths)
+        dense = np.zeros((n, self.dim), dtype=np.float32) if "dense" in heads else None
+        lexical: list[dict[int, float]] | None = [{}] * n if "sparse" in heads else None
+        colbert: list[np.ndarray] | None = (
+            [np.empty((0, 0), np.float32)] * n if "colbert" in heads else None
+        )
+        progress = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=n, desc="Encoding", unit="text")
+        with torch.inference_mode():
+            for batch in batches:
+                for part, out, ids in self._run_with_backoff(rows, batch, heads):
+                    if dense is not None:
+                        dense[part] = out["dense"].float().cpu().numpy()
+                    if lexical is not None:
+                        weights = out["sparse"].float().cpu().numpy()
+                        for i, d in zip(
+                            part, self._lexical_dicts(ids.cpu().numpy(), weights), strict=False
+                        ):
+                            lexical[i] = d
+                    if colbert is not None:
+                        mats = out["colbert"].float().cpu().numpy()
+                        for j, i in enumerate(part):
+                            colbert[i] = np.ascontiguousarray(mats[j, : lengths[i] - 1])
+                    if progress is not None:
+                        progress.update(len(part))
+        if progress is not None:
+            progress.close()
+        return M3Output(dense, lexical, colbert, lengths, truncated)
+
+    def _lexical_dicts(self, ids: np.ndarray, weights: np.ndarray) -> list[dict[int, float]]:
+        """Per-row ``{token_id: max weight}``, specials and zeros dropped, first-occurrence order.
+
+        Vectorised over the whole batch: keep positive non-special positions, key each by
+        ``row * V + id``, take the max per key with ``np.maximum.at`` and order keys by their
+        first position (row-major, so row by row, left to right).
+        """
+        keep = (weights > 0) & ~np.isin(ids, self._special_ids)
+        rows, cols = np.nonzero(keep)
+        out: list[dict[int, float]] = [{} for _ in range(ids.shape[0])]
+        if rows.size == 0:
+            return out
+        token = ids[rows, cols]
+        values = weights[rows, cols]
+        span = int(max(ids.max(), self.vocab_size)) + 1
+        keys = rows.astype(np.int64) * span + token
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        best = np.full(uniq.shape[0], -np.inf, dtype=np.float32)
+        np.maximum.at(best, inverse.ravel(), values)
+        order = np.argsort(first, kind="stable")
+        uniq, best = uniq[order], best[order]
+        owner = uniq // span
+        bounds = np.searchsorted(owner, np.arange(ids.shape[0] + 1))
+        tokens = (uniq % span).tolist()
+        vals = best.tolist()
+        for r in range(ids.shape[0]):
+            lo, hi = int(bounds[r]), int(bounds[r + 1])
+            if hi > lo:
+                out[r] = dict(zip(tokens[lo:hi], vals[lo:hi], strict=False))
+        return out
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    @staticmethod
+    def dense_score(query_vec: npt.ArrayLike, passage_vec: npt.ArrayLike) -> float:
+        """Inner product of two dense vectors (cosine, as they are normalised)."""
+        return float(np.dot(np.asarray(query_vec, np.float32), np.asarray(passage_vec, np.float32)))
+
+    @staticmethod
+    def lexical_matching_score(
+        query_weights: dict[int, float], passage_weights: dict[int, float]
+    ) -> float:
+        """BGE-M3 lexical matching score; see :func:`m3rag.scoring.lexical_matching_score`."""
+        return lexical_matching_score(query_weights, passage_weights)
+
+    @staticmethod
+    def colbert_score(query_vecs: npt.ArrayLike, passage_vecs: npt.ArrayLike) -> float:
+        """ColBERT MaxSim / query length; see :func:`m3rag.scoring.colbert_score`."""
+        return colbert_score(query_vecs, passage_vecs)
+
+    def compute_score(
+        self,
+        pairs: Sequence[tuple[str, str]] | tuple[str, str],
+        *,
+        weights: Sequence[float] = (0.4, 0.2, 0.4),
+        max_query_length: int | None = None,
+        max_passage_length: int | None = None,
+    ) -> PairScores:
+        """Score ``(query, passage)`` pairs on all three heads and their weighted combinations.
+
+        Reproduces ``BGEM3FlagModel.compute_score``: pairs are processed in input order in chunks
+        of ``batch_size``; queries and passages of a chunk are each padded to their longest; the
+        ColBERT score keeps the reference's zero rows for pads (a padded passage offers a 0
+        similarity to every query token, which only matters when all real similarities of a query
+        token are negative). ``weights`` are ``(dense, sparse, colbert)``.
+
+        Returns:
+            :class:`PairScores`, one float32 value per pair and mode.
+
+        Raises:
+            TypeError: A pair is not two strings.
+            ValueError: Bad weights.
+            UnsupportedOutputError: The model is dense-only.
+        """
+        import torch
+
+        w_dense, w_sparse, w_colbert = _validate_weights(weights)
+        items: Sequence[object]
+        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+            items = [pairs]
+        else:
+            items = pairs
+        if not isinstance(items, Sequence) or isinstance(items, str):
+            msg = f"pairs must be a list of (query, passage) tuples, got {type(pairs).__name__}"
+            raise TypeError(msg)
+        queries: list[str] = []
+        passages: list[str] = []
+        for i, pair in enumerate(items):
+            if (
+                not isinstance(pair, (tuple, list))
+                or len(pair) != 2
+                or not all(isinstance(p, str) for p in pair)
+            ):
+                msg = f"pairs[{i}] must be a (query, passage) pair of strings, got {pair!r:.80}"
+                raise TypeError(msg)
+            queries.append(pair[0])
+            passages.append(pair[1])
+        heads = self._select_heads(dense=True, sparse=True, colbert=True)
+        q_len = (
+            self.query_max_length
+            if max_query_length is None
+            else self._cap(_check_length(max_query_length, "max_query_length"), "max_query_length")
+        )
+        p_len = (
+            self.passage_max_length
+            if max_passage_length is None
+            else self._cap(
+                _check_length(max_passage_length, "max_passage_length"), "max_passage_length"
+            )
+        )
+        n = len(queries)
+        dense = np.zeros(n, dtype=np.float32)
+        sparse = np.zeros(n, dtype=np.float32)
+        colbert = np.zeros(n, dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                stop = min(n, start + self.batch_size)
+                q_rows, _ = self._tokenize(queries[start:stop], q_len)
+                p_rows, _ = self._tokenize(passages[start:stop], p_len)
+                q_ids, q_mask = self._pad(q_rows)
+                p_ids, p_mask = self._pad(p_rows)
+                q_out = self._forward(q_ids, q_mask, heads)
+                p_out = self._forward(p_ids, p_mask, heads)
+                dense[start:stop] = (q_out["dense"] * p_out["dense"]).sum(-1).float().cpu().numpy()
+                q_lex = self._lexical_dicts(
+                    q_ids.cpu().numpy(), q_out["sparse"].float().cpu().numpy()
+                )
+                p_lex = self._lexical_dicts(
+                    p_ids.cpu().numpy(), p_out["sparse"].float().cpu().numpy()
+                )
+                sparse[start:stop] = [
+                    lexical_matching_score(a, b) for a, b in zip(q_lex, p_lex, strict=False)
+                ]
+                sims = torch.einsum("bin,bjn->bij", q_out["colbert"], p_out["colbert"])
+                best = sims.max(-1).values.sum(-1) / q_mask[:, 1:].sum(-1)
+                colbert[start:stop] = best.float().cpu().numpy()
+        sparse_dense = (
+            (w_sparse * sparse + w_dense * dense) / np.float32(w_sparse + w_dense)
+            if (w_sparse + w_dense) > 0
+            else np.zeros(n, dtype=np.float32)
+        )
+        total = w_dense + w_sparse + w_colbert
+        all_three = (w_colbert * colbert + w_sparse * sparse + w_dense * dense) / np.float32(total)
+        return PairScores(
+            dense,
+            sparse,
+            colbert,
+            np.asarray(sparse_dense, dtype=np.float32),
+            np.asarray(all_three, dtype=np.float32),
+            (w_dense, w_sparse, w_colbert),
+        )

