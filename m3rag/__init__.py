@@ -15,6 +15,7 @@ from m3rag.errors import (
     ModelLoadError,
     UnsupportedOutputError,
 )
+from m3rag.rerank import RankedPassage, Reranker, RerankResult, RerankScores
 from m3rag.scoring import (
     colbert_score,
     colbert_scores,
@@ -32,6 +33,11 @@ __all__ = [
     "PairScores",
     "Head",
     "HEADS",
+    # reranker
+    "Reranker",
+    "RerankResult",
+    "RerankScores",
+    "RankedPassage",
     # scoring
     "dense_scores",
     "lexical_matching_score",

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["is_oom", "resolve_device", "resolve_dtype"]
+__all__ = ["is_oom", "resolve_device", "resolve_dtype", "run_with_oom_backoff"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 _DTYPES = {
     "float32": "float32",
@@ -59,3 +66,42 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_with_oom_backoff(
+    batches: Iterable[T],
+    run: Callable[[T], R],
+    *,
+    split: Callable[[T], tuple[T, T] | None],
+    on_oom: Callable[[T], None] | None = None,
+) -> Iterator[tuple[T, R]]:
+    """Yield ``(batch, run(batch))``; on an out-of-memory error, retry the batch in two halves.
+
+    The halves are processed before the remaining batches and may split again; a batch that
+    cannot be split (``split`` returns ``None``) re-raises. Other errors propagate untouched.
+
+    Args:
+        batches: The planned batches.
+        run: The forward pass for one batch.
+        split: Cuts a batch in two, or returns ``None`` for a single item.
+        on_oom: Called with the failed batch, e.g. to shrink later batches.
+    """
+    pending: deque[T] = deque(batches)
+    while pending:
+        batch = pending.popleft()
+        try:
+            result = run(batch)
+        except (RuntimeError, MemoryError) as exc:
+            halves = split(batch) if is_oom(exc) else None
+            if halves is None:
+                raise
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.warning("out of memory on a batch; retrying it in two halves")
+            if on_oom is not None:
+                on_oom(batch)
+            pending.extendleft(reversed(halves))
+            continue
+        yield batch, result

