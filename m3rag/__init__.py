@@ -8,13 +8,24 @@ from __future__ import annotations
 from m3rag._version import __version__
 from m3rag.encoder import M3Encoder, PairScores
 from m3rag.errors import (
+    CollectionExistsError,
+    CollectionLockedError,
+    CollectionNotFoundError,
+    DuplicateIdError,
+    EmbeddingMismatchError,
+    EncoderMismatchError,
+    IndexFormatError,
     InputTooLongError,
+    InvalidDocumentError,
     M3RagError,
     MissingDependencyError,
     MissingHeadError,
     ModelLoadError,
+    ReadOnlyError,
+    UnknownIdError,
     UnsupportedOutputError,
 )
+from m3rag.index import Collection, Filter, Hits
 from m3rag.rerank import RankedPassage, Reranker, RerankResult, RerankScores
 from m3rag.scoring import (
     colbert_score,
@@ -23,7 +34,7 @@ from m3rag.scoring import (
     lexical_matching_score,
     lexical_scores,
 )
-from m3rag.types import HEADS, Head, M3Output
+from m3rag.types import HEADS, Document, Head, M3Output
 
 __all__ = [
     "__version__",
@@ -33,6 +44,11 @@ __all__ = [
     "PairScores",
     "Head",
     "HEADS",
+    # index
+    "Collection",
+    "Document",
+    "Filter",
+    "Hits",
     # reranker
     "Reranker",
     "RerankResult",
@@ -51,4 +67,14 @@ __all__ = [
     "MissingHeadError",
     "UnsupportedOutputError",
     "InputTooLongError",
+    "CollectionNotFoundError",
+    "CollectionExistsError",
+    "CollectionLockedError",
+    "ReadOnlyError",
+    "IndexFormatError",
+    "EncoderMismatchError",
+    "DuplicateIdError",
+    "UnknownIdError",
+    "InvalidDocumentError",
+    "EmbeddingMismatchError",
 ]

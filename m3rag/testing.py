@@ -182,6 +182,17 @@ def build_tokenizer(folder: str | os.PathLike[str], *, vocab_size: int = 1000) -
         model_max_length=8192,
     )
     fast.save_pretrained(out)
+    # transformers 5 no longer writes this file, but the real checkpoints ship it.
+    special = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "cls_token": "<s>",
+        "mask_token": "<mask>",
+    }
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
     return out
 
 
@@ -319,3 +330,46 @@ def build_reranker_checkpoint(
     model = XLMRobertaForSequenceClassification(config)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def random_outputs(
+    n: int,
+    *,
+    dim: int = 16,
+    colbert_dim: int = 8,
+    vocab_size: int = 500,
+    lexical_tokens: int = 12,
+    colbert_tokens: tuple[int, int] = (1, 12),
+    seed: int = 0,
+) -> Any:
+    """Random :class:`~m3rag.M3Output` with BGE-M3-like statistics, for index tests and benchmarks.
+
+    Dense vectors are L2-normalised Gaussians; lexical token ids are Zipf-distributed over
+    ``vocab_size`` (a few frequent tokens, a long tail) with weights in ``(0, 0.5]``; ColBERT
+    matrices have a random number of L2-normalised rows.
+
+    Returns:
+        An ``M3Output`` with all three heads.
+    """
+    import numpy as np
+
+    from m3rag.types import M3Output
+
+    rng = np.random.default_rng(seed)
+    dense = rng.standard_normal((n, dim)).astype(np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
+    p = 1.0 / ranks
+    p /= p.sum()
+    lexical = []
+    for _ in range(n):
+        count = max(1, int(rng.poisson(lexical_tokens)))
+        ids = np.unique(rng.choice(vocab_size, size=count, p=p)) + 4  # skip the special ids
+        weights = rng.uniform(0.001, 0.5, size=len(ids)).astype(np.float32)
+        lexical.append({int(i): float(w) for i, w in zip(ids, weights, strict=True)})
+    colbert = []
+    for _ in range(n):
+        t = int(rng.integers(colbert_tokens[0], colbert_tokens[1] + 1))
+        m = rng.standard_normal((t, colbert_dim)).astype(np.float32)
+        colbert.append(m / np.linalg.norm(m, axis=1, keepdims=True))
+    return M3Output.build(dense_vecs=dense, lexical_weights=lexical, colbert_vecs=colbert)

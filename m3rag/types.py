@@ -6,14 +6,15 @@ and consumed (indexed, scored) anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Head", "HEADS", "M3Output"]
+__all__ = ["HEADS", "Document", "Head", "M3Output"]
 
 Head = Literal["dense", "sparse", "colbert"]
 """The three native BGE-M3 heads: ``dense`` (CLS), ``sparse`` (lexical weights), ``colbert``."""
@@ -224,3 +225,25 @@ class M3Output:
         if self.truncated.any():
             parts.append(f"truncated={self.truncated_indices}")
         return f"M3Output({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document to index, or one read back from a collection.
+
+    Attributes:
+        text: The text (non-empty when indexed).
+        id: The caller's id; ``None`` lets the collection assign one.
+        metadata: JSON-serialisable fields, usable in filters.
+    """
+
+    text: str
+    id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metadata, MappingProxyType):
+            object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    def __repr__(self) -> str:
+        return f"Document(id={self.id!r}, text={self.text!r:.60}, metadata={dict(self.metadata)!r})"

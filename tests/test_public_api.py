@@ -9,6 +9,10 @@ EXPECTED = {
     "PairScores",
     "Head",
     "HEADS",
+    "Collection",
+    "Document",
+    "Filter",
+    "Hits",
     "Reranker",
     "RerankResult",
     "RerankScores",
@@ -24,6 +28,16 @@ EXPECTED = {
     "MissingHeadError",
     "UnsupportedOutputError",
     "InputTooLongError",
+    "CollectionNotFoundError",
+    "CollectionExistsError",
+    "CollectionLockedError",
+    "ReadOnlyError",
+    "IndexFormatError",
+    "EncoderMismatchError",
+    "DuplicateIdError",
+    "UnknownIdError",
+    "InvalidDocumentError",
+    "EmbeddingMismatchError",
 }
 
 

@@ -20,6 +20,8 @@ throw-away "batch-size probe" forward pass.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -213,6 +215,7 @@ class M3Encoder:
         self.query_max_length = self._cap(query_max_length, "query_max_length")
         self.passage_max_length = self._cap(passage_max_length, "passage_max_length")
         self.show_progress = show_progress
+        self._fingerprint: dict[str, Any] | None = None
         self._load(trust_remote_code=trust_remote_code)
 
     # -- loading ------------------------------------------------------------------------------
@@ -327,6 +330,26 @@ class M3Encoder:
     def vocab_size(self) -> int:
         """Size of the tokenizer vocabulary (token ids are below this)."""
         return len(self.tokenizer)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What an index must agree on with this encoder: model, heads, sizes, tokenizer hash.
+
+        The tokenizer hash is the SHA-256 of the sorted vocabulary, so two checkpoints with the
+        same name but different tokenizers are told apart.
+        """
+        if self._fingerprint is None:
+            vocab = sorted(self.tokenizer.get_vocab().items())
+            digest = hashlib.sha256(
+                json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+            ).hexdigest()
+            self._fingerprint = {
+                "model": self.model_name_or_path,
+                "heads": list(self.heads),
+                "dim": self.dim,
+                "colbert_dim": self.colbert_dim,
+                "tokenizer_sha256": digest,
+            }
+        return dict(self._fingerprint)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,8 @@
+"""The local hybrid index: tantivy lexical weights and BM25, dense and ColBERT stores."""
+
+from __future__ import annotations
+
+from m3rag.index.collection import FORMAT_VERSION, Collection, Hits
+from m3rag.index.filters import Filter
+
+__all__ = ["FORMAT_VERSION", "Collection", "Filter", "Hits"]

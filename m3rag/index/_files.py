@@ -1,0 +1,157 @@
+"""Durable file primitives: atomic JSON replace, append-only typed columns, the writer lock.
+
+Every store of a collection is append-only between commits, and the manifest records how many
+committed items each holds. Bytes past the committed length (a crash mid-append) are invisible
+to readers and cut off when the next writer opens, so a crash at any instant loses nothing that
+was committed and exposes nothing that was not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag.errors import CollectionLockedError
+
+__all__ = ["Column", "WriterLock", "atomic_write_json", "fsync_dir"]
+
+
+def fsync_dir(folder: Path) -> None:
+    """Persist a directory entry (a rename or a new file) on POSIX file systems."""
+    if os.name != "posix":  # pragma: no cover - directory fsync is a POSIX notion
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to ``path`` new-then-rename, with fsync of file and folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    data = json.dumps(payload, indent=1, sort_keys=True).encode("utf-8")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
+
+
+class Column:
+    """An append-only file of fixed-width rows of one numpy dtype, memory-mapped for reading.
+
+    Args:
+        path: The file.
+        dtype: Row element dtype.
+        width: Elements per row (1 for scalars).
+    """
+
+    def __init__(self, path: Path, dtype: npt.DTypeLike, width: int = 1) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.width = width
+        self._row_bytes = self.dtype.itemsize * width
+
+    def rows_on_disk(self) -> int:
+        """Complete rows currently in the file (committed or not)."""
+        try:
+            return self.path.stat().st_size // self._row_bytes
+        except FileNotFoundError:
+            return 0
+
+    def append(self, data: npt.NDArray[Any]) -> None:
+        """Append rows and fsync; readers see them once a manifest counts them."""
+        arr = np.ascontiguousarray(data, dtype=self.dtype)
+        if self.width > 1 and (arr.ndim != 2 or arr.shape[1] != self.width):
+            msg = f"{self.path.name}: expected rows of width {self.width}, got shape {arr.shape}"
+            raise ValueError(msg)
+        with self.path.open("ab") as fh:
+            fh.write(arr.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate(self, rows: int) -> None:
+        """Cut the file back to ``rows`` rows (recovery of an interrupted append)."""
+        size = rows * self._row_bytes
+        if not self.path.exists():
+            if rows:
+                msg = f"{self.path} is missing but the manifest counts {rows} committed rows"
+                raise FileNotFoundError(msg)
+            self.path.touch()
+            return
+        if self.path.stat().st_size < size:
+            msg = (
+                f"{self.path} holds {self.rows_on_disk()} rows but the manifest counts {rows} "
+                "committed rows: the collection is damaged"
+            )
+            raise OSError(msg)
+        if self.path.stat().st_size != size:
+            with self.path.open("r+b") as fh:
+                fh.truncate(size)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def read(self, rows: int) -> npt.NDArray[Any]:
+        """A read-only memory map of the first ``rows`` rows (empty array for 0)."""
+        shape: tuple[int, ...] = (rows, self.width) if self.width > 1 else (rows,)
+        if rows == 0:
+            return np.zeros(shape, dtype=self.dtype)
+        available = self.rows_on_disk()
+        if available < rows:
+            msg = (
+                f"{self.path} holds {available} rows but the manifest counts {rows}: "
+                "the collection is damaged"
+            )
+            raise OSError(msg)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape)
+
+
+class WriterLock:
+    """An exclusive, non-blocking lock on ``folder/LOCK``: one writer per collection.
+
+    The lock is held by an open file descriptor (``fcntl.flock``), so it is released by the
+    operating system when the process dies, even by SIGKILL.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "LOCK"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`CollectionLockedError`."""
+        import fcntl  # POSIX only; imported here so the module loads everywhere
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            msg = (
+                f"{self.path.parent} is open for writing by another process (pid in "
+                f"{self.path.name}); open it read-only with Collection.open(path, "
+                "read_only=True), or close the other writer"
+            )
+            raise CollectionLockedError(msg) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None

@@ -1,0 +1,1001 @@
+"""A local hybrid index: tantivy (lexical weights + BM25), dense, ColBERT and document stores.
+
+Layout of a collection folder::
+
+    manifest.json        the commit point: format version, generation, committed lengths,
+                         encoder fingerprint (written new-then-rename, fsynced)
+    LOCK                 the single-writer lock
+    docs.sqlite          ids, texts, metadata
+    tantivy/             lexical bit-plane terms and BM25 text
+    dense.float32|16     dense vectors            colbert.*   ColBERT vectors + offsets
+    lexical.*            full-precision lexical weights         tombstones.int64
+
+**One commit point.** :meth:`Collection.commit` appends to every store, commits SQLite and
+tantivy, and only then replaces ``manifest.json`` with the next generation. Readers only ever
+look at keys below the manifest's ``next_key`` and skip its tombstones, so a crash at any
+instant leaves exactly the last committed state visible; the next writer cuts off whatever the
+interrupted commit had written. Deletes and upserts add tombstones (tantivy deletions follow the
+manifest, best effort), so a committed document is never lost to a crash.
+
+No pickle anywhere: JSON, SQLite, raw little-endian arrays and tantivy's own files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag._version import __version__
+from m3rag.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    DuplicateIdError,
+    EmbeddingMismatchError,
+    EncoderMismatchError,
+    IndexFormatError,
+    InvalidDocumentError,
+    ReadOnlyError,
+    UnknownIdError,
+)
+from m3rag.index._files import Column, WriterLock, atomic_write_json
+from m3rag.index.docstore import DocStore
+from m3rag.index.filters import Filter, dumps_metadata
+from m3rag.index.lexical import BITS, STEP, LexicalIndex, quantization_error
+from m3rag.index.stores import ColbertStore, DenseStore, LexicalStore, topk
+from m3rag.types import HEADS, Document, Head, M3Output
+
+if TYPE_CHECKING:
+    from m3rag.encoder import M3Encoder
+
+__all__ = ["FORMAT_VERSION", "Collection", "Hits"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "m3rag-collection"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Search results of one path, best first.
+
+    Attributes:
+        ids: Document ids.
+        scores: float32 scores.
+        keys: Internal document keys (rows of the stores), for rescoring.
+    """
+
+    ids: list[str]
+    scores: npt.NDArray[np.float32]
+    keys: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Any:
+        return iter(zip(self.ids, self.scores.tolist(), strict=True))
+
+
+@dataclass
+class _Pending:
+    keys: list[int]
+    ids: list[str]
+    texts: list[str]
+    metadata: list[str]
+    hashes: list[str]
+    outputs: list[M3Output]
+    tombstones: list[int]
+
+    @classmethod
+    def empty(cls) -> _Pending:
+        return cls([], [], [], [], [], [], [])
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.tombstones)
+
+
+def content_hash(text: str, metadata_json: str) -> str:
+    """SHA-256 of a document's text and metadata (for resumable ingestion)."""
+    return hashlib.sha256(f"{text}\x00{metadata_json}".encode()).hexdigest()
+
+
+class Collection:
+    """An embedded hybrid index in a folder; :meth:`create` a new one, :meth:`open` an existing one.
+
+    Example:
+        ```python
+        with Collection.create("my-index", encoder=M3Encoder("BAAI/bge-m3")) as col:
+            col.add(["BGE M3 is an embedding model.", "北京是中国的首都。"], ids=["a", "b"])
+        col = Collection.open("my-index", encoder=encoder, read_only=True)
+        col.search_dense(encoder.encode_queries(["capital of China"]).dense_vecs[0], k=1)
+        ```
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict[str, Any],
+        *,
+        encoder: M3Encoder | None,
+        read_only: bool,
+        lock: WriterLock | None,
+    ) -> None:
+        self.path = folder
+        self.encoder = encoder
+        self.read_only = read_only
+        self._lock = lock
+        self._manifest = manifest
+        self.heads: tuple[Head, ...] = tuple(manifest["heads"])
+        self.dim: int | None = manifest.get("dim")
+        self.colbert_dim: int | None = manifest.get("colbert_dim")
+        self._dense = (
+            DenseStore(folder, int(self.dim), manifest["dense_dtype"])
+            if "dense" in self.heads and self.dim
+            else None
+        )
+        self._colbert = (
+            ColbertStore(folder, int(self.colbert_dim), manifest["colbert_dtype"])
+            if "colbert" in self.heads and self.colbert_dim
+            else None
+        )
+        self._lexstore = LexicalStore(folder) if "sparse" in self.heads else None
+        self._tombstones = Column(folder / "tombstones.int64", np.int64)
+        self._docs = DocStore(folder / "docs.sqlite", writable=not read_only)
+        self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
+        self._pending = _Pending.empty()
+        self._closed = False
+        if not read_only:
+            self._recover()
+        self._load_snapshot()
+
+    # -- creation and opening -----------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        encoder: M3Encoder | None = None,
+        heads: Sequence[Head] | None = None,
+        dim: int | None = None,
+        colbert_dim: int | None = None,
+        dense_dtype: str = "float32",
+        colbert_dtype: str = "float16",
+    ) -> Collection:
+        """Create a collection in a new (or empty) folder and open it for writing.
+
+        Args:
+            path: The folder.
+            encoder: The encoder whose outputs will be stored; its fingerprint is recorded so
+                the collection cannot later be opened with a different model.
+            heads: Heads to store; default all the encoder has (all three without an encoder).
+            dim: Dense size, required without an encoder when ``dense`` is stored.
+            colbert_dim: ColBERT size, required without an encoder when ``colbert`` is stored.
+            dense_dtype: ``"float32"`` or ``"float16"``.
+            colbert_dtype: ``"float16"`` or ``"int8"`` (per-row scaled, half the size).
+
+        Raises:
+            CollectionExistsError: The folder already holds a collection (or other files).
+            ValueError: Bad heads, sizes or dtypes.
+        """
+        folder = Path(path)
+        if (folder / MANIFEST).exists():
+            msg = f"{folder} already holds a collection; use Collection.open({str(folder)!r})"
+            raise CollectionExistsError(msg)
+        if folder.exists() and any(folder.iterdir()):
+            msg = f"{folder} is not empty; create a collection in a new or empty folder"
+            raise CollectionExistsError(msg)
+        fingerprint: dict[str, Any] | None = None
+        if encoder is not None:
+            fingerprint = encoder.fingerprint()
+            chosen = tuple(heads) if heads is not None else tuple(encoder.heads)
+            missing = [h for h in chosen if h not in encoder.heads]
+            if missing:
+                msg = f"the encoder cannot produce {missing}; it has {list(encoder.heads)}"
+                raise ValueError(msg)
+            dim = encoder.dim
+            colbert_dim = encoder.colbert_dim
+        else:
+            chosen = tuple(heads) if heads is not None else HEADS
+        bad = [h for h in chosen if h not in HEADS]
+        if bad or not chosen:
+            msg = f"heads must be a non-empty subset of {list(HEADS)}, got {list(chosen)}"
+            raise ValueError(msg)
+        if "dense" in chosen and (not isinstance(dim, int) or dim < 1):
+            msg = "dim (the dense size) is required to store dense vectors without an encoder"
+            raise ValueError(msg)
+        if "colbert" in chosen and (not isinstance(colbert_dim, int) or colbert_dim < 1):
+            msg = "colbert_dim is required to store ColBERT vectors without an encoder"
+            raise ValueError(msg)
+        if dense_dtype not in ("float32", "float16"):
+            msg = f"dense_dtype must be 'float32' or 'float16', got {dense_dtype!r}"
+            raise ValueError(msg)
+        if colbert_dtype not in ("float16", "int8"):
+            msg = f"colbert_dtype must be 'float16' or 'int8', got {colbert_dtype!r}"
+            raise ValueError(msg)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(folder)
+        lock.acquire()
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "m3rag_version": __version__,
+            "generation": 0,
+            "next_key": 0,
+            "lengths": {},
+            "heads": list(chosen),
+            "dim": dim if "dense" in chosen else None,
+            "colbert_dim": colbert_dim if "colbert" in chosen else None,
+            "dense_dtype": dense_dtype,
+            "colbert_dtype": colbert_dtype,
+            "encoder": fingerprint,
+            "lexical": {"step": STEP, "bits": BITS, "max_error": 0.0, "max_bit": 0},
+        }
+        try:
+            atomic_write_json(folder / MANIFEST, manifest)
+            return cls(folder, manifest, encoder=encoder, read_only=False, lock=lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        encoder: M3Encoder | None = None,
+        read_only: bool = False,
+    ) -> Collection:
+        """Open an existing collection.
+
+        Args:
+            path: The folder.
+            encoder: The encoder to embed new documents and queries with; it must be the one
+                the collection was built with (model, heads, sizes, tokenizer).
+            read_only: Open as a reader: no lock, a consistent snapshot, :meth:`refresh` to
+                see later commits.
+
+        Raises:
+            CollectionNotFoundError: No collection at ``path``.
+            IndexFormatError: A newer format, or a damaged manifest.
+            EncoderMismatchError: ``encoder`` differs from the collection's.
+            CollectionLockedError: Another writer holds the collection (when not read-only).
+        """
+        folder = Path(path)
+        manifest = _read_manifest(folder)
+        if encoder is not None:
+            _check_encoder(manifest, encoder)
+        lock = None
+        if not read_only:
+            lock = WriterLock(folder)
+            lock.acquire()
+        try:
+            return cls(folder, manifest, encoder=encoder, read_only=read_only, lock=lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None and not self.read_only and not self._closed:
+            self.commit()
+        self.close()
+
+    def close(self) -> None:
+        """Release the writer lock and files; uncommitted changes are dropped."""
+        if self._closed:
+            return
+        if self._pending:
+            logger.warning("closing %s with uncommitted changes; they are dropped", self.path)
+        self._pending = _Pending.empty()
+        self._tantivy.close()
+        self._docs.close()
+        if self._lock is not None:
+            self._lock.release()
+        self._closed = True
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "writer"
+        return (
+            f"Collection({str(self.path)!r}, {mode}, documents={self.count()}, "
+            f"heads={list(self.heads)}, generation={self.generation})"
+        )
+
+    @property
+    def generation(self) -> int:
+        """The committed generation this handle sees."""
+        return int(self._manifest["generation"])
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """A copy of the committed manifest."""
+        copy: dict[str, Any] = json.loads(json.dumps(self._manifest))
+        return copy
+
+    def _check_open(self, *, write: bool = False) -> None:
+        if self._closed:
+            msg = f"the collection {self.path} is closed"
+            raise ValueError(msg)
+        if write and self.read_only:
+            msg = (
+                f"the collection {self.path} is open read-only; open it without read_only to write"
+            )
+            raise ReadOnlyError(msg)
+
+    # -- snapshot -----------------------------------------------------------------------------
+
+    def _lengths(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self._manifest.get("lengths", {}).items()}
+
+    def _load_snapshot(self) -> None:
+        n = int(self._manifest["next_key"])
+        lengths = self._lengths()
+        tomb = self._tombstones.read(lengths.get("tombstones", 0))
+        alive = np.ones(n, dtype=np.bool_)
+        alive[np.asarray(tomb, dtype=np.int64)] = False
+        self._alive = alive
+        self._dense_matrix = self._dense.matrix(n) if self._dense is not None else None
+        self._searcher = self._tantivy.searcher()
+
+    def refresh(self) -> bool:
+        """Re-read the manifest to see commits made since opening; returns whether it changed."""
+        self._check_open()
+        manifest = _read_manifest(self.path)
+        if manifest["generation"] == self._manifest["generation"]:
+            return False
+        self._manifest = manifest
+        self._load_snapshot()
+        return True
+
+    def _recover(self) -> None:
+        """Cut off whatever an interrupted commit wrote past the committed state."""
+        lengths = self._lengths()
+        n = int(self._manifest["next_key"])
+        columns: list[tuple[Column, int]] = [(self._tombstones, lengths.get("tombstones", 0))]
+        if self._dense is not None:
+            columns.append((self._dense.column, n))
+        if self._colbert is not None:
+            rows = lengths.get("colbert", 0)
+            columns += [(self._colbert.vectors, rows), (self._colbert.offsets, n)]
+            if self._colbert.scales is not None:
+                columns.append((self._colbert.scales, rows))
+        if self._lexstore is not None:
+            entries = lengths.get("lexical", 0)
+            columns += [
+                (self._lexstore.ids, entries),
+                (self._lexstore.weights, entries),
+                (self._lexstore.offsets, n),
+            ]
+        for column, rows in columns:
+            column.truncate(rows)
+        self._docs.drop_from(n)
+        self._tantivy.purge_after(self.generation)
+        self._tantivy.commit()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _normalise(
+        self,
+        texts_or_documents: str | Document | Iterable[str | Document],
+        ids: Sequence[str] | None,
+        metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None,
+    ) -> tuple[list[str], list[str | None], list[Mapping[str, Any]]]:
+        if isinstance(texts_or_documents, (str, Document)):
+            items: list[Any] = [texts_or_documents]
+        elif isinstance(texts_or_documents, Iterable) and not isinstance(
+            texts_or_documents, (bytes, Mapping)
+        ):
+            items = list(texts_or_documents)
+        else:
+            msg = (
+                "texts_or_documents must be a string, a Document, or a list of them, "
+                f"got {type(texts_or_documents).__name__}"
+            )
+            raise TypeError(msg)
+        n = len(items)
+        if ids is not None and (isinstance(ids, str) or len(ids) != n):
+            got = 1 if isinstance(ids, str) else len(ids)
+            msg = f"ids must be a list with one id per document ({n}), got {got}"
+            raise ValueError(msg)
+        metas: list[Mapping[str, Any] | None]
+        if metadata is None:
+            metas = [None] * n
+        elif isinstance(metadata, Mapping):
+            metas = [metadata] * n
+        else:
+            metas = list(metadata)
+            if len(metas) != n:
+                msg = f"metadata must have one entry per document ({n}), got {len(metas)}"
+                raise ValueError(msg)
+        texts: list[str] = []
+        out_ids: list[str | None] = []
+        out_meta: list[Mapping[str, Any]] = []
+        for i, item in enumerate(items):
+            if isinstance(item, Document):
+                text, doc_id, meta = item.text, item.id, dict(item.metadata)
+                if ids is not None and ids[i] is not None:
+                    doc_id = ids[i]
+                if metas[i] is not None:
+                    meta = {**meta, **dict(metas[i] or {})}
+            elif isinstance(item, str):
+                text, doc_id, meta = (
+                    item,
+                    (ids[i] if ids is not None else None),
+                    dict(metas[i] or {}),
+                )
+            else:
+                kind = type(item).__name__
+                msg = f"texts_or_documents[{i}] must be a string or a Document, got {kind}"
+                raise TypeError(msg)
+            if not isinstance(text, str) or not text.strip():
+                msg = f"document {i} has empty text; empty documents cannot be indexed"
+                raise InvalidDocumentError(msg)
+            if doc_id is not None and (not isinstance(doc_id, str) or not doc_id):
+                msg = f"ids[{i}] must be a non-empty string, got {doc_id!r}"
+                raise TypeError(msg)
+            if not isinstance(meta, Mapping):
+                msg = f"metadata[{i}] must be a dict, got {type(meta).__name__}"
+                raise TypeError(msg)
+            texts.append(text)
+            out_ids.append(doc_id)
+            out_meta.append(meta)
+        return texts, out_ids, out_meta
+
+    def _check_embeddings(self, embeddings: M3Output, n: int) -> M3Output:
+        if not isinstance(embeddings, M3Output):
+            msg = f"embeddings must be an M3Output, got {type(embeddings).__name__}"
+            raise TypeError(msg)
+        if len(embeddings) != n:
+            msg = f"embeddings hold {len(embeddings)} texts for {n} documents"
+            raise EmbeddingMismatchError(msg)
+        missing = [h for h in self.heads if h not in embeddings.heads]
+        if missing:
+            msg = f"embeddings lack the heads {missing} this collection stores ({list(self.heads)})"
+            raise EmbeddingMismatchError(msg)
+        if "dense" in self.heads and embeddings.dim != self.dim:
+            msg = f"dense vectors have {embeddings.dim} dimensions, the collection {self.dim}"
+            raise EmbeddingMismatchError(msg)
+        if "colbert" in self.heads and embeddings.colbert_vecs is not None:
+            for i, m in enumerate(embeddings.colbert_vecs):
+                if m.ndim != 2 or m.shape[1] != self.colbert_dim:
+                    msg = f"colbert_vecs[{i}] has shape {m.shape}, expected [t, {self.colbert_dim}]"
+                    raise EmbeddingMismatchError(msg)
+        if embeddings.dense_vecs is not None and not np.isfinite(embeddings.dense_vecs).all():
+            msg = "dense vectors contain NaN or infinity"
+            raise EmbeddingMismatchError(msg)
+        return embeddings
+
+    def _embed(self, texts: list[str], embeddings: M3Output | None) -> M3Output:
+        if embeddings is not None:
+            return self._check_embeddings(embeddings, len(texts))
+        if self.encoder is None:
+            msg = (
+                "this collection has no encoder to embed texts with; pass encoder= to "
+                "Collection.create/open, or pass precomputed embeddings="
+            )
+            raise ValueError(msg)
+        flags = {h: (h in self.heads) for h in HEADS}
+        return self.encoder.encode_corpus(
+            texts, dense=flags["dense"], sparse=flags["sparse"], colbert=flags["colbert"]
+        )
+
+    def _live_keys(self, ids: Sequence[str]) -> dict[str, int]:
+        """Committed, not tombstoned (committed or pending) keys by id, plus pending adds."""
+        pending_dead = set(self._pending.tombstones)
+        committed = self._docs.keys_for_ids(ids, int(self._manifest["next_key"]))
+        found = {
+            doc_id: key for doc_id, key in committed if self._alive[key] and key not in pending_dead
+        }
+        wanted = set(ids)
+        found.update(
+            (doc_id, key)
+            for key, doc_id in zip(self._pending.keys, self._pending.ids, strict=True)
+            if doc_id in wanted and key not in pending_dead
+        )
+        return found
+
+    def add(
+        self,
+        texts_or_documents: str | Document | Iterable[str | Document],
+        *,
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
+        embeddings: M3Output | None = None,
+    ) -> list[str]:
+        """Stage new documents; they become searchable at :meth:`commit`.
+
+        Args:
+            texts_or_documents: Texts or :class:`Document` objects.
+            ids: One id per document (default: the documents' own ids, else random UUIDs).
+            metadata: One dict per document, or one dict for all.
+            embeddings: Precomputed :class:`M3Output` (one text per document, with every head
+                the collection stores), e.g. encoded on a GPU machine; else the collection's
+                encoder embeds the texts.
+
+        Returns:
+            The ids, in order.
+
+        Raises:
+            DuplicateIdError: An id repeats in the call or already exists (use :meth:`upsert`).
+            InvalidDocumentError: Empty text, or metadata JSON cannot hold.
+            EmbeddingMismatchError: ``embeddings`` do not fit.
+            TypeError: Wrong input types.
+        """
+        return self._write(texts_or_documents, ids, metadata, embeddings, replace=False)
+
+    def upsert(
+        self,
+        texts_or_documents: str | Document | Iterable[str | Document],
+        *,
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
+        embeddings: M3Output | None = None,
+    ) -> list[str]:
+        """Like :meth:`add`, but documents whose id exists replace the old version."""
+        return self._write(texts_or_documents, ids, metadata, embeddings, replace=True)
+
+    def _write(
+        self,
+        texts_or_documents: Any,
+        ids: Sequence[str] | None,
+        metadata: Any,
+        embeddings: M3Output | None,
+        *,
+        replace: bool,
+    ) -> list[str]:
+        self._check_open(write=True)
+        texts, doc_ids, metas = self._normalise(texts_or_documents, ids, metadata)
+        final_ids = [i if i is not None else uuid.uuid4().hex for i in doc_ids]
+        seen: set[str] = set()
+        dupes = sorted({i for i in final_ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+        if dupes:
+            msg = f"ids repeat within one call: {dupes[:10]}"
+            raise DuplicateIdError(msg)
+        meta_json: list[str] = []
+        for i, meta in enumerate(metas):
+            try:
+                meta_json.append(dumps_metadata(meta))
+            except (TypeError, ValueError) as exc:
+                msg = f"metadata[{i}] cannot be stored as JSON: {exc}"
+                raise InvalidDocumentError(msg) from exc
+        existing = self._live_keys(final_ids)
+        if existing and not replace:
+            msg = (
+                f"{len(existing)} id(s) already exist: {sorted(existing)[:10]}; use upsert() to "
+                "replace them"
+            )
+            raise DuplicateIdError(msg)
+        if not texts:
+            return []
+        output = self._embed(texts, embeddings)
+        start = int(self._manifest["next_key"]) + len(self._pending.keys)
+        p = self._pending
+        p.tombstones.extend(existing.values())
+        p.keys.extend(range(start, start + len(texts)))
+        p.ids.extend(final_ids)
+        p.texts.extend(texts)
+        p.metadata.extend(meta_json)
+        p.hashes.extend(content_hash(t, m) for t, m in zip(texts, meta_json, strict=True))
+        p.outputs.append(output)
+        return final_ids
+
+    def delete(self, ids: str | Sequence[str]) -> None:
+        """Stage deletion of documents by id (effective at :meth:`commit`).
+
+        Raises:
+            UnknownIdError: Some ids are not in the collection (nothing is deleted then).
+        """
+        self._check_open(write=True)
+        wanted = [ids] if isinstance(ids, str) else list(ids)
+        for i, doc_id in enumerate(wanted):
+            if not isinstance(doc_id, str):
+                msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
+                raise TypeError(msg)
+        found = self._live_keys(wanted)
+        missing = [i for i in dict.fromkeys(wanted) if i not in found]
+        if missing:
+            msg = f"{len(missing)} id(s) not in the collection: {missing[:10]}"
+            raise UnknownIdError(msg)
+        self._pending.tombstones.extend(found[i] for i in dict.fromkeys(wanted))
+
+    def rollback(self) -> None:
+        """Drop every change staged since the last commit."""
+        self._pending = _Pending.empty()
+
+    def commit(self) -> int:
+        """Make staged changes durable and visible, atomically; returns the new generation.
+
+        Raises:
+            ReadOnlyError: The collection is open read-only.
+        """
+        self._check_open(write=True)
+        p = self._pending
+        if not p:
+            return self.generation
+        gen = self.generation + 1
+        old = self._lengths()
+        n0 = int(self._manifest["next_key"])
+        lengths = dict(old)
+        lexical_meta = dict(self._manifest["lexical"])
+        try:
+            output = M3Output.concat(p.outputs) if p.outputs else None
+            if output is not None:
+                lengths.update(self._append_vectors(output, n0, old, lexical_meta))
+            self._docs.insert(
+                [
+                    (k, i, t, m, gen, h)
+                    for k, i, t, m, h in zip(
+                        p.keys, p.ids, p.texts, p.metadata, p.hashes, strict=True
+                    )
+                ]
+            )
+            self._tantivy.add(
+                p.keys, gen, output.lexical_weights if output is not None else None, p.texts
+            )
+            self._tantivy.commit()
+            tomb = np.array(sorted(set(p.tombstones)), dtype=np.int64)
+            if len(tomb):
+                self._tombstones.append(tomb)
+            lengths["tombstones"] = old.get("tombstones", 0) + len(tomb)
+            manifest = dict(self._manifest)
+            manifest.update(
+                generation=gen,
+                next_key=n0 + len(p.keys),
+                lengths=lengths,
+                lexical=lexical_meta,
+                m3rag_version=__version__,
+            )
+            atomic_write_json(self.path / MANIFEST, manifest)  # the commit point
+        except BaseException:
+            logger.exception("commit of generation %d failed; rolling the stores back", gen)
+            self._tantivy.rollback()
+            self._recover()
+            raise
+        self._manifest = manifest
+        self._pending = _Pending.empty()
+        if len(tomb):
+            try:  # best effort: tombstones already hide these documents
+                self._tantivy.delete_keys(tomb.tolist())
+                self._tantivy.commit()
+            except Exception:  # pragma: no cover - the manifest is authoritative
+                logger.warning("could not remove deleted documents from tantivy", exc_info=True)
+        self._load_snapshot()
+        return gen
+
+    def _append_vectors(
+        self, output: M3Output, n0: int, old: dict[str, int], lexical_meta: dict[str, Any]
+    ) -> dict[str, int]:
+        new: dict[str, int] = {}
+        if self._dense is not None and output.dense_vecs is not None:
+            self._dense.append(output.dense_vecs)
+        if self._colbert is not None and output.colbert_vecs is not None:
+            rows = self._colbert.append(output.colbert_vecs, old.get("colbert", 0))
+            new["colbert"] = old.get("colbert", 0) + rows
+        if self._lexstore is not None and output.lexical_weights is not None:
+            entries = self._lexstore.append(output.lexical_weights, old.get("lexical", 0))
+            new["lexical"] = old.get("lexical", 0) + entries
+            weights = np.fromiter(
+                (v for d in output.lexical_weights for v in d.values()), dtype=np.float64
+            )
+            if len(weights):
+                lexical_meta["max_error"] = max(
+                    float(lexical_meta["max_error"]), quantization_error(weights)
+                )
+                top = int(min(np.rint(weights.max() / STEP), 2**BITS - 1))
+                lexical_meta["max_bit"] = max(int(lexical_meta["max_bit"]), top.bit_length() - 1)
+        return new
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Live documents, counting staged (uncommitted) adds and deletes of this writer."""
+        self._check_open()
+        pending_dead = set(self._pending.tombstones)
+        committed_dead = sum(1 for k in pending_dead if k < len(self._alive) and self._alive[k])
+        new_dead = sum(1 for k in pending_dead if k >= len(self._alive))
+        return int(self._alive.sum()) - committed_dead + len(self._pending.keys) - new_dead
+
+    def get(self, ids: str | Sequence[str]) -> list[Document]:
+        """Documents by id, in the order asked (staged documents included).
+
+        Raises:
+            UnknownIdError: Some ids are not in the collection.
+        """
+        self._check_open()
+        wanted = [ids] if isinstance(ids, str) else list(ids)
+        found = self._live_keys(wanted)
+        missing = [i for i in dict.fromkeys(wanted) if i not in found]
+        if missing:
+            msg = f"{len(missing)} id(s) not in the collection: {missing[:10]}"
+            raise UnknownIdError(msg)
+        pending = {k: i for i, k in enumerate(self._pending.keys)}
+        rows = self._docs.rows([k for k in found.values() if k not in pending])
+        out = []
+        for doc_id in wanted:
+            key = found[doc_id]
+            if key in pending:
+                j = pending[key]
+                out.append(
+                    Document(self._pending.texts[j], doc_id, json.loads(self._pending.metadata[j]))
+                )
+            else:
+                _, text, meta = rows[key]
+                out.append(Document(text, doc_id, meta))
+        return out
+
+    def ids(self) -> list[str]:
+        """Ids of every committed live document, in insertion order."""
+        self._check_open()
+        return [i for k, i in self._docs.all_ids(len(self._alive)) if self._alive[k]]
+
+    def has_content(
+        self, texts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[bool]:
+        """Whether a live committed document has exactly this text and metadata.
+
+        Used for resumable ingestion: documents already indexed are skipped.
+        """
+        metas = metadata if metadata is not None else [{}] * len(texts)
+        hashes = [content_hash(t, dumps_metadata(m)) for t, m in zip(texts, metas, strict=True)]
+        live = {
+            h for h, k in self._docs.keys_for_hashes(hashes, len(self._alive)) if self._alive[k]
+        }
+        return [h in live for h in hashes]
+
+    def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
+        """Documents by internal key (as in :class:`Hits`)."""
+        rows = self._docs.rows([int(k) for k in keys])
+        return [Document(rows[int(k)][1], rows[int(k)][0], rows[int(k)][2]) for k in keys]
+
+    # -- search -------------------------------------------------------------------------------
+
+    def allowed(self, filter: Mapping[str, Any] | Filter | None = None) -> npt.NDArray[np.bool_]:
+        """Boolean mask over keys: live documents matching ``filter``."""
+        self._check_open()
+        flt = Filter.parse(filter)
+        if flt is None:
+            return self._alive
+        mask = np.zeros(len(self._alive), dtype=np.bool_)
+        mask[self._docs.matching(flt, len(self._alive))] = True
+        return mask & self._alive
+
+    def _hits(self, keys: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]) -> Hits:
+        return Hits(self._docs.ids(keys.tolist()), scores.astype(np.float32), keys)
+
+    def _require(self, head: Head) -> None:
+        if head not in self.heads:
+            msg = f"this collection stores {list(self.heads)}, not {head}"
+            raise ValueError(msg)
+
+    def search_dense(
+        self,
+        query: npt.ArrayLike,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | Filter | None = None,
+    ) -> Hits:
+        """Exact inner-product top-``k`` over the dense vectors of live documents."""
+        self._require("dense")
+        k = _check_k(k)
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            msg = f"query vector has {q.shape[0]} dimensions, the collection {self.dim}"
+            raise ValueError(msg)
+        mask = self.allowed(filter)
+        assert self._dense_matrix is not None  # noqa: S101 - dense is stored
+        scores = DenseStore.scores(self._dense_matrix, q)
+        scores[~mask] = -np.inf
+        keys = topk(scores, k)
+        return self._hits(keys, scores[keys])
+
+    def search_lexical(
+        self,
+        query: Mapping[int, float],
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | Filter | None = None,
+    ) -> Hits:
+        """Exact top-``k`` by the BGE-M3 lexical matching score, through tantivy.
+
+        Candidates come from the bit-plane query, best quantised score first, and are rescored
+        with the full-precision weights. The candidate set widens until the ``k``-th exact score
+        beats the last candidate's quantised score plus the quantisation error bound
+        ``sum(q) * max_error`` (so no document outside can enter), or until every matching
+        document has been seen. Only documents sharing a token with the query are returned.
+        """
+        self._require("sparse")
+        k = _check_k(k)
+        weights = {int(t): float(w) for t, w in query.items() if w > 0}
+        mask = self.allowed(filter)
+        if not weights or not mask.any():
+            return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        lex = self._manifest["lexical"]
+        tquery = self._tantivy.lexical_query(weights, max_bit=int(lex["max_bit"]))
+        bound = sum(weights.values()) * float(lex["max_error"]) * (1 + 1e-4) + 1e-6
+        restrict = self._restriction(mask, filter)
+        limit = max(4 * k, 64)
+        while True:
+            keys, approx = self._tantivy.search(self._searcher, tquery, limit, restrict)
+            exhausted = len(keys) < limit
+            visible = keys[(keys < len(mask))]
+            visible = visible[mask[visible]]
+            exact = self._lexical_exact(weights, visible)
+            order = np.lexsort((visible, -exact))[:k]
+            if exhausted:
+                break
+            if len(order) == k and exact[order[-1]] > float(approx[-1]) + bound:
+                break
+            limit *= 4
+        return self._hits(visible[order], exact[order])
+
+    def _restriction(
+        self,
+        mask: npt.NDArray[np.bool_],
+        filter: Mapping[str, Any] | Filter | None,
+    ) -> npt.NDArray[np.int64] | None:
+        """Keys to restrict a tantivy query to, when a filter is selective enough."""
+        if Filter.parse(filter) is None:
+            return None
+        allowed = np.flatnonzero(mask)
+        return allowed if len(allowed) <= 50_000 else None
+
+    def _lexical_exact(
+        self, weights: Mapping[int, float], keys: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        assert self._lexstore is not None  # noqa: S101 - sparse is stored
+        lengths = self._lengths()
+        return self._lexstore.scores(
+            weights, keys, entries=lengths.get("lexical", 0), docs=len(self._alive)
+        )
+
+    def search_bm25(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | Filter | None = None,
+    ) -> Hits:
+        """Top-``k`` by BM25 over the text (multilingual analyzer), live documents only."""
+        k = _check_k(k)
+        if not isinstance(query, str):
+            msg = f"query must be a string, got {type(query).__name__}"
+            raise TypeError(msg)
+        mask = self.allowed(filter)
+        tquery = self._tantivy.bm25_query(query)
+        restrict = self._restriction(mask, filter)
+        limit = max(2 * k, 32)
+        while True:
+            keys, scores = self._tantivy.search(self._searcher, tquery, limit, restrict)
+            keep = keys < len(mask)
+            keep[keep] = mask[keys[keep]]
+            if keep.sum() >= k or len(keys) < limit:
+                idx = np.flatnonzero(keep)[:k]
+                return self._hits(keys[idx], scores[idx])
+            limit *= 4
+
+    # -- rescoring (every path on a candidate set) --------------------------------------------
+
+    def dense_scores(
+        self, query: npt.ArrayLike, keys: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """Dense inner products of ``query`` with the documents ``keys``."""
+        self._require("dense")
+        assert self._dense_matrix is not None  # noqa: S101
+        return DenseStore.scores_for(self._dense_matrix, np.asarray(query, np.float32), keys)
+
+    def lexical_scores(
+        self, query: Mapping[int, float], keys: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """Exact lexical matching scores of ``query`` with the documents ``keys``."""
+        self._require("sparse")
+        return self._lexical_exact({int(t): float(w) for t, w in query.items()}, np.asarray(keys))
+
+    def colbert_scores(
+        self, query: npt.ArrayLike, keys: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """ColBERT MaxSim of ``query`` [t, d] with the documents ``keys`` (stored precision)."""
+        self._require("colbert")
+        assert self._colbert is not None  # noqa: S101
+        lengths = self._lengths()
+        return self._colbert.maxsim(
+            np.asarray(query, np.float32),
+            np.asarray(keys, np.int64),
+            token_rows=lengths.get("colbert", 0),
+            docs=len(self._alive),
+        )
+
+    def bm25_scores(self, query: str, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """BM25 scores of ``query`` for the documents ``keys`` (0 where no term matches)."""
+        keys = np.asarray(keys, np.int64)
+        out = np.zeros(len(keys), dtype=np.float32)
+        tquery = self._tantivy.bm25_query(query)
+        if tquery is None or len(keys) == 0:
+            return out
+        found, scores = self._tantivy.search(self._searcher, tquery, len(keys), np.unique(keys))
+        where = {int(k): float(s) for k, s in zip(found, scores, strict=True)}
+        return np.array([where.get(int(k), 0.0) for k in keys], dtype=np.float32)
+
+    def colbert_vecs(self, keys: npt.NDArray[np.int64]) -> list[npt.NDArray[np.float32]]:
+        """Stored ColBERT matrices of ``keys`` (dequantised to float32)."""
+        self._require("colbert")
+        assert self._colbert is not None  # noqa: S101
+        lengths = self._lengths()
+        return self._colbert.matrices(
+            np.asarray(keys, np.int64), token_rows=lengths.get("colbert", 0), docs=len(self._alive)
+        )
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        msg = f"k must be a positive int, got {k!r}"
+        raise ValueError(msg)
+    return k
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        msg = f"no collection at {folder} (no {MANIFEST}); create one with Collection.create"
+        raise CollectionNotFoundError(msg)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"the manifest of {folder} is damaged: {exc}"
+        raise IndexFormatError(msg) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        msg = f"{path} is not an m3rag collection manifest"
+        raise IndexFormatError(msg)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        msg = (
+            f"{folder} uses collection format {version}, newer than the {FORMAT_VERSION} this "
+            f"m3rag {__version__} reads; upgrade m3rag"
+        )
+        raise IndexFormatError(msg)
+    return manifest
+
+
+def _check_encoder(manifest: dict[str, Any], encoder: M3Encoder) -> None:
+    stored = manifest.get("encoder")
+    have = encoder.fingerprint()
+    problems: list[str] = []
+    if stored:
+        keys = ["model", "dim", "tokenizer_sha256"]
+        if "colbert" in manifest["heads"]:
+            keys.append("colbert_dim")
+        problems.extend(
+            f"{key}: index {stored.get(key)!r}, encoder {have.get(key)!r}"
+            for key in keys
+            if stored.get(key) != have.get(key)
+        )
+    else:
+        if "dense" in manifest["heads"] and manifest.get("dim") != have["dim"]:
+            problems.append(f"dim: index {manifest.get('dim')}, encoder {have['dim']}")
+        if "colbert" in manifest["heads"] and manifest.get("colbert_dim") != have["colbert_dim"]:
+            problems.append(
+                f"colbert_dim: index {manifest.get('colbert_dim')}, encoder {have['colbert_dim']}"
+            )
+    missing = [h for h in manifest["heads"] if h not in have["heads"]]
+    if missing:
+        problems.append(f"the encoder cannot produce {missing}")
+    if problems:
+        msg = "the encoder does not match the one this collection was built with: " + "; ".join(
+            problems
+        )
+        raise EncoderMismatchError(msg)

@@ -1,0 +1,148 @@
+"""Texts, ids and metadata of a collection in SQLite (stdlib), keyed by document ``key``.
+
+Rows are only ever inserted (a delete or an upsert adds a tombstone in the manifest); a row is
+visible when its key is below the manifest's ``next_key`` and not tombstoned, so rows written by
+an interrupted commit are invisible and removed when the next writer opens.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag.index.filters import Filter
+
+__all__ = ["DocStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    gen INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS docs_id ON docs(id);
+CREATE INDEX IF NOT EXISTS docs_sha ON docs(sha256);
+"""
+
+
+class DocStore:
+    """The SQLite side of a collection."""
+
+    def __init__(self, path: Path, *, writable: bool) -> None:
+        self.path = path
+        if writable:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        else:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def insert(self, rows: Sequence[tuple[int, str, str, str, int, str]]) -> None:
+        """Insert ``(key, id, text, metadata_json, gen, sha256)`` rows in one transaction."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO docs (key, id, text, metadata, gen, sha256) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def drop_from(self, next_key: int) -> None:
+        """Remove rows of uncommitted keys (recovery)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM docs WHERE key >= ?", (next_key,))
+
+    def _transaction(self) -> Any:
+        db = self._db
+
+        class _Tx:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type: object, *_: object) -> None:
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return _Tx()
+
+    def keys_for_ids(self, ids: Sequence[str], next_key: int) -> list[tuple[str, int]]:
+        """``(id, key)`` rows of committed keys with these ids (tombstoned ones included)."""
+        out: list[tuple[str, int]] = []
+        for start in range(0, len(ids), 900):
+            chunk = list(ids[start : start + 900])
+            marks = ",".join("?" * len(chunk))
+            out.extend(
+                self._db.execute(
+                    f"SELECT id, key FROM docs WHERE key < ? AND id IN ({marks})",  # noqa: S608 - placeholders only
+                    [next_key, *chunk],
+                ).fetchall()
+            )
+        return out
+
+    def keys_for_hashes(self, hashes: Sequence[str], next_key: int) -> list[tuple[str, int]]:
+        """``(sha256, key)`` rows of committed keys with these content hashes."""
+        out: list[tuple[str, int]] = []
+        for start in range(0, len(hashes), 900):
+            chunk = list(hashes[start : start + 900])
+            marks = ",".join("?" * len(chunk))
+            out.extend(
+                self._db.execute(
+                    f"SELECT sha256, key FROM docs WHERE key < ? AND sha256 IN ({marks})",  # noqa: S608
+                    [next_key, *chunk],
+                ).fetchall()
+            )
+        return out
+
+    def rows(self, keys: Sequence[int]) -> dict[int, tuple[str, str, dict[str, Any]]]:
+        """``key -> (id, text, metadata)`` for the given keys."""
+        out: dict[int, tuple[str, str, dict[str, Any]]] = {}
+        for start in range(0, len(keys), 900):
+            chunk = [int(k) for k in keys[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            for key, doc_id, text, meta in self._db.execute(
+                f"SELECT key, id, text, metadata FROM docs WHERE key IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                out[int(key)] = (doc_id, text, json.loads(meta))
+        return out
+
+    def ids(self, keys: Sequence[int]) -> list[str]:
+        """The ids of ``keys``, in order."""
+        found: dict[int, str] = {}
+        for start in range(0, len(keys), 900):
+            chunk = [int(k) for k in keys[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            for key, doc_id in self._db.execute(
+                f"SELECT key, id FROM docs WHERE key IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                found[int(key)] = doc_id
+        return [found[int(k)] for k in keys]
+
+    def matching(self, flt: Filter, next_key: int) -> npt.NDArray[np.int64]:
+        """Keys (committed, tombstones not removed) whose metadata satisfies ``flt``."""
+        cond, params = flt.to_sql()
+        rows = self._db.execute(
+            f"SELECT key FROM docs WHERE key < ? AND {cond}",  # noqa: S608 - cond is built from placeholders
+            [next_key, *params],
+        ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def all_ids(self, next_key: int) -> list[tuple[int, str]]:
+        """``(key, id)`` of every committed row."""
+        return [
+            (int(k), i)
+            for k, i in self._db.execute("SELECT key, id FROM docs WHERE key < ?", (next_key,))
+        ]

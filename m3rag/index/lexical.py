@@ -1,0 +1,236 @@
+"""The tantivy side of a collection: BGE-M3 lexical weights as bit-plane terms, and BM25 text.
+
+**Lexical weights.** tantivy has no per-term impact field, so each document token's weight is
+quantised to ``BITS``-bit integers of ``STEP`` and written as one term per set bit,
+``"{token}_{bit}"``. A query becomes a boolean of ``const_score_query`` clauses weighted
+``q_weight * 2**bit * STEP``: tantivy's sum over matched clauses is then exactly
+``sum_t q_t * quantised(d_t)``, the BGE-M3 lexical score on quantised document weights. Every
+positive weight is quantised to at least 1, so every document sharing a token with the query
+matches. The retrieval is made exact by rescoring candidates with the full-precision weights
+(kept in the column store) and widening the candidate set until the quantisation error bound
+proves nothing outside it can reach the top ``k`` (see :func:`LexicalIndex.candidates`).
+
+**BM25.** The text is indexed with an analyzer that is right for CJK as well as space-separated
+languages: Han, Hiragana and Katakana characters become one token each (a Chinese sentence never
+becomes one token), runs of letters and digits of other scripts become words, then lowercase,
+English stop words and the English stemmer. tantivy scores with BM25 (k1 = 1.2, b = 0.75).
+
+Every document also carries its integer ``key`` (the row of the column stores) and the commit
+generation ``gen`` that wrote it, so documents written by an interrupted commit can be found and
+purged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag._optional import require
+
+__all__ = ["BITS", "STEP", "LexicalIndex", "quantize_weights"]
+
+logger = logging.getLogger(__name__)
+
+STEP = 2.0**-10
+"""Quantisation step of document lexical weights."""
+BITS = 12
+"""Bit planes per token: weights up to ``(2**BITS - 1) * STEP`` (about 4.0) are exact to STEP."""
+_QMAX = 2**BITS - 1
+
+ANALYZER = "m3rag_multilingual"
+# One token per Han / Hiragana / Katakana character, else runs of letters, marks and digits.
+TOKEN_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}]|[\p{L}\p{M}\p{N}]+"  # noqa: S105 - a regex
+
+
+def quantize_weights(weights: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int64]:
+    """Quantise positive weights to integers in ``[1, 2**BITS - 1]`` steps of :data:`STEP`."""
+    q = np.rint(np.asarray(weights, dtype=np.float64) / STEP)
+    return np.clip(q, 1, _QMAX).astype(np.int64)
+
+
+def quantization_error(weights: npt.NDArray[np.floating[Any]]) -> float:
+    """Largest ``|w - quantised(w)|`` over ``weights`` (0.0 for none)."""
+    if len(weights) == 0:
+        return 0.0
+    q = quantize_weights(weights)
+    return float(np.abs(np.asarray(weights, np.float64) - q * STEP).max())
+
+
+def build_analyzer() -> Any:
+    """The multilingual BM25 analyzer (a tantivy ``TextAnalyzer``)."""
+    tantivy = require("tantivy", purpose="the m3rag index")
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.stopword("english"))
+        .filter(tantivy.Filter.stemmer("english"))
+        .build()
+    )
+
+
+def _schema() -> Any:
+    tantivy = require("tantivy", purpose="the m3rag index")
+    builder = tantivy.SchemaBuilder()
+    builder.add_unsigned_field("key", stored=False, indexed=True, fast=True)
+    builder.add_unsigned_field("gen", stored=False, indexed=True, fast=False)
+    builder.add_text_field("lex", stored=False, tokenizer_name="whitespace", index_option="basic")
+    builder.add_text_field("text", stored=False, tokenizer_name=ANALYZER, index_option="freq")
+    return builder.build()
+
+
+class LexicalIndex:
+    """A tantivy index holding lexical weights and BM25 text, keyed by document ``key``.
+
+    Args:
+        folder: The tantivy folder (created if missing).
+        writable: Open an index writer (one per collection, guarded by the collection lock).
+    """
+
+    def __init__(self, folder: Path, *, writable: bool) -> None:
+        self._tantivy = require("tantivy", purpose="the m3rag index")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.schema = _schema()
+        self.index = self._tantivy.Index(self.schema, path=str(folder), reuse=True)
+        self.analyzer = build_analyzer()
+        self.index.register_tokenizer(ANALYZER, self.analyzer)
+        self._writer: Any = None
+        if writable:
+            self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    @staticmethod
+    def lex_terms(weights: Mapping[int, float]) -> str:
+        """The bit-plane terms of one document's lexical weights, space separated."""
+        if not weights:
+            return ""
+        ids = np.fromiter(weights.keys(), dtype=np.int64, count=len(weights))
+        q = quantize_weights(np.fromiter(weights.values(), dtype=np.float64, count=len(weights)))
+        terms = [
+            f"{t}_{b}"
+            for t, v in zip(ids.tolist(), q.tolist(), strict=True)
+            for b in range(BITS)
+            if v >> b & 1
+        ]
+        return " ".join(terms)
+
+    def add(
+        self,
+        keys: Sequence[int],
+        gen: int,
+        lexical: Sequence[Mapping[int, float]] | None,
+        texts: Sequence[str],
+    ) -> None:
+        """Stage documents; they become visible to tantivy at :meth:`commit`."""
+        doc_class = self._tantivy.Document
+        for i, key in enumerate(keys):
+            doc = doc_class()
+            doc.add_unsigned("key", int(key))
+            doc.add_unsigned("gen", int(gen))
+            if lexical is not None:
+                doc.add_text("lex", self.lex_terms(lexical[i]))
+            doc.add_text("text", texts[i])
+            self._writer.add_document(doc)
+
+    def delete_keys(self, keys: Sequence[int]) -> None:
+        """Stage deletion of documents by key."""
+        for key in keys:
+            self._writer.delete_documents_by_term("key", int(key))
+
+    def purge_after(self, gen: int) -> None:
+        """Stage deletion of every document written by a generation after ``gen``."""
+        query = self._tantivy.Query.range_query(
+            self.schema,
+            "gen",
+            self._tantivy.FieldType.Unsigned,
+            lower_bound=gen + 1,
+            upper_bound=None,
+            include_lower=True,
+        )
+        self._writer.delete_documents_by_query(query)
+
+    def commit(self) -> None:
+        """Persist staged changes (tantivy's own atomic commit)."""
+        self._writer.commit()
+
+    def rollback(self) -> None:
+        """Drop staged changes."""
+        self._writer.rollback()
+
+    def close(self) -> None:
+        """Release the tantivy writer."""
+        if self._writer is not None:
+            self._writer.wait_merging_threads()
+            self._writer = None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def searcher(self) -> Any:
+        """A point-in-time searcher (holds its segments while alive)."""
+        self.index.reload()
+        return self.index.searcher()
+
+    def analyze(self, text: str) -> list[str]:
+        """The BM25 tokens of ``text``."""
+        return list(self.analyzer.analyze(text))
+
+    def _keys(self, searcher: Any, hits: Sequence[tuple[float, Any]]) -> npt.NDArray[np.int64]:
+        if not hits:
+            return np.zeros(0, dtype=np.int64)
+        values = searcher.fast_field_values("key", [addr for _, addr in hits])
+        return np.asarray(values, dtype=np.int64)
+
+    def _restrict(self, query: Any, allowed: npt.NDArray[np.int64] | None) -> Any:
+        if allowed is None:
+            return query
+        q = self._tantivy.Query
+        occur = self._tantivy.Occur
+        keys = q.term_set_query(self.schema, "key", [int(k) for k in allowed])
+        return q.boolean_query([(occur.Must, query), (occur.Must, keys)])
+
+    def lexical_query(self, weights: Mapping[int, float], max_bit: int = BITS - 1) -> Any:
+        """The bit-plane query for query weights (``None`` if the query has no positive weight)."""
+        q = self._tantivy.Query
+        occur = self._tantivy.Occur
+        clauses = []
+        for token, weight in weights.items():
+            if weight <= 0:
+                continue
+            for bit in range(max_bit + 1):
+                term = q.term_query(self.schema, "lex", f"{int(token)}_{bit}")
+                clauses.append(
+                    (occur.Should, q.const_score_query(term, float(weight) * (2**bit) * STEP))
+                )
+        return q.boolean_query(clauses) if clauses else None
+
+    def bm25_query(self, text: str) -> Any:
+        """A disjunction of the query's analysed terms, scored by BM25 (``None`` if no term)."""
+        q = self._tantivy.Query
+        occur = self._tantivy.Occur
+        terms = list(dict.fromkeys(self.analyze(text)))
+        if not terms:
+            return None
+        return q.boolean_query(
+            [(occur.Should, q.term_query(self.schema, "text", t)) for t in terms]
+        )
+
+    def search(
+        self,
+        searcher: Any,
+        query: Any,
+        limit: int,
+        allowed: npt.NDArray[np.int64] | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top ``limit`` documents of a query: ``(keys, scores)``, best first."""
+        if query is None or limit <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        result = searcher.search(self._restrict(query, allowed), limit=limit, count=False)
+        hits = result.hits
+        keys = self._keys(searcher, hits)
+        scores = np.array([score for score, _ in hits], dtype=np.float32)
+        return keys, scores
