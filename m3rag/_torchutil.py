@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["is_oom", "resolve_device", "resolve_dtype", "run_with_oom_backoff"]
+__all__ = ["BatchedModel", "is_oom", "resolve_device", "resolve_dtype", "run_with_oom_backoff"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,3 +105,67 @@ def run_with_oom_backoff(
             pending.extendleft(reversed(halves))
             continue
         yield batch, result
+
+
+class BatchedModel:
+    """Batching shared by the encoder and the reranker: padding, planning, OOM back-off.
+
+    Subclasses call :meth:`_init_batching` and set ``device`` and ``_pad_id``.
+    """
+
+    batch_size: int
+    max_batch_tokens: int | None
+    device: torch.device
+    _pad_id: int
+
+    def _init_batching(self, batch_size: int, max_batch_tokens: int | None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            msg = f"batch_size must be a positive int, got {batch_size!r}"
+            raise ValueError(msg)
+        if max_batch_tokens is not None and (
+            isinstance(max_batch_tokens, bool)
+            or not isinstance(max_batch_tokens, int)
+            or max_batch_tokens < 1
+        ):
+            msg = f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}"
+            raise ValueError(msg)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad token id rows with the pad id; returns ``(input_ids, attention_mask)``."""
+        import numpy as np
+        import torch
+
+        longest = max(len(r) for r in rows)
+        ids = np.full((len(rows), longest), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), longest), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def _plan(self, lengths: Any) -> list[Any]:
+        """Length-sorted batches (indices into the input) under the current limits."""
+        from m3rag._batching import plan_batches
+
+        return plan_batches(
+            lengths, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
+        )[1]
+
+    @staticmethod
+    def _split(batch: Any) -> tuple[Any, Any] | None:
+        half = len(batch) // 2
+        return None if half == 0 else (batch[:half], batch[half:])
+
+    def _shrink(self, batch: Any) -> None:
+        """After an OOM, keep later batches below the size that failed."""
+        self.batch_size = max(1, min(self.batch_size, len(batch) // 2))
+        if self.max_batch_tokens is not None:
+            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+
+    def _run_batches(
+        self, batches: Iterable[T], forward: Callable[[T], R]
+    ) -> Iterator[tuple[T, R]]:
+        """:func:`run_with_oom_backoff` with this model's split and shrink rules."""
+        return run_with_oom_backoff(batches, forward, split=self._split, on_oom=self._shrink)

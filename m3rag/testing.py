@@ -196,32 +196,39 @@ def build_tokenizer(folder: str | os.PathLike[str], *, vocab_size: int = 1000) -
     return out
 
 
-def _xlmr_config(
-    vocab_size: int,
+def _tokenizer_and_config(
+    folder: str | os.PathLike[str],
+    architecture: str,
     *,
+    vocab_size: int,
     hidden_size: int,
     num_layers: int,
     num_heads: int,
-    intermediate_size: int,
+    intermediate_size: int | None,
     max_position_embeddings: int,
-) -> dict[str, Any]:
-    return {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "intermediate_size": intermediate_size,
-        "hidden_act": "gelu",
-        "max_position_embeddings": max_position_embeddings,
-        "type_vocab_size": 1,
-        "layer_norm_eps": 1e-5,
-        "position_embedding_type": "absolute",
-        "pad_token_id": 1,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1,
-    }
+) -> tuple[Path, Any]:
+    """Train and save the tokenizer, and build the matching XLM-R config (random weights follow)."""
+    from transformers import XLMRobertaConfig
+
+    out = build_tokenizer(folder, vocab_size=vocab_size)
+    vocab = len(json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
+    config = XLMRobertaConfig(
+        vocab_size=vocab + 1,  # <mask>, appended as an added token
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        hidden_act="gelu",
+        max_position_embeddings=max_position_embeddings,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        architectures=[architecture],
+    )
+    config.position_embedding_type = "absolute"  # as in the real config.json
+    return out, config
 
 
 def build_m3_checkpoint(
@@ -255,21 +262,17 @@ def build_m3_checkpoint(
         The folder.
     """
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaModel
 
-    out = build_tokenizer(folder, vocab_size=vocab_size)
-    vocab = len(json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
-    vocab += 1  # <mask>, appended as an added token
-    config = XLMRobertaConfig(
-        **_xlmr_config(
-            vocab,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            intermediate_size=intermediate_size or 4 * hidden_size,
-            max_position_embeddings=max_position_embeddings,
-        ),
-        architectures=["XLMRobertaModel"],
+    out, config = _tokenizer_and_config(
+        folder,
+        "XLMRobertaModel",
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
     )
     torch.manual_seed(seed)
     model = XLMRobertaModel(config, add_pooling_layer=True)
@@ -306,24 +309,17 @@ def build_reranker_checkpoint(
         The folder.
     """
     import torch
-    from transformers import (
-        XLMRobertaConfig,
-        XLMRobertaForSequenceClassification,
-    )
+    from transformers import XLMRobertaForSequenceClassification
 
-    out = build_tokenizer(folder, vocab_size=vocab_size)
-    vocab = len(json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
-    vocab += 1
-    config = XLMRobertaConfig(
-        **_xlmr_config(
-            vocab,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            intermediate_size=intermediate_size or 4 * hidden_size,
-            max_position_embeddings=max_position_embeddings,
-        ),
-        architectures=["XLMRobertaForSequenceClassification"],
+    out, config = _tokenizer_and_config(
+        folder,
+        "XLMRobertaForSequenceClassification",
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
     )
     config.num_labels = 1
     torch.manual_seed(seed)

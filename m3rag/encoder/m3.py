@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from m3rag._batching import plan_batches
 from m3rag._hub import resolve_model_dir
-from m3rag._torchutil import resolve_device, resolve_dtype, run_with_oom_backoff
+from m3rag._torchutil import BatchedModel, resolve_device, resolve_dtype
 from m3rag.encoder._checkpoint import COLBERT_FILE, SPARSE_FILE, CheckpointInfo, inspect_checkpoint
 from m3rag.errors import InputTooLongError, MissingHeadError, ModelLoadError, UnsupportedOutputError
 from m3rag.scoring import colbert_score, lexical_matching_score
@@ -140,7 +139,7 @@ def _check_length(value: int, name: str) -> int:
     return value
 
 
-class M3Encoder:
+class M3Encoder(BatchedModel):
     """BGE-M3 encoder producing dense, lexical and ColBERT representations in one pass.
 
     Args:
@@ -188,16 +187,7 @@ class M3Encoder:
         cache_dir: str | os.PathLike[str] | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be a positive int, got {batch_size!r}"
-            raise ValueError(msg)
-        if max_batch_tokens is not None and (
-            isinstance(max_batch_tokens, bool)
-            or not isinstance(max_batch_tokens, int)
-            or max_batch_tokens < 1
-        ):
-            msg = f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}"
-            raise ValueError(msg)
+        self._init_batching(batch_size, max_batch_tokens)
         _check_length(query_max_length, "query_max_length")
         _check_length(passage_max_length, "passage_max_length")
 
@@ -210,8 +200,6 @@ class M3Encoder:
         self._info: CheckpointInfo = inspect_checkpoint(folder)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.query_max_length = self._cap(query_max_length, "query_max_length")
         self.passage_max_length = self._cap(passage_max_length, "passage_max_length")
         self.show_progress = show_progress
@@ -486,17 +474,6 @@ class M3Encoder:
                 probe[i] = row
         return [list(x) for x in probe], truncated
 
-    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        longest = max(len(r) for r in rows)
-        ids = np.full((len(rows), longest), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), longest), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
-
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, heads: tuple[Head, ...]
     ) -> dict[str, torch.Tensor]:
@@ -529,22 +506,6 @@ class M3Encoder:
             out["colbert"] = F.normalize(vecs, dim=-1)
         return out
 
-    def _batches(self, lengths: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        return plan_batches(
-            lengths, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
-        )
-
-    def _shrink(self, batch: np.ndarray) -> None:
-        """After an OOM, keep later batches below the size that failed."""
-        self.batch_size = max(1, min(self.batch_size, len(batch) // 2))
-        if self.max_batch_tokens is not None:
-            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
-
-    @staticmethod
-    def _split(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        half = len(batch) // 2
-        return None if half == 0 else (batch[:half], batch[half:])
-
     def _encode_ids(
         self, rows: list[list[int]], truncated: np.ndarray, heads: tuple[Head, ...]
     ) -> M3Output:
@@ -552,7 +513,7 @@ class M3Encoder:
 
         n = len(rows)
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        _, batches = self._batches(lengths)
+        batches = self._plan(lengths)
         dense = np.zeros((n, self.dim), dtype=np.float32) if "dense" in heads else None
         lexical: list[dict[int, float]] | None = [{}] * n if "sparse" in heads else None
         colbert: list[np.ndarray] | None = (
@@ -570,9 +531,7 @@ class M3Encoder:
 
         with torch.inference_mode():
             for batch in batches:
-                for part, (out, ids) in run_with_oom_backoff(
-                    [batch], run, split=self._split, on_oom=self._shrink
-                ):
+                for part, (out, ids) in self._run_batches([batch], run):
                     if dense is not None:
                         dense[part] = out["dense"].float().cpu().numpy()
                     if lexical is not None:

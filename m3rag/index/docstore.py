@@ -77,33 +77,29 @@ class DocStore:
 
         return _Tx()
 
-    def keys_for_ids(self, ids: Sequence[str], next_key: int) -> list[tuple[str, int]]:
-        """``(id, key)`` rows of committed keys with these ids (tombstoned ones included)."""
+    def _keys_where(
+        self, column: str, values: Sequence[str], next_key: int
+    ) -> list[tuple[str, int]]:
+        """``(value, key)`` rows of committed keys whose ``column`` is one of ``values``."""
         out: list[tuple[str, int]] = []
-        for start in range(0, len(ids), 900):
-            chunk = list(ids[start : start + 900])
+        for start in range(0, len(values), 900):  # SQLite's bound-parameter limit
+            chunk = list(values[start : start + 900])
             marks = ",".join("?" * len(chunk))
             out.extend(
                 self._db.execute(
-                    f"SELECT id, key FROM docs WHERE key < ? AND id IN ({marks})",  # noqa: S608 - placeholders only
+                    f"SELECT {column}, key FROM docs WHERE key < ? AND {column} IN ({marks})",  # noqa: S608 - fixed column names, placeholders
                     [next_key, *chunk],
                 ).fetchall()
             )
         return out
 
+    def keys_for_ids(self, ids: Sequence[str], next_key: int) -> list[tuple[str, int]]:
+        """``(id, key)`` rows of committed keys with these ids (tombstoned ones included)."""
+        return self._keys_where("id", ids, next_key)
+
     def keys_for_hashes(self, hashes: Sequence[str], next_key: int) -> list[tuple[str, int]]:
         """``(sha256, key)`` rows of committed keys with these content hashes."""
-        out: list[tuple[str, int]] = []
-        for start in range(0, len(hashes), 900):
-            chunk = list(hashes[start : start + 900])
-            marks = ",".join("?" * len(chunk))
-            out.extend(
-                self._db.execute(
-                    f"SELECT sha256, key FROM docs WHERE key < ? AND sha256 IN ({marks})",  # noqa: S608
-                    [next_key, *chunk],
-                ).fetchall()
-            )
-        return out
+        return self._keys_where("sha256", hashes, next_key)
 
     def rows(self, keys: Sequence[int]) -> dict[int, tuple[str, str, dict[str, Any]]]:
         """``key -> (id, text, metadata)`` for the given keys."""

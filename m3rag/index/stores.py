@@ -136,15 +136,7 @@ class ColbertStore:
 
         if len(keys) == 0:
             return np.zeros(0, dtype=np.float32)
-        offsets = self.offsets.read(docs)[np.asarray(keys)]
-        vectors = self.vectors.read(token_rows)
-        scales = self.scales.read(token_rows) if self.scales is not None else None
-        mats = []
-        for start, length in offsets.tolist():
-            block = np.asarray(vectors[start : start + length], dtype=np.float32)
-            if scales is not None:
-                block = block * scales[start : start + length, None]
-            mats.append(block)
+        mats = self.matrices(keys, token_rows=token_rows, docs=docs)
         return colbert_scores(query, mats)
 
     def matrices(

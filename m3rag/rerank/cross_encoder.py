@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from m3rag._batching import plan_batches
 from m3rag._hub import resolve_model_dir
-from m3rag._torchutil import resolve_device, resolve_dtype, run_with_oom_backoff
+from m3rag._torchutil import BatchedModel, resolve_device, resolve_dtype
 from m3rag.encoder.m3 import validate_texts
 from m3rag.errors import InputTooLongError, ModelLoadError
 
@@ -132,7 +131,7 @@ def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
-class Reranker:
+class Reranker(BatchedModel):
     """A bge-reranker cross-encoder (v2-m3, base, large) scoring ``(query, passage)`` pairs.
 
     Args:
@@ -181,16 +180,9 @@ class Reranker:
         cache_dir: str | os.PathLike[str] | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{name} must be a positive int, got {value!r}"
-                raise ValueError(msg)
-        if max_batch_tokens is not None and (
-            isinstance(max_batch_tokens, bool)
-            or not isinstance(max_batch_tokens, int)
-            or max_batch_tokens < 1
-        ):
-            msg = f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}"
+        self._init_batching(batch_size, max_batch_tokens)
+        if isinstance(max_length, bool) or not isinstance(max_length, int):
+            msg = f"max_length must be an int, got {max_length!r}"
             raise ValueError(msg)
         if pairing not in ("ids", "text"):
             msg = f"pairing must be 'ids' or 'text', got {pairing!r}"
@@ -225,8 +217,6 @@ class Reranker:
             raise InputTooLongError(msg)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length
         self.query_max_length = q_max
         self.show_progress = show_progress
@@ -393,9 +383,7 @@ class Reranker:
         import torch
 
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        _, batches = plan_batches(
-            lengths, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
-        )
+        batches = self._plan(lengths)
         scores = np.zeros(len(rows), dtype=np.float32)
 
         def forward(part: npt.NDArray[np.intp]) -> torch.Tensor:
@@ -411,38 +399,13 @@ class Reranker:
 
             progress = tqdm(total=len(rows), desc="Reranking", unit="pair")
         with torch.inference_mode():
-            for part, out in run_with_oom_backoff(
-                batches, forward, split=self._split, on_oom=self._shrink
-            ):
+            for part, out in self._run_batches(batches, forward):
                 scores[part] = out.cpu().numpy()
                 if progress is not None:
                     progress.update(len(part))
         if progress is not None:
             progress.close()
         return scores
-
-    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        longest = max(len(r) for r in rows)
-        ids = np.full((len(rows), longest), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), longest), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
-
-    @staticmethod
-    def _split(
-        batch: npt.NDArray[np.intp],
-    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] | None:
-        half = len(batch) // 2
-        return None if half == 0 else (batch[:half], batch[half:])
-
-    def _shrink(self, batch: npt.NDArray[np.intp]) -> None:
-        self.batch_size = max(1, min(self.batch_size, len(batch) // 2))
-        if self.max_batch_tokens is not None:
-            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
 
     # -- reranking ----------------------------------------------------------------------------
 

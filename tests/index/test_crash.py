@@ -75,7 +75,8 @@ def test_sigkill_at_random_moments_keeps_committed_state(tmp_path: Path) -> None
                     vec = random_outputs(20, seed=gen)
                     j = int(newest[0].split("-")[1])
                     assert col.search_dense(vec.dense_vecs[j], k=1).ids == [newest[0]]  # type: ignore[index]
-                    assert newest[0] in col.search_lexical(vec.lexical_weights[j], k=5).ids  # type: ignore[index]
+                    every = col.search_lexical(vec.lexical_weights[j], k=len(expected))  # type: ignore[index]
+                    assert newest[0] in every.ids
                     assert np.isfinite(
                         col.colbert_scores(
                             vec.colbert_vecs[j], col.search_dense(vec.dense_vecs[j], k=1).keys

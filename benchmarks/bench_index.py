@@ -1,0 +1,274 @@
+"""Index benchmark on synthetic data with BGE-M3-like statistics (model excluded).
+
+Passages get Zipf-distributed token ids over a 250,002-token vocabulary (~60 lexical tokens
+each, weights in (0, 0.5]), unit-norm dense vectors (1024-d by default) and, for the ColBERT
+part, unit-norm token matrices (~200 x 1024). Reported per size: store ingest rate, query
+p50/p95 per path (dense exact, lexical exact, ColBERT MaxSim over 100 candidates), disk size
+and the peak RSS of a fresh process that opens the index and queries it. The lexical path is
+compared in the same run with a brute-force ``scipy.sparse`` product on the same weights (and
+checked to return the same top-10).
+
+Run: ``.venv/bin/python benchmarks/bench_index.py [--quick] [--sizes 100000,1000000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+VOCAB = 250_002
+
+
+def synthetic(
+    n: int, *, dim: int, tokens: int, seed: int, zipf_p: np.ndarray
+) -> tuple[np.ndarray, list[dict[int, float]]]:
+    rng = np.random.default_rng(seed)
+    dense = rng.standard_normal((n, dim), dtype=np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    counts = np.maximum(1, rng.poisson(tokens, size=n))
+    ids = rng.choice(VOCAB - 4, size=int(counts.sum()), p=zipf_p) + 4
+    weights = rng.uniform(0.001, 0.5, size=len(ids)).astype(np.float32)
+    lexical = []
+    start = 0
+    for c in counts.tolist():
+        lexical.append(
+            dict(
+                zip(
+                    ids[start : start + c].tolist(),
+                    weights[start : start + c].tolist(),
+                    strict=True,
+                )
+            )
+        )
+        start += c
+    return dense, lexical
+
+
+def colbert_mats(n: int, *, dim: int, rows: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        m = rng.standard_normal((max(1, int(rng.normal(rows, rows / 4))), dim), dtype=np.float32)
+        out.append(m / np.linalg.norm(m, axis=1, keepdims=True))
+    return out
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    ms = sorted(t * 1000 for t in times)
+    return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))]}
+
+
+def build(folder: Path, n: int, args: argparse.Namespace, zipf_p: np.ndarray) -> dict[str, Any]:
+    from m3rag import Collection, M3Output
+
+    col = Collection.create(
+        folder, heads=("dense", "sparse"), dim=args.dim, dense_dtype=args.dense_dtype
+    )
+    batch = 10_000
+    gen_time = 0.0
+    start = time.perf_counter()
+    for b in range(0, n, batch):
+        t0 = time.perf_counter()
+        m = min(batch, n - b)
+        dense, lexical = synthetic(m, dim=args.dim, tokens=args.tokens, seed=b, zipf_p=zipf_p)
+        out = M3Output.build(dense_vecs=dense, lexical_weights=lexical)
+        gen_time += time.perf_counter() - t0
+        col.add(
+            [f"passage {b + i}" for i in range(m)],
+            ids=[str(b + i) for i in range(m)],
+            embeddings=out,
+        )
+        col.commit()
+    elapsed = time.perf_counter() - start - gen_time
+    col.close()
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return {"passages": n, "ingest_per_s": n / elapsed, "ingest_s": elapsed, "disk_mb": size / 1e6}
+
+
+QUERY_SCRIPT = r"""
+import json, resource, sys, time
+import numpy as np
+sys.path[:0] = json.loads(sys.argv[3])
+from m3rag import Collection
+folder, spec = sys.argv[1], json.loads(sys.argv[2])
+col = Collection.open(folder, read_only=True)
+qs = np.load(spec["queries"], allow_pickle=False)
+lex = json.loads(open(spec["lexical"]).read())
+out = {"dense": [], "lexical": [], "lexical_top10": []}
+for q in qs[: spec["dense_queries"]]:
+    t = time.perf_counter()
+    col.search_dense(q, k=10)
+    out["dense"].append(time.perf_counter() - t)
+for w in lex:
+    w = {int(k): v for k, v in w.items()}
+    t = time.perf_counter()
+    hits = col.search_lexical(w, k=10)
+    out["lexical"].append(time.perf_counter() - t)
+    out["lexical_top10"].append(hits.ids)
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def query(
+    folder: Path, n: int, args: argparse.Namespace, zipf_p: np.ndarray, work: Path
+) -> dict[str, Any]:
+    import scipy.sparse as sp
+
+    q_dense, q_lex = synthetic(
+        args.queries, dim=args.dim, tokens=args.query_tokens, seed=999_999, zipf_p=zipf_p
+    )
+    np.save(work / "q.npy", q_dense, allow_pickle=False)
+    (work / "lex.json").write_text(json.dumps([{str(k): v for k, v in d.items()} for d in q_lex]))
+    spec = {
+        "queries": str(work / "q.npy"),
+        "lexical": str(work / "lex.json"),
+        "dense_queries": args.dense_queries,
+    }
+    res = subprocess.run(  # noqa: S603 - our own script and interpreter
+        [sys.executable, "-c", QUERY_SCRIPT, str(folder), json.dumps(spec), json.dumps(sys.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ours = json.loads(res.stdout.strip().splitlines()[-1])
+
+    # brute force: the same weights as a CSR matrix, regenerated with the same seeds
+    rows, cols, vals = [], [], []
+    for b in range(0, n, 10_000):
+        m = min(10_000, n - b)
+        _, lexical = synthetic(m, dim=args.dim, tokens=args.tokens, seed=b, zipf_p=zipf_p)
+        for i, d in enumerate(lexical):
+            rows.extend([b + i] * len(d))
+            cols.extend(d.keys())
+            vals.extend(d.values())
+    matrix = sp.csr_matrix(
+        (np.array(vals, np.float32), (np.array(rows), np.array(cols))), shape=(n, VOCAB)
+    )
+    brute_times, agree = [], 0
+    for qi, w in enumerate(q_lex):
+        t = time.perf_counter()
+        qv = sp.csr_matrix(
+            (
+                np.fromiter(w.values(), np.float32),
+                (np.zeros(len(w), int), np.fromiter(w.keys(), int)),
+            ),
+            shape=(1, VOCAB),
+        )
+        scores = (matrix @ qv.T).toarray().ravel()
+        top = np.argsort(-scores, kind="stable")[:10]
+        brute_times.append(time.perf_counter() - t)
+        expected = [str(i) for i in top if scores[i] > 0]
+        agree += int(expected == ours["lexical_top10"][qi][: len(expected)])
+    return {
+        "dense_exact": percentiles(ours["dense"]),
+        "lexical": percentiles(ours["lexical"]),
+        "lexical_scipy_bruteforce": percentiles(brute_times),
+        "lexical_top10_identical": f"{agree}/{len(q_lex)}",
+        "peak_rss_mb_query_process": ours["peak_rss_mb"],
+    }
+
+
+def colbert_part(n: int, dtype: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from m3rag import Collection, M3Output
+
+    folder = work / f"colbert-{dtype}-{n}"
+    col = Collection.create(folder, heads=("colbert",), colbert_dim=args.dim, colbert_dtype=dtype)
+    batch = 500
+    elapsed = 0.0
+    for b in range(0, n, batch):
+        mats = colbert_mats(min(batch, n - b), dim=args.dim, rows=args.colbert_rows, seed=b)
+        out = M3Output.build(colbert_vecs=mats)
+        t = time.perf_counter()
+        col.add(
+            [f"p{b + i}" for i in range(len(mats))],
+            ids=[str(b + i) for i in range(len(mats))],
+            embeddings=out,
+        )
+        col.commit()
+        elapsed += time.perf_counter() - t
+    q = colbert_mats(1, dim=args.dim, rows=32, seed=7)[0]
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(args.queries):
+        keys = rng.choice(n, size=100, replace=False)
+        t = time.perf_counter()
+        col.colbert_scores(q, keys)
+        times.append(time.perf_counter() - t)
+    col.close()
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder)
+    return {
+        "passages": n,
+        "dtype": dtype,
+        "ingest_per_s": n / elapsed,
+        "disk_mb": size / 1e6,
+        "maxsim_100": percentiles(times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", default="100000")
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--dense-dtype", default="float16")
+    parser.add_argument("--tokens", type=int, default=60)
+    parser.add_argument("--query-tokens", type=int, default=20)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--dense-queries", type=int, default=20)
+    parser.add_argument("--colbert", default="10000:float16,20000:int8")
+    parser.add_argument("--colbert-rows", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.dim, args.queries, args.colbert = "5000", 64, 10, "500:float16,500:int8"
+    ranks = np.arange(1, VOCAB - 3, dtype=np.float64)
+    zipf_p = 1.0 / ranks
+    zipf_p /= zipf_p.sum()
+
+    results: dict[str, Any] = {
+        "benchmark": "index",
+        "cores": os.cpu_count(),
+        "dim": args.dim,
+        "dense_dtype": args.dense_dtype,
+        "tokens_per_passage": args.tokens,
+        "query_tokens": args.query_tokens,
+        "sizes": [],
+        "colbert": [],
+    }
+    work = Path(tempfile.mkdtemp(prefix="m3rag-bench-index-"))
+    try:
+        for n in [int(s) for s in args.sizes.split(",") if s]:
+            folder = work / f"c{n}"
+            row = build(folder, n, args, zipf_p)
+            row.update(query(folder, n, args, zipf_p, work))
+            results["sizes"].append(row)
+            print(json.dumps(row))
+            shutil.rmtree(folder)
+        for part in args.colbert.split(","):
+            if part:
+                n, dtype = part.split(":")
+                row = colbert_part(int(n), dtype, args, work)
+                results["colbert"].append(row)
+                print(json.dumps(row))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
