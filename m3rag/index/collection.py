@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from m3rag._optional import require
 from m3rag._version import __version__
 from m3rag.errors import (
     CollectionExistsError,
@@ -48,10 +49,11 @@ from m3rag.errors import (
     UnknownIdError,
 )
 from m3rag.index._files import Column, WriterLock, atomic_write_json
+from m3rag.index.ann import AnnIndex
 from m3rag.index.docstore import DocStore
 from m3rag.index.filters import Filter, dumps_metadata
 from m3rag.index.lexical import BITS, STEP, LexicalIndex, quantization_error
-from m3rag.index.stores import ColbertStore, DenseStore, LexicalStore, topk
+from m3rag.index.stores import ColbertStore, DenseStore, LexicalStore
 from m3rag.types import HEADS, Document, Head, M3Output
 
 if TYPE_CHECKING:
@@ -150,10 +152,15 @@ class Collection:
             else None
         )
         self._lexstore = LexicalStore(folder) if "sparse" in self.heads else None
+        ann = manifest.get("ann")
+        self._ann = (
+            AnnIndex(folder, self._dense.dim, **ann) if ann and self._dense is not None else None
+        )
         self._tombstones = Column(folder / "tombstones.int64", np.int64)
         self._docs = DocStore(folder / "docs.sqlite", writable=not read_only)
         self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
         self._pending = _Pending.empty()
+        self._pending_max_norm = float(manifest.get("dense_max_norm", 0.0))
         self._closed = False
         if not read_only:
             self._recover()
@@ -172,6 +179,7 @@ class Collection:
         colbert_dim: int | None = None,
         dense_dtype: str = "float32",
         colbert_dtype: str = "float16",
+        ann: bool | Mapping[str, int] = False,
     ) -> Collection:
         """Create a collection in a new (or empty) folder and open it for writing.
 
@@ -184,6 +192,9 @@ class Collection:
             colbert_dim: ColBERT size, required without an encoder when ``colbert`` is stored.
             dense_dtype: ``"float32"`` or ``"float16"``.
             colbert_dtype: ``"float16"`` or ``"int8"`` (per-row scaled, half the size).
+            ann: Keep an HNSW graph (usearch) for approximate dense search on very large
+                collections: ``True``, or a dict of ``connectivity``, ``expansion_add``,
+                ``expansion_search``. Needs ``pip install "m3rag[ann]"``.
 
         Raises:
             CollectionExistsError: The folder already holds a collection (or other files).
@@ -224,6 +235,19 @@ class Collection:
         if colbert_dtype not in ("float16", "int8"):
             msg = f"colbert_dtype must be 'float16' or 'int8', got {colbert_dtype!r}"
             raise ValueError(msg)
+        ann_config: dict[str, int] | None = None
+        if ann:
+            if "dense" not in chosen:
+                msg = "ann=True needs the dense head"
+                raise ValueError(msg)
+            ann_config = {"connectivity": 16, "expansion_add": 128, "expansion_search": 64}
+            if isinstance(ann, Mapping):
+                unknown = sorted(set(ann) - set(ann_config))
+                if unknown:
+                    msg = f"unknown ann options {unknown}; use {sorted(ann_config)}"
+                    raise ValueError(msg)
+                ann_config.update({k: int(v) for k, v in ann.items()})
+            require("usearch.index", extra="ann", purpose="Collection(ann=True)")
         folder.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(folder)
         lock.acquire()
@@ -241,6 +265,7 @@ class Collection:
             "colbert_dtype": colbert_dtype,
             "encoder": fingerprint,
             "lexical": {"step": STEP, "bits": BITS, "max_error": 0.0, "max_bit": 0},
+            "ann": ann_config,
         }
         try:
             atomic_write_json(folder / MANIFEST, manifest)
@@ -352,6 +377,17 @@ class Collection:
         self._alive = alive
         self._dense_matrix = self._dense.matrix(n) if self._dense is not None else None
         self._searcher = self._tantivy.searcher()
+        if self._ann is not None and self._dense_matrix is not None and len(self._ann) < n:
+            if self.read_only:
+                # a reader searches the keys the graph does not cover exactly
+                self._ann_upto = len(self._ann)
+            else:
+                missing = np.arange(len(self._ann), n, dtype=np.int64)
+                self._ann.add(missing, self._dense_matrix[len(self._ann) :])
+                self._ann.save()
+                self._ann_upto = n
+        else:
+            self._ann_upto = n
 
     def refresh(self) -> bool:
         """Re-read the manifest to see commits made since opening; returns whether it changed."""
@@ -635,6 +671,7 @@ class Collection:
         lexical_meta = dict(self._manifest["lexical"])
         try:
             output = M3Output.concat(p.outputs) if p.outputs else None
+            self._pending_max_norm = float(self._manifest.get("dense_max_norm", 0.0))
             if output is not None:
                 lengths.update(self._append_vectors(output, n0, old, lexical_meta))
             self._docs.insert(
@@ -659,6 +696,7 @@ class Collection:
                 next_key=n0 + len(p.keys),
                 lengths=lengths,
                 lexical=lexical_meta,
+                dense_max_norm=self._pending_max_norm,
                 m3rag_version=__version__,
             )
             atomic_write_json(self.path / MANIFEST, manifest)  # the commit point
@@ -669,6 +707,12 @@ class Collection:
             raise
         self._manifest = manifest
         self._pending = _Pending.empty()
+        if self._ann is not None and output is not None and output.dense_vecs is not None:
+            try:  # derived data: completed from the matrix at the next open if this fails
+                self._ann.add(np.arange(n0, n0 + len(output), dtype=np.int64), output.dense_vecs)
+                self._ann.save()
+            except Exception:  # pragma: no cover - the manifest is authoritative
+                logger.warning("could not update the ANN graph", exc_info=True)
         if len(tomb):
             try:  # best effort: tombstones already hide these documents
                 self._tantivy.delete_keys(tomb.tolist())
@@ -684,6 +728,10 @@ class Collection:
         new: dict[str, int] = {}
         if self._dense is not None and output.dense_vecs is not None:
             self._dense.append(output.dense_vecs)
+            norms = np.linalg.norm(output.dense_vecs.astype(np.float64), axis=1)
+            self._pending_max_norm = max(
+                float(self._manifest.get("dense_max_norm", 0.0)), float(norms.max(initial=0.0))
+            )
         if self._colbert is not None and output.colbert_vecs is not None:
             rows = self._colbert.append(output.colbert_vecs, old.get("colbert", 0))
             new["colbert"] = old.get("colbert", 0) + rows
@@ -789,8 +837,15 @@ class Collection:
         *,
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
+        exact: bool | None = None,
     ) -> Hits:
-        """Exact inner-product top-``k`` over the dense vectors of live documents."""
+        """Inner-product top-``k`` over the dense vectors of live documents.
+
+        Exact by default. With an ANN graph (``Collection.create(..., ann=True)``) and
+        ``exact`` not ``True``, candidates come from the graph (over-fetched, then filtered and
+        rescored exactly); if fewer than ``k`` allowed candidates come back it falls back to
+        the exact scan, so ``k`` results come back whenever ``k`` matching documents exist.
+        """
         self._require("dense")
         k = _check_k(k)
         q = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -799,10 +854,36 @@ class Collection:
             raise ValueError(msg)
         mask = self.allowed(filter)
         assert self._dense_matrix is not None  # noqa: S101 - dense is stored
-        scores = DenseStore.scores(self._dense_matrix, q)
-        scores[~mask] = -np.inf
-        keys = topk(scores, k)
-        return self._hits(keys, scores[keys])
+        if self._ann is not None and exact is not True:
+            hits = self._search_ann(q, k, mask)
+            if hits is not None:
+                return hits
+        keys, scores = DenseStore.search(
+            self._dense_matrix, q, k, mask, float(self._manifest.get("dense_max_norm", 1.0))
+        )
+        return self._hits(keys, scores)
+
+    def _search_ann(
+        self, q: npt.NDArray[np.float32], k: int, mask: npt.NDArray[np.bool_]
+    ) -> Hits | None:
+        assert self._ann is not None  # noqa: S101
+        assert self._dense_matrix is not None  # noqa: S101
+        allowed = int(mask.sum())
+        if allowed == 0:
+            return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        covered = self._ann_upto
+        # over-fetch in proportion to how selective the filter is
+        count = min(covered, max(4 * k, 64) * max(1, len(mask) // allowed))
+        keys = self._ann.search(q, count)
+        keys = keys[keys < covered]
+        keys = keys[mask[keys]]
+        tail = np.arange(covered, len(mask), dtype=np.int64)
+        keys = np.concatenate([keys, tail[mask[tail]]])
+        if len(keys) < min(k, allowed):
+            return None  # too few allowed candidates: the caller scans exactly
+        scores = DenseStore.scores_for(self._dense_matrix, q, keys)
+        order = np.lexsort((keys, -scores))[:k]
+        return self._hits(keys[order], scores[order])
 
     def search_lexical(
         self,

@@ -62,6 +62,59 @@ class DenseStore:
         return self.column.read(rows)
 
     @staticmethod
+    def search(
+        matrix: npt.NDArray[Any],
+        query: npt.NDArray[np.float32],
+        k: int,
+        mask: npt.NDArray[np.bool_],
+        max_norm: float,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Exact top-``k`` inner products among the rows where ``mask`` holds.
+
+        float32 matrices are scanned with BLAS directly. float16 matrices are scanned with
+        torch's native half-precision matrix-vector product (numpy has no fast float16 path and
+        widening the whole matrix costs more than the product); every row whose half-precision
+        score is within a proven error bound of the ``k``-th is then rescored in float32, so the
+        result is the exact top-``k`` of the stored vectors.
+        """
+        q = np.asarray(query, dtype=np.float32)
+        if matrix.dtype == np.float32:
+            scores = DenseStore.scores(matrix, q)
+            scores[~mask] = -np.inf
+            keys = topk(scores, k)
+            return keys, scores[keys]
+        approx = DenseStore._half_scores(matrix, q)
+        approx[~mask] = -np.inf
+        first = topk(approx, k)
+        if len(first) == 0:
+            return first, np.zeros(0, dtype=np.float32)
+        # |approx - exact| <= |q| |d| 2**-8: half rounding of q (2**-11 relative), of the
+        # result (2**-11 relative) and accumulation, with a wide safety factor.
+        margin = float(np.linalg.norm(q)) * max_norm * 2.0**-8
+        candidates = np.flatnonzero(approx >= approx[first[-1]] - 2 * margin)
+        exact = DenseStore.scores_for(matrix, q, candidates)
+        order = np.lexsort((candidates, -exact))[:k]
+        return candidates[order].astype(np.int64), exact[order]
+
+    @staticmethod
+    def _half_scores(
+        matrix: npt.NDArray[Any], q: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        import warnings
+
+        import torch
+
+        out = np.empty(matrix.shape[0], dtype=np.float32)
+        tq = torch.tensor(q, dtype=torch.float16)
+        with warnings.catch_warnings():
+            # the memory map is read-only and torch warns about that; it only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            for start in range(0, matrix.shape[0], 4 * _BLOCK):
+                block = torch.from_numpy(np.asarray(matrix[start : start + 4 * _BLOCK]))
+                out[start : start + block.shape[0]] = (block @ tq).float().numpy()
+        return out
+
+    @staticmethod
     def scores(matrix: npt.NDArray[Any], query: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Inner products of every row with ``query``, block by block."""
         q = np.asarray(query, dtype=np.float32)
