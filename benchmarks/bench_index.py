@@ -70,11 +70,14 @@ def percentiles(times: list[float]) -> dict[str, float]:
     return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))]}
 
 
-def build(folder: Path, n: int, args: argparse.Namespace, zipf_p: np.ndarray) -> dict[str, Any]:
+def build(
+    folder: Path, n: int, args: argparse.Namespace, zipf_p: np.ndarray, *, ann: bool = False
+) -> dict[str, Any]:
     from m3rag import Collection, M3Output
 
+    heads = ("dense",) if ann else ("dense", "sparse")
     col = Collection.create(
-        folder, heads=("dense", "sparse"), dim=args.dim, dense_dtype=args.dense_dtype
+        folder, heads=heads, dim=args.dim, dense_dtype=args.dense_dtype, ann=ann
     )
     batch = 10_000
     gen_time = 0.0
@@ -106,11 +109,18 @@ folder, spec = sys.argv[1], json.loads(sys.argv[2])
 col = Collection.open(folder, read_only=True)
 qs = np.load(spec["queries"], allow_pickle=False)
 lex = json.loads(open(spec["lexical"]).read())
-out = {"dense": [], "lexical": [], "lexical_top10": []}
+out = {"dense": [], "lexical": [], "lexical_top10": [], "ann": [], "ann_recall": []}
 for q in qs[: spec["dense_queries"]]:
     t = time.perf_counter()
-    col.search_dense(q, k=10)
+    exact = col.search_dense(q, k=10, exact=True)
     out["dense"].append(time.perf_counter() - t)
+    if spec.get("ann"):
+        t = time.perf_counter()
+        approx = col.search_dense(q, k=10)
+        out["ann"].append(time.perf_counter() - t)
+        out["ann_recall"].append(len(set(approx.ids) & set(exact.ids)) / 10)
+if spec.get("ann"):
+    lex = []
 for w in lex:
     w = {int(k): v for k, v in w.items()}
     t = time.perf_counter()
@@ -181,6 +191,35 @@ def query(
     }
 
 
+def ann_part(n: int, args: argparse.Namespace, zipf_p: np.ndarray, work: Path) -> dict[str, Any]:
+    folder = work / f"ann{n}"
+    row = build(folder, n, args, zipf_p, ann=True)
+    q_dense, _ = synthetic(args.queries, dim=args.dim, tokens=1, seed=999_999, zipf_p=zipf_p)
+    np.save(work / "qa.npy", q_dense, allow_pickle=False)
+    (work / "lexa.json").write_text("[]")
+    spec = {
+        "queries": str(work / "qa.npy"),
+        "lexical": str(work / "lexa.json"),
+        "dense_queries": args.dense_queries,
+        "ann": True,
+    }
+    res = subprocess.run(  # noqa: S603 - our own script and interpreter
+        [sys.executable, "-c", QUERY_SCRIPT, str(folder), json.dumps(spec), json.dumps(sys.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    shutil.rmtree(folder)
+    return {
+        "passages": n,
+        "ingest_with_hnsw_per_s": row["ingest_per_s"],
+        "dense_exact": percentiles(out["dense"]),
+        "dense_hnsw": percentiles(out["ann"]),
+        "hnsw_recall@10": float(np.mean(out["ann_recall"])),
+    }
+
+
 def colbert_part(n: int, dtype: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from m3rag import Collection, M3Output
 
@@ -231,10 +270,12 @@ def main() -> None:
     parser.add_argument("--dense-queries", type=int, default=20)
     parser.add_argument("--colbert", default="10000:float16,20000:int8")
     parser.add_argument("--colbert-rows", type=int, default=200)
+    parser.add_argument("--ann", default="100000", help="sizes to also build with HNSW")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.dim, args.queries, args.colbert = "5000", 64, 10, "500:float16,500:int8"
+        args.ann = "5000"
     ranks = np.arange(1, VOCAB - 3, dtype=np.float64)
     zipf_p = 1.0 / ranks
     zipf_p /= zipf_p.sum()
@@ -248,6 +289,7 @@ def main() -> None:
         "query_tokens": args.query_tokens,
         "sizes": [],
         "colbert": [],
+        "ann": [],
     }
     work = Path(tempfile.mkdtemp(prefix="m3rag-bench-index-"))
     try:
@@ -258,6 +300,10 @@ def main() -> None:
             results["sizes"].append(row)
             print(json.dumps(row))
             shutil.rmtree(folder)
+        for n in [int(s) for s in args.ann.split(",") if s]:
+            row = ann_part(n, args, zipf_p, work)
+            results["ann"].append(row)
+            print(json.dumps(row))
         for part in args.colbert.split(","):
             if part:
                 n, dtype = part.split(":")

@@ -1,0 +1,211 @@
+"""Score fusion: per-path normalisation, weighted sum and weighted reciprocal rank fusion.
+
+Pure functions on arrays: no I/O, no models. The retriever scores every candidate on every path
+and hands the per-path score arrays (aligned on the candidates) to :func:`fuse`.
+
+* ``weighted``: ``sum_p w_p * norm(s_p) / sum_p w_p``. With ``normalization="none"`` and the
+  default weights (dense 0.4, lexical 0.2, ColBERT 0.4) this is exactly BGE-M3's
+  ``compute_score`` "colbert+sparse+dense" combination: the raw scores weighted and divided by
+  the weight sum, as the reference does. ``minmax`` maps each path to ``[0, 1]`` over the
+  candidates; ``zscore`` to mean 0, deviation 1 -- use one of them when mixing in BM25, whose
+  scores are unbounded.
+* ``rrf``: weighted reciprocal rank fusion, ``sum_p w_p / (k + rank_p)`` (Cormack et al., 2009),
+  ranks starting at 1 with ties sharing the best rank; a candidate a path did not score
+  contributes nothing for that path. The weights are honoured (many peers ignore them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "NORMALIZATIONS",
+    "PATHS",
+    "FusionConfig",
+    "fuse",
+    "normalize",
+    "ranks",
+    "rrf",
+    "weighted_sum",
+]
+
+PATHS = ("dense", "lexical", "colbert", "bm25")
+"""The retrieval paths: BGE-M3's three heads and BM25 over the text."""
+NORMALIZATIONS = ("none", "minmax", "zscore")
+
+Method = Literal["weighted", "rrf"]
+Normalization = Literal["none", "minmax", "zscore"]
+FloatArray = npt.NDArray[np.float64]
+
+_DEFAULT_WEIGHTS = MappingProxyType({"dense": 0.4, "lexical": 0.2, "colbert": 0.4})
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How per-path scores become one score; validates itself.
+
+    Args:
+        method: ``"weighted"`` (default) or ``"rrf"``.
+        weights: Path -> weight, over :data:`PATHS`. Non-negative, not all zero; stored
+            normalised to sum 1 (scaling all weights changes nothing). Paths left out weigh 0.
+        normalization: For ``weighted``: ``"none"`` (raw scores, the BGE-M3 formula),
+            ``"minmax"`` or ``"zscore"``.
+        rrf_k: The ``k`` of reciprocal rank fusion (60 in the original paper).
+
+    Raises:
+        ValueError: Unknown path (the message lists the valid ones), negative or non-finite
+            weight, all weights zero, unknown method or normalisation, ``rrf_k`` < 0.
+
+    Example:
+        ```python
+        FusionConfig(weights={"dense": 1, "bm25": 1}, normalization="zscore")
+        FusionConfig(method="rrf", weights={"dense": 2, "lexical": 1}, rrf_k=60)
+        ```
+    """
+
+    method: Method = "weighted"
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(_DEFAULT_WEIGHTS))
+    normalization: Normalization = "none"
+    rrf_k: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("weighted", "rrf"):
+            msg = f"method must be 'weighted' or 'rrf', got {self.method!r}"
+            raise ValueError(msg)
+        if self.normalization not in NORMALIZATIONS:
+            msg = f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}"
+            raise ValueError(msg)
+        if (
+            isinstance(self.rrf_k, bool)
+            or not isinstance(self.rrf_k, (int, float))
+            or self.rrf_k < 0
+        ):
+            msg = f"rrf_k must be a non-negative number, got {self.rrf_k!r}"
+            raise ValueError(msg)
+        if not isinstance(self.weights, Mapping):
+            msg = f"weights must be a dict of path -> weight, got {type(self.weights).__name__}"
+            raise TypeError(msg)
+        unknown = sorted(str(p) for p in self.weights if p not in PATHS)
+        if unknown:
+            msg = f"unknown path(s) {unknown} in weights; valid paths are {list(PATHS)}"
+            raise ValueError(msg)
+        for path, w in self.weights.items():
+            if (
+                isinstance(w, bool)
+                or not isinstance(w, (int, float))
+                or not math.isfinite(w)
+                or w < 0
+            ):
+                msg = f"weight of {path!r} must be a finite non-negative number, got {w!r}"
+                raise ValueError(msg)
+        total = float(sum(self.weights.values()))
+        if total <= 0:
+            msg = f"weights are all zero; give at least one of {list(PATHS)} a positive weight"
+            raise ValueError(msg)
+        normalised = {
+            p: float(self.weights[p]) / total for p in PATHS if self.weights.get(p, 0) > 0
+        }
+        object.__setattr__(self, "weights", MappingProxyType(normalised))
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths with a positive weight, in :data:`PATHS` order."""
+        return tuple(self.weights)
+
+
+def normalize(scores: npt.ArrayLike, method: Normalization) -> FloatArray:
+    """Normalise one path's scores over the candidates.
+
+    ``none`` returns them as they are; ``minmax`` maps to ``[0, 1]`` (a constant list maps to
+    all 1.0: every candidate is as good as the best); ``zscore`` to mean 0 and unit deviation (a
+    constant list maps to all 0.0). NaN marks a missing score and stays NaN.
+    """
+    s: FloatArray = np.array(scores, dtype=np.float64)
+    if method == "none" or s.size == 0:
+        return s
+    present = ~np.isnan(s)
+    out = np.full_like(s, np.nan)
+    if not present.any():
+        return out
+    vals = s[present]
+    if method == "minmax":
+        lo, hi = vals.min(), vals.max()
+        out[present] = 1.0 if hi == lo else (vals - lo) / (hi - lo)
+    elif method == "zscore":
+        # test constancy exactly: the float std of a constant list need not be exactly 0
+        sd = vals.std()
+        out[present] = 0.0 if vals.max() == vals.min() or sd == 0 else (vals - vals.mean()) / sd
+    else:
+        msg = f"normalization must be one of {list(NORMALIZATIONS)}, got {method!r}"
+        raise ValueError(msg)
+    return out
+
+
+def ranks(scores: npt.ArrayLike) -> FloatArray:
+    """1-based ranks, best score first; ties share the best rank; NaN (missing) stays NaN."""
+    s = np.asarray(scores, dtype=np.float64)
+    out = np.full(s.shape, np.nan)
+    present = np.flatnonzero(~np.isnan(s))
+    if present.size == 0:
+        return out
+    vals = s[present]
+    # rank = 1 + number of strictly better scores ("min" / competition ranking)
+    sorted_desc = np.sort(vals)[::-1]
+    better = np.searchsorted(-sorted_desc, -vals, side="left")
+    out[present] = better + 1.0
+    return out
+
+
+def weighted_sum(
+    path_scores: Mapping[str, npt.ArrayLike],
+    weights: Mapping[str, float],
+    normalization: Normalization = "none",
+) -> FloatArray:
+    """``sum_p w_p * norm(s_p) / sum_p w_p``; a missing (NaN) score counts as 0 for that path."""
+    n = _size(path_scores)
+    total = np.zeros(n, dtype=np.float64)
+    weight_sum = sum(w for p, w in weights.items() if w > 0)
+    if n == 0 or weight_sum <= 0:
+        return total
+    for path, w in weights.items():
+        if w <= 0 or path not in path_scores:
+            continue
+        s = normalize(path_scores[path], normalization)
+        total += w * np.nan_to_num(s, nan=0.0)
+    return total / weight_sum
+
+
+def rrf(
+    path_scores: Mapping[str, npt.ArrayLike], weights: Mapping[str, float], k: float = 60.0
+) -> FloatArray:
+    """Weighted reciprocal rank fusion: ``sum_p w_p / (k + rank_p)``."""
+    n = _size(path_scores)
+    total = np.zeros(n, dtype=np.float64)
+    for path, w in weights.items():
+        if w <= 0 or path not in path_scores:
+            continue
+        r = ranks(path_scores[path])
+        total += np.where(np.isnan(r), 0.0, w / (k + np.nan_to_num(r, nan=1.0)))
+    return total
+
+
+def fuse(path_scores: Mapping[str, npt.ArrayLike], config: FusionConfig) -> FloatArray:
+    """The fused score of each candidate under ``config``."""
+    if config.method == "rrf":
+        return rrf(path_scores, config.weights, config.rrf_k)
+    return weighted_sum(path_scores, config.weights, config.normalization)
+
+
+def _size(path_scores: Mapping[str, npt.ArrayLike]) -> int:
+    sizes = {len(np.asarray(v)) for v in path_scores.values()}
+    if len(sizes) > 1:
+        msg = f"all paths must score the same candidates; got lengths {sorted(sizes)}"
+        raise ValueError(msg)
+    return sizes.pop() if sizes else 0
