@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from m3rag.chunking import Chunker
@@ -27,7 +29,7 @@ def test_windows_fit_and_cover_the_text(tiny_encoder, text: str, max_tokens: int
         n = len(tiny_encoder.tokenizer(c.text)["input_ids"])
         assert n <= max_tokens
         assert c.n_tokens == n - 2
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert b.start > a.start
         assert b.start <= a.end or not text[a.end : b.start].strip()  # nothing but spaces skipped
     out = tiny_encoder.encode_corpus([c.text for c in chunks])
