@@ -6,6 +6,7 @@ Importing m3rag is cheap: torch and transformers load only when a model is loade
 from __future__ import annotations
 
 from m3rag._version import __version__
+from m3rag.chunking import Chunk, Chunker
 from m3rag.encoder import M3Encoder, PairScores
 from m3rag.errors import (
     CollectionExistsError,
@@ -25,8 +26,11 @@ from m3rag.errors import (
     UnknownIdError,
     UnsupportedOutputError,
 )
+from m3rag.fusion import FusionConfig
 from m3rag.index import Collection, Filter, Hits
 from m3rag.rerank import RankedPassage, Reranker, RerankResult, RerankScores
+from m3rag.results import Hit, PathScore, SearchResults
+from m3rag.retriever import HybridRetriever
 from m3rag.scoring import (
     colbert_score,
     colbert_scores,
@@ -49,6 +53,14 @@ __all__ = [
     "Document",
     "Filter",
     "Hits",
+    # retrieval
+    "HybridRetriever",
+    "FusionConfig",
+    "SearchResults",
+    "Hit",
+    "PathScore",
+    "Chunker",
+    "Chunk",
     # reranker
     "Reranker",
     "RerankResult",

@@ -191,7 +191,8 @@ class Collection:
             dim: Dense size, required without an encoder when ``dense`` is stored.
             colbert_dim: ColBERT size, required without an encoder when ``colbert`` is stored.
             dense_dtype: ``"float32"`` or ``"float16"``.
-            colbert_dtype: ``"float16"`` or ``"int8"`` (per-row scaled, half the size).
+            colbert_dtype: ``"float16"`` (default), ``"float32"`` (exact), or ``"int8"``
+                (per-row scaled, half the size of float16).
             ann: Keep an HNSW graph (usearch) for approximate dense search on very large
                 collections: ``True``, or a dict of ``connectivity``, ``expansion_add``,
                 ``expansion_search``. Needs ``pip install "m3rag[ann]"``.
@@ -232,8 +233,8 @@ class Collection:
         if dense_dtype not in ("float32", "float16"):
             msg = f"dense_dtype must be 'float32' or 'float16', got {dense_dtype!r}"
             raise ValueError(msg)
-        if colbert_dtype not in ("float16", "int8"):
-            msg = f"colbert_dtype must be 'float16' or 'int8', got {colbert_dtype!r}"
+        if colbert_dtype not in ("float32", "float16", "int8"):
+            msg = f"colbert_dtype must be 'float32', 'float16' or 'int8', got {colbert_dtype!r}"
             raise ValueError(msg)
         ann_config: dict[str, int] | None = None
         if ann:

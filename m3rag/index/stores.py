@@ -139,8 +139,8 @@ class ColbertStore:
     """ColBERT token matrices of every document, float16 or int8 + per-row scale."""
 
     def __init__(self, folder: Path, dim: int, dtype: str) -> None:
-        if dtype not in ("float16", "int8"):
-            msg = f"colbert_dtype must be 'float16' or 'int8', got {dtype!r}"
+        if dtype not in ("float32", "float16", "int8"):
+            msg = f"colbert_dtype must be 'float32', 'float16' or 'int8', got {dtype!r}"
             raise ValueError(msg)
         self.dim = dim
         self.dtype = dtype
@@ -160,8 +160,8 @@ class ColbertStore:
             if len(mats)
             else np.zeros((0, self.dim), np.float32)
         )
-        if self.dtype == "float16":
-            return flat.astype(np.float16), None, offsets
+        if self.dtype in ("float32", "float16"):
+            return flat.astype(self.dtype), None, offsets
         scale = np.abs(flat).max(axis=1) / 127.0 if len(flat) else np.zeros(0, np.float32)
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
         q = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8)

@@ -1,0 +1,357 @@
+"""The hybrid retriever: multi-path recall, exact scoring on every path, fusion, reranking.
+
+For a query:
+
+1. the query is encoded once, all heads it needs in one forward pass;
+2. **recall**: dense top-``recall_k``, lexical top-``recall_k`` and BM25 top-``recall_k`` (each
+   switchable), merged into one candidate set;
+3. every candidate is scored **exactly on every path** the collection has -- dense inner
+   product, lexical matching score, ColBERT MaxSim from the stored vectors, BM25 -- not only on
+   the path that recalled it;
+4. **fusion** (:mod:`m3rag.fusion`) gives one score per candidate;
+5. chunks can be **rolled up** to their parent documents (``max`` or ``max + alpha * mean`` of
+   the chunk scores), the best chunk being the evidence;
+6. the fused top ``rerank_top_n`` go to the **reranker**, whose order is final; every hit keeps
+   its retrieval scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag.errors import UnsupportedOutputError
+from m3rag.fusion import PATHS, FusionConfig, fuse, normalize, ranks
+from m3rag.results import Hit, PathScore, SearchResults
+from m3rag.types import M3Output
+
+if TYPE_CHECKING:
+    from m3rag.encoder import M3Encoder
+    from m3rag.index import Collection, Filter
+    from m3rag.rerank import Reranker
+
+__all__ = ["HybridRetriever"]
+
+logger = logging.getLogger(__name__)
+
+RECALL_PATHS = ("dense", "lexical", "bm25")
+Rollup = Literal["max", "max_mean"]
+_HEAD_OF = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
+
+
+class HybridRetriever:
+    """Recall on several paths, score every candidate on every path, fuse, rerank.
+
+    Args:
+        collection: The :class:`~m3rag.Collection` to search.
+        encoder: The query encoder; default ``collection.encoder``.
+        reranker: An optional :class:`~m3rag.Reranker` for the final order.
+        fusion: How path scores are combined (default: weighted, dense 0.4 / lexical 0.2 /
+            ColBERT 0.4, raw scores -- BGE-M3's ``compute_score``).
+        recall_k: Candidates each recall path contributes.
+        rerank_top_n: How many fused candidates the reranker sees.
+        recall: Recall paths, a subset of ``("dense", "lexical", "bm25")``.
+        rollup: ``None`` returns chunks as indexed; ``"max"`` or ``"max_mean"`` groups
+            candidates by ``metadata["parent_id"]`` and scores each parent by its best chunk
+            (plus ``rollup_alpha`` times the mean chunk score), the best chunk as evidence.
+        rollup_alpha: The ``alpha`` of ``"max_mean"``.
+
+    Raises:
+        ValueError: Bad sizes, unknown recall paths (the message lists the valid ones).
+        UnsupportedOutputError: A recall path or fusion weight needs a head the collection does
+            not store or the encoder cannot produce.
+
+    Example:
+        ```python
+        retriever = HybridRetriever(collection, reranker=Reranker("BAAI/bge-reranker-v2-m3"))
+        results = retriever.retrieve("what is the capital of China?", k=5)
+        print(results)              # a table with per-path scores
+        results[0].explain()
+        ```
+    """
+
+    def __init__(
+        self,
+        collection: Collection,
+        *,
+        encoder: M3Encoder | None = None,
+        reranker: Reranker | None = None,
+        fusion: FusionConfig | None = None,
+        recall_k: int = 100,
+        rerank_top_n: int = 50,
+        recall: Sequence[str] = RECALL_PATHS,
+        rollup: Rollup | None = None,
+        rollup_alpha: float = 0.3,
+    ) -> None:
+        self.collection = collection
+        self.encoder = encoder if encoder is not None else collection.encoder
+        self.reranker = reranker
+        self.fusion = fusion if fusion is not None else FusionConfig()
+        for name, value in (("recall_k", recall_k), ("rerank_top_n", rerank_top_n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                msg = f"{name} must be a positive int, got {value!r}"
+                raise ValueError(msg)
+        self.recall_k = recall_k
+        self.rerank_top_n = rerank_top_n
+        unknown = [p for p in recall if p not in RECALL_PATHS]
+        if unknown or not recall:
+            msg = f"recall must be a non-empty subset of {list(RECALL_PATHS)}, got {list(recall)}"
+            raise ValueError(msg)
+        self.recall = tuple(dict.fromkeys(recall))
+        if rollup not in (None, "max", "max_mean"):
+            msg = f"rollup must be None, 'max' or 'max_mean', got {rollup!r}"
+            raise ValueError(msg)
+        self.rollup = rollup
+        self.rollup_alpha = float(rollup_alpha)
+        available = self.available_paths
+        needed = set(self.recall) | set(self.fusion.paths)
+        missing = sorted(p for p in needed if p not in available)
+        if missing:
+            msg = (
+                f"the paths {missing} are not available: this collection and encoder provide "
+                f"{list(available)}. Remove them from recall/fusion weights, or index with a "
+                "model that produces them."
+            )
+            raise UnsupportedOutputError(msg)
+        self._query_heads = {
+            _HEAD_OF[p] for p in needed | {"colbert"} if p in _HEAD_OF and p in available
+        }
+
+    @property
+    def available_paths(self) -> tuple[str, ...]:
+        """Paths both the collection stores and the encoder can compute for queries."""
+        heads = set(self.collection.heads)
+        if self.encoder is not None:
+            heads &= set(self.encoder.heads)
+        else:
+            heads = set()
+        return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in heads)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def retrieve(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | Filter | None = None,
+    ) -> SearchResults:
+        """The top ``k`` hits for ``query``.
+
+        Raises:
+            ValueError: Empty query, or ``k`` not a positive int.
+        """
+        return self.retrieve_batch([query], k=k, filter=filter)[0]
+
+    async def aretrieve(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | Filter | None = None,
+    ) -> SearchResults:
+        """:meth:`retrieve` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.retrieve, query, k=k, filter=filter)
+
+    def retrieve_batch(
+        self,
+        queries: Sequence[str],
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | Filter | None = None,
+    ) -> list[SearchResults]:
+        """:meth:`retrieve` for many queries; the queries are encoded in one batched call."""
+        if isinstance(queries, str):
+            msg = "retrieve_batch takes a list of queries; use retrieve() for one"
+            raise TypeError(msg)
+        items = list(queries)
+        for i, q in enumerate(items):
+            if not isinstance(q, str):
+                msg = f"queries[{i}] must be a string, got {type(q).__name__}"
+                raise TypeError(msg)
+            if not q.strip():
+                msg = f"queries[{i}] is empty; a query needs at least one non-space character"
+                raise ValueError(msg)
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            msg = f"k must be a positive int, got {k!r}"
+            raise ValueError(msg)
+        if not items:
+            return []
+        encoded = self._encode(items)
+        return [
+            self._one(q, None if encoded is None else encoded[i], k, filter)
+            for i, q in enumerate(items)
+        ]
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _encode(self, queries: list[str]) -> M3Output | None:
+        needs_model = bool(self._query_heads)
+        if not needs_model:
+            return None
+        if self.encoder is None:  # pragma: no cover - prevented in __init__
+            msg = "this retriever needs an encoder for its dense/lexical/ColBERT paths"
+            raise ValueError(msg)
+        return self.encoder.encode_queries(
+            queries,
+            dense="dense" in self._query_heads,
+            sparse="sparse" in self._query_heads,
+            colbert="colbert" in self._query_heads,
+        )
+
+    def _one(
+        self,
+        query: str,
+        enc: M3Output | None,
+        k: int,
+        filter: Mapping[str, Any] | Filter | None,
+    ) -> SearchResults:
+        col = self.collection
+        depth = max(self.recall_k, k)
+        recalled: dict[str, npt.NDArray[np.int64]] = {}
+        if "dense" in self.recall and enc is not None and enc.dense_vecs is not None:
+            recalled["dense"] = col.search_dense(enc.dense_vecs[0], k=depth, filter=filter).keys
+        if "lexical" in self.recall and enc is not None and enc.lexical_weights is not None:
+            recalled["lexical"] = col.search_lexical(
+                enc.lexical_weights[0], k=depth, filter=filter
+            ).keys
+        if "bm25" in self.recall:
+            recalled["bm25"] = col.search_bm25(query, k=depth, filter=filter).keys
+        keys = np.array(
+            list(dict.fromkeys(int(x) for v in recalled.values() for x in v.tolist())),
+            dtype=np.int64,
+        )
+        if len(keys) == 0:
+            return SearchResults(query, (), self._display_paths(), 0)
+        raw = self._score_all(query, enc, keys)
+        fused = fuse(raw, self.fusion)
+        docs = col.documents(keys)
+        order = np.lexsort((keys, -fused))
+        hits = self._hits(keys, docs, raw, fused, recalled)
+        ranked = [hits[i] for i in order]
+        if self.rollup is not None:
+            ranked = self._roll_up(ranked)
+        ranked = self._rerank(query, ranked, k)
+        return SearchResults(query, tuple(ranked[:k]), self._display_paths(), len(keys))
+
+    def _display_paths(self) -> tuple[str, ...]:
+        return self.available_paths
+
+    def _score_all(
+        self, query: str, enc: M3Output | None, keys: npt.NDArray[np.int64]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        col = self.collection
+        paths = self.available_paths
+        raw: dict[str, npt.NDArray[np.float64]] = {}
+        if enc is not None:
+            if "dense" in paths and enc.dense_vecs is not None:
+                raw["dense"] = col.dense_scores(enc.dense_vecs[0], keys).astype(np.float64)
+            if "lexical" in paths and enc.lexical_weights is not None:
+                raw["lexical"] = col.lexical_scores(enc.lexical_weights[0], keys).astype(np.float64)
+            if "colbert" in paths and enc.colbert_vecs is not None:
+                raw["colbert"] = col.colbert_scores(enc.colbert_vecs[0], keys).astype(np.float64)
+        raw["bm25"] = col.bm25_scores(query, keys).astype(np.float64)
+        return raw
+
+    def _hits(
+        self,
+        keys: npt.NDArray[np.int64],
+        docs: Sequence[Any],
+        raw: Mapping[str, npt.NDArray[np.float64]],
+        fused: npt.NDArray[np.float64],
+        recalled: Mapping[str, npt.NDArray[np.int64]],
+    ) -> list[Hit]:
+        norm_method = self.fusion.normalization if self.fusion.method == "weighted" else "none"
+        normed = {p: normalize(s, norm_method) for p, s in raw.items()}
+        rank = {p: ranks(s) for p, s in raw.items()}
+        recalled_sets = {p: set(v.tolist()) for p, v in recalled.items()}
+        hits = []
+        for i, key in enumerate(keys.tolist()):
+            doc = docs[i]
+            paths = {
+                p: PathScore(
+                    float(raw[p][i]),
+                    float(normed[p][i]),
+                    int(rank[p][i]),
+                    key in recalled_sets.get(p, set()),
+                )
+                for p in raw
+            }
+            meta = dict(doc.metadata)
+            parent = meta.get("parent_id")
+            hits.append(
+                Hit(
+                    id=doc.id,
+                    text=doc.text,
+                    metadata=meta,
+                    score=float(fused[i]),
+                    fused_score=float(fused[i]),
+                    rerank_score=None,
+                    paths=paths,
+                    parent_id=None if parent is None else str(parent),
+                    key=key,
+                )
+            )
+        return hits
+
+    def _roll_up(self, ranked: list[Hit]) -> list[Hit]:
+        """Group chunk hits by parent; each parent scores by its chunks, best chunk as evidence."""
+        groups: dict[str, list[Hit]] = {}
+        for hit in ranked:
+            groups.setdefault(hit.parent_id or hit.id, []).append(hit)
+        parents = []
+        for parent, chunk_hits in groups.items():
+            best = chunk_hits[0]  # ranked is sorted by fused score
+            scores = [h.fused_score for h in chunk_hits]
+            score = max(scores)
+            if self.rollup == "max_mean":
+                score += self.rollup_alpha * float(np.mean(scores))
+            parents.append(
+                Hit(
+                    id=parent,
+                    text=best.text,
+                    metadata=best.metadata,
+                    score=score,
+                    fused_score=score,
+                    rerank_score=None,
+                    paths=best.paths,
+                    parent_id=best.parent_id,
+                    chunk_id=best.id,
+                    chunks=len(chunk_hits),
+                    key=best.key,
+                )
+            )
+        parents.sort(key=lambda h: (-h.fused_score, h.key))
+        return parents
+
+    def _rerank(self, query: str, ranked: list[Hit], k: int) -> list[Hit]:
+        if self.reranker is None or not ranked:
+            return ranked
+        head, tail = ranked[: self.rerank_top_n], ranked[self.rerank_top_n :]
+        result = self.reranker.rerank(query, [h.text for h in head])
+        reranked = [
+            Hit(
+                id=head[r.index].id,
+                text=head[r.index].text,
+                metadata=head[r.index].metadata,
+                score=r.score,
+                fused_score=head[r.index].fused_score,
+                rerank_score=r.score,
+                paths=head[r.index].paths,
+                parent_id=head[r.index].parent_id,
+                chunk_id=head[r.index].chunk_id,
+                chunks=head[r.index].chunks,
+                key=head[r.index].key,
+            )
+            for r in result
+        ]
+        if k > len(reranked) and tail:
+            logger.debug(
+                "k=%d exceeds rerank_top_n=%d; the rest keep the fused order", k, len(head)
+            )
+        return reranked + tail
