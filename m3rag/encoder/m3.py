@@ -581,6 +581,84 @@ class M3Encoder(BatchedModel):
                 out[r] = dict(zip(tokens[lo:hi], vals[lo:hi], strict=False))
         return out
 
+    # -- MCLS (long documents) ---------------------------------------------------------------
+
+    def encode_mcls(
+        self,
+        texts: str | Sequence[str],
+        *,
+        window: int = 256,
+        max_length: int | None = None,
+    ) -> M3Output:
+        """Dense vectors of long texts by MCLS, the BGE-M3 paper's multiple-CLS method.
+
+        A ``<s>`` (CLS) token is inserted before every ``window`` tokens,
+        ``<s> t1..t256 <s> t257..t512 ... </s>``, the sequence is encoded once, and the dense
+        vector is the L2-normalised mean of the last hidden states at all CLS positions (paper,
+        Appendix B.2: a CLS every 256 tokens improves long-document retrieval of models not
+        fine-tuned on long text). No released library implements it; these choices are ours:
+        the first CLS is the usual position-0 ``<s>``, inserted tokens count toward
+        ``max_length`` (default ``passage_max_length``), positions stay contiguous. A text of at
+        most ``window`` tokens gets exactly the ordinary CLS vector.
+
+        Returns:
+            An :class:`M3Output` with dense vectors only (``truncated`` flags texts cut to fit).
+
+        Raises:
+            UnsupportedOutputError: The model does not pool with CLS.
+            ValueError: ``window`` < 1; :class:`InputTooLongError` for ``max_length``.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if self._info.pooling != "cls":
+            msg = f"MCLS needs a CLS-pooling model; {self.model_name_or_path!r} pools by mean"
+            raise UnsupportedOutputError(msg)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            msg = f"window must be a positive int, got {window!r}"
+            raise ValueError(msg)
+        items = validate_texts(texts)
+        limit = (
+            self.passage_max_length
+            if max_length is None
+            else _check_length(max_length, "max_length")
+        )
+        if limit > self.max_length:
+            msg = f"max_length={limit} exceeds the {self.max_length} tokens the model supports"
+            raise InputTooLongError(msg)
+        if not items:
+            return self._empty(("dense",))
+        cls_id, eos_id = int(self.tokenizer.cls_token_id), int(self.tokenizer.sep_token_id)
+        body = self.tokenizer(items, add_special_tokens=False)["input_ids"]
+        rows: list[list[int]] = []
+        truncated = np.zeros(len(items), dtype=np.bool_)
+        for i, ids in enumerate(body):
+            # largest n with n + ceil(n / window) + 1 <= limit (the CLS tokens and </s>)
+            n = len(ids)
+            while n and n + -(-n // window) + 1 > limit:
+                n -= 1
+            truncated[i] = n < len(ids)
+            row: list[int] = []
+            for start in range(0, max(n, 1), window):
+                row += [cls_id, *ids[start : min(start + window, n)]]
+            rows.append([*row, eos_id])
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        dense = np.zeros((len(rows), self.dim), dtype=np.float32)
+
+        def run(part: np.ndarray) -> torch.Tensor:
+            ids, mask = self._pad([rows[i] for i in part])
+            hidden = self._model(
+                input_ids=ids, attention_mask=mask, return_dict=True
+            ).last_hidden_state
+            is_cls = ((ids == cls_id) & (mask == 1)).unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * is_cls).sum(1) / is_cls.sum(1)
+            return F.normalize(mean, dim=-1)
+
+        with torch.inference_mode():
+            for part, vecs in self._run_batches(self._plan(lengths), run):
+                dense[part] = vecs.float().cpu().numpy()
+        return M3Output(dense, None, None, lengths, truncated)
+
     # -- scoring ------------------------------------------------------------------------------
 
     @staticmethod
