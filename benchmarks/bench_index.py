@@ -31,9 +31,24 @@ HERE = Path(__file__).resolve().parent
 VOCAB = 250_002
 
 
+def clustered(
+    n: int, *, dim: int, seed: int, clusters: int = 2000, spread: float = 0.6
+) -> np.ndarray:
+    """Unit vectors around random topic centroids: closer to real embeddings than uniform noise
+    (which is the worst case for graph indexes, every point being nearly orthogonal to all)."""
+    centroids = np.random.default_rng(12345).standard_normal((clusters, dim), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    vecs = centroids[rng.integers(0, clusters, size=n)] + spread * rng.standard_normal(
+        (n, dim), dtype=np.float32
+    )
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
 def synthetic(
-    n: int, *, dim: int, tokens: int, seed: int, zipf_p: np.ndarray
+    n: int, *, dim: int, tokens: int, seed: int, zipf_p: np.ndarray, dense_kind: str = "uniform"
 ) -> tuple[np.ndarray, list[dict[int, float]]]:
+    if dense_kind == "clustered":
+        return clustered(n, dim=dim, seed=seed), []
     rng = np.random.default_rng(seed)
     dense = rng.standard_normal((n, dim), dtype=np.float32)
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
@@ -85,8 +100,11 @@ def build(
     for b in range(0, n, batch):
         t0 = time.perf_counter()
         m = min(batch, n - b)
-        dense, lexical = synthetic(m, dim=args.dim, tokens=args.tokens, seed=b, zipf_p=zipf_p)
-        out = M3Output.build(dense_vecs=dense, lexical_weights=lexical)
+        kind = "clustered" if ann else "uniform"
+        dense, lexical = synthetic(
+            m, dim=args.dim, tokens=args.tokens, seed=b, zipf_p=zipf_p, dense_kind=kind
+        )
+        out = M3Output.build(dense_vecs=dense, lexical_weights=lexical if not ann else None)
         gen_time += time.perf_counter() - t0
         col.add(
             [f"passage {b + i}" for i in range(m)],
@@ -187,6 +205,7 @@ def query(
         "lexical": percentiles(ours["lexical"]),
         "lexical_scipy_bruteforce": percentiles(brute_times),
         "lexical_top10_identical": f"{agree}/{len(q_lex)}",
+        "lexical_top10_ids": ours["lexical_top10"],
         "peak_rss_mb_query_process": ours["peak_rss_mb"],
     }
 
@@ -194,7 +213,9 @@ def query(
 def ann_part(n: int, args: argparse.Namespace, zipf_p: np.ndarray, work: Path) -> dict[str, Any]:
     folder = work / f"ann{n}"
     row = build(folder, n, args, zipf_p, ann=True)
-    q_dense, _ = synthetic(args.queries, dim=args.dim, tokens=1, seed=999_999, zipf_p=zipf_p)
+    q_dense, _ = synthetic(
+        args.queries, dim=args.dim, tokens=1, seed=999_999, zipf_p=zipf_p, dense_kind="clustered"
+    )
     np.save(work / "qa.npy", q_dense, allow_pickle=False)
     (work / "lexa.json").write_text("[]")
     spec = {
@@ -217,6 +238,46 @@ def ann_part(n: int, args: argparse.Namespace, zipf_p: np.ndarray, work: Path) -
         "dense_exact": percentiles(out["dense"]),
         "dense_hnsw": percentiles(out["ann"]),
         "hnsw_recall@10": float(np.mean(out["ann_recall"])),
+    }
+
+
+def milvus_part(n: int, args: argparse.Namespace, zipf_p: np.ndarray, work: Path) -> dict[str, Any]:
+    """milvus-lite's sparse inverted index (IP) on the same lexical weights and queries."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(str(work / "milvus.db"))
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    index = client.prepare_index_params()
+    index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+    client.create_collection("bench", schema=schema, index_params=index)
+    elapsed = 0.0
+    for b in range(0, n, 10_000):
+        m = min(10_000, n - b)
+        _, lexical = synthetic(m, dim=8, tokens=args.tokens, seed=b, zipf_p=zipf_p)
+        rows = [{"id": b + i, "sparse": d} for i, d in enumerate(lexical)]
+        t = time.perf_counter()
+        client.insert("bench", rows)
+        elapsed += time.perf_counter() - t
+    t = time.perf_counter()
+    client.load_collection("bench")
+    elapsed += time.perf_counter() - t
+    _, q_lex = synthetic(args.queries, dim=8, tokens=args.query_tokens, seed=999_999, zipf_p=zipf_p)
+    times, tops = [], []
+    for w in q_lex:
+        t = time.perf_counter()
+        res = client.search(
+            "bench", data=[w], anns_field="sparse", limit=10, search_params={"metric_type": "IP"}
+        )
+        times.append(time.perf_counter() - t)
+        tops.append([str(hit["id"]) for hit in res[0]])
+    client.close()
+    return {
+        "passages": n,
+        "milvus_lite_ingest_per_s": n / elapsed,
+        "milvus_lite_sparse": percentiles(times),
+        "top10": tops,
     }
 
 
@@ -271,11 +332,13 @@ def main() -> None:
     parser.add_argument("--colbert", default="10000:float16,20000:int8")
     parser.add_argument("--colbert-rows", type=int, default=200)
     parser.add_argument("--ann", default="100000", help="sizes to also build with HNSW")
+    parser.add_argument("--milvus", default="100000", help="sizes to compare with milvus-lite")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.dim, args.queries, args.colbert = "5000", 64, 10, "500:float16,500:int8"
         args.ann = "5000"
+        args.milvus = "5000"
     ranks = np.arange(1, VOCAB - 3, dtype=np.float64)
     zipf_p = 1.0 / ranks
     zipf_p /= zipf_p.sum()
@@ -290,6 +353,7 @@ def main() -> None:
         "sizes": [],
         "colbert": [],
         "ann": [],
+        "milvus_lite": [],
     }
     work = Path(tempfile.mkdtemp(prefix="m3rag-bench-index-"))
     try:
@@ -300,6 +364,18 @@ def main() -> None:
             results["sizes"].append(row)
             print(json.dumps(row))
             shutil.rmtree(folder)
+        for n in [int(s) for s in args.milvus.split(",") if s]:
+            row = milvus_part(n, args, zipf_p, work)
+            ours = next((r for r in results["sizes"] if r["passages"] == n), None)
+            if ours is not None:
+                same = sum(
+                    a == b[: len(a)]
+                    for a, b in zip(row["top10"], ours.get("lexical_top10_ids", []), strict=False)
+                )
+                row["top10_identical_to_m3rag"] = f"{same}/{len(row['top10'])}"
+            row.pop("top10")
+            results["milvus_lite"].append(row)
+            print(json.dumps(row))
         for n in [int(s) for s in args.ann.split(",") if s]:
             row = ann_part(n, args, zipf_p, work)
             results["ann"].append(row)

@@ -32,9 +32,17 @@ def test_missing_queries_count_as_zero() -> None:
 def test_load_beir(tmp_path: Path) -> None:
     (tmp_path / "qrels").mkdir()
     (tmp_path / "corpus.jsonl").write_text(
-        json.dumps({"_id": "d1", "title": "T", "text": "body"}) + "\n" + json.dumps({"_id": 2, "text": "x"}) + "\n"
+        json.dumps({"_id": "d1", "title": "T", "text": "body"})
+        + "\n"
+        + json.dumps({"_id": 2, "text": "x"})
+        + "\n"
     )
-    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "hello"}) + "\n" + json.dumps({"_id": "q9", "text": "unjudged"}) + "\n")
+    (tmp_path / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "hello"})
+        + "\n"
+        + json.dumps({"_id": "q9", "text": "unjudged"})
+        + "\n"
+    )
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     ds = load_beir(tmp_path)
     assert ds.corpus == {"d1": "T body", "2": "x"}
