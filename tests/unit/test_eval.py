@@ -49,5 +49,5 @@ def test_load_beir(tmp_path: Path) -> None:
     assert ds.queries == {"q1": "hello"}
     assert ds.qrels == {"q1": {"d1": 1}}
     (tmp_path / "qrels" / "test.tsv").unlink()
-    with pytest.raises(FileNotFoundError, match="test.tsv"):
+    with pytest.raises(FileNotFoundError, match=r"test\.tsv"):
         load_beir(tmp_path)
