@@ -140,13 +140,23 @@ class HybridRetriever:
         *,
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
+        query_embeddings: M3Output | None = None,
     ) -> SearchResults:
         """The top ``k`` hits for ``query``.
+
+        Args:
+            query: The query text (used for BM25 and the reranker).
+            k: How many hits.
+            filter: A metadata filter, applied inside every path.
+            query_embeddings: The query already encoded (one text, e.g. on a GPU machine);
+                default: encoded here.
 
         Raises:
             ValueError: Empty query, or ``k`` not a positive int.
         """
-        return self.retrieve_batch([query], k=k, filter=filter)[0]
+        return self.retrieve_batch([query], k=k, filter=filter, query_embeddings=query_embeddings)[
+            0
+        ]
 
     async def aretrieve(
         self,
@@ -164,6 +174,7 @@ class HybridRetriever:
         *,
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
+        query_embeddings: M3Output | None = None,
     ) -> list[SearchResults]:
         """:meth:`retrieve` for many queries; the queries are encoded in one batched call."""
         if isinstance(queries, str):
@@ -182,7 +193,15 @@ class HybridRetriever:
             raise ValueError(msg)
         if not items:
             return []
-        encoded = self._encode(items)
+        if query_embeddings is not None:
+            if not isinstance(query_embeddings, M3Output) or len(query_embeddings) != len(items):
+                msg = (
+                    f"query_embeddings must be an M3Output with one entry per query ({len(items)})"
+                )
+                raise ValueError(msg)
+            encoded: M3Output | None = query_embeddings
+        else:
+            encoded = self._encode(items)
         return [
             self._one(q, None if encoded is None else encoded[i], k, filter)
             for i, q in enumerate(items)

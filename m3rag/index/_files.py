@@ -59,6 +59,7 @@ class Column:
         self.dtype = np.dtype(dtype)
         self.width = width
         self._row_bytes = self.dtype.itemsize * width
+        self._cached: tuple[int, npt.NDArray[Any]] | None = None
 
     def rows_on_disk(self) -> int:
         """Complete rows currently in the file (committed or not)."""
@@ -80,6 +81,7 @@ class Column:
 
     def truncate(self, rows: int) -> None:
         """Cut the file back to ``rows`` rows (recovery of an interrupted append)."""
+        self._cached = None
         size = rows * self._row_bytes
         if not self.path.exists():
             if rows:
@@ -104,6 +106,8 @@ class Column:
         shape: tuple[int, ...] = (rows, self.width) if self.width > 1 else (rows,)
         if rows == 0:
             return np.zeros(shape, dtype=self.dtype)
+        if self._cached is not None and self._cached[0] == rows:
+            return self._cached[1]  # a map of committed rows never changes: reuse it
         available = self.rows_on_disk()
         if available < rows:
             msg = (
@@ -111,7 +115,9 @@ class Column:
                 "the collection is damaged"
             )
             raise OSError(msg)
-        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape)
+        mapped: npt.NDArray[Any] = np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape)
+        self._cached = (rows, mapped)
+        return mapped
 
 
 class WriterLock:

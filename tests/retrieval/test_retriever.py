@@ -212,3 +212,12 @@ def test_chunks_roll_up_to_parents(tiny_encoder, tmp_path: Path) -> None:  # typ
             )
             assert hit.score == pytest.approx(want)
     col.close()
+
+
+def test_precomputed_query_embeddings(collection, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    retriever = HybridRetriever(collection, recall_k=10)
+    q = "北京是中国的首都"
+    enc = tiny_encoder.encode_queries([q])
+    assert retriever.retrieve(q, k=5, query_embeddings=enc).ids == retriever.retrieve(q, k=5).ids
+    with pytest.raises(ValueError, match="one entry per query"):
+        retriever.retrieve_batch([q, q], k=5, query_embeddings=enc)

@@ -1,0 +1,299 @@
+"""End-to-end hybrid query latency on synthetic BGE-M3-like data, against the peers, same vectors.
+
+m3rag: dense top-100 + lexical top-100 recall, every candidate scored on every path (ColBERT
+MaxSim from the stored vectors where ColBERT is stored), weighted fusion, top-10. Query encoding
+is excluded on every side (the query embeddings are precomputed and handed in).
+
+Peers on the same vectors:
+* milvus-lite ``hybrid_search`` (dense FLAT/IP + sparse inverted index/IP, ``WeightedRanker``);
+* LlamaIndex ``BGEM3Index.query`` with its model's ``encode`` replaced by the precomputed query
+  embedding (its scoring loop is what is timed: dense matmul, a Python lexical score and a torch
+  ColBERT score per passage).
+
+Run: ``.venv/bin/python benchmarks/bench_retriever.py [--quick] [--sizes 10000,100000,1000000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+VOCAB = 250_002
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    ms = sorted(t * 1000 for t in times)
+    return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))], "n": len(ms)}
+
+
+def data(n: int, *, dim: int, colbert_tokens: int, seed: int, zipf_p: np.ndarray) -> Any:
+    from m3rag import M3Output
+
+    rng = np.random.default_rng(seed)
+    centroids = np.random.default_rng(12345).standard_normal((2000, dim), dtype=np.float32)
+    dense = centroids[rng.integers(0, 2000, size=n)] + 0.6 * rng.standard_normal(
+        (n, dim), dtype=np.float32
+    )
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    counts = np.maximum(1, rng.poisson(60 if colbert_tokens >= 0 else 20, size=n))
+    ids = rng.choice(VOCAB - 4, size=int(counts.sum()), p=zipf_p) + 4
+    weights = rng.uniform(0.001, 0.5, size=len(ids)).astype(np.float32)
+    lexical, start = [], 0
+    for c in counts.tolist():
+        lexical.append(
+            dict(
+                zip(
+                    ids[start : start + c].tolist(),
+                    weights[start : start + c].tolist(),
+                    strict=True,
+                )
+            )
+        )
+        start += c
+    colbert = None
+    if colbert_tokens > 0:
+        colbert = []
+        for _ in range(n):
+            m = rng.standard_normal((colbert_tokens, dim), dtype=np.float32)
+            colbert.append(m / np.linalg.norm(m, axis=1, keepdims=True))
+    return M3Output.build(dense_vecs=dense, lexical_weights=lexical, colbert_vecs=colbert)
+
+
+def ours(
+    folder: Path, n: int, args: argparse.Namespace, zipf_p: np.ndarray, queries: Any
+) -> dict[str, Any]:
+    from m3rag import Collection, FusionConfig, HybridRetriever
+
+    with_colbert = n <= args.colbert_max
+    heads = ("dense", "sparse", "colbert") if with_colbert else ("dense", "sparse")
+    col = Collection.create(
+        folder,
+        heads=heads,
+        dim=args.dim,
+        colbert_dim=args.dim,
+        dense_dtype="float16",
+        colbert_dtype="int8",
+    )
+    start = time.perf_counter()
+    for b in range(0, n, 10_000):
+        m = min(10_000, n - b)
+        out = data(
+            m,
+            dim=args.dim,
+            colbert_tokens=args.colbert_tokens if with_colbert else 0,
+            seed=b,
+            zipf_p=zipf_p,
+        )
+        col.add([f"p{b + i}" for i in range(m)], ids=[str(b + i) for i in range(m)], embeddings=out)
+        col.commit()
+    build = time.perf_counter() - start
+    col.close()
+    col = Collection.open(folder, read_only=True)
+    weights = (
+        {"dense": 0.4, "lexical": 0.2, "colbert": 0.4}
+        if with_colbert
+        else {"dense": 0.4, "lexical": 0.2}
+    )
+    retriever = HybridRetriever(
+        col,
+        encoder=_FakeEncoder(heads, args.dim),
+        recall=("dense", "lexical"),
+        fusion=FusionConfig(weights=weights),
+        recall_k=100,
+    )
+    times, tops = [], []
+    for i in range(len(queries)):
+        q = queries[i]
+        if not with_colbert:
+            from m3rag import M3Output
+
+            q = M3Output.build(dense_vecs=q.dense_vecs, lexical_weights=q.lexical_weights)
+        t = time.perf_counter()
+        res = retriever.retrieve("synthetic query", k=10, query_embeddings=q)
+        times.append(time.perf_counter() - t)
+        tops.append(res.ids)
+    col.close()
+    return {
+        "m3rag": percentiles(times),
+        "m3rag_colbert": with_colbert,
+        "build_s": build,
+        "top10": tops,
+    }
+
+
+class _FakeEncoder:
+    """Stands in for the query encoder: queries are precomputed, so only the heads are read."""
+
+    def __init__(self, heads: tuple[str, ...], dim: int) -> None:
+        self.heads = heads
+        self.dim = dim
+
+
+def milvus(
+    n: int, args: argparse.Namespace, zipf_p: np.ndarray, queries: Any, work: Path
+) -> dict[str, Any]:
+    from pymilvus import AnnSearchRequest, DataType, MilvusClient, WeightedRanker
+
+    client = MilvusClient(str(work / f"milvus{n}.db"))
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("dense", DataType.FLOAT_VECTOR, dim=args.dim)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    index = client.prepare_index_params()
+    index.add_index(field_name="dense", index_type="FLAT", metric_type="IP")
+    index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+    client.create_collection("bench", schema=schema, index_params=index)
+    start = time.perf_counter()
+    for b in range(0, n, 5_000):
+        m = min(5_000, n - b)
+        out = data(m, dim=args.dim, colbert_tokens=0, seed=(b // 10_000) * 10_000, zipf_p=zipf_p)
+        offset = b % 10_000
+        if offset:  # the same vectors as m3rag's 10k batches
+            out = data(
+                10_000, dim=args.dim, colbert_tokens=0, seed=(b // 10_000) * 10_000, zipf_p=zipf_p
+            )[offset : offset + m]
+        rows = [
+            {"id": b + i, "dense": out.dense_vecs[i].tolist(), "sparse": out.lexical_weights[i]}
+            for i in range(m)
+        ]
+        client.insert("bench", rows)
+    client.load_collection("bench")
+    build = time.perf_counter() - start
+    times = []
+    for i in range(min(len(queries), args.peer_queries)):
+        q = queries[i]
+        reqs = [
+            AnnSearchRequest([q.dense_vecs[0].tolist()], "dense", {"metric_type": "IP"}, limit=100),
+            AnnSearchRequest([q.lexical_weights[0]], "sparse", {"metric_type": "IP"}, limit=100),
+        ]
+        t = time.perf_counter()
+        client.hybrid_search("bench", reqs, WeightedRanker(0.4, 0.2), limit=10)
+        times.append(time.perf_counter() - t)
+    client.close()
+    return {"milvus_lite_hybrid": percentiles(times), "milvus_build_s": build}
+
+
+def bgem3index(
+    n: int, args: argparse.Namespace, zipf_p: np.ndarray, queries: Any, ckpt: Path
+) -> dict[str, Any]:
+    from llama_index.core.schema import TextNode
+    from llama_index.indices.managed.bge_m3 import BGEM3Index
+
+    # BGEM3Index cannot be built empty (it encodes [] and crashes), so build it on one node
+    # and then replace its stores with the benchmark's vectors
+    index = BGEM3Index(
+        nodes=[TextNode(id_="seed", text="seed")],
+        model_name=str(ckpt),
+        weights_for_different_modes=[0.4, 0.2, 0.4],
+    )
+    outs = [
+        data(
+            min(10_000, n - b),
+            dim=args.dim,
+            colbert_tokens=args.colbert_tokens,
+            seed=b,
+            zipf_p=zipf_p,
+        )
+        for b in range(0, n, 10_000)
+    ]
+    nodes = [TextNode(id_=str(i), text=f"p{i}") for i in range(n)]
+    index.docstore.add_documents(nodes)
+    index._docs_pos_to_node_id = {i: str(i) for i in range(n)}
+    index._multi_embed_store = {
+        "dense_vecs": np.concatenate([o.dense_vecs for o in outs]),
+        "lexical_weights": [
+            {str(k): np.float32(v) for k, v in d.items()} for o in outs for d in o.lexical_weights
+        ],
+        "colbert_vecs": [m for o in outs for m in o.colbert_vecs],
+    }
+    times = []
+    for i in range(min(len(queries), args.peer_queries)):
+        q = queries[i]
+        embed = {
+            "dense_vecs": q.dense_vecs[0],
+            "lexical_weights": {str(k): np.float32(v) for k, v in q.lexical_weights[0].items()},
+            "colbert_vecs": q.colbert_vecs[0],
+        }
+        index.model.encode = lambda *a, _e=embed, **kw: _e  # query encoding excluded
+        t = time.perf_counter()
+        index.query("synthetic query", top_k=10)
+        times.append(time.perf_counter() - t)
+    return {"bgem3index": percentiles(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--colbert-tokens", type=int, default=16)
+    parser.add_argument(
+        "--colbert-max", type=int, default=100_000, help="largest size with ColBERT stored"
+    )
+    parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--peer-queries", type=int, default=5)
+    parser.add_argument("--milvus-max", type=int, default=100_000)
+    parser.add_argument("--bgem3-max", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "retriever.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.dim, args.queries, args.peer_queries = "2000", 64, 5, 2
+        args.milvus_max = args.bgem3_max = 2000
+    ranks = np.arange(1, VOCAB - 3, dtype=np.float64)
+    zipf_p = (1.0 / ranks) / (1.0 / ranks).sum()
+    queries = data(
+        args.queries, dim=args.dim, colbert_tokens=args.colbert_tokens, seed=424242, zipf_p=zipf_p
+    )
+    short = [dict(list(d.items())[:20]) for d in queries.lexical_weights]
+    from m3rag import M3Output
+
+    queries = M3Output.build(
+        dense_vecs=queries.dense_vecs, lexical_weights=short, colbert_vecs=queries.colbert_vecs
+    )
+    work = Path(tempfile.mkdtemp(prefix="m3rag-bench-retriever-"))
+    results: dict[str, Any] = {
+        "benchmark": "retriever",
+        "cores": os.cpu_count(),
+        "dim": args.dim,
+        "colbert_tokens": args.colbert_tokens,
+        "rows": [],
+    }
+    ckpt = None
+    try:
+        for n in [int(s) for s in args.sizes.split(",") if s]:
+            row: dict[str, Any] = {"passages": n}
+            row.update(ours(work / f"c{n}", n, args, zipf_p, queries))
+            row.pop("top10")
+            shutil.rmtree(work / f"c{n}", ignore_errors=True)
+            if n <= args.milvus_max:
+                row.update(milvus(n, args, zipf_p, queries, work))
+                row["speedup_vs_milvus_lite"] = (
+                    row["milvus_lite_hybrid"]["p50_ms"] / row["m3rag"]["p50_ms"]
+                )
+            if n <= args.bgem3_max:
+                if ckpt is None:
+                    from m3rag.testing import build_m3_checkpoint
+
+                    ckpt = build_m3_checkpoint(work / "tiny")
+                row.update(bgem3index(n, args, zipf_p, queries, ckpt))
+                row["speedup_vs_bgem3index"] = row["bgem3index"]["p50_ms"] / row["m3rag"]["p50_ms"]
+            results["rows"].append(row)
+            print(json.dumps(row))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
