@@ -109,7 +109,10 @@ class Chunker:
             raise TypeError(msg)
         if not text.strip():
             return []
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # verbose=False: a long document is longer than the model on purpose; no warning
+        enc = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
         offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
         n = len(offsets)
         if n == 0:
