@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -599,8 +600,7 @@ class Collection:
         self._check_open(write=True)
         texts, doc_ids, metas = self._normalise(texts_or_documents, ids, metadata)
         final_ids = [i if i is not None else uuid.uuid4().hex for i in doc_ids]
-        seen: set[str] = set()
-        dupes = sorted({i for i in final_ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+        dupes = sorted(i for i, n in Counter(final_ids).items() if n > 1)
         if dupes:
             msg = f"ids repeat within one call: {dupes[:10]}"
             raise DuplicateIdError(msg)
