@@ -31,12 +31,15 @@ def run_modes(
     for mode, kwargs in modes.items():
         retriever = HybridRetriever(col, recall_k=100, **kwargs)
         start = time.perf_counter()
-        results = retriever.retrieve_batch(list(queries.values()), k=100)
+        qids, texts = list(queries), list(queries.values())
+        run: dict[str, dict[str, float]] = {}
+        # in slices: each hit carries its document's text, and 100 whole meetings of ~53k
+        # characters per query add up quickly
+        for i in range(0, len(qids), 32):
+            results = retriever.retrieve_batch(texts[i : i + 32], k=100)
+            for qid, res in zip(qids[i : i + 32], results, strict=True):
+                run[qid] = {h.id: float(h.score) for h in res}
         elapsed = time.perf_counter() - start
-        run = {
-            qid: {h.id: float(h.score) for h in res}
-            for qid, res in zip(queries, results, strict=True)
-        }
         metrics = evaluate_run(run, qrels, k_values=(10, 100))
         row = {
             "dataset": name,
