@@ -16,28 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine, median_time
 
 HERE = Path(__file__).resolve().parent
 SCIFACT = HERE.parent.parent / "shared" / "data" / "scifact"
-
-
-def _median_time(fn: Any, repeats: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def _check_parity(ref: dict[str, Any], out: Any, *, exact: bool) -> dict[str, float]:
@@ -140,17 +127,17 @@ def main() -> None:
     for enc in (ours, ours_refbatch, fast):
         enc.encode(texts[:8])
 
-    t_ref, ref_out = _median_time(
+    t_ref, ref_out = median_time(
         lambda: reference.encode(texts, max_length=max_len, **heads), repeats
     )
     # The reference's default batch of 256 is slow on CPU (and it runs the first batch twice to
     # probe for OOM); a tuned peer would lower it, so that is measured too.
-    t_ref32, _ = _median_time(
+    t_ref32, _ = median_time(
         lambda: reference.encode(texts, batch_size=32, max_length=max_len, **heads), repeats
     )
-    t_ours, out = _median_time(lambda: ours.encode(texts), repeats)
-    t_same, out_same = _median_time(lambda: ours_refbatch.encode(texts), repeats)
-    t_fast, out_fast = _median_time(lambda: fast.encode(texts), repeats)
+    t_ours, out = median_time(lambda: ours.encode(texts), repeats)
+    t_same, out_same = median_time(lambda: ours_refbatch.encode(texts), repeats)
+    t_fast, out_fast = median_time(lambda: fast.encode(texts), repeats)
 
     parity = _check_parity(ref_out, out, exact=False)
     parity_same = _check_parity(ref_out, out_same, exact=True)
@@ -168,13 +155,7 @@ def main() -> None:
 
     results = {
         "benchmark": "encoder",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "checkpoint": {"hidden": 384, "layers": 6, "heads": 6, "vocab": ours.vocab_size},
         "texts": n_texts,
         "tokens": tokens,

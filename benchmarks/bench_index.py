@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import VOCAB, percentiles, zipf_lexical, zipf_probabilities
 
 HERE = Path(__file__).resolve().parent
-VOCAB = 250_002
 
 
 def clustered(
@@ -53,23 +52,7 @@ def synthetic(
     dense = rng.standard_normal((n, dim), dtype=np.float32)
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
     # the lexical part has its own stream, so it does not depend on the dense size
-    rng = np.random.default_rng(seed + 1_000_003)
-    counts = np.maximum(1, rng.poisson(tokens, size=n))
-    ids = rng.choice(VOCAB - 4, size=int(counts.sum()), p=zipf_p) + 4
-    weights = rng.uniform(0.001, 0.5, size=len(ids)).astype(np.float32)
-    lexical = []
-    start = 0
-    for c in counts.tolist():
-        lexical.append(
-            dict(
-                zip(
-                    ids[start : start + c].tolist(),
-                    weights[start : start + c].tolist(),
-                    strict=True,
-                )
-            )
-        )
-        start += c
+    lexical = zipf_lexical(n, tokens=tokens, rng=np.random.default_rng(seed + 1_000_003), p=zipf_p)
     return dense, lexical
 
 
@@ -80,11 +63,6 @@ def colbert_mats(n: int, *, dim: int, rows: int, seed: int) -> list[np.ndarray]:
         m = rng.standard_normal((max(1, int(rng.normal(rows, rows / 4))), dim), dtype=np.float32)
         out.append(m / np.linalg.norm(m, axis=1, keepdims=True))
     return out
-
-
-def percentiles(times: list[float]) -> dict[str, float]:
-    ms = sorted(t * 1000 for t in times)
-    return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))]}
 
 
 def build(
@@ -342,9 +320,7 @@ def main() -> None:
         args.sizes, args.dim, args.queries, args.colbert = "5000", 64, 10, "500:float16,500:int8"
         args.ann = "5000"
         args.milvus = "5000"
-    ranks = np.arange(1, VOCAB - 3, dtype=np.float64)
-    zipf_p = 1.0 / ranks
-    zipf_p /= zipf_p.sum()
+    zipf_p = zipf_probabilities()
 
     results: dict[str, Any] = {
         "benchmark": "index",

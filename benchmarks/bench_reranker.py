@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine, median_time
 
 HERE = Path(__file__).resolve().parent
-
-
-def _median_time(fn: Any, repeats: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> None:
@@ -47,7 +34,6 @@ def main() -> None:
     n_pairs = 32 if args.quick else args.pairs
     repeats = 1 if args.quick else args.repeats
 
-    import torch
     from FlagEmbedding import FlagReranker
 
     from m3rag import Reranker
@@ -78,11 +64,11 @@ def main() -> None:
     for side in (ours, ours_ids, ours_refbatch, fast):
         side.compute_score(pairs[:8])
 
-    t_ref, ref_scores = _median_time(lambda: reference.compute_score(pairs), repeats)
-    t_ours, got = _median_time(lambda: ours.score(pairs), repeats)
-    t_ids, _ = _median_time(lambda: ours_ids.score(pairs), repeats)
-    t_same, got_same = _median_time(lambda: ours_refbatch.compute_score(pairs), repeats)
-    t_fast, got_fast = _median_time(lambda: fast.compute_score(pairs), repeats)
+    t_ref, ref_scores = median_time(lambda: reference.compute_score(pairs), repeats)
+    t_ours, got = median_time(lambda: ours.score(pairs), repeats)
+    t_ids, _ = median_time(lambda: ours_ids.score(pairs), repeats)
+    t_same, got_same = median_time(lambda: ours_refbatch.compute_score(pairs), repeats)
+    t_fast, got_fast = median_time(lambda: fast.compute_score(pairs), repeats)
 
     want = np.array(ref_scores, np.float32)
     diff = float(np.abs(got.scores - want).max())
@@ -106,13 +92,7 @@ def main() -> None:
 
     results = {
         "benchmark": "reranker",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "checkpoint": {"hidden": 384, "layers": 6, "heads": 6},
         "pairs": n_pairs,
         "truncated_pairs": int(got.truncated.sum()),

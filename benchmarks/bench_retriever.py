@@ -19,21 +19,15 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import percentiles, zipf_lexical, zipf_probabilities
 
 HERE = Path(__file__).resolve().parent
-VOCAB = 250_002
-
-
-def percentiles(times: list[float]) -> dict[str, float]:
-    ms = sorted(t * 1000 for t in times)
-    return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))], "n": len(ms)}
 
 
 def data(n: int, *, dim: int, colbert_tokens: int, seed: int, zipf_p: np.ndarray) -> Any:
@@ -45,21 +39,7 @@ def data(n: int, *, dim: int, colbert_tokens: int, seed: int, zipf_p: np.ndarray
         (n, dim), dtype=np.float32
     )
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
-    counts = np.maximum(1, rng.poisson(60 if colbert_tokens >= 0 else 20, size=n))
-    ids = rng.choice(VOCAB - 4, size=int(counts.sum()), p=zipf_p) + 4
-    weights = rng.uniform(0.001, 0.5, size=len(ids)).astype(np.float32)
-    lexical, start = [], 0
-    for c in counts.tolist():
-        lexical.append(
-            dict(
-                zip(
-                    ids[start : start + c].tolist(),
-                    weights[start : start + c].tolist(),
-                    strict=True,
-                )
-            )
-        )
-        start += c
+    lexical = zipf_lexical(n, tokens=60, rng=rng, p=zipf_p)
     colbert = None
     if colbert_tokens > 0:
         colbert = []
@@ -249,8 +229,7 @@ def main() -> None:
     if args.quick:
         args.sizes, args.dim, args.queries, args.peer_queries = "2000", 64, 5, 2
         args.milvus_max = args.bgem3_max = 2000
-    ranks = np.arange(1, VOCAB - 3, dtype=np.float64)
-    zipf_p = (1.0 / ranks) / (1.0 / ranks).sum()
+    zipf_p = zipf_probabilities()
     queries = data(
         args.queries, dim=args.dim, colbert_tokens=args.colbert_tokens, seed=424242, zipf_p=zipf_p
     )

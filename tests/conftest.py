@@ -56,3 +56,32 @@ def reference_reranker(tiny_reranker_path: Path):  # type: ignore[no-untyped-def
     from FlagEmbedding import FlagReranker
 
     return FlagReranker(str(tiny_reranker_path), use_fp16=False, devices="cpu")
+
+
+@pytest.fixture
+def run_counting_ticks():  # type: ignore[no-untyped-def]
+    """Run a coroutine while a ticker task counts event-loop turns; returns (result, ticks).
+
+    A coroutine that blocks the loop (synchronous work inside ``async def``) lets the ticker run
+    at most once; one that offloads to a thread lets it run many times.
+    """
+    import asyncio
+
+    def run(make_coro):  # type: ignore[no-untyped-def]
+        async def main():  # type: ignore[no-untyped-def]
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            task = asyncio.create_task(ticker())
+            result = await make_coro()
+            task.cancel()
+            return result, ticks
+
+        return asyncio.run(main())
+
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -120,24 +119,9 @@ def test_rerank_reports_truncation(tiny_reranker_path) -> None:  # type: ignore[
     assert result.truncated_indices == [1]
 
 
-def test_arerank_does_not_block_the_loop(tiny_reranker_path) -> None:  # type: ignore[no-untyped-def]
+def test_arerank_does_not_block_the_loop(tiny_reranker_path, run_counting_ticks) -> None:  # type: ignore[no-untyped-def]
     r = Reranker(tiny_reranker_path, device="cpu")
-
-    async def main() -> tuple[RerankResult, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        result = await r.arerank("query", PASSAGES * 4)
-        task.cancel()
-        return result, ticks
-
-    result, ticks = asyncio.run(main())
+    result, ticks = run_counting_ticks(lambda: r.arerank("query", PASSAGES * 4))
     assert len(result) == len(PASSAGES) * 4
     assert ticks > 1
 

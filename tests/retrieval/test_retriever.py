@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from m3rag import (
     HybridRetriever,
     M3Encoder,
     Reranker,
-    SearchResults,
     UnsupportedOutputError,
 )
 from m3rag.testing import MULTILINGUAL_SAMPLES, multilingual_corpus
@@ -108,7 +106,7 @@ def test_rrf_and_normalised_fusions_run(collection) -> None:  # type: ignore[no-
         assert results.scores == sorted(results.scores, reverse=True)
 
 
-def test_filters_batches_and_async(collection) -> None:  # type: ignore[no-untyped-def]
+def test_filters_batches_and_async(collection, run_counting_ticks) -> None:  # type: ignore[no-untyped-def]
     retriever = HybridRetriever(collection, recall_k=10)
     results = retriever.retrieve("capital", k=5, filter={"lang": "x"})
     assert len(results) == 5 and all(h.metadata["lang"] == "x" for h in results)
@@ -118,21 +116,7 @@ def test_filters_batches_and_async(collection) -> None:  # type: ignore[no-untyp
         assert res.ids == single.ids
         np.testing.assert_allclose(res.scores, single.scores, atol=1e-5)
 
-    async def main() -> tuple[SearchResults, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        res = await retriever.aretrieve("北京", k=3)
-        task.cancel()
-        return res, ticks
-
-    res, ticks = asyncio.run(main())
+    res, ticks = run_counting_ticks(lambda: retriever.aretrieve("北京", k=3))
     assert len(res) == 3 and ticks > 1
 
 

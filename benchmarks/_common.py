@@ -1,0 +1,74 @@
+"""Helpers shared by the benchmark scripts: timing, machine description, synthetic lexical data."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+VOCAB = 250_002
+"""BGE-M3's vocabulary size."""
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``fn`` over ``repeats`` runs, and its last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    """p50 and p95 in milliseconds."""
+    ms = sorted(t * 1000 for t in times)
+    return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))], "n": len(ms)}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+    }
+
+
+def zipf_probabilities() -> np.ndarray:
+    """Zipf(1) over the non-special token ids."""
+    ranks = np.arange(1, VOCAB - 3, dtype=np.float64)
+    p = 1.0 / ranks
+    return p / p.sum()
+
+
+def zipf_lexical(
+    n: int, *, tokens: int, rng: np.random.Generator, p: np.ndarray
+) -> list[dict[int, float]]:
+    """``n`` lexical weight dicts: Poisson(``tokens``) Zipf-drawn ids, weights in (0, 0.5]."""
+    counts = np.maximum(1, rng.poisson(tokens, size=n))
+    ids = rng.choice(VOCAB - 4, size=int(counts.sum()), p=p) + 4
+    weights = rng.uniform(0.001, 0.5, size=len(ids)).astype(np.float32)
+    out, start = [], 0
+    for c in counts.tolist():
+        out.append(
+            dict(
+                zip(
+                    ids[start : start + c].tolist(),
+                    weights[start : start + c].tolist(),
+                    strict=True,
+                )
+            )
+        )
+        start += c
+    return out
