@@ -17,7 +17,7 @@ instant leaves exactly the last committed state visible; the next writer cuts of
 interrupted commit had written. Deletes and upserts add tombstones (tantivy deletions follow the
 manifest, best effort), so a committed document is never lost to a crash.
 
-No pickle anywhere: JSON, SQLite, raw little-endian arrays and tantivy's own files.
+Nothing is pickled: JSON, SQLite, raw little-endian arrays and tantivy's own files.
 """
 
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""The examples run offline with the tiny checkpoints (the README's first command uses them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.model
+def test_encode_example_runs(tiny_m3_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "encode.py"), "--model", str(tiny_m3_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "M3Output(n=3" in out.stdout
+    assert "colbert=" in out.stdout
+
+
+@pytest.mark.model
+def test_encode_example_with_a_dense_only_model(minilm_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "encode.py"), "--model", str(minilm_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "heads=['dense']" in out.stdout
