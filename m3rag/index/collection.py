@@ -807,6 +807,19 @@ class Collection:
         }
         return [h in live for h in hashes]
 
+    def ids_matching(self, filter: Mapping[str, Any] | Filter) -> list[str]:
+        """Ids of the live committed documents whose metadata matches ``filter``."""
+        keys = np.flatnonzero(self.allowed(filter))
+        return self._docs.ids(keys.tolist())
+
+    def metadata_values(self, field: str) -> set[Any]:
+        """Distinct values of a metadata field over the live committed documents."""
+        self._check_open()
+        if not isinstance(field, str) or not field:
+            msg = f"field must be a non-empty string, got {field!r}"
+            raise TypeError(msg)
+        return {v for k, v in self._docs.field_values(field, len(self._alive)) if self._alive[k]}
+
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
         """Documents by internal key (as in :class:`Hits`)."""
         rows = self._docs.rows([int(k) for k in keys])

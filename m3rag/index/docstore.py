@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from m3rag.index.filters import Filter
+from m3rag.index.filters import Filter, json_path
 
 __all__ = ["DocStore"]
 
@@ -135,6 +135,16 @@ class DocStore:
             [next_key, *params],
         ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def field_values(self, field: str, next_key: int) -> list[tuple[int, Any]]:
+        """``(key, value)`` of a metadata field for committed rows that have it."""
+        path = json_path(field)
+        rows = self._db.execute(
+            "SELECT key, json_extract(metadata, ?) FROM docs WHERE key < ? "
+            "AND json_type(metadata, ?) IS NOT NULL",
+            (path, next_key, path),
+        )
+        return [(int(k), v) for k, v in rows]
 
     def all_ids(self, next_key: int) -> list[tuple[int, str]]:
         """``(key, id)`` of every committed row."""

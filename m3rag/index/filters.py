@@ -131,7 +131,7 @@ class Filter:
         parts: list[str] = []
         params: list[Any] = []
         for field, op, value in self.clauses:
-            path = '$."' + field.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            path = json_path(field)
             extract = f"json_extract({column}, ?)"
             kind = f"json_type({column}, ?)"
             if op in ("$eq", "$in"):
@@ -148,6 +148,11 @@ class Filter:
                 parts.append(f"({extract} {_RANGE_SQL[op]} ? AND {kind} IN ('integer', 'real'))")
                 params.extend([path, value, path])
         return " AND ".join(parts) if parts else "1", params
+
+
+def json_path(field: str) -> str:
+    """The SQLite JSON path of a top-level field, quoted so any field name is safe."""
+    return '$."' + field.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _same(a: object, b: object) -> bool:
