@@ -1,0 +1,431 @@
+"""The ``m3rag`` command line: index folders, search them, describe an index.
+
+Exit codes: 0 success; 1 nothing to do or nothing indexed; 2 bad usage or no index at the path;
+3 the model cannot be loaded; 4 the index is locked by another writer or damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from m3rag.errors import (
+    CollectionLockedError,
+    CollectionNotFoundError,
+    EncoderMismatchError,
+    IndexFormatError,
+    ModelLoadError,
+)
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="m3rag",
+    help="Hybrid retrieval with BGE-M3: index documents, search them with every path.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_NOTHING, EXIT_USAGE, EXIT_MODEL, EXIT_LOCKED = 1, 2, 3, 4
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Hub id (e.g. BAAI/bge-m3) or local folder of the encoder. Default for index: "
+        "BAAI/bge-m3; for search: the model the index was built with.",
+    ),
+]
+IndexOption = Annotated[Path, typer.Option("--index", help="The index folder.")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _load_encoder(model: str, device: str | None, dtype: str | None) -> Any:
+    from m3rag.encoder import M3Encoder
+
+    try:
+        with console.status(f"loading {model} ..."):
+            return M3Encoder(model, device=device, dtype=dtype)
+    except ModelLoadError as exc:
+        raise _fail(
+            f"{exc}\nTo work offline, download the model once (huggingface-cli download {model}) "
+            "or pass --model /path/to/a/local/checkpoint.",
+            EXIT_MODEL,
+        ) from exc
+
+
+def _open(index: Path, encoder: Any, *, read_only: bool) -> Any:
+    from m3rag.index import Collection
+
+    try:
+        return Collection.open(index, encoder=encoder, read_only=read_only)
+    except CollectionNotFoundError as exc:
+        raise _fail(
+            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
+        ) from exc
+    except CollectionLockedError as exc:
+        raise _fail(str(exc), EXIT_LOCKED) from exc
+    except (IndexFormatError, EncoderMismatchError) as exc:
+        raise _fail(str(exc), EXIT_LOCKED) from exc
+
+
+@app.command()
+def index(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files and folders (.txt .md .html .pdf .jsonl).")
+    ],
+    index: IndexOption,
+    model: ModelOption = None,
+    chunk_tokens: Annotated[
+        int, typer.Option(help="Chunk size in tokens (specials included).")
+    ] = 512,
+    overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive chunks.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Chunks encoded per call.")] = 64,
+    commit_every: Annotated[
+        int, typer.Option(help="Documents per commit (an interrupted run keeps them).")
+    ] = 32,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
+    ] = None,
+) -> None:
+    """Index documents: chunk them, encode every chunk with all three heads, commit in batches.
+
+    Re-running skips documents already indexed (same text and metadata); a document whose
+    content changed replaces its old chunks. Unreadable files are reported and skipped.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from m3rag.chunking import Chunker
+    from m3rag.index import Collection
+    from m3rag.ingest import discover, document_sha256, read_documents
+    from m3rag.types import Document
+
+    files, problems = discover(paths)
+    for found in problems:
+        errors.print(f"[yellow]skipped[/] {escape(str(found))}")
+    if not files:
+        raise _fail(
+            "no .txt, .md, .html, .pdf or .jsonl files found in the given paths", EXIT_NOTHING
+        )
+    if index.exists() and (index / "manifest.json").exists():
+        stored = _stored_model(index)
+        model_name = model or stored or "BAAI/bge-m3"
+        encoder = _load_encoder(model_name, device, dtype)
+        col = _open(index, encoder, read_only=False)
+    else:
+        encoder = _load_encoder(model or "BAAI/bge-m3", device, dtype)
+        try:
+            col = Collection.create(index, encoder=encoder)
+        except FileExistsError as exc:
+            raise _fail(str(exc), EXIT_USAGE) from exc
+    try:
+        chunker = Chunker(
+            encoder.tokenizer, max_tokens=min(chunk_tokens, encoder.max_length), overlap=overlap
+        )
+    except ValueError as exc:
+        col.close()
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    indexed_shas = {str(v) for v in col.metadata_values("doc_sha256")}
+    known_parents = {str(v) for v in col.metadata_values("parent_id")}
+    stats = {"documents": 0, "chunks": 0, "skipped": 0, "replaced": 0, "unreadable": len(problems)}
+    buffer: list[Document] = []
+    docs_since_commit = 0
+
+    def flush() -> None:
+        if buffer:
+            col.add(buffer)
+            buffer.clear()
+
+    with Progress(
+        TextColumn("[bold]indexing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("index", total=len(files))
+        current_file = None
+        for doc, problem in read_documents(files):
+            if problem is not None:
+                stats["unreadable"] += 1
+                progress.console.print(f"[yellow]skipped[/] {escape(str(problem))}")
+                if problem.line is None:
+                    progress.advance(task)
+                continue
+            assert doc is not None  # noqa: S101 - read_documents yields one or the other
+            source = doc.metadata.get("source")
+            if source != current_file:
+                if current_file is not None:
+                    progress.advance(task)
+                current_file = source
+            sha = document_sha256(doc)
+            if sha in indexed_shas:
+                stats["skipped"] += 1
+                continue
+            parent = str(doc.id)
+            if parent in known_parents:  # content changed: replace the old chunks
+                flush()
+                col.delete(col.ids_matching({"parent_id": parent}))
+                stats["replaced"] += 1
+            chunks = chunker.split(doc.text, parent_id=parent)
+            meta = dict(doc.metadata)
+            buffer.extend(
+                Document(
+                    c.text,
+                    c.id,
+                    {
+                        **meta,
+                        "parent_id": parent,
+                        "chunk": c.index,
+                        "start": c.start,
+                        "end": c.end,
+                        "doc_sha256": sha,
+                    },
+                )
+                for c in chunks
+            )
+            indexed_shas.add(sha)
+            known_parents.add(parent)
+            stats["documents"] += 1
+            stats["chunks"] += len(chunks)
+            docs_since_commit += 1
+            if len(buffer) >= batch_size:
+                flush()
+            if docs_since_commit >= commit_every:
+                flush()
+                col.commit()
+                docs_since_commit = 0
+        if current_file is not None:
+            progress.advance(task)
+        flush()
+        col.commit()
+    col.close()
+    console.print(
+        f"indexed {stats['documents']} documents ({stats['chunks']} chunks), "
+        f"skipped {stats['skipped']} already indexed, replaced {stats['replaced']}, "
+        f"{stats['unreadable']} unreadable -> {index}"
+    )
+    if stats["documents"] == 0 and stats["skipped"] == 0:
+        raise typer.Exit(EXIT_NOTHING)
+
+
+def _stored_model(index: Path) -> str | None:
+    try:
+        manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    encoder = manifest.get("encoder") or {}
+    model = encoder.get("model")
+    return str(model) if model else None
+
+
+MODES = ("hybrid", "dense", "lexical", "bm25")
+ROLLUP_MAX: Final[Literal["max"]] = "max"
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The question or keywords.")],
+    index: IndexOption,
+    k: Annotated[int, typer.Option("--k", help="How many results.")] = 10,
+    mode: Annotated[str, typer.Option(help="hybrid, dense, lexical or bm25.")] = "hybrid",
+    rerank: Annotated[
+        bool, typer.Option("--rerank/--no-rerank", help="Rerank with a cross-encoder.")
+    ] = False,
+    reranker: Annotated[
+        str, typer.Option(help="Reranker hub id or folder.")
+    ] = "BAAI/bge-reranker-v2-m3",
+    model: ModelOption = None,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="JSON lines instead of a table.")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+) -> None:
+    """Search an index: every path recalls, every candidate is scored on every path, fused."""
+    if mode not in MODES:
+        raise _fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}", EXIT_USAGE)
+    if k <= 0:
+        raise _fail(f"--k must be positive, got {k}", EXIT_USAGE)
+    if not query.strip():
+        raise _fail("the query is empty", EXIT_USAGE)
+    if not (index / "manifest.json").exists():
+        raise _fail(
+            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
+        )
+    model_name = model or _stored_model(index) or "BAAI/bge-m3"
+    encoder = _load_encoder(model_name, device, None)
+    col = _open(index, encoder, read_only=True)
+    try:
+        retriever = _retriever(col, encoder, mode, rerank, reranker, device)
+        results = retriever.retrieve(query, k=k)
+    finally:
+        col.close()
+    if json_lines:
+        for rank, hit in enumerate(results, 1):
+            record = {
+                "rank": rank,
+                "id": hit.id,
+                "score": hit.score,
+                "chunk_id": hit.chunk_id,
+                "rerank_score": hit.rerank_score,
+                "paths": {p: {"raw": s.raw, "rank": s.rank} for p, s in hit.paths.items()},
+                "text": hit.text,
+                "metadata": dict(hit.metadata),
+            }
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+    _print_results(query, results)
+
+
+def _retriever(
+    col: Any, encoder: Any, mode: str, rerank: bool, reranker: str, device: str | None
+) -> Any:
+    from m3rag.fusion import FusionConfig
+    from m3rag.retriever import HybridRetriever
+
+    paths = [p for p in ("dense", "lexical", "colbert", "bm25") if p in _available(col, encoder)]
+    recall: tuple[str, ...]
+    if mode == "hybrid":
+        recall = tuple(p for p in ("dense", "lexical", "bm25") if p in paths)
+        fusion = FusionConfig(weights=dict.fromkeys(paths, 1.0), normalization="zscore")
+    else:
+        if mode not in paths:
+            raise _fail(
+                f"this index and model cannot search by {mode}; available: {', '.join(paths)}",
+                EXIT_USAGE,
+            )
+        recall = (mode,)
+        fusion = FusionConfig(weights={mode: 1.0})
+    rr = None
+    if rerank:
+        from m3rag.rerank import Reranker
+
+        try:
+            with console.status(f"loading {reranker} ..."):
+                rr = Reranker(reranker, device=device)
+        except ModelLoadError as exc:
+            raise _fail(f"{exc}\nOr search with --no-rerank.", EXIT_MODEL) from exc
+    # indexes built by `m3rag index` hold chunks: rank their parent documents
+    rollup = ROLLUP_MAX if col.metadata_values("parent_id") else None
+    return HybridRetriever(
+        col, encoder=encoder, reranker=rr, fusion=fusion, recall=recall, rollup=rollup
+    )
+
+
+def _available(col: Any, encoder: Any) -> tuple[str, ...]:
+    heads = set(col.heads) & set(encoder.heads)
+    names = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
+    return tuple(
+        p for p in ("dense", "lexical", "colbert", "bm25") if p == "bm25" or names[p] in heads
+    )
+
+
+def _highlight(text: str, query: str, width: int = 240) -> str:
+    words = sorted(
+        {w for w in re.findall(r"\w+", query.lower()) if len(w) > 1 or not w.isascii()},
+        key=len,
+        reverse=True,
+    )
+    snippet = " ".join(text.split())
+    if len(snippet) > width:
+        lower = snippet.lower()
+        hits = [lower.find(w) for w in words if lower.find(w) >= 0]
+        start = max(0, min(hits) - width // 4) if hits else 0
+        snippet = ("…" if start else "") + snippet[start : start + width] + "…"
+    out = escape(snippet)
+    for w in words:
+        out = re.sub(
+            re.escape(escape(w)),
+            lambda m: f"[bold yellow]{m.group(0)}[/]",
+            out,
+            flags=re.IGNORECASE,
+        )
+    return out
+
+
+def _print_results(query: str, results: Any) -> None:
+    table = Table(title=f"{escape(query)} ({results.candidates} candidates)", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("document")
+    table.add_column("score", justify="right")
+    for p in results.paths:
+        table.add_column(p, justify="right")
+    table.add_column("evidence")
+    for rank, hit in enumerate(results, 1):
+        cells = [str(rank), escape(hit.id), f"{hit.score:.4f}"]
+        for p in results.paths:
+            s = hit.paths.get(p)
+            cells.append("-" if s is None else f"{s.raw:.3f}\n#{s.rank}")
+        cells.append(_highlight(hit.text, query))
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command()
+def info(index: IndexOption) -> None:
+    """Describe an index: documents, chunks, model fingerprint, sizes, format version."""
+    if not (index / "manifest.json").exists():
+        raise _fail(
+            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
+        )
+    col = _open(index, None, read_only=True)
+    try:
+        manifest = col.manifest
+        chunks = col.count()
+        parents = col.metadata_values("parent_id")
+        size = sum(f.stat().st_size for f in index.rglob("*") if f.is_file())
+        table = Table(show_header=False)
+        rows = [
+            ("documents", str(len(parents) if parents else chunks)),
+            ("chunks", str(chunks)),
+            ("model", str((manifest.get("encoder") or {}).get("model"))),
+            ("heads", ", ".join(manifest["heads"])),
+            ("dense dim", str(manifest.get("dim"))),
+            ("colbert dim", f"{manifest.get('colbert_dim')} ({manifest.get('colbert_dtype')})"),
+            (
+                "tokenizer sha256",
+                str((manifest.get("encoder") or {}).get("tokenizer_sha256"))[:16] + "…",
+            ),
+            ("generation", str(manifest["generation"])),
+            ("format version", str(manifest["format_version"])),
+            ("size on disk", f"{size / 1e6:.1f} MB"),
+        ]
+        for name, value in rows:
+            table.add_row(name, escape(value))
+        console.print(table)
+    finally:
+        col.close()
+
+
+def main() -> None:
+    """Entry point of the ``m3rag`` script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

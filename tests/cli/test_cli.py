@@ -1,0 +1,212 @@
+"""The m3rag command line with the tiny checkpoints: index, search, info, errors, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from m3rag.cli import app
+
+pytestmark = pytest.mark.model
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "paris.md").write_text(
+        "# Paris\n\nParis is the capital and most populous city of France. " * 20
+    )
+    (folder / "sub" / "beijing.txt").write_text(
+        "北京是中华人民共和国的首都，也是全国的政治和文化中心。" * 20
+    )
+    (folder / "page.html").write_text(
+        "<html><head><title>Tokyo</title><script>var x = 1;</script></head>"
+        "<body><p>Tokyo is the capital of Japan.</p><p>東京は日本の首都です。</p></body></html>"
+    )
+    (folder / "records.jsonl").write_text(
+        json.dumps(
+            {
+                "id": "cairo",
+                "text": "Cairo is the capital of Egypt. القاهرة هي عاصمة مصر.",
+                "metadata": {"lang": "ar"},
+            }
+        )
+        + "\n{not json\n"
+    )
+    (folder / "broken.txt").write_bytes(b"\xff\xfe\x00\x81 not utf-8")
+    (folder / "ignored.csv").write_text("a,b\n")
+    return folder
+
+
+def _index(corpus: Path, index: Path, model: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(
+        app,
+        [
+            "index",
+            str(corpus),
+            "--index",
+            str(index),
+            "--model",
+            str(model),
+            "--chunk-tokens",
+            "64",
+            "--overlap",
+            "8",
+            *extra,
+        ],
+    )
+
+
+def test_index_search_info(corpus: Path, tmp_path: Path, tiny_m3_path: Path) -> None:
+    index = tmp_path / "idx"
+    result = _index(corpus, index, tiny_m3_path)
+    assert result.exit_code == 0, result.output
+    assert "indexed 4 documents" in flat(result.output)
+    assert "broken.txt" in flat(result.output) and "unreadable" in flat(result.output)
+    assert "records.jsonl:2" in flat(
+        result.output
+    )  # the bad line is reported, the good one indexed
+
+    out = runner.invoke(
+        app, ["search", "capital of France", "--index", str(index), "--k", "3", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    hits = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(hits) == 3
+    assert {"dense", "lexical", "colbert", "bm25"} <= set(hits[0]["paths"])
+    assert len({h["id"] for h in hits}) == 3  # chunks rolled up to documents
+    assert all(h["chunk_id"].startswith(h["id"] + "#") for h in hits)
+
+    for mode in ("dense", "lexical", "bm25", "hybrid"):
+        table = runner.invoke(
+            app, ["search", "北京 首都", "--index", str(index), "--mode", mode, "--k", "2"]
+        )
+        assert table.exit_code == 0, table.output
+        assert "document" in table.output
+    bm25 = runner.invoke(
+        app, ["search", "北京 首都", "--index", str(index), "--mode", "bm25", "--k", "1", "--json"]
+    )
+    assert json.loads(bm25.stdout.splitlines()[0])["id"] == "sub/beijing.txt"
+
+    info = runner.invoke(app, ["info", "--index", str(index)])
+    assert info.exit_code == 0, info.output
+    assert "documents" in info.output and "4" in info.output and "format version" in info.output
+
+    again = _index(corpus, index, tiny_m3_path)  # resumable: nothing new
+    assert again.exit_code == 0
+    assert "indexed 0 documents" in flat(again.output)
+    assert "skipped 4 already indexed" in flat(again.output)
+
+    (corpus / "paris.md").write_text("Paris changed its text entirely.")
+    changed = _index(corpus, index, tiny_m3_path)
+    assert "indexed 1 documents" in flat(changed.output) and "replaced 1" in flat(changed.output)
+    out = runner.invoke(
+        app,
+        ["search", "Paris changed", "--index", str(index), "--mode", "bm25", "--k", "1", "--json"],
+    )
+    assert "changed its text" in json.loads(out.stdout.splitlines()[0])["text"]
+
+
+def test_errors_have_messages_and_exit_codes(
+    corpus: Path, tmp_path: Path, tiny_m3_path: Path
+) -> None:
+    missing = runner.invoke(app, ["search", "q", "--index", str(tmp_path / "nope")])
+    assert missing.exit_code == 2
+    assert "no index at" in flat(missing.output)
+    assert runner.invoke(app, ["info", "--index", str(tmp_path / "nope")]).exit_code == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = runner.invoke(
+        app, ["index", str(empty), "--index", str(tmp_path / "i2"), "--model", str(tiny_m3_path)]
+    )
+    assert none.exit_code == 1
+    assert "no .txt" in flat(none.output)
+    bad_model = runner.invoke(
+        app,
+        [
+            "index",
+            str(corpus),
+            "--index",
+            str(tmp_path / "i3"),
+            "--model",
+            str(tmp_path / "no" / "such" / "model"),
+        ],
+    )
+    assert bad_model.exit_code == 3
+    assert "local" in flat(bad_model.output)
+    index = tmp_path / "idx"
+    assert _index(corpus, index, tiny_m3_path).exit_code == 0
+    assert (
+        runner.invoke(app, ["search", "q", "--index", str(index), "--mode", "splade"]).exit_code
+        == 2
+    )
+    assert runner.invoke(app, ["search", "q", "--index", str(index), "--k", "0"]).exit_code == 2
+    assert runner.invoke(app, ["search", "   ", "--index", str(index)]).exit_code == 2
+    help_text = runner.invoke(app, ["index", "--help"])
+    assert help_text.exit_code == 0 and "--chunk-tokens" in help_text.output
+
+
+def test_interrupted_index_resumes(tmp_path: Path, tiny_m3_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"doc{i:03d}.txt").write_text(
+            f"Document number {i}. " + "Some filler text about cities. " * 30
+        )
+    index = tmp_path / "idx"
+    cmd = [
+        sys.executable,
+        "-m",
+        "m3rag",
+        "index",
+        str(folder),
+        "--index",
+        str(index),
+        "--model",
+        str(tiny_m3_path),
+        "--chunk-tokens",
+        "64",
+        "--overlap",
+        "8",
+        "--commit-every",
+        "8",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until some commits landed
+        manifest = index / "manifest.json"
+        if manifest.exists() and json.loads(manifest.read_text())["generation"] >= 2:
+            break
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    info = runner.invoke(app, ["info", "--index", str(index)])
+    assert info.exit_code == 0
+    resumed = runner.invoke(app, [*cmd[3:]])
+    assert resumed.exit_code == 0, resumed.output
+    text = flat(resumed.output)
+    skipped = int(text.split("skipped ")[1].split(" ")[0])
+    indexed = int(text.split("indexed ")[1].split(" ")[0])
+    assert skipped >= 16 and skipped + indexed == 400
+    from m3rag import Collection
+
+    col = Collection.open(index, read_only=True)
+    assert len(col.metadata_values("parent_id")) == 400
+    col.close()
