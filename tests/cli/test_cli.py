@@ -210,3 +210,16 @@ def test_interrupted_index_resumes(tmp_path: Path, tiny_m3_path: Path) -> None:
     col = Collection.open(index, read_only=True)
     assert len(col.metadata_values("parent_id")) == 400
     col.close()
+
+
+def test_the_bundled_sample_indexes_and_searches(tmp_path: Path, tiny_m3_path: Path) -> None:
+    sample = Path(__file__).resolve().parents[2] / "examples" / "data"
+    index = tmp_path / "demo"
+    result = _index(sample, index, tiny_m3_path, "--chunk-tokens", "128")
+    assert result.exit_code == 0, result.output
+    assert "indexed 3 documents" in flat(result.output)
+    chunks = int(flat(result.output).split("documents (")[1].split(" ")[0])
+    assert chunks > 6  # long enough to be chunked
+    out = runner.invoke(app, ["search", "What is hybrid search?", "--index", str(index), "--json"])
+    hits = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert {h["id"] for h in hits} == {"hybrid-search.md", "混合检索.md", "recherche-hybride.md"}
