@@ -425,6 +425,138 @@ def info(index: IndexOption) -> None:
         col.close()
 
 
+@app.command("eval")
+def eval_(
+    dataset: Annotated[
+        Path, typer.Argument(help="A BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.")
+    ],
+    modes: Annotated[
+        str,
+        typer.Option(help="Comma-separated: dense, lexical, bm25, colbert, hybrid, hybrid+rerank."),
+    ] = "dense,lexical,bm25,colbert,hybrid",
+    k: Annotated[str, typer.Option("--k", help="Comma-separated metric cut-offs.")] = "10,100",
+    model: ModelOption = None,
+    index: Annotated[
+        Path | None,
+        typer.Option(
+            "--index",
+            help="Keep the index here (reused on the next run); default: a temporary folder.",
+        ),
+    ] = None,
+    reranker: Annotated[
+        str, typer.Option(help="Reranker for hybrid+rerank.")
+    ] = "BAAI/bge-reranker-v2-m3",
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="Grid-search hybrid fusion weights on a dev split first.")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
+    ] = None,
+) -> None:
+    """Evaluate retrieval modes on a BEIR dataset: nDCG@k, Recall@k, MRR@k (pytrec_eval).
+
+    With --tune, fusion weights are searched on qrels/dev.tsv when the dataset has one, else on
+    the first half of the test queries, and the report is computed on the other half.
+    """
+    import tempfile
+
+    from m3rag.eval import MODES, evaluate, index_corpus, load_beir, tune_weights
+    from m3rag.index import Collection
+
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in mode_list if m not in MODES]
+    if unknown or not mode_list:
+        raise _fail(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}", EXIT_USAGE)
+    try:
+        k_values = sorted({int(x) for x in k.split(",") if x.strip()})
+    except ValueError as exc:
+        raise _fail(f"--k must be comma-separated integers, got {k!r}", EXIT_USAGE) from exc
+    if not k_values or min(k_values) <= 0:
+        raise _fail(f"--k must be positive integers, got {k!r}", EXIT_USAGE)
+    try:
+        data = load_beir(dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    needs_model = any(m != "bm25" for m in mode_list) or tune
+    encoder = _load_encoder(model or "BAAI/bge-m3", device, dtype) if needs_model else None
+    tmp = None
+    folder = index
+    if folder is None:
+        tmp = tempfile.TemporaryDirectory(prefix="m3rag-eval-")
+        folder = Path(tmp.name) / "index"
+    try:
+        if (folder / "manifest.json").exists():
+            col = _open(folder, encoder, read_only=False)
+        else:
+            col = Collection.create(
+                folder, encoder=encoder, heads=None if encoder is not None else ()
+            )
+        with console.status(f"indexing {len(data.corpus)} documents of {data.name} ..."):
+            added = index_corpus(data, col)
+        n_docs, n_queries = len(data.corpus), len(data.queries)
+        console.print(
+            f"{data.name}: {n_docs} documents ({added} newly indexed), {n_queries} queries"
+        )
+        queries = data.queries
+        tuned = None
+        rr = None
+        if "hybrid+rerank" in mode_list:
+            from m3rag.rerank import Reranker
+
+            try:
+                rr = Reranker(reranker, device=device)
+            except ModelLoadError as exc:
+                raise _fail(str(exc), EXIT_MODEL) from exc
+        if tune:
+            dev_file = dataset / "qrels" / "dev.tsv"
+            if dev_file.exists():
+                dev = load_beir(dataset, split="dev").queries
+            else:
+                ids = list(queries)
+                dev = {q: queries[q] for q in ids[: len(ids) // 2]}
+                queries = {q: queries[q] for q in ids[len(ids) // 2 :]}
+                console.print(
+                    f"no qrels/dev.tsv: tuning on {len(dev)} test queries, "
+                    f"reporting on the other {len(queries)}"
+                )
+            with console.status("tuning fusion weights ..."):
+                tuned, score = tune_weights(data, col, encoder=encoder, dev_queries=dev)
+            console.print(f"best weights on dev: {tuned} (nDCG@10 {score:.4f})")
+        report = evaluate(
+            data,
+            col,
+            encoder=encoder,
+            modes=mode_list,
+            k_values=k_values,
+            reranker=rr,
+            weights=tuned,
+            queries=queries,
+        )
+        col.close()
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if tuned is not None:
+        report = type(report)(
+            report.dataset, report.queries, report.documents, report.metrics, tuned
+        )
+    table = Table(title=f"{data.name}: {report.queries} queries, {report.documents} documents")
+    table.add_column("mode")
+    names = list(next(iter(report.metrics.values())).keys())
+    for name in names:
+        table.add_column(name, justify="right")
+    for mode_name, values in report.metrics.items():
+        table.add_row(mode_name, *(f"{values[n]:.4f}" for n in names))
+    console.print(table)
+    if out is not None:
+        out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        console.print(f"report written to {out}")
+
+
 def main() -> None:
     """Entry point of the ``m3rag`` script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -14,10 +14,26 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from m3rag._optional import require
 
-__all__ = ["BeirDataset", "evaluate_run", "load_beir"]
+if TYPE_CHECKING:
+    from m3rag.encoder import M3Encoder
+    from m3rag.index import Collection
+    from m3rag.rerank import Reranker
+    from m3rag.retriever import HybridRetriever
+
+__all__ = [
+    "MODES",
+    "BeirDataset",
+    "EvalReport",
+    "evaluate",
+    "evaluate_run",
+    "index_corpus",
+    "load_beir",
+    "tune_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -132,3 +148,187 @@ def evaluate_run(
         mrr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
         out[f"mrr@{k}"] = statistics.mean(v["recip_rank"] for v in mrr.values())
     return out
+
+
+MODES = ("dense", "lexical", "bm25", "colbert", "hybrid", "hybrid+rerank")
+"""Evaluation modes: one path alone, ColBERT rescoring of dense + lexical candidates, all paths
+fused (z-score normalised, equal weights), and the same reranked."""
+
+_MODE_HEADS = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Metrics per mode on one dataset.
+
+    Attributes:
+        dataset: The dataset name.
+        queries: Judged queries evaluated.
+        documents: Corpus size.
+        metrics: ``mode -> {"ndcg@10": ..., "recall@100": ..., "mrr@10": ...}``.
+        tuned_weights: The best fusion weights found by :func:`tune_weights`, if run.
+    """
+
+    dataset: str
+    queries: int
+    documents: int
+    metrics: dict[str, dict[str, float]]
+    tuned_weights: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "dataset": self.dataset,
+            "queries": self.queries,
+            "documents": self.documents,
+            "metrics": self.metrics,
+            "tuned_weights": self.tuned_weights,
+        }
+
+
+def mode_config(mode: str, available: Sequence[str]) -> tuple[tuple[str, ...], dict[str, float]]:
+    """Recall paths and fusion weights of an evaluation ``mode`` given the available paths.
+
+    Raises:
+        ValueError: Unknown mode, or a mode the model/collection cannot serve.
+    """
+    if mode not in MODES:
+        msg = f"unknown mode {mode!r}; choose from {', '.join(MODES)}"
+        raise ValueError(msg)
+    recallable = tuple(p for p in ("dense", "lexical", "bm25") if p in available)
+    if mode in ("hybrid", "hybrid+rerank"):
+        return recallable, dict.fromkeys(available, 1.0)
+    if mode not in available:
+        msg = f"mode {mode!r} needs the {mode} path; this model and index offer {list(available)}"
+        raise ValueError(msg)
+    if mode == "colbert":
+        return tuple(p for p in ("dense", "lexical") if p in available) or recallable, {
+            "colbert": 1.0
+        }
+    return (mode,), {mode: 1.0}
+
+
+def _run(
+    retriever: HybridRetriever, queries: Mapping[str, str], k: int
+) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    qids = list(queries)
+    for start in range(0, len(qids), 32):  # slices: hits carry their texts
+        part = qids[start : start + 32]
+        results = retriever.retrieve_batch([queries[q] for q in part], k=k)
+        for qid, res in zip(part, results, strict=True):
+            run[qid] = {h.id: float(h.score) for h in res}
+    return run
+
+
+def index_corpus(dataset: BeirDataset, collection: Collection, *, batch: int = 256) -> int:
+    """Add the corpus documents that are not in ``collection`` yet; returns how many were added."""
+    present = set(collection.ids())
+    todo = [d for d in dataset.corpus if d not in present]
+    for start in range(0, len(todo), batch):
+        ids = todo[start : start + batch]
+        collection.add([dataset.corpus[i] for i in ids], ids=ids)
+        collection.commit()
+    return len(todo)
+
+
+def available_paths(collection: Collection, encoder: M3Encoder | None) -> tuple[str, ...]:
+    """Paths both the collection stores and the encoder produces (BM25 always)."""
+    heads = set(collection.heads) & (set(encoder.heads) if encoder is not None else set())
+    return tuple(
+        p for p in ("dense", "lexical", "colbert", "bm25") if p == "bm25" or _MODE_HEADS[p] in heads
+    )
+
+
+def evaluate(
+    dataset: BeirDataset,
+    collection: Collection,
+    *,
+    encoder: M3Encoder | None = None,
+    modes: Sequence[str] = ("hybrid",),
+    k_values: Sequence[int] = (10, 100),
+    reranker: Reranker | None = None,
+    weights: Mapping[str, float] | None = None,
+    queries: Mapping[str, str] | None = None,
+) -> EvalReport:
+    """Evaluate retrieval modes on a BEIR dataset already indexed in ``collection``.
+
+    Args:
+        dataset: From :func:`load_beir`.
+        collection: Holds the corpus (see :func:`index_corpus`).
+        encoder: The query encoder (``None`` allows BM25 only).
+        modes: From :data:`MODES`.
+        k_values: Metric cut-offs.
+        reranker: Needed for ``hybrid+rerank``.
+        weights: Fusion weights for the hybrid modes (default equal, z-score normalised).
+        queries: A subset of the dataset's queries (default all judged ones).
+
+    Raises:
+        ValueError: Unknown mode, a mode the model cannot serve, or ``hybrid+rerank`` without a
+            reranker.
+    """
+    from m3rag.fusion import FusionConfig
+    from m3rag.retriever import HybridRetriever
+
+    available = available_paths(collection, encoder)
+    qs = dict(queries) if queries is not None else dataset.queries
+    depth = max(int(k) for k in k_values)
+    metrics: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        recall, default_weights = mode_config(mode, available)
+        if mode == "hybrid+rerank" and reranker is None:
+            msg = "mode hybrid+rerank needs a reranker"
+            raise ValueError(msg)
+        fusion = (
+            FusionConfig(weights=dict(weights or default_weights), normalization="zscore")
+            if mode.startswith("hybrid")
+            else FusionConfig(weights=default_weights)
+        )
+        retriever = HybridRetriever(
+            collection,
+            encoder=encoder,
+            reranker=reranker if mode == "hybrid+rerank" else None,
+            fusion=fusion,
+            recall=recall,
+            recall_k=max(100, depth),
+        )
+        run = _run(retriever, qs, depth)
+        metrics[mode] = evaluate_run(run, {q: dataset.qrels[q] for q in qs}, k_values=k_values)
+    return EvalReport(dataset.name, len(qs), len(dataset.corpus), metrics)
+
+
+def tune_weights(
+    dataset: BeirDataset,
+    collection: Collection,
+    *,
+    encoder: M3Encoder | None,
+    dev_queries: Mapping[str, str],
+    grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
+    metric: str = "ndcg@10",
+) -> tuple[dict[str, float], float]:
+    """Grid-search hybrid fusion weights on dev queries; returns the best weights and score.
+
+    Every path gets a weight from ``grid`` (all-zero combinations are skipped); candidates are
+    recalled once per combination through the same hybrid retriever (z-score fusion).
+    """
+    import itertools
+
+    available = available_paths(collection, encoder)
+    best: tuple[dict[str, float], float] = ({}, -1.0)
+    for combo in itertools.product(grid, repeat=len(available)):
+        if not any(combo):
+            continue
+        weights = {p: w for p, w in zip(available, combo, strict=True) if w > 0}
+        report = evaluate(
+            dataset,
+            collection,
+            encoder=encoder,
+            modes=("hybrid",),
+            k_values=(int(metric.split("@")[1]),),
+            weights=weights,
+            queries=dev_queries,
+        )
+        score = report.metrics["hybrid"][metric]
+        if score > best[1]:
+            best = (weights, score)
+    return best

@@ -188,7 +188,8 @@ class Collection:
             path: The folder.
             encoder: The encoder whose outputs will be stored; its fingerprint is recorded so
                 the collection cannot later be opened with a different model.
-            heads: Heads to store; default all the encoder has (all three without an encoder).
+            heads: Heads to store; default all the encoder has (all three without an encoder);
+                ``()`` keeps text only, for BM25.
             dim: Dense size, required without an encoder when ``dense`` is stored.
             colbert_dim: ColBERT size, required without an encoder when ``colbert`` is stored.
             dense_dtype: ``"float32"`` or ``"float16"``.
@@ -222,8 +223,8 @@ class Collection:
         else:
             chosen = tuple(heads) if heads is not None else HEADS
         bad = [h for h in chosen if h not in HEADS]
-        if bad or not chosen:
-            msg = f"heads must be a non-empty subset of {list(HEADS)}, got {list(chosen)}"
+        if bad:
+            msg = f"heads must be a subset of {list(HEADS)} (empty: BM25 only), got {list(chosen)}"
             raise ValueError(msg)
         if "dense" in chosen and (not isinstance(dim, int) or dim < 1):
             msg = "dim (the dense size) is required to store dense vectors without an encoder"
@@ -519,7 +520,9 @@ class Collection:
             raise EmbeddingMismatchError(msg)
         return embeddings
 
-    def _embed(self, texts: list[str], embeddings: M3Output | None) -> M3Output:
+    def _embed(self, texts: list[str], embeddings: M3Output | None) -> M3Output | None:
+        if not self.heads:
+            return None  # a BM25-only collection stores text alone
         if embeddings is not None:
             return self._check_embeddings(embeddings, len(texts))
         if self.encoder is None:
@@ -629,7 +632,8 @@ class Collection:
         p.texts.extend(texts)
         p.metadata.extend(meta_json)
         p.hashes.extend(content_hash(t, m) for t, m in zip(texts, meta_json, strict=True))
-        p.outputs.append(output)
+        if output is not None:
+            p.outputs.append(output)
         return final_ids
 
     def delete(self, ids: str | Sequence[str]) -> None:
