@@ -223,3 +223,124 @@ def test_the_bundled_sample_indexes_and_searches(tmp_path: Path, tiny_m3_path: P
     out = runner.invoke(app, ["search", "What is hybrid search?", "--index", str(index), "--json"])
     hits = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {h["id"] for h in hits} == {"hybrid-search.md", "混合检索.md", "recherche-hybride.md"}
+
+
+def _beir(folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    docs = {
+        "paris": "Paris is the capital and most populous city of France.",
+        "beijing": "北京是中华人民共和国的首都，也是全国的政治和文化中心。",
+        "tokyo": "Tokyo is the capital of Japan and its largest city.",
+        "rain": "Rainfall in the northern valleys doubled this year.",
+        "cairo": "Cairo is the capital of Egypt. القاهرة هي عاصمة مصر.",
+    }
+    (folder / "corpus.jsonl").write_text(
+        "\n".join(
+            json.dumps({"_id": k, "title": "", "text": v}, ensure_ascii=False)
+            for k, v in docs.items()
+        )
+        + "\n"
+    )
+    queries = {
+        "q1": "capital of France",
+        "q2": "中国的首都",
+        "q3": "capital of Japan",
+        "q4": "rain in the valleys",
+    }
+    (folder / "queries.jsonl").write_text(
+        "\n".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) for k, v in queries.items())
+        + "\n"
+    )
+    qrels = [("q1", "paris"), ("q2", "beijing"), ("q3", "tokyo"), ("q4", "rain")]
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
+    )
+    return folder
+
+
+def test_eval_modes_report_and_tune(
+    tmp_path: Path, tiny_m3_path: Path, tiny_reranker_path: Path
+) -> None:
+    data = _beir(tmp_path / "beir")
+    bm25 = runner.invoke(
+        app, ["eval", str(data), "--modes", "bm25", "--k", "1,3", "--out", str(tmp_path / "r.json")]
+    )
+    assert bm25.exit_code == 0, bm25.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["queries"] == 4 and report["documents"] == 5
+    assert set(report["metrics"]["bm25"]) == {
+        "ndcg@1",
+        "recall@1",
+        "mrr@1",
+        "ndcg@3",
+        "recall@3",
+        "mrr@3",
+    }
+    assert report["metrics"]["bm25"]["ndcg@3"] > 0.5
+    full = runner.invoke(
+        app,
+        [
+            "eval",
+            str(data),
+            "--model",
+            str(tiny_m3_path),
+            "--modes",
+            "dense,lexical,bm25,colbert,hybrid,hybrid+rerank",
+            "--reranker",
+            str(tiny_reranker_path),
+            "--k",
+            "3",
+            "--index",
+            str(tmp_path / "idx"),
+            "--out",
+            str(tmp_path / "f.json"),
+        ],
+    )
+    assert full.exit_code == 0, full.output
+    metrics = json.loads((tmp_path / "f.json").read_text())["metrics"]
+    assert set(metrics) == {"dense", "lexical", "bm25", "colbert", "hybrid", "hybrid+rerank"}
+    assert all(0.0 <= m["ndcg@3"] <= 1.0 for m in metrics.values())
+    again = runner.invoke(
+        app,
+        [
+            "eval",
+            str(data),
+            "--model",
+            str(tiny_m3_path),
+            "--modes",
+            "hybrid",
+            "--index",
+            str(tmp_path / "idx"),
+        ],
+    )
+    assert "0 newly indexed" in flat(again.output)  # the kept index is reused
+    tuned = runner.invoke(
+        app,
+        [
+            "eval",
+            str(data),
+            "--model",
+            str(tiny_m3_path),
+            "--modes",
+            "hybrid",
+            "--tune",
+            "--out",
+            str(tmp_path / "t.json"),
+        ],
+    )
+    assert tuned.exit_code == 0, tuned.output
+    assert "best weights on dev" in flat(tuned.output)
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["queries"] == 2 and t["tuned_weights"]
+
+
+def test_eval_errors(tmp_path: Path, minilm_path: Path) -> None:
+    assert runner.invoke(app, ["eval", str(tmp_path / "missing"), "--modes", "bm25"]).exit_code == 2
+    data = _beir(tmp_path / "beir")
+    assert runner.invoke(app, ["eval", str(data), "--modes", "splade"]).exit_code == 2
+    assert runner.invoke(app, ["eval", str(data), "--modes", "bm25", "--k", "ten"]).exit_code == 2
+    lexical = runner.invoke(
+        app, ["eval", str(data), "--modes", "lexical", "--model", str(minilm_path)]
+    )
+    assert lexical.exit_code == 2
+    assert "lexical" in flat(lexical.output)
