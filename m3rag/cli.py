@@ -306,7 +306,14 @@ def search(
 
 
 def _retriever(
-    col: Any, encoder: Any, mode: str, rerank: bool, reranker: str, device: str | None
+    col: Any,
+    encoder: Any,
+    mode: str,
+    rerank: bool,
+    reranker: str,
+    device: str | None,
+    *,
+    rollup: bool = True,
 ) -> Any:
     from m3rag.fusion import FusionConfig
     from m3rag.retriever import HybridRetriever
@@ -334,9 +341,14 @@ def _retriever(
         except ModelLoadError as exc:
             raise _fail(f"{exc}\nOr search with --no-rerank.", EXIT_MODEL) from exc
     # indexes built by `m3rag index` hold chunks: rank their parent documents
-    rollup = ROLLUP_MAX if col.metadata_values("parent_id") else None
+    chunked = rollup and bool(col.metadata_values("parent_id"))
     return HybridRetriever(
-        col, encoder=encoder, reranker=rr, fusion=fusion, recall=recall, rollup=rollup
+        col,
+        encoder=encoder,
+        reranker=rr,
+        fusion=fusion,
+        recall=recall,
+        rollup=ROLLUP_MAX if chunked else None,
     )
 
 
@@ -423,6 +435,103 @@ def info(index: IndexOption) -> None:
         console.print(table)
     finally:
         col.close()
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    index: IndexOption,
+    k: Annotated[int, typer.Option("--k", help="Evidence passages to cite.")] = 5,
+    rerank: Annotated[
+        bool, typer.Option("--rerank/--no-rerank", help="Rerank with a cross-encoder.")
+    ] = True,
+    reranker: Annotated[
+        str, typer.Option(help="Reranker hub id or folder.")
+    ] = "BAAI/bge-reranker-v2-m3",
+    model: ModelOption = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of an OpenAI-compatible API (e.g. http://localhost:8000/v1) that "
+            "writes an answer with citations; the key is read from OPENAI_API_KEY.",
+        ),
+    ] = None,
+    llm_model: Annotated[
+        str, typer.Option(help="Model name sent to the --llm endpoint.")
+    ] = "gpt-4o-mini",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+) -> None:
+    """Answer a question from the index: the cited evidence, grouped by document.
+
+    Without --llm this is the retrieval half of a QA bot: hybrid retrieval over chunks, reranked,
+    printed as numbered passages grouped by their document. With --llm, an OpenAI-compatible chat
+    endpoint writes a grounded answer citing those numbers.
+    """
+    if not question.strip():
+        raise _fail("the question is empty", EXIT_USAGE)
+    if k <= 0:
+        raise _fail(f"--k must be positive, got {k}", EXIT_USAGE)
+    if not (index / "manifest.json").exists():
+        raise _fail(
+            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
+        )
+    encoder = _load_encoder(model or _stored_model(index) or "BAAI/bge-m3", device, None)
+    col = _open(index, encoder, read_only=True)
+    try:
+        retriever = _retriever(col, encoder, "hybrid", rerank, reranker, device, rollup=False)
+        results = retriever.retrieve(question, k=k)
+    finally:
+        col.close()
+    if not len(results):
+        console.print("no evidence found")
+        raise typer.Exit(EXIT_NOTHING)
+    groups: dict[str, list[tuple[int, Any]]] = {}
+    for n, hit in enumerate(results, 1):
+        groups.setdefault(hit.parent_id or hit.id, []).append((n, hit))
+    for doc, cited in groups.items():
+        source = cited[0][1].metadata.get("title") or cited[0][1].metadata.get("source") or doc
+        console.print(f"[bold]{escape(str(doc))}[/]  [dim]{escape(str(source))}[/]")
+        for n, hit in cited:
+            console.print(f"  [cyan][{n}][/] {_highlight(hit.text, question, width=400)}")
+    if llm:
+        answer = _llm_answer(llm, llm_model, question, list(results))
+        console.print("\n[bold]answer[/]")
+        console.print(escape(answer))
+
+
+def _llm_answer(base_url: str, model: str, question: str, hits: list[Any]) -> str:
+    """Ask an OpenAI-compatible chat endpoint for an answer that cites the numbered passages."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    evidence = "\n\n".join(f"[{n}] {h.text}" for n, h in enumerate(hits, 1))
+    payload = {
+        "model": model,
+        "temperature": 0,
+        "messages": [
+            {
+                "role": "system",
+                "content": "Answer only from the numbered passages. Cite them like [1]. "
+                "If they do not contain the answer, say so.",
+            },
+            {"role": "user", "content": f"Passages:\n{evidence}\n\nQuestion: {question}"},
+        ],
+    }
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get("OPENAI_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"  # never printed or logged
+    url = base_url.rstrip("/") + "/chat/completions"
+    if not url.startswith(("http://", "https://")):
+        raise _fail(f"--llm must be an http(s) URL, got {base_url!r}", EXIT_USAGE)
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers)  # noqa: S310 - scheme checked above
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+            body = json.loads(response.read().decode("utf-8"))
+        return str(body["choices"][0]["message"]["content"]).strip()
+    except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise _fail(f"the LLM endpoint {url} failed: {exc}", EXIT_MODEL) from exc
 
 
 @app.command("eval")

@@ -344,3 +344,101 @@ def test_eval_errors(tmp_path: Path, minilm_path: Path) -> None:
     )
     assert lexical.exit_code == 2
     assert "lexical" in flat(lexical.output)
+
+
+def test_ask_prints_cited_evidence_and_calls_an_llm(
+    corpus: Path,
+    tmp_path: Path,
+    tiny_m3_path: Path,
+    tiny_reranker_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import http.server
+    import threading
+
+    index = tmp_path / "idx"
+    assert _index(corpus, index, tiny_m3_path).exit_code == 0
+    plain = runner.invoke(
+        app,
+        [
+            "ask",
+            "What is the capital of France?",
+            "--index",
+            str(index),
+            "--reranker",
+            str(tiny_reranker_path),
+            "--k",
+            "4",
+        ],
+    )
+    assert plain.exit_code == 0, plain.output
+    assert "[1]" in plain.output and "[4]" in plain.output
+    no_rerank = runner.invoke(
+        app, ["ask", "capital", "--index", str(index), "--no-rerank", "--k", "2"]
+    )
+    assert no_rerank.exit_code == 0 and "[2]" in no_rerank.output
+
+    seen: dict[str, object] = {}
+
+    class Fake(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen["path"] = self.path
+            seen["auth"] = self.headers.get("Authorization")
+            seen["body"] = body
+            reply = json.dumps(
+                {
+                    "choices": [
+                        {"message": {"role": "assistant", "content": "Paris is the capital [1]."}}
+                    ]
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:  # keep test output quiet
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Fake)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        out = runner.invoke(
+            app,
+            [
+                "ask",
+                "What is the capital of France?",
+                "--index",
+                str(index),
+                "--no-rerank",
+                "--k",
+                "3",
+                "--llm",
+                url,
+                "--llm-model",
+                "fake-1",
+            ],
+        )
+    finally:
+        server.shutdown()
+    assert out.exit_code == 0, out.output
+    assert "Paris is the capital [1]." in flat(out.output)
+    assert "sk-test-secret" not in out.output  # the key is sent, never printed
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["auth"] == "Bearer sk-test-secret"
+    body = seen["body"]
+    assert isinstance(body, dict) and body["model"] == "fake-1"
+    assert (
+        "[1]" in body["messages"][1]["content"]
+        and "What is the capital of France?" in body["messages"][1]["content"]
+    )
+    dead = runner.invoke(
+        app,
+        ["ask", "capital", "--index", str(index), "--no-rerank", "--llm", "http://127.0.0.1:9/v1"],
+    )
+    assert dead.exit_code == 3
