@@ -16,7 +16,9 @@ from typing import Annotated, Any, Final, Literal
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from m3rag.errors import (
     CollectionLockedError,
@@ -166,6 +168,7 @@ def index(
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("files"),
+        _RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -235,6 +238,14 @@ def index(
     )
     if stats["documents"] == 0 and stats["skipped"] == 0:
         raise typer.Exit(EXIT_NOTHING)
+
+
+class _RateColumn(ProgressColumn):
+    """Files per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("" if speed is None else f"{speed:.1f} files/s", style="progress.data.speed")
 
 
 def _stored_model(index: Path) -> str | None:

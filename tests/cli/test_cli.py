@@ -442,3 +442,46 @@ def test_ask_prints_cited_evidence_and_calls_an_llm(
         ["ask", "capital", "--index", str(index), "--no-rerank", "--llm", "http://127.0.0.1:9/v1"],
     )
     assert dead.exit_code == 3
+
+
+def _pdf(path: Path, text: str) -> None:
+    """A minimal one-page PDF with a text line, correct cross-reference table included."""
+    content = f"BT /F1 14 Tf 20 100 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 400 144] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(content)).encode() + b" >>\nstream\n" + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    for off in offsets:
+        out += f"{off:010d} 00000 n \n".encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    path.write_bytes(bytes(out))
+
+
+def test_pdf_files_are_indexed(tmp_path: Path, tiny_m3_path: Path) -> None:
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    _pdf(folder / "report.pdf", "The annual report mentions Lisbon as the venue.")
+    (folder / "damaged.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    index = tmp_path / "idx"
+    result = _index(folder, index, tiny_m3_path)
+    assert result.exit_code == 0, result.output
+    assert "indexed 1 documents" in flat(result.output)
+    assert "damaged.pdf" in flat(result.output)
+    out = runner.invoke(
+        app, ["search", "Lisbon venue", "--index", str(index), "--mode", "bm25", "--json"]
+    )
+    hit = json.loads(out.stdout.splitlines()[0])
+    assert hit["id"] == "report.pdf" and "Lisbon" in hit["text"]
