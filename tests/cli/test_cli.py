@@ -426,6 +426,7 @@ def test_ask_prints_cited_evidence_and_calls_an_llm(
         )
     finally:
         server.shutdown()
+        server.server_close()
     assert out.exit_code == 0, out.output
     assert "Paris is the capital [1]." in flat(out.output)
     assert "sk-test-secret" not in out.output  # the key is sent, never printed
