@@ -8,6 +8,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     msg = 'm3rag_langchain requires LangChain: pip install "m3rag[langchain]"'
     raise ImportError(msg) from exc
 
-from m3rag_langchain.embeddings import M3Embeddings
+from m3rag_langchain.document_compressors import M3Reranker
+from m3rag_langchain.embeddings import M3Embeddings, M3SparseEmbeddings
+from m3rag_langchain.retrievers import M3Retriever
 
-__all__ = ["M3Embeddings"]
+__all__ = ["M3Embeddings", "M3SparseEmbeddings", "M3Retriever", "M3Reranker"]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from m3rag import M3Encoder
 
-__all__ = ["M3Embeddings"]
+__all__ = ["M3Embeddings", "M3SparseEmbeddings"]
 
 
 class M3Embeddings(BaseModel, Embeddings):
@@ -61,3 +61,61 @@ class M3Embeddings(BaseModel, Embeddings):
     async def aembed_query(self, text: str) -> list[float]:
         """Like :meth:`embed_query`, in a worker thread so the event loop keeps running."""
         return await asyncio.to_thread(self.embed_query, text)
+
+
+class M3SparseEmbeddings(BaseModel):
+    """BGE-M3 lexical weights as ``dict[int, float]`` -- the sparse shape langchain-milvus uses.
+
+    Pass it as the sparse embedding of LangChain's Milvus hybrid store (``BaseSparseEmbedding``
+    duck type: ``embed_query`` / ``embed_documents`` returning ``{token_id: weight}``), or convert
+    with :meth:`to_qdrant` for Qdrant's ``SparseVector(indices, values)``.
+
+    Example:
+        ```python
+        sparse = M3SparseEmbeddings(model_name_or_path="BAAI/bge-m3")
+        sparse.embed_query("What is BGE M3?")   # {token_id: weight, ...}
+        ```
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
+
+    model_name_or_path: str = "BAAI/bge-m3"
+    """Hub id or local folder of a BGE-M3 checkpoint (it needs the sparse head)."""
+    encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for :class:`m3rag.M3Encoder`."""
+    encoder: M3Encoder | None = Field(default=None, exclude=True)
+    """An already loaded encoder to share."""
+
+    _encoder: M3Encoder | None = PrivateAttr(default=None)
+
+    def _get_encoder(self) -> M3Encoder:
+        if self.encoder is not None:
+            return self.encoder
+        if self._encoder is None:
+            self._encoder = M3Encoder(self.model_name_or_path, **self.encoder_kwargs)
+        return self._encoder
+
+    def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
+        """Lexical weights of passages."""
+        out = self._get_encoder().encode_corpus(texts, dense=False, sparse=True, colbert=False)
+        assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
+        return [dict(d) for d in out.lexical_weights]
+
+    def embed_query(self, text: str) -> dict[int, float]:
+        """Lexical weights of a query."""
+        out = self._get_encoder().encode_queries([text], dense=False, sparse=True, colbert=False)
+        assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
+        return dict(out.lexical_weights[0])
+
+    async def aembed_documents(self, texts: list[str]) -> list[dict[int, float]]:
+        """Like :meth:`embed_documents`, in a worker thread."""
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> dict[int, float]:
+        """Like :meth:`embed_query`, in a worker thread."""
+        return await asyncio.to_thread(self.embed_query, text)
+
+    @staticmethod
+    def to_qdrant(weights: dict[int, float]) -> tuple[list[int], list[float]]:
+        """``(indices, values)`` for ``qdrant_client.models.SparseVector``."""
+        return list(weights.keys()), list(weights.values())

@@ -12,7 +12,12 @@ def test_langchain_embeddings_match_the_encoder(tiny_encoder) -> None:  # type: 
     import m3rag_langchain
     from m3rag_langchain import M3Embeddings
 
-    assert m3rag_langchain.__all__ == ["M3Embeddings"]
+    assert m3rag_langchain.__all__ == [
+        "M3Embeddings",
+        "M3SparseEmbeddings",
+        "M3Retriever",
+        "M3Reranker",
+    ]
     emb = M3Embeddings(encoder=tiny_encoder)
     docs = emb.embed_documents(["hello world", "北京"])
     want = tiny_encoder.encode_corpus(["hello world", "北京"]).dense_vecs

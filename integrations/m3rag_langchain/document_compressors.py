@@ -1,0 +1,60 @@
+"""A LangChain document compressor that reranks with a bge-reranker cross-encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, Field
+
+from m3rag import Reranker
+
+__all__ = ["M3Reranker"]
+
+
+class M3Reranker(BaseDocumentCompressor):
+    """Rerank documents with :class:`m3rag.Reranker`, keeping the best ``top_n``.
+
+    Returns new ``Document`` objects (the caller's are never modified) whose metadata adds
+    ``relevance_score`` (the cross-encoder score) and keeps any incoming ``score`` from the
+    retriever beside it as ``retrieval_score``.
+
+    Example:
+        ```python
+        compressor = M3Reranker(reranker=Reranker("BAAI/bge-reranker-v2-m3"), top_n=3)
+        compressor.compress_documents(docs, "What is BGE M3?")
+        ```
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    reranker: Reranker = Field(exclude=True)
+    """The cross-encoder."""
+    top_n: int = 3
+    """Documents kept."""
+    normalize: bool = False
+    """Report sigmoid probabilities instead of logits."""
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """The ``top_n`` documents by cross-encoder score, best first."""
+        if not documents:
+            return []
+        result = self.reranker.rerank(
+            query, [d.page_content for d in documents], top_n=self.top_n, normalize=self.normalize
+        )
+        out = []
+        for hit in result:
+            original = documents[hit.index]
+            meta: dict[str, Any] = dict(original.metadata)
+            if "score" in meta:
+                meta["retrieval_score"] = meta.pop("score")
+            meta["relevance_score"] = hit.score
+            out.append(Document(page_content=original.page_content, metadata=meta, id=original.id))
+        return out

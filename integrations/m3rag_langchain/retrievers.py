@@ -1,0 +1,88 @@
+"""A LangChain retriever over m3rag's hybrid retriever."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from m3rag import HybridRetriever, SearchResults
+
+__all__ = ["M3Retriever"]
+
+
+def _to_documents(results: SearchResults) -> list[Document]:
+    docs = []
+    for hit in results:
+        meta = dict(hit.metadata)
+        meta["score"] = hit.score
+        meta["fused_score"] = hit.fused_score
+        if hit.rerank_score is not None:
+            meta["rerank_score"] = hit.rerank_score
+        meta["path_scores"] = {p: s.raw for p, s in hit.paths.items()}
+        meta["path_ranks"] = {p: s.rank for p, s in hit.paths.items()}
+        if hit.chunk_id is not None:
+            meta["chunk_id"] = hit.chunk_id
+        docs.append(Document(page_content=hit.text, metadata=meta, id=hit.id))
+    return docs
+
+
+class M3Retriever(BaseRetriever):
+    """LangChain ``BaseRetriever`` wrapping :class:`m3rag.HybridRetriever`.
+
+    Every document carries its scores in ``metadata``: ``score`` (final), ``fused_score``,
+    ``rerank_score`` (when a reranker ran), ``path_scores`` and ``path_ranks`` per path.
+
+    Example:
+        ```python
+        retriever = M3Retriever(retriever=HybridRetriever(collection), k=5)
+        retriever.invoke("What is BGE M3?", k=3, filter={"lang": "en"})
+        ```
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    retriever: HybridRetriever = Field(exclude=True)
+    """The m3rag hybrid retriever to query."""
+    k: int = 4
+    """Documents returned (overridable per call: ``invoke(query, k=...)``)."""
+    filter: dict[str, Any] | None = None
+    """Metadata filter applied on every path (overridable per call)."""
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        results = self.retriever.retrieve(
+            query,
+            k=k if k is not None else self.k,
+            filter=filter if filter is not None else self.filter,
+        )
+        return _to_documents(results)
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        results = await self.retriever.aretrieve(
+            query,
+            k=k if k is not None else self.k,
+            filter=filter if filter is not None else self.filter,
+        )
+        return _to_documents(results)

@@ -1,0 +1,142 @@
+"""LangChain adapters: the langchain-tests standard suites, plus the reranker and sparse embeddings."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langchain_tests")
+
+from langchain_core.documents import Document
+from langchain_tests.integration_tests import (
+    EmbeddingsIntegrationTests,
+    RetrieversIntegrationTests,
+)
+from langchain_tests.unit_tests import EmbeddingsUnitTests
+from m3rag_langchain import M3Embeddings, M3Reranker, M3Retriever, M3SparseEmbeddings
+
+pytestmark = pytest.mark.model
+
+TEXTS = [
+    "Paris is the capital and most populous city of France.",
+    "北京是中华人民共和国的首都，也是全国的政治和文化中心。",
+    "Tokyo is the capital of Japan.",
+    "Rainfall in the northern valleys doubled this year.",
+    "BGE M3 is an embedding model supporting dense, lexical and multi-vector retrieval.",
+    "BM25 ranks documents by the query terms they contain.",
+    "The meeting discussed the budget of the new library.",
+]
+
+
+@functools.cache
+def _workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="m3rag-lc-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@functools.cache
+def _checkpoint() -> str:
+    from m3rag.testing import build_m3_checkpoint
+
+    return str(build_m3_checkpoint(_workdir() / "m3"))
+
+
+@functools.cache
+def _hybrid() -> Any:
+    from m3rag import Collection, HybridRetriever, M3Encoder
+
+    encoder = M3Encoder(_checkpoint(), device="cpu")
+    col = Collection.create(_workdir() / "index", encoder=encoder)
+    col.add(
+        TEXTS,
+        ids=[f"d{i}" for i in range(len(TEXTS))],
+        metadata=[{"n": i} for i in range(len(TEXTS))],
+    )
+    col.commit()
+    return HybridRetriever(col, recall_k=10)
+
+
+class TestM3EmbeddingsUnit(EmbeddingsUnitTests):
+    @property
+    def embeddings_class(self) -> type[M3Embeddings]:
+        return M3Embeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model_name_or_path": _checkpoint(), "encoder_kwargs": {"device": "cpu"}}
+
+
+class TestM3EmbeddingsIntegration(EmbeddingsIntegrationTests):
+    @property
+    def embeddings_class(self) -> type[M3Embeddings]:
+        return M3Embeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model_name_or_path": _checkpoint(), "encoder_kwargs": {"device": "cpu"}}
+
+
+class TestM3RetrieverStandard(RetrieversIntegrationTests):
+    @property
+    def retriever_constructor(self) -> type[M3Retriever]:
+        return M3Retriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"retriever": _hybrid()}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "What is the capital of France?"
+
+
+def test_retriever_carries_scores_and_honours_filters() -> None:
+    retriever = M3Retriever(retriever=_hybrid(), k=3)
+    docs = retriever.invoke("capital city")
+    assert len(docs) == 3
+    for doc in docs:
+        assert {"score", "fused_score", "path_scores", "path_ranks", "n"} <= set(doc.metadata)
+        assert set(doc.metadata["path_scores"]) == {"dense", "lexical", "colbert", "bm25"}
+        assert doc.id is not None
+    only = retriever.invoke("capital city", filter={"n": 2}, k=5)
+    assert [d.id for d in only] == ["d2"]
+    fixed = M3Retriever(retriever=_hybrid(), k=5, filter={"n": {"$in": [0, 1]}})
+    assert {d.id for d in fixed.invoke("capital")} == {"d0", "d1"}
+
+
+def test_reranker_compressor_keeps_scores_and_inputs(tiny_reranker_path: Path) -> None:
+    from m3rag import Reranker
+
+    docs = M3Retriever(retriever=_hybrid(), k=5).invoke("capital of France")
+    before = [(d.page_content, dict(d.metadata)) for d in docs]
+    compressor = M3Reranker(reranker=Reranker(tiny_reranker_path, device="cpu"), top_n=2)
+    out = compressor.compress_documents(docs, "capital of France")
+    assert len(out) == 2
+    assert [(d.page_content, dict(d.metadata)) for d in docs] == before  # not mutated
+    for d in out:
+        assert "relevance_score" in d.metadata and "retrieval_score" in d.metadata
+        assert "score" not in d.metadata
+    assert out[0].metadata["relevance_score"] >= out[1].metadata["relevance_score"]
+    assert compressor.compress_documents([], "q") == []
+    plain = [Document(page_content="no metadata here"), Document(page_content="Paris")]
+    assert len(compressor.compress_documents(plain, "Paris")) == 2
+
+
+def test_sparse_embeddings() -> None:
+    import asyncio
+
+    sparse = M3SparseEmbeddings(model_name_or_path=_checkpoint(), encoder_kwargs={"device": "cpu"})
+    q = sparse.embed_query("capital of France")
+    assert q and all(isinstance(k, int) and isinstance(v, float) and v > 0 for k, v in q.items())
+    docs = sparse.embed_documents(TEXTS[:2])
+    assert len(docs) == 2
+    assert asyncio.run(sparse.aembed_query("capital of France")) == q
+    indices, values = M3SparseEmbeddings.to_qdrant(q)
+    assert indices == list(q) and values == list(q.values())
