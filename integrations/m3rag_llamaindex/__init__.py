@@ -8,6 +8,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     msg = 'm3rag_llamaindex requires LlamaIndex: pip install "m3rag[llamaindex]"'
     raise ImportError(msg) from exc
 
-from m3rag_llamaindex.embeddings import M3Embedding
+from m3rag_llamaindex.embeddings import M3Embedding, M3SparseEmbedding
+from m3rag_llamaindex.postprocessors import M3Reranker
+from m3rag_llamaindex.retrievers import M3Retriever, to_m3rag_filter
 
-__all__ = ["M3Embedding"]
+__all__ = ["M3Embedding", "M3SparseEmbedding", "M3Retriever", "M3Reranker", "to_m3rag_filter"]

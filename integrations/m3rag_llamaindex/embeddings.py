@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.embeddings import BaseEmbedding
 
 from m3rag import M3Encoder
 
-__all__ = ["M3Embedding"]
+__all__ = ["M3Embedding", "M3SparseEmbedding"]
 
 
 class M3Embedding(BaseEmbedding):
@@ -64,4 +65,61 @@ class M3Embedding(BaseEmbedding):
         return self._dense(texts, query=False)
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+
+class M3SparseEmbedding(BaseSparseEmbedding):
+    """LlamaIndex ``BaseSparseEmbedding``: BGE-M3 lexical weights as ``{token_id: weight}``.
+
+    Batches for real (``_get_text_embeddings`` encodes the whole batch in one call); usable by
+    the Milvus and Pinecone vector stores' hybrid modes.
+
+    Example:
+        ```python
+        sparse = M3SparseEmbedding(model_name="BAAI/bge-m3")
+        sparse.get_query_embedding("What is BGE M3?")
+        ```
+    """
+
+    _encoder: M3Encoder = PrivateAttr()
+
+    def __init__(
+        self,
+        model_name: str = "BAAI/bge-m3",
+        *,
+        encoder: M3Encoder | None = None,
+        embed_batch_size: int = 64,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model_name=model_name, embed_batch_size=embed_batch_size, **kwargs)
+        self._encoder = encoder or M3Encoder(model_name, **(encoder_kwargs or {}))
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex serialises this class under."""
+        return "M3SparseEmbedding"
+
+    def _sparse(self, texts: list[str], *, query: bool) -> list[dict[int, float]]:
+        encode = self._encoder.encode_queries if query else self._encoder.encode_corpus
+        out = encode(texts, dense=False, sparse=True, colbert=False)
+        assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
+        return [dict(d) for d in out.lexical_weights]
+
+    def _get_query_embedding(self, query: str) -> dict[int, float]:
+        return self._sparse([query], query=True)[0]
+
+    async def _aget_query_embedding(self, query: str) -> dict[int, float]:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    def _get_text_embedding(self, text: str) -> dict[int, float]:
+        return self._sparse([text], query=False)[0]
+
+    async def _aget_text_embedding(self, text: str) -> dict[int, float]:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[dict[int, float]]:
+        return self._sparse(texts, query=False)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[dict[int, float]]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)

@@ -32,7 +32,13 @@ def test_llamaindex_embedding_batches(tiny_encoder, monkeypatch: pytest.MonkeyPa
     import m3rag_llamaindex
     from m3rag_llamaindex import M3Embedding
 
-    assert m3rag_llamaindex.__all__ == ["M3Embedding"]
+    assert m3rag_llamaindex.__all__ == [
+        "M3Embedding",
+        "M3SparseEmbedding",
+        "M3Retriever",
+        "M3Reranker",
+        "to_m3rag_filter",
+    ]
     emb = M3Embedding(encoder=tiny_encoder, embed_batch_size=16)
     calls: list[int] = []
     real = tiny_encoder.encode_corpus

@@ -1,0 +1,88 @@
+"""A LlamaIndex node postprocessor that reranks with a bge-reranker cross-encoder."""
+
+from __future__ import annotations
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from m3rag import Reranker
+
+__all__ = ["M3Reranker"]
+
+dispatcher = get_dispatcher(__name__)
+
+
+class M3Reranker(BaseNodePostprocessor):
+    """Rerank nodes with :class:`m3rag.Reranker`, keeping the best ``top_n``.
+
+    The incoming retrieval score is kept in the node's metadata as ``retrieval_score``; the
+    node's score becomes the cross-encoder's. Emits LlamaIndex's ReRank start/end events.
+
+    Example:
+        ```python
+        postprocessor = M3Reranker(model="BAAI/bge-reranker-v2-m3", top_n=3)
+        engine = RetrieverQueryEngine.from_args(retriever, node_postprocessors=[postprocessor])
+        ```
+    """
+
+    model: str = Field(default="BAAI/bge-reranker-v2-m3", description="Reranker hub id or folder.")
+    top_n: int = Field(default=3, description="Nodes kept.")
+
+    _reranker: Reranker = PrivateAttr()
+
+    def __init__(
+        self,
+        model: str = "BAAI/bge-reranker-v2-m3",
+        *,
+        top_n: int = 3,
+        reranker: Reranker | None = None,
+    ) -> None:
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:
+            msg = f"top_n must be a positive int, got {top_n!r}"
+            raise ValueError(msg)
+        super().__init__(model=model, top_n=top_n)  # type: ignore[call-arg]  # pydantic fields
+        self._reranker = reranker or Reranker(model)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex serialises this class under."""
+        return "M3Reranker"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if query_bundle is None:
+            msg = "M3Reranker needs the query (query_bundle is None)"
+            raise ValueError(msg)
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model
+            )
+        )
+        if not nodes:
+            dispatcher.event(ReRankEndEvent(nodes=[]))
+            return []
+        with self.callback_manager.event(
+            CBEventType.RERANKING,
+            payload={
+                EventPayload.NODES: nodes,
+                EventPayload.MODEL_NAME: self.model,
+                EventPayload.QUERY_STR: query_bundle.query_str,
+                EventPayload.TOP_K: self.top_n,
+            },
+        ) as event:
+            texts = [n.node.get_content() for n in nodes]
+            result = self._reranker.rerank(query_bundle.query_str, texts, top_n=self.top_n)
+            out = []
+            for hit in result:
+                original = nodes[hit.index]
+                node = original.node.model_copy(deep=True)  # never touch the caller's nodes
+                node.metadata["retrieval_score"] = original.score
+                out.append(NodeWithScore(node=node, score=hit.score))
+            event.on_end(payload={EventPayload.NODES: out})
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out

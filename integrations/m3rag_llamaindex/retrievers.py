@@ -1,0 +1,165 @@
+"""A LlamaIndex retriever over m3rag's hybrid retriever."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.vector_stores.types import (
+    FilterCondition,
+    FilterOperator,
+    MetadataFilters,
+)
+
+from m3rag import Collection, FusionConfig, HybridRetriever, Reranker, SearchResults
+
+__all__ = ["M3Retriever", "to_m3rag_filter"]
+
+_OPS = {
+    FilterOperator.EQ: "$eq",
+    FilterOperator.GT: "$gt",
+    FilterOperator.GTE: "$gte",
+    FilterOperator.LT: "$lt",
+    FilterOperator.LTE: "$lte",
+    FilterOperator.IN: "$in",
+}
+
+
+def to_m3rag_filter(filters: MetadataFilters | None) -> dict[str, Any] | None:
+    """Map LlamaIndex ``MetadataFilters`` (AND of ``==``, ``>``, ``>=``, ``<``, ``<=``, ``in``).
+
+    Raises:
+        ValueError: An operator or condition m3rag does not support (the message lists the
+            supported ones) -- never silently ignored.
+    """
+    if filters is None or not filters.filters:
+        return None
+    if filters.condition not in (None, FilterCondition.AND):
+        msg = f"only AND-ed filters are supported, got condition {filters.condition}"
+        raise ValueError(msg)
+    out: dict[str, dict[str, Any]] = {}
+    for f in filters.filters:
+        if isinstance(f, MetadataFilters):
+            msg = "nested MetadataFilters are not supported; flatten them into one AND list"
+            raise ValueError(msg)
+        op = _OPS.get(f.operator)
+        if op is None:
+            supported = ", ".join(o.value for o in _OPS)
+            msg = (
+                f"filter operator {f.operator.value!r} on {f.key!r} is not supported; "
+                f"use one of {supported}"
+            )
+            raise ValueError(msg)
+        value = f.value
+        if op == "$in":
+            if not isinstance(value, list):
+                msg = f"the 'in' filter on {f.key!r} needs a list, got {value!r}"
+                raise ValueError(msg)
+            out.setdefault(f.key, {})[op] = list(value)
+        else:
+            out.setdefault(f.key, {})[op] = value
+    return out
+
+
+class M3Retriever(BaseRetriever):
+    """LlamaIndex ``BaseRetriever`` wrapping :class:`m3rag.HybridRetriever`.
+
+    Each ``NodeWithScore`` has the final score, and the node's metadata carries
+    ``fused_score``, ``rerank_score`` (if reranked) and ``path_scores`` / ``path_ranks`` per
+    retrieval path. ``MetadataFilters`` (AND of ``==``, ``>``, ``>=``, ``<``, ``<=``, ``in``) are
+    applied inside every path; unsupported filters raise instead of being ignored.
+
+    Example:
+        ```python
+        retriever = M3Retriever.from_defaults("my-index", similarity_top_k=5)
+        engine = RetrieverQueryEngine.from_args(retriever, llm=llm)
+        ```
+    """
+
+    def __init__(
+        self,
+        retriever: HybridRetriever,
+        *,
+        similarity_top_k: int = 10,
+        filters: MetadataFilters | None = None,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if (
+            isinstance(similarity_top_k, bool)
+            or not isinstance(similarity_top_k, int)
+            or similarity_top_k <= 0
+        ):
+            msg = f"similarity_top_k must be a positive int, got {similarity_top_k!r}"
+            raise ValueError(msg)
+        self._retriever = retriever
+        self.similarity_top_k = similarity_top_k
+        self._filter = to_m3rag_filter(filters)
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @classmethod
+    def from_defaults(
+        cls,
+        index_path: str,
+        *,
+        model_name: str | None = None,
+        reranker_model: str | None = None,
+        similarity_top_k: int = 10,
+        filters: MetadataFilters | None = None,
+        fusion: FusionConfig | None = None,
+        **retriever_kwargs: Any,
+    ) -> M3Retriever:
+        """Open an m3rag index folder read-only and retrieve from it.
+
+        Args:
+            index_path: The folder (e.g. built with ``m3rag index``).
+            model_name: The encoder; default the model the index was built with.
+            reranker_model: A bge-reranker to rerank with, if any.
+            similarity_top_k: Nodes returned.
+            filters: LlamaIndex metadata filters.
+            fusion: Fusion settings (default: BGE-M3's weighted sum).
+            **retriever_kwargs: More :class:`m3rag.HybridRetriever` options.
+        """
+        from m3rag import M3Encoder
+
+        manifest = Collection.open(index_path, read_only=True)
+        stored = (manifest.manifest.get("encoder") or {}).get("model")
+        manifest.close()
+        encoder = M3Encoder(model_name or stored or "BAAI/bge-m3")
+        collection = Collection.open(index_path, encoder=encoder, read_only=True)
+        reranker = Reranker(reranker_model) if reranker_model else None
+        hybrid = HybridRetriever(collection, reranker=reranker, fusion=fusion, **retriever_kwargs)
+        return cls(hybrid, similarity_top_k=similarity_top_k, filters=filters)
+
+    def _nodes(self, results: SearchResults) -> list[NodeWithScore]:
+        out = []
+        for hit in results:
+            meta = dict(hit.metadata)
+            meta["fused_score"] = hit.fused_score
+            if hit.rerank_score is not None:
+                meta["rerank_score"] = hit.rerank_score
+            meta["path_scores"] = {p: s.raw for p, s in hit.paths.items()}
+            meta["path_ranks"] = {p: s.rank for p, s in hit.paths.items()}
+            node = TextNode(id_=hit.id, text=hit.text, metadata=meta)
+            # scores and paths are for the caller, not for the LLM prompt
+            node.excluded_llm_metadata_keys = [
+                "fused_score",
+                "rerank_score",
+                "path_scores",
+                "path_ranks",
+            ]
+            out.append(NodeWithScore(node=node, score=hit.score))
+        return out
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        results = self._retriever.retrieve(
+            query_bundle.query_str, k=self.similarity_top_k, filter=self._filter
+        )
+        return self._nodes(results)
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        # the default calls _retrieve inline and blocks the event loop; run it in a thread
+        return await asyncio.to_thread(self._retrieve, query_bundle)
