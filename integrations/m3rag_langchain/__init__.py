@@ -11,5 +11,6 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 from m3rag_langchain.document_compressors import M3Reranker
 from m3rag_langchain.embeddings import M3Embeddings, M3SparseEmbeddings
 from m3rag_langchain.retrievers import M3Retriever
+from m3rag_langchain.vectorstores import M3VectorStore
 
-__all__ = ["M3Embeddings", "M3SparseEmbeddings", "M3Retriever", "M3Reranker"]
+__all__ = ["M3Embeddings", "M3SparseEmbeddings", "M3Retriever", "M3Reranker", "M3VectorStore"]

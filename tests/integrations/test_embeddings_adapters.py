@@ -17,6 +17,7 @@ def test_langchain_embeddings_match_the_encoder(tiny_encoder) -> None:  # type: 
         "M3SparseEmbeddings",
         "M3Retriever",
         "M3Reranker",
+        "M3VectorStore",
     ]
     emb = M3Embeddings(encoder=tiny_encoder)
     docs = emb.embed_documents(["hello world", "北京"])

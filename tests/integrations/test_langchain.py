@@ -17,9 +17,16 @@ from langchain_core.documents import Document
 from langchain_tests.integration_tests import (
     EmbeddingsIntegrationTests,
     RetrieversIntegrationTests,
+    VectorStoreIntegrationTests,
 )
 from langchain_tests.unit_tests import EmbeddingsUnitTests
-from m3rag_langchain import M3Embeddings, M3Reranker, M3Retriever, M3SparseEmbeddings
+from m3rag_langchain import (
+    M3Embeddings,
+    M3Reranker,
+    M3Retriever,
+    M3SparseEmbeddings,
+    M3VectorStore,
+)
 
 pytestmark = pytest.mark.model
 
@@ -140,3 +147,34 @@ def test_sparse_embeddings() -> None:
     assert asyncio.run(sparse.aembed_query("capital of France")) == q
     indices, values = M3SparseEmbeddings.to_qdrant(q)
     assert indices == list(q) and values == list(q.values())
+
+
+class TestM3VectorStoreStandard(VectorStoreIntegrationTests):
+    @pytest.fixture
+    def vectorstore(self, tmp_path: Path):  # type: ignore[no-untyped-def, override]
+        store = M3VectorStore(embedding=self.get_embeddings(), path=tmp_path / "vs")
+        yield store
+        if store.collection is not None:
+            store.collection.close()
+
+
+def test_vector_store_over_an_m3_collection(tmp_path: Path) -> None:
+    from m3rag import Collection, M3Encoder
+
+    encoder = M3Encoder(_checkpoint(), device="cpu")
+    store = M3VectorStore(Collection.create(tmp_path / "idx", encoder=encoder))
+    ids = store.add_texts(TEXTS, metadatas=[{"n": i} for i in range(len(TEXTS))])
+    assert len(ids) == len(TEXTS)
+    docs = store.similarity_search("capital of France", k=2)
+    assert len(docs) == 2 and all(set(d.metadata) == {"n"} for d in docs)
+    scored = store.similarity_search_with_score("capital of France", k=1)
+    assert isinstance(scored[0][1], float)
+    retriever = store.as_retriever(search_kwargs={"k": 3, "filter": {"n": {"$lt": 3}}})
+    assert isinstance(retriever, M3Retriever)
+    got = retriever.invoke("capital")
+    assert len(got) == 3 and all(d.metadata["n"] < 3 for d in got)
+    assert "path_scores" in got[0].metadata  # hybrid: every path scored
+    store.delete([ids[0], "missing"])
+    assert store.get_by_ids([ids[0]]) == []
+    with pytest.raises(ValueError, match="path"):
+        M3VectorStore.from_texts(["x"], store.embeddings)

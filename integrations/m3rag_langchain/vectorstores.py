@@ -1,0 +1,221 @@
+"""A LangChain vector store over an m3rag Collection (hybrid retriever by default)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
+
+from m3rag import Collection, HybridRetriever, M3Output, UnknownIdError
+from m3rag_langchain.embeddings import M3Embeddings
+from m3rag_langchain.retrievers import M3Retriever
+
+__all__ = ["M3VectorStore"]
+
+
+class M3VectorStore(VectorStore):
+    """LangChain ``VectorStore`` backed by an embedded m3rag :class:`~m3rag.Collection`.
+
+    Two ways to build it:
+
+    * ``M3VectorStore(collection)`` over a collection with an :class:`~m3rag.M3Encoder`: texts
+      are encoded with every head (dense, lexical, ColBERT), ``similarity_search`` is dense,
+      and ``as_retriever()`` returns the hybrid :class:`M3Retriever` by default;
+    * ``M3VectorStore(embedding=any_langchain_embeddings, path="folder")``: a dense-only
+      collection created at the first write, for any ``Embeddings``.
+
+    Writes are upserts by id and are committed at once. Returned documents carry exactly their
+    metadata (scores come from ``similarity_search_with_score``).
+
+    Example:
+        ```python
+        store = M3VectorStore(Collection.create("idx", encoder=M3Encoder("BAAI/bge-m3")))
+        store.add_texts(["BGE M3 supports 100+ languages."], ids=["a"])
+        store.as_retriever(search_kwargs={"k": 3}).invoke("languages")
+        ```
+    """
+
+    def __init__(
+        self,
+        collection: Collection | None = None,
+        *,
+        embedding: Embeddings | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if collection is None and (embedding is None or path is None):
+            msg = "pass a Collection, or an embedding= and a path= to create one"
+            raise ValueError(msg)
+        self._collection = collection
+        self._path = path
+        if embedding is None:
+            assert collection is not None  # noqa: S101 - checked above
+            if collection.encoder is None:
+                msg = "the collection has no encoder; open it with encoder=, or pass embedding="
+                raise ValueError(msg)
+            embedding = M3Embeddings(encoder=collection.encoder)
+        self._embedding = embedding
+        self._native = (
+            collection is not None
+            and collection.encoder is not None
+            and isinstance(embedding, M3Embeddings)
+        )
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """The embeddings used for dense vectors."""
+        return self._embedding
+
+    @property
+    def collection(self) -> Collection | None:
+        """The underlying collection (``None`` until the first write in embedding= mode)."""
+        return self._collection
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _ensure(self, dim: int) -> Collection:
+        if self._collection is None:
+            assert self._path is not None  # noqa: S101 - checked in __init__
+            path = os.fspath(self._path)
+            if os.path.exists(os.path.join(path, "manifest.json")):
+                self._collection = Collection.open(path)
+            else:
+                self._collection = Collection.create(path, heads=("dense",), dim=dim)
+        return self._collection
+
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Upsert texts (same id: replaced); returns their ids."""
+        items = list(texts)
+        if not items:
+            return []
+        given: list[str | None] = list(ids) if ids else [None] * len(items)
+        doc_ids = [i if i else uuid.uuid4().hex for i in given]
+        metas: list[dict[str, Any]] = (
+            [dict(m) for m in metadatas] if metadatas else [{} for _ in items]
+        )
+        if self._native:
+            col = self._ensure(0)
+            col.upsert(items, ids=doc_ids, metadata=metas)
+        else:
+            vectors = self._embedding.embed_documents(items)
+            import numpy as np
+
+            dense = np.asarray(vectors, dtype=np.float32)
+            col = self._ensure(int(dense.shape[1]))
+            col.upsert(
+                items, ids=doc_ids, metadata=metas, embeddings=M3Output.build(dense_vecs=dense)
+            )
+        col.commit()
+        return doc_ids
+
+    def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        """Upsert documents, using their ``id`` (or ``ids=``) when given."""
+        ids = kwargs.pop("ids", None) or [d.id for d in documents]
+        return self.add_texts(
+            [d.page_content for d in documents],
+            [dict(d.metadata) for d in documents],
+            ids=[i if i else uuid.uuid4().hex for i in ids],
+            **kwargs,
+        )
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Delete by id; unknown ids are ignored. Returns ``True``."""
+        if not ids or self._collection is None:
+            return True
+        col = self._collection
+        known = []
+        for doc_id in dict.fromkeys(ids):
+            try:
+                col.get([doc_id])
+            except UnknownIdError:
+                continue
+            known.append(doc_id)
+        if known:
+            col.delete(known)
+            col.commit()
+        return True
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """Documents with these ids (missing ids are skipped)."""
+        if self._collection is None:
+            return []
+        out = []
+        for doc_id in ids:
+            try:
+                doc = self._collection.get([doc_id])[0]
+            except UnknownIdError:
+                continue
+            out.append(Document(page_content=doc.text, metadata=dict(doc.metadata), id=doc.id))
+        return out
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Dense inner-product search; ``filter=`` takes an m3rag metadata filter."""
+        if self._collection is None or self._collection.count() == 0:
+            return []
+        vector = self._embedding.embed_query(query)
+        hits = self._collection.search_dense(vector, k=k, filter=kwargs.get("filter"))
+        docs = self._collection.documents(hits.keys)
+        return [
+            (Document(page_content=d.text, metadata=dict(d.metadata), id=d.id), float(s))
+            for d, s in zip(docs, hits.scores.tolist(), strict=True)
+        ]
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        """Dense inner-product search."""
+        return [doc for doc, _ in self.similarity_search_with_score(query, k=k, **kwargs)]
+
+    def _select_relevance_score_fn(self) -> Any:
+        # inner products of normalised vectors are cosines in [-1, 1]
+        return lambda score: (score + 1.0) / 2.0
+
+    # Returns the hybrid M3Retriever (a BaseRetriever, not a VectorStoreRetriever) on purpose.
+    def as_retriever(self, **kwargs: Any) -> BaseRetriever:  # type: ignore[override]
+        """A retriever over the store: hybrid by default.
+
+        For M3 collections this is :class:`M3Retriever` (``search_kwargs`` ``k`` and ``filter``
+        honoured); otherwise, or when a ``search_type`` is asked for, LangChain's
+        ``VectorStoreRetriever``.
+        """
+        if self._native and "search_type" not in kwargs and self._collection is not None:
+            search = dict(kwargs.get("search_kwargs") or {})
+            return M3Retriever(
+                retriever=HybridRetriever(self._collection),
+                k=int(search.get("k", 4)),
+                filter=search.get("filter"),
+            )
+        return super().as_retriever(**kwargs)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> M3VectorStore:
+        """Build a store at ``path=`` (required) with ``embedding`` and add ``texts``."""
+        path = kwargs.pop("path", None)
+        if path is None:
+            msg = "M3VectorStore.from_texts needs path= (the folder of the index)"
+            raise ValueError(msg)
+        store = cls(embedding=embedding, path=path)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
