@@ -34,3 +34,26 @@ def test_encode_example_with_a_dense_only_model(minilm_path: Path) -> None:
         check=True,
     )
     assert "heads=['dense']" in out.stdout
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("script", ["langchain_qa.py", "llamaindex_qa.py"])
+def test_qa_examples_run_offline(script: str, tiny_m3_path: Path, tiny_reranker_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / script),
+            "What is hybrid search?",
+            "--model",
+            str(tiny_m3_path),
+            "--reranker",
+            str(tiny_reranker_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "answer:" in out.stdout
+    assert "[1]" in out.stdout and "[3]" in out.stdout  # three cited passages
+    assert "retrieval=" in out.stdout  # the retrieval score is kept beside the rerank score
