@@ -57,3 +57,23 @@ def test_qa_examples_run_offline(script: str, tiny_m3_path: Path, tiny_reranker_
     assert "answer:" in out.stdout
     assert "[1]" in out.stdout and "[3]" in out.stdout  # three cited passages
     assert "retrieval=" in out.stdout  # the retrieval score is kept beside the rerank score
+
+
+@pytest.mark.model
+def test_milvus_hybrid_example_runs(tiny_m3_path: Path) -> None:
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "milvus_hybrid.py"),
+            "What is hybrid search?",
+            "--model",
+            str(tiny_m3_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "[1] score=" in out.stdout and "[3] score=" in out.stdout
