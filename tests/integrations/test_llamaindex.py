@@ -179,3 +179,38 @@ def test_sparse_embedding_batches(tiny_encoder, monkeypatch: pytest.MonkeyPatch)
     assert asyncio.run(sparse.aget_query_embedding("capital")) == q
     dense = M3Embedding(encoder=tiny_encoder)
     assert len(dense.get_query_embedding("capital")) == tiny_encoder.dim
+
+
+def test_embeddings_inside_query_engines(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    from llama_index.core import Document as LIDocument
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.retrievers import BaseRetriever
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from m3rag import lexical_matching_score
+
+    dense = M3Embedding(encoder=tiny_encoder, embed_batch_size=4)
+    index = VectorStoreIndex.from_documents([LIDocument(text=t) for t in TEXTS], embed_model=dense)
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=2)
+    assert isinstance(engine, RetrieverQueryEngine)
+    assert len(engine.query("capital of France").source_nodes) == 2
+
+    sparse = M3SparseEmbedding(encoder=tiny_encoder)
+    doc_weights = sparse.get_text_embedding_batch(TEXTS)
+
+    class SparseRetriever(BaseRetriever):
+        """Ranks the texts by the BGE-M3 lexical score of M3SparseEmbedding vectors."""
+
+        def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+            q = sparse.get_query_embedding(query_bundle.query_str)
+            scored = [(lexical_matching_score(q, d), i) for i, d in enumerate(doc_weights)]
+            return [
+                NodeWithScore(node=TextNode(text=TEXTS[i], id_=f"d{i}"), score=s)
+                for s, i in sorted(scored, reverse=True)[:2]
+            ]
+
+    response = RetrieverQueryEngine.from_args(SparseRetriever(), llm=MockLLM()).query(
+        "capital of France"
+    )
+    assert len(response.source_nodes) == 2
+    assert response.source_nodes[0].score >= response.source_nodes[1].score
