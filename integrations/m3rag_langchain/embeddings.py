@@ -115,6 +115,25 @@ class M3SparseEmbeddings(BaseModel):
         """Like :meth:`embed_query`, in a worker thread."""
         return await asyncio.to_thread(self.embed_query, text)
 
+    def as_milvus(self) -> Any:
+        """This embedding as a ``langchain_milvus`` ``BaseSparseEmbedding``.
+
+        langchain-milvus recognises sparse embeddings with ``isinstance``; the returned object
+        subclasses its base class and delegates to ``self``. Needs ``pip install langchain-milvus``.
+        """
+        from langchain_milvus.utils.sparse import BaseSparseEmbedding
+
+        outer = self
+
+        class M3MilvusSparseEmbedding(BaseSparseEmbedding):
+            def embed_query(self, query: str) -> dict[int, float]:
+                return outer.embed_query(query)
+
+            def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
+                return outer.embed_documents(texts)
+
+        return M3MilvusSparseEmbedding()
+
     @staticmethod
     def to_qdrant(weights: dict[int, float]) -> tuple[list[int], list[float]]:
         """``(indices, values)`` for ``qdrant_client.models.SparseVector``."""

@@ -178,3 +178,42 @@ def test_vector_store_over_an_m3_collection(tmp_path: Path) -> None:
     assert store.get_by_ids([ids[0]]) == []
     with pytest.raises(ValueError, match="path"):
         M3VectorStore.from_texts(["x"], store.embeddings)
+
+
+def test_sparse_embeddings_in_langchain_milvus_hybrid_store(tmp_path: Path) -> None:
+    pytest.importorskip("langchain_milvus")
+    pytest.importorskip("milvus_lite")
+    from langchain_milvus import Milvus
+
+    from m3rag import M3Encoder
+
+    encoder = M3Encoder(_checkpoint(), device="cpu")
+    store = Milvus(
+        embedding_function=[
+            M3Embeddings(encoder=encoder),
+            M3SparseEmbeddings(encoder=encoder).as_milvus(),
+        ],
+        vector_field=["dense", "sparse"],
+        connection_args={"uri": str(tmp_path / "milvus.db")},
+        auto_id=True,
+        index_params=[
+            {"index_type": "FLAT", "metric_type": "IP"},
+            # milvus-lite supports only exact sparse search (no dropped entries)
+            {
+                "index_type": "SPARSE_INVERTED_INDEX",
+                "metric_type": "IP",
+                "params": {"drop_ratio_build": 0.0},
+            },
+        ],
+        search_params=[
+            {"metric_type": "IP"},
+            {"metric_type": "IP", "params": {"drop_ratio_search": 0.0}},
+        ],
+    )
+    store.add_texts(TEXTS)
+    docs = store.similarity_search(
+        "capital of France", k=3, ranker_type="weighted", ranker_params={"weights": [0.6, 0.4]}
+    )
+    assert len(docs) == 3
+    assert all(d.page_content in TEXTS for d in docs)
+    store.client.close()
