@@ -13,16 +13,8 @@ from m3rag import M3Encoder
 __all__ = ["M3Embeddings", "M3SparseEmbeddings"]
 
 
-class M3Embeddings(BaseModel, Embeddings):
-    """LangChain ``Embeddings`` over :class:`m3rag.M3Encoder`'s dense head.
-
-    Example:
-        ```python
-        from m3rag_langchain import M3Embeddings
-        embeddings = M3Embeddings(model_name_or_path="BAAI/bge-m3")
-        vector = embeddings.embed_query("What is BGE M3?")
-        ```
-    """
+class _EncoderModel(BaseModel):
+    """The encoder settings both LangChain embedding classes share; the model loads lazily."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
 
@@ -41,6 +33,18 @@ class M3Embeddings(BaseModel, Embeddings):
         if self._encoder is None:
             self._encoder = M3Encoder(self.model_name_or_path, **self.encoder_kwargs)
         return self._encoder
+
+
+class M3Embeddings(_EncoderModel, Embeddings):
+    """LangChain ``Embeddings`` over :class:`m3rag.M3Encoder`'s dense head.
+
+    Example:
+        ```python
+        from m3rag_langchain import M3Embeddings
+        embeddings = M3Embeddings(model_name_or_path="BAAI/bge-m3")
+        vector = embeddings.embed_query("What is BGE M3?")
+        ```
+    """
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Dense vectors of passages (truncated at the encoder's ``passage_max_length``)."""
@@ -63,7 +67,7 @@ class M3Embeddings(BaseModel, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
-class M3SparseEmbeddings(BaseModel):
+class M3SparseEmbeddings(_EncoderModel):
     """BGE-M3 lexical weights as ``dict[int, float]`` -- the sparse shape langchain-milvus uses.
 
     Pass it as the sparse embedding of LangChain's Milvus hybrid store (``BaseSparseEmbedding``
@@ -76,24 +80,6 @@ class M3SparseEmbeddings(BaseModel):
         sparse.embed_query("What is BGE M3?")   # {token_id: weight, ...}
         ```
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
-
-    model_name_or_path: str = "BAAI/bge-m3"
-    """Hub id or local folder of a BGE-M3 checkpoint (it needs the sparse head)."""
-    encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments for :class:`m3rag.M3Encoder`."""
-    encoder: M3Encoder | None = Field(default=None, exclude=True)
-    """An already loaded encoder to share."""
-
-    _encoder: M3Encoder | None = PrivateAttr(default=None)
-
-    def _get_encoder(self) -> M3Encoder:
-        if self.encoder is not None:
-            return self.encoder
-        if self._encoder is None:
-            self._encoder = M3Encoder(self.model_name_or_path, **self.encoder_kwargs)
-        return self._encoder
 
     def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
         """Lexical weights of passages."""
