@@ -316,6 +316,8 @@ def main() -> None:
     parser.add_argument("--milvus-queries", type=int, default=10, help="milvus-lite is slow")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     args = parser.parse_args()
+    if args.quick and args.out == parser.get_default("out"):
+        args.out = args.out.with_name(f"{args.out.stem}-quick.json")  # keep the full run's file
     if args.quick:
         args.sizes, args.dim, args.queries, args.colbert = "5000", 64, 10, "500:float16,500:int8"
         args.ann = "5000"

@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "reranker.json")
     args = parser.parse_args()
+    if args.quick and args.out == parser.get_default("out"):
+        args.out = args.out.with_name(f"{args.out.stem}-quick.json")  # keep the full run's file
     n_pairs = 32 if args.quick else args.pairs
     repeats = 1 if args.quick else args.repeats
 

@@ -226,6 +226,8 @@ def main() -> None:
     parser.add_argument("--bgem3-max", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "retriever.json")
     args = parser.parse_args()
+    if args.quick and args.out == parser.get_default("out"):
+        args.out = args.out.with_name(f"{args.out.stem}-quick.json")  # keep the full run's file
     if args.quick:
         args.sizes, args.dim, args.queries, args.peer_queries = "2000", 64, 5, 2
         args.milvus_max = args.bgem3_max = 2000
