@@ -57,6 +57,12 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _no_index(index: Path) -> typer.Exit:
+    return _fail(
+        f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
+    )
+
+
 def _load_encoder(model: str, device: str | None, dtype: str | None) -> Any:
     from m3rag.encoder import M3Encoder
 
@@ -77,9 +83,7 @@ def _open(index: Path, encoder: Any, *, read_only: bool) -> Any:
     try:
         return Collection.open(index, encoder=encoder, read_only=read_only)
     except CollectionNotFoundError as exc:
-        raise _fail(
-            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
-        ) from exc
+        raise _no_index(index) from exc
     except CollectionLockedError as exc:
         raise _fail(str(exc), EXIT_LOCKED) from exc
     except (IndexFormatError, EncoderMismatchError) as exc:
@@ -288,9 +292,7 @@ def search(
     if not query.strip():
         raise _fail("the query is empty", EXIT_USAGE)
     if not (index / "manifest.json").exists():
-        raise _fail(
-            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
-        )
+        raise _no_index(index)
     model_name = model or _stored_model(index) or "BAAI/bge-m3"
     encoder = _load_encoder(model_name, device, None)
     col = _open(index, encoder, read_only=True)
@@ -326,22 +328,16 @@ def _retriever(
     *,
     rollup: bool = True,
 ) -> Any:
+    from m3rag.eval import mode_config
     from m3rag.fusion import FusionConfig
-    from m3rag.retriever import HybridRetriever
+    from m3rag.retriever import HybridRetriever, available_paths
 
-    paths = [p for p in ("dense", "lexical", "colbert", "bm25") if p in _available(col, encoder)]
-    recall: tuple[str, ...]
-    if mode == "hybrid":
-        recall = tuple(p for p in ("dense", "lexical", "bm25") if p in paths)
-        fusion = FusionConfig(weights=dict.fromkeys(paths, 1.0), normalization="zscore")
-    else:
-        if mode not in paths:
-            raise _fail(
-                f"this index and model cannot search by {mode}; available: {', '.join(paths)}",
-                EXIT_USAGE,
-            )
-        recall = (mode,)
-        fusion = FusionConfig(weights={mode: 1.0})
+    # the same recall paths and weights as `m3rag eval` uses for each mode
+    try:
+        recall, weights = mode_config(mode, available_paths(col, encoder))
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    fusion = FusionConfig(weights=weights, normalization="zscore" if mode == "hybrid" else "none")
     rr = None
     if rerank:
         from m3rag.rerank import Reranker
@@ -360,14 +356,6 @@ def _retriever(
         fusion=fusion,
         recall=recall,
         rollup=ROLLUP_MAX if chunked else None,
-    )
-
-
-def _available(col: Any, encoder: Any) -> tuple[str, ...]:
-    heads = set(col.heads) & set(encoder.heads)
-    names = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
-    return tuple(
-        p for p in ("dense", "lexical", "colbert", "bm25") if p == "bm25" or names[p] in heads
     )
 
 
@@ -416,9 +404,7 @@ def _print_results(query: str, results: Any) -> None:
 def info(index: IndexOption) -> None:
     """Describe an index: documents, chunks, model fingerprint, sizes, format version."""
     if not (index / "manifest.json").exists():
-        raise _fail(
-            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
-        )
+        raise _no_index(index)
     col = _open(index, None, read_only=True)
     try:
         manifest = col.manifest
@@ -483,9 +469,7 @@ def ask(
     if k <= 0:
         raise _fail(f"--k must be positive, got {k}", EXIT_USAGE)
     if not (index / "manifest.json").exists():
-        raise _fail(
-            f"no index at {index}; build one with: m3rag index PATH... --index {index}", EXIT_USAGE
-        )
+        raise _no_index(index)
     encoder = _load_encoder(model or _stored_model(index) or "BAAI/bge-m3", device, None)
     col = _open(index, encoder, read_only=True)
     try:

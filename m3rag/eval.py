@@ -154,8 +154,6 @@ MODES = ("dense", "lexical", "bm25", "colbert", "hybrid", "hybrid+rerank")
 """Evaluation modes: one path alone, ColBERT rescoring of dense + lexical candidates, all paths
 fused (z-score normalised, equal weights), and the same reranked."""
 
-_MODE_HEADS = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
-
 
 @dataclass(frozen=True)
 class EvalReport:
@@ -232,14 +230,6 @@ def index_corpus(dataset: BeirDataset, collection: Collection, *, batch: int = 2
     return len(todo)
 
 
-def available_paths(collection: Collection, encoder: M3Encoder | None) -> tuple[str, ...]:
-    """Paths both the collection stores and the encoder produces (BM25 always)."""
-    heads = set(collection.heads) & (set(encoder.heads) if encoder is not None else set())
-    return tuple(
-        p for p in ("dense", "lexical", "colbert", "bm25") if p == "bm25" or _MODE_HEADS[p] in heads
-    )
-
-
 def evaluate(
     dataset: BeirDataset,
     collection: Collection,
@@ -268,7 +258,7 @@ def evaluate(
             reranker.
     """
     from m3rag.fusion import FusionConfig
-    from m3rag.retriever import HybridRetriever
+    from m3rag.retriever import HybridRetriever, available_paths
 
     available = available_paths(collection, encoder)
     qs = dict(queries) if queries is not None else dataset.queries
@@ -312,6 +302,8 @@ def tune_weights(
     recalled once per combination through the same hybrid retriever (z-score fusion).
     """
     import itertools
+
+    from m3rag.retriever import available_paths
 
     available = available_paths(collection, encoder)
     best: tuple[dict[str, float], float] = ({}, -1.0)

@@ -35,13 +35,19 @@ if TYPE_CHECKING:
     from m3rag.index import Collection, Filter
     from m3rag.rerank import Reranker
 
-__all__ = ["HybridRetriever"]
+__all__ = ["HybridRetriever", "available_paths"]
 
 logger = logging.getLogger(__name__)
 
 RECALL_PATHS = ("dense", "lexical", "bm25")
 Rollup = Literal["max", "max_mean"]
 _HEAD_OF = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
+
+
+def available_paths(collection: Collection, encoder: M3Encoder | None) -> tuple[str, ...]:
+    """Paths the collection stores and the encoder computes for queries (BM25 always)."""
+    heads = set(collection.heads) & (set(encoder.heads) if encoder is not None else set())
+    return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in heads)
 
 
 class HybridRetriever:
@@ -125,12 +131,7 @@ class HybridRetriever:
     @property
     def available_paths(self) -> tuple[str, ...]:
         """Paths both the collection stores and the encoder can compute for queries."""
-        heads = set(self.collection.heads)
-        if self.encoder is not None:
-            heads &= set(self.encoder.heads)
-        else:
-            heads = set()
-        return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in heads)
+        return available_paths(self.collection, self.encoder)
 
     # -- public API ---------------------------------------------------------------------------
 
