@@ -8,7 +8,22 @@ Peers on the same vectors:
 * milvus-lite ``hybrid_search`` (dense FLAT/IP + sparse inverted index/IP, ``WeightedRanker``);
 * LlamaIndex ``BGEM3Index.query`` with its model's ``encode`` replaced by the precomputed query
   embedding (its scoring loop is what is timed: dense matmul, a Python lexical score and a torch
-  ColBERT score per passage).
+  ColBERT score per passage);
+* LangChain ``EnsembleRetriever(retrievers=[BM25Retriever, InMemoryVectorStore.as_retriever()],
+  weights=[0.5, 0.5])`` (weighted reciprocal rank fusion), each sub-retriever asked for the same
+  recall depth as m3rag (100), the top 10 of the fused list kept. LangChain has no BGE-M3
+  lexical weights, so its BM25 (rank-bm25 ``BM25Okapi``, ``str.split``) runs over synthetic
+  texts spelled from each passage's lexical token ids (``"w123 w4567 ..."``; a query's text from
+  its 20 query tokens); its dense side gets the same vectors through an ``Embeddings`` that looks
+  up the precomputed vector of a text (a dict lookup and a ``tolist()``, inside the timed
+  ``invoke``; no model runs). Timed: ``retriever.invoke(query_text)``. Its build time covers
+  ``BM25Retriever.from_texts`` and ``InMemoryVectorStore.add_texts`` and excludes generating the
+  vectors and texts (``langchain_data_s``), whereas m3rag's and milvus-lite's ``build_s`` include
+  generating the vectors, batch by batch, so the build figures are not compared as a ratio.
+
+m3rag does more per query than this LangChain peer (BGE-M3 lexical recall and, up to
+``--colbert-max``, ColBERT MaxSim on every candidate, vs BM25 + dense); the ratios are of latency
+at that work, not of identical algorithms.
 
 Run: ``.venv/bin/python benchmarks/bench_retriever.py [--quick] [--sizes 10000,100000,1000000]``
 """
@@ -25,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import percentiles, zipf_lexical, zipf_probabilities
+from _common import machine, percentiles, zipf_lexical, zipf_probabilities
 
 HERE = Path(__file__).resolve().parent
 
@@ -211,6 +226,88 @@ def bgem3index(
     return {"bgem3index": percentiles(times)}
 
 
+def lexical_text(weights: dict[int, float]) -> str:
+    """A synthetic passage or query text spelled from its lexical token ids, for BM25."""
+    return " ".join(f"w{t}" for t in weights)
+
+
+def _ensemble_retriever_class() -> Any:
+    try:  # LangChain 1.x moved the classic retrievers to langchain-classic
+        from langchain_classic.retrievers import EnsembleRetriever
+    except ImportError:
+        from langchain.retrievers import EnsembleRetriever
+    return EnsembleRetriever
+
+
+def langchain_ensemble(
+    n: int, args: argparse.Namespace, zipf_p: np.ndarray, queries: Any
+) -> dict[str, Any]:
+    import warnings
+
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    with warnings.catch_warnings():  # langchain-community announces its sunset on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langchain_community.retrievers import BM25Retriever
+    EnsembleRetriever = _ensemble_retriever_class()
+
+    class PrecomputedEmbeddings(Embeddings):
+        """The benchmark's vectors, looked up by text: no model forward pass, as on every side."""
+
+        def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
+            self.rows = {t: i for i, t in enumerate(texts)}
+            if len(self.rows) != len(texts):
+                msg = "synthetic texts repeat; a text would not name one vector"
+                raise ValueError(msg)
+            self.vectors = vectors
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [self.vectors[self.rows[t]].tolist() for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.vectors[self.rows[text]].tolist()
+
+    start = time.perf_counter()
+    outs = [
+        data(min(10_000, n - b), dim=args.dim, colbert_tokens=0, seed=b, zipf_p=zipf_p)
+        for b in range(0, n, 10_000)
+    ]  # the same vectors as m3rag's 10k batches
+    texts = [lexical_text(d) for o in outs for d in o.lexical_weights]
+    query_texts = [lexical_text(d) for d in queries.lexical_weights]
+    embeddings = PrecomputedEmbeddings(
+        texts + query_texts,
+        np.concatenate([*(o.dense_vecs for o in outs), queries.dense_vecs]),
+    )
+    ids = [str(i) for i in range(n)]
+    data_s = time.perf_counter() - start
+    del outs
+
+    depth = 100  # m3rag's recall_k
+    start = time.perf_counter()
+    bm25 = BM25Retriever.from_texts(texts, ids=ids, k=depth)
+    store = InMemoryVectorStore(embeddings)
+    store.add_texts(texts, ids=ids)
+    retriever = EnsembleRetriever(
+        retrievers=[bm25, store.as_retriever(search_kwargs={"k": depth})], weights=[0.5, 0.5]
+    )
+    build = time.perf_counter() - start
+    times = []
+    for i in range(min(len(queries), args.peer_queries)):
+        t = time.perf_counter()
+        docs = retriever.invoke(query_texts[i])[:10]
+        times.append(time.perf_counter() - t)
+        if len(docs) != 10:
+            msg = f"the LangChain ensemble returned {len(docs)} documents, not 10"
+            raise RuntimeError(msg)
+    return {
+        "langchain_ensemble": percentiles(times),
+        "langchain_build_s": build,
+        "langchain_data_s": data_s,
+        "langchain_recall_k": depth,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -224,13 +321,19 @@ def main() -> None:
     parser.add_argument("--peer-queries", type=int, default=5)
     parser.add_argument("--milvus-max", type=int, default=100_000)
     parser.add_argument("--bgem3-max", type=int, default=10_000)
+    parser.add_argument(
+        "--langchain-max",
+        type=int,
+        default=100_000,
+        help="largest size for the LangChain ensemble (it keeps vectors as Python lists)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "retriever.json")
     args = parser.parse_args()
     if args.quick and args.out == parser.get_default("out"):
         args.out = args.out.with_name(f"{args.out.stem}-quick.json")  # keep the full run's file
     if args.quick:
         args.sizes, args.dim, args.queries, args.peer_queries = "2000", 64, 5, 2
-        args.milvus_max = args.bgem3_max = 2000
+        args.milvus_max = args.bgem3_max = args.langchain_max = 2000
     zipf_p = zipf_probabilities()
     queries = data(
         args.queries, dim=args.dim, colbert_tokens=args.colbert_tokens, seed=424242, zipf_p=zipf_p
@@ -244,6 +347,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="m3rag-bench-retriever-"))
     results: dict[str, Any] = {
         "benchmark": "retriever",
+        "machine": machine(),
         "cores": os.cpu_count(),
         "dim": args.dim,
         "colbert_tokens": args.colbert_tokens,
@@ -268,6 +372,11 @@ def main() -> None:
                     ckpt = build_m3_checkpoint(work / "tiny")
                 row.update(bgem3index(n, args, zipf_p, queries, ckpt))
                 row["speedup_vs_bgem3index"] = row["bgem3index"]["p50_ms"] / row["m3rag"]["p50_ms"]
+            if n <= args.langchain_max:
+                row.update(langchain_ensemble(n, args, zipf_p, queries))
+                row["speedup_vs_langchain_ensemble"] = (
+                    row["langchain_ensemble"]["p50_ms"] / row["m3rag"]["p50_ms"]
+                )
             results["rows"].append(row)
             print(json.dumps(row))
     finally:
