@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -347,6 +348,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="m3rag-bench-retriever-"))
     results: dict[str, Any] = {
         "benchmark": "retriever",
+        "command": " ".join(["benchmarks/bench_retriever.py", *sys.argv[1:]]),
         "machine": machine(),
         "cores": os.cpu_count(),
         "dim": args.dim,
