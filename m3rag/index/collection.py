@@ -143,7 +143,9 @@ class Collection:
         self.dim: int | None = manifest.get("dim")
         self.colbert_dim: int | None = manifest.get("colbert_dim")
         self._dense = (
-            DenseStore(folder, int(self.dim), manifest["dense_dtype"])
+            DenseStore(
+                folder, int(self.dim), manifest["dense_dtype"], scan=manifest.get("dense_scan")
+            )
             if "dense" in self.heads and self.dim
             else None
         )
@@ -179,6 +181,7 @@ class Collection:
         dim: int | None = None,
         colbert_dim: int | None = None,
         dense_dtype: str = "float32",
+        dense_scan: str | None = "int8",
         colbert_dtype: str = "float16",
         ann: bool | Mapping[str, int] = False,
     ) -> Collection:
@@ -193,6 +196,10 @@ class Collection:
             dim: Dense size, required without an encoder when ``dense`` is stored.
             colbert_dim: ColBERT size, required without an encoder when ``colbert`` is stored.
             dense_dtype: ``"float32"`` or ``"float16"``.
+            dense_scan: ``"int8"`` (default) keeps an int8 copy of the dense vectors (a quarter
+                of float32, half of float16) that exact search scans first, rescoring only the
+                rows within a proven error bound from the stored vectors; ``None`` scans the
+                stored vectors themselves.
             colbert_dtype: ``"float16"`` (default), ``"float32"`` (exact), or ``"int8"``
                 (per-row scaled, half the size of float16).
             ann: Keep an HNSW graph (usearch) for approximate dense search on very large
@@ -235,6 +242,9 @@ class Collection:
         if dense_dtype not in ("float32", "float16"):
             msg = f"dense_dtype must be 'float32' or 'float16', got {dense_dtype!r}"
             raise ValueError(msg)
+        if dense_scan not in ("int8", None):
+            msg = f"dense_scan must be 'int8' or None, got {dense_scan!r}"
+            raise ValueError(msg)
         if colbert_dtype not in ("float32", "float16", "int8"):
             msg = f"colbert_dtype must be 'float32', 'float16' or 'int8', got {colbert_dtype!r}"
             raise ValueError(msg)
@@ -265,6 +275,7 @@ class Collection:
             "dim": dim if "dense" in chosen else None,
             "colbert_dim": colbert_dim if "colbert" in chosen else None,
             "dense_dtype": dense_dtype,
+            "dense_scan": dense_scan if "dense" in chosen else None,
             "colbert_dtype": colbert_dtype,
             "encoder": fingerprint,
             "lexical": {"step": STEP, "bits": BITS, "max_error": 0.0, "max_bit": 0},
@@ -379,6 +390,7 @@ class Collection:
         alive[np.asarray(tomb, dtype=np.int64)] = False
         self._alive = alive
         self._dense_matrix = self._dense.matrix(n) if self._dense is not None else None
+        self._dense_scan = self._dense.scan_view(n) if self._dense is not None else None
         self._searcher = self._tantivy.searcher()
         if self._ann is not None and self._dense_matrix is not None and len(self._ann) < n:
             if self.read_only:
@@ -408,7 +420,7 @@ class Collection:
         n = int(self._manifest["next_key"])
         columns: list[tuple[Column, int]] = [(self._tombstones, lengths.get("tombstones", 0))]
         if self._dense is not None:
-            columns.append((self._dense.column, n))
+            columns += [(column, n) for column in self._dense.columns()]
         if self._colbert is not None:
             rows = lengths.get("colbert", 0)
             columns += [(self._colbert.vectors, rows), (self._colbert.offsets, n)]
@@ -877,7 +889,12 @@ class Collection:
             if hits is not None:
                 return hits
         keys, scores = DenseStore.search(
-            self._dense_matrix, q, k, mask, float(self._manifest.get("dense_max_norm", 1.0))
+            self._dense_matrix,
+            q,
+            k,
+            mask,
+            float(self._manifest.get("dense_max_norm", 1.0)),
+            self._dense_scan,
         )
         return self._hits(keys, scores)
 

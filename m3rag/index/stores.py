@@ -23,15 +23,34 @@ import numpy.typing as npt
 
 from m3rag.index._files import Column
 
-__all__ = ["ColbertStore", "DenseStore", "LexicalStore"]
+__all__ = [
+    "ColbertStore",
+    "DenseScan",
+    "DenseStore",
+    "LexicalStore",
+    "quantise_rows",
+    "scan_width",
+]
 
 _BLOCK = 65536
+_TORCH_TOPK = 65536
 
 
 def topk(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
     """Indices of the ``k`` largest finite scores, best first (ties by index)."""
+    if k <= 0 or scores.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if scores.size > _TORCH_TOPK and k < scores.size // 8:
+        # torch's top-k finds the k-th value several times faster than argpartition
+        import torch
+
+        kth = float(torch.topk(torch.from_numpy(scores), k, sorted=False).values.min())
+        if np.isfinite(kth):
+            part = np.flatnonzero(scores >= kth)  # every index tied with the k-th
+            order = np.lexsort((part, -scores[part]))[:k]
+            return part[order].astype(np.int64)
     finite = np.flatnonzero(np.isfinite(scores))
-    if finite.size == 0 or k <= 0:
+    if finite.size == 0:
         return np.zeros(0, dtype=np.int64)
     vals = scores[finite]
     if k < finite.size:
@@ -45,53 +64,212 @@ def topk(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
     return finite[part][order].astype(np.int64)
 
 
-class DenseStore:
-    """Dense vectors, ``[n, dim]`` float32 or float16."""
+def _int8_kernel() -> bool:
+    """Whether torch has the int8-weight matrix kernel the scan uses."""
+    import torch
 
-    def __init__(self, folder: Path, dim: int, dtype: str) -> None:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def _bf16_ceil(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The smallest bfloat16-representable float32 values >= ``values`` (positive, finite)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    up = (bits.astype(np.uint64) + 0xFFFF) & 0xFFFF0000
+    return up.astype(np.uint32).view(np.float32)
+
+
+def scan_width(dim: int) -> int:
+    """Row width of the int8 scan copy: ``dim`` zero-padded to a multiple of 16.
+
+    The int8 kernel reads rows in blocks of 16 and reads past the row end otherwise.
+    """
+    return -(-dim // 16) * 16
+
+
+def quantise_rows(
+    rows: npt.NDArray[Any], width: int | None = None
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
+    """Symmetric per-row int8 codes (zero-padded to ``width``) and ``(scale, residual)``.
+
+    The scale is rounded up to a bfloat16 value so the scan kernel applies it exactly and
+    every code stays within [-127, 127]; the residual norm is measured against the stored
+    row in float64 and rounded up, so it is a true bound.
+    """
+    x = np.asarray(rows, dtype=np.float32)
+    width = x.shape[1] if width is None else width
+    peak = np.abs(x).max(axis=1) if x.size else np.zeros(len(x), np.float32)
+    scale = _bf16_ceil(np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0)))
+    codes = np.zeros((len(x), width), dtype=np.int8)
+    codes[:, : x.shape[1]] = np.clip(np.rint(x / scale[:, None]), -127, 127)
+    residual = x.astype(np.float64) - codes[:, : x.shape[1]].astype(np.float64) * scale[:, None]
+    norm = np.linalg.norm(residual, axis=1) * (1 + 2.0**-20)
+    meta = np.stack([scale, np.nextafter(norm.astype(np.float32), np.float32(np.inf))], axis=1)
+    return codes, meta.astype(np.float32)
+
+
+class DenseScan:
+    """A committed int8 scan copy of a dense matrix (codes ``[n, width]``, meta ``[n, 2]``)."""
+
+    # bfloat16 keeps 8 significant bits: round to nearest is within 2**-8 relative
+    _UNIT = 2.0**-8
+
+    def __init__(self, codes: npt.NDArray[np.int8], meta: npt.NDArray[np.float32]) -> None:
+        import warnings
+
+        import torch
+
+        self.meta = meta
+        self.width = codes.shape[1]
+        with warnings.catch_warnings():
+            # the memory map is read-only and torch warns about that; the kernel only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            self._codes = torch.from_numpy(codes)
+        self._scales = torch.from_numpy(np.ascontiguousarray(meta[:, 0])).to(torch.bfloat16)
+        self.max_residual = float(meta[:, 1].max(initial=0.0))
+
+    def approx(self, q: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Approximate scores of every row: int8 rows times the bfloat16-rounded query."""
+        import torch
+
+        if len(self.meta) == 0:
+            return np.zeros(0, np.float32)
+        padded = np.zeros((1, self.width), dtype=np.float32)
+        padded[0, : q.shape[0]] = q
+        tq = torch.from_numpy(padded).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int8pack_mm(tq, self._codes, self._scales)
+        approx: npt.NDArray[np.float32] = out.reshape(-1).float().numpy()
+        return approx
+
+    def error_bound(self, q: npt.NDArray[np.float32], max_norm: float) -> tuple[float, float]:
+        """``(base, c)`` with ``|approx - exact| <= base + c |approx|`` for every row.
+
+        ``base = |q| r + (|q - bf16(q)| + 2**-12 |q|) (|d| + r)``: the quantisation residual
+        by Cauchy-Schwarz (``r`` the largest residual norm, ``|d|`` the largest row norm),
+        the query's actual bfloat16 rounding error, and float32 accumulation with room to
+        spare; ``c = 1.01 * 2**-8`` covers rounding the result to bfloat16.
+        """
+        import torch
+
+        q64 = q.astype(np.float64)
+        rounded = torch.from_numpy(q.copy()).to(torch.bfloat16).double().numpy()
+        qn = float(np.linalg.norm(q64))
+        dn = float(np.linalg.norm(q64 - rounded))
+        r = self.max_residual
+        # the recorded norm is of the vectors as given; float16 storage may round it up
+        rows = max_norm * (1 + 2.0**-10) + r
+        return qn * r + (dn + 2.0**-12 * qn) * rows, 1.01 * self._UNIT
+
+    def threshold(
+        self, q: npt.NDArray[np.float32], top: npt.NDArray[np.float32], max_norm: float
+    ) -> float:
+        """The approximate score a row needs to possibly belong to the exact top ``k``.
+
+        ``top`` are the approximate scores of the approximate top ``k``. With the
+        :meth:`error_bound` ``(base, c)``, the ``k``-th exact score is at least
+        ``T = min(top - base - c |top|)``, so a row with ``approx + base + c |approx| < T``
+        cannot be in the top ``k``; the returned value solves the equality for ``approx``
+        (the left side increases with ``approx``).
+        """
+        base, c = self.error_bound(q, max_norm)
+        t64 = top.astype(np.float64)
+        t = float(np.min(t64 - base - c * np.abs(t64))) - base
+        solved = t / (1 + c) if t >= 0 else t / (1 - c)
+        return solved - abs(solved) * 1e-9 - 1e-30
+
+
+class DenseStore:
+    """Dense vectors, ``[n, dim]`` float32 or float16, with an optional int8 scan copy.
+
+    The scan copy (``scan="int8"``) holds every row quantised symmetrically to int8 with one
+    scale per row (a bfloat16-representable value, so the scan kernel applies it exactly) and
+    the Euclidean norm of the row's quantisation residual. It halves the bytes an exact search
+    reads from a float16 matrix; the residual norms bound the error, so the result stays exact.
+    """
+
+    def __init__(self, folder: Path, dim: int, dtype: str, *, scan: str | None = None) -> None:
+        if scan not in (None, "int8"):
+            msg = f"dense_scan must be 'int8' or None, got {scan!r}"
+            raise ValueError(msg)
         self.dim = dim
         self.dtype = np.dtype(dtype)
         self.column = Column(folder / f"dense.{self.dtype.name}", self.dtype, dim)
+        self.scan = scan
+        self.scan_column = (
+            Column(folder / "dense.scan.int8", np.int8, scan_width(dim)) if scan else None
+        )
+        # per row: the scale and the residual norm ||row - scale * int8_row||
+        self.scan_meta = Column(folder / "dense.scan.meta", np.float32, 2) if scan else None
+
+    def columns(self) -> list[Column]:
+        """Every column with one row per document."""
+        return [c for c in (self.column, self.scan_column, self.scan_meta) if c is not None]
 
     def append(self, vecs: npt.NDArray[np.float32]) -> None:
-        """Append vectors (cast to the store dtype)."""
-        self.column.append(np.asarray(vecs, dtype=np.float32).astype(self.dtype))
+        """Append vectors (cast to the store dtype), and their scan rows."""
+        stored = np.asarray(vecs, dtype=np.float32).astype(self.dtype)
+        self.column.append(stored)
+        if self.scan_column is not None and self.scan_meta is not None:
+            quantised, meta = quantise_rows(stored, scan_width(self.dim))
+            self.scan_column.append(quantised)
+            self.scan_meta.append(meta)
 
     def matrix(self, rows: int) -> npt.NDArray[Any]:
         """The committed matrix (memory-mapped)."""
         return self.column.read(rows)
+
+    def scan_view(self, rows: int) -> DenseScan | None:
+        """The committed int8 scan copy, ready for :meth:`search`, or None without one."""
+        if self.scan_column is None or self.scan_meta is None or not _int8_kernel():
+            # without torch's kernel (an older torch) the stored matrix is scanned instead
+            return None
+        return DenseScan(self.scan_column.read(rows), self.scan_meta.read(rows))
 
     @staticmethod
     def search(
         matrix: npt.NDArray[Any],
         query: npt.NDArray[np.float32],
         k: int,
-        mask: npt.NDArray[np.bool_],
+        mask: npt.NDArray[np.bool_] | None,
         max_norm: float,
+        scan: DenseScan | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Exact top-``k`` inner products among the rows where ``mask`` holds.
+        """Exact top-``k`` inner products among the rows where ``mask`` holds (None: all).
 
-        float32 matrices are scanned with BLAS directly. float16 matrices are scanned with
-        torch's native half-precision matrix-vector product (numpy has no fast float16 path and
-        widening the whole matrix costs more than the product); every row whose half-precision
-        score is within a proven error bound of the ``k``-th is then rescored in float32, so the
-        result is the exact top-``k`` of the stored vectors.
+        With an int8 scan copy, the int8 rows are scanned (torch's int8-weight kernel,
+        bfloat16 query) and every row whose approximate score is within a proven error bound
+        of the ``k``-th is rescored from the stored matrix. Otherwise float32 matrices are
+        scanned with BLAS directly and float16 matrices with torch's native half-precision
+        matrix-vector product (with the same bounded rescoring). Either way the result is the
+        exact top-``k`` of the stored vectors.
         """
         q = np.asarray(query, dtype=np.float32)
-        if matrix.dtype == np.float32:
+        use_scan = scan is not None and len(scan.meta) == matrix.shape[0]
+        if use_scan:
+            assert scan is not None  # noqa: S101 - checked above
+            approx = scan.approx(q)
+        elif matrix.dtype == np.float32:
             scores = DenseStore.scores(matrix, q)
-            scores[~mask] = -np.inf
+            if mask is not None:
+                scores[~mask] = -np.inf
             keys = topk(scores, k)
             return keys, scores[keys]
-        approx = DenseStore._half_scores(matrix, q)
-        approx[~mask] = -np.inf
+        else:
+            approx = DenseStore._half_scores(matrix, q)
+        if mask is not None:
+            approx[~mask] = -np.inf
         first = topk(approx, k)
         if len(first) == 0:
             return first, np.zeros(0, dtype=np.float32)
-        # |approx - exact| <= |q| |d| 2**-8: half rounding of q (2**-11 relative), of the
-        # result (2**-11 relative) and accumulation, with a wide safety factor.
-        margin = float(np.linalg.norm(q)) * max_norm * 2.0**-8
-        candidates = np.flatnonzero(approx >= approx[first[-1]] - 2 * margin)
+        if use_scan:
+            assert scan is not None  # noqa: S101
+            threshold = scan.threshold(q, approx[first], max_norm)
+        else:
+            # |approx - exact| <= |q| |d| 2**-8: half rounding of q (2**-11 relative), of the
+            # result (2**-11 relative) and accumulation, with a wide safety factor; a row can
+            # only be in the top k if approx >= approx[kth] - 2 * bound
+            bound = float(np.linalg.norm(q)) * max_norm * 2.0**-8
+            threshold = float(approx[first[-1]]) - 2 * bound
+        candidates = np.flatnonzero(approx >= threshold)
         exact = DenseStore.scores_for(matrix, q, candidates)
         order = np.lexsort((candidates, -exact))[:k]
         return candidates[order].astype(np.int64), exact[order]

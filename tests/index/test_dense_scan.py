@@ -1,0 +1,122 @@
+"""The int8 dense scan: its error bound holds, and exact search stays exact with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from m3rag import Collection, M3Output
+from m3rag.index.stores import DenseScan, DenseStore, quantise_rows, scan_width, topk
+
+
+def _brute_force(stored: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    exact = stored.astype(np.float64) @ q.astype(np.float64)
+    order = np.lexsort((np.arange(len(exact)), -exact))[:k]
+    return order, exact[order]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    dim=st.integers(1, 70),
+    spread=st.sampled_from([1e-6, 1e-2, 1.0, 30.0, 1e4]),
+)
+def test_quantised_rows_and_scores_stay_within_the_bound(
+    seed: int, dim: int, spread: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    rows = (rng.standard_normal((64, dim)) * spread).astype(np.float32)
+    rows[0] = 0.0  # an all-zero row
+    rows[1, : max(1, dim // 2)] = 0.0
+    codes, meta = quantise_rows(rows, scan_width(dim))
+    assert codes.shape == (64, scan_width(dim))
+    assert not codes[:, dim:].any()
+    assert codes.dtype == np.int8
+    assert np.abs(codes.astype(np.int32)).max() <= 127
+    scale, residual = meta[:, 0], meta[:, 1]
+    # every scale is a bfloat16 value, so the kernel applies it exactly
+    assert (scale.view(np.uint32) & 0xFFFF).max() == 0
+    true_residual = np.linalg.norm(
+        rows.astype(np.float64) - codes[:, :dim].astype(np.float64) * scale[:, None], axis=1
+    )
+    assert (true_residual <= residual).all()
+    q = (rng.standard_normal(dim) * rng.choice([1e-3, 1.0, 50.0])).astype(np.float32)
+    max_norm = float(np.linalg.norm(rows.astype(np.float64), axis=1).max())
+    scan = DenseScan(codes, meta)
+    approx = scan.approx(q)
+    base, c = scan.error_bound(q, max_norm)
+    exact = rows.astype(np.float64) @ q.astype(np.float64)
+    assert (np.abs(approx - exact) <= base + c * np.abs(approx)).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_scan_search_is_exact_on_near_ties(dtype: str) -> None:
+    # many rows share almost the same score: the bound must widen the rescoring enough
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal(96).astype(np.float32)
+    rows = base + 1e-3 * rng.standard_normal((3000, 96)).astype(np.float32)
+    rows = np.vstack([rows, rng.standard_normal((3000, 96)).astype(np.float32)])
+    stored = rows.astype(dtype)
+    q = base / np.linalg.norm(base)
+    codes, meta = quantise_rows(stored, scan_width(96))
+    scan = DenseScan(codes, meta)
+    max_norm = float(np.linalg.norm(stored.astype(np.float64), axis=1).max())
+    mask = np.ones(len(rows), dtype=np.bool_)
+    mask[::3] = False
+    keys, scores = DenseStore.search(stored, q, 25, mask, max_norm, scan)
+    allowed = np.flatnonzero(mask)
+    want, want_scores = _brute_force(stored[allowed].astype(np.float32), q, 25)
+    assert keys.tolist() == allowed[want].tolist()
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dense_scan", ["int8", None])
+def test_collection_search_is_the_same_with_and_without_the_scan(
+    tmp_path: Path, dense_scan: str | None
+) -> None:
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal((500, 32)).astype(np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    with Collection.create(
+        tmp_path / "c", heads=("dense",), dim=32, dense_dtype="float16", dense_scan=dense_scan
+    ) as col:
+        col.add(
+            [f"t{i}" for i in range(500)],
+            ids=[str(i) for i in range(500)],
+            embeddings=M3Output.build(dense_vecs=dense),
+        )
+        col.delete([str(i) for i in range(0, 500, 7)])
+    assert (tmp_path / "c" / "dense.scan.int8").exists() == (dense_scan == "int8")
+    col = Collection.open(tmp_path / "c", read_only=True)
+    stored = dense.astype(np.float16).astype(np.float32)
+    alive = np.array([i % 7 != 0 for i in range(500)])
+    for seed in range(10):
+        q = np.random.default_rng(100 + seed).standard_normal(32).astype(np.float32)
+        hits = col.search_dense(q, k=15)
+        exact = np.where(alive, stored @ q, -np.inf)
+        order = np.lexsort((np.arange(500), -exact))[:15]
+        assert hits.ids == [str(i) for i in order]
+        np.testing.assert_allclose(hits.scores, exact[order], rtol=1e-5, atol=1e-6)
+    col.close()
+
+
+def test_bad_dense_scan_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dense_scan"):
+        Collection.create(tmp_path / "c", heads=("dense",), dim=4, dense_scan="int4")
+    assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_topk_on_large_arrays_matches_a_stable_sort(k: int) -> None:
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 50, 200_000).astype(np.float32)  # many ties
+    scores[rng.random(200_000) < 0.5] = -np.inf
+    want = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    assert topk(scores, k).tolist() == want.tolist()
+    only_three = np.full(200_000, -np.inf, dtype=np.float32)
+    only_three[[5, 70_000, 9]] = [1.0, 2.0, 1.0]
+    assert topk(only_three, k).tolist() == [70_000, 5, 9][:k]
