@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,12 +50,14 @@ from m3rag.errors import (
     ReadOnlyError,
     UnknownIdError,
 )
+from m3rag.index import impacts
 from m3rag.index._files import Column, WriterLock, atomic_write_json
 from m3rag.index.ann import AnnIndex
 from m3rag.index.docstore import DocStore
 from m3rag.index.filters import Filter, dumps_metadata
+from m3rag.index.impacts import HeadImpacts, head_of
 from m3rag.index.lexical import BITS, STEP, LexicalIndex, quantization_error
-from m3rag.index.stores import ColbertStore, DenseStore, LexicalStore
+from m3rag.index.stores import ColbertStore, DenseStore, LexicalStore, topk
 from m3rag.types import HEADS, Document, Head, M3Output
 
 if TYPE_CHECKING:
@@ -162,6 +165,8 @@ class Collection:
         self._tombstones = Column(folder / "tombstones.int64", np.int64)
         self._docs = DocStore(folder / "docs.sqlite", writable=not read_only)
         self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
+        self._impacts: HeadImpacts | None = None
+        self._impacts_lock = threading.Lock()
         self._pending = _Pending.empty()
         self._pending_max_norm = float(manifest.get("dense_max_norm", 0.0))
         self._closed = False
@@ -942,9 +947,15 @@ class Collection:
         if not weights or not mask.any():
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
         lex = self._manifest["lexical"]
+        restrict = self._restriction(mask, filter)
+        table = self._head_impacts()
+        head: dict[int, float] = {}
+        if table is not None:
+            head, tail = head_of(weights, table)
+        if head:
+            return self._search_lexical_split(weights, head, tail, k, mask, restrict)
         tquery = self._tantivy.lexical_query(weights, max_bit=int(lex["max_bit"]))
         bound = sum(weights.values()) * float(lex["max_error"]) * (1 + 1e-4) + 1e-6
-        restrict = self._restriction(mask, filter)
         limit = max(4 * k, 64)
         while True:
             keys, approx = self._tantivy.search(self._searcher, tquery, limit, restrict)
@@ -959,6 +970,98 @@ class Collection:
                 break
             limit *= 4
         return self._hits(visible[order], exact[order])
+
+    def _search_lexical_split(
+        self,
+        weights: dict[int, float],
+        head: dict[int, float],
+        tail: dict[int, float],
+        k: int,
+        mask: npt.NDArray[np.bool_],
+        restrict: npt.NDArray[np.int64] | None,
+    ) -> Hits:
+        """Exact lexical top-``k`` with the head tokens scored from the impact table.
+
+        Every document gets an approximate head score from the table; tantivy returns the
+        ``depth`` documents with the best approximate tail score (tail tokens only), so every
+        other document's tail score is at most the last of them (``tail_last``; zero once
+        tantivy has returned every match). The best ``k`` by the combined approximation are
+        rescored exactly; the ``k``-th of those, ``L``, is a lower bound of the true ``k``-th.
+        A document can only be in the top ``k`` if its upper bound, approximate head (+ tail
+        if listed, else ``tail_last``) + the quantisation bounds of both, reaches ``L``: all
+        of those are rescored exactly. If there are too many, the tail list deepens.
+        """
+        assert self._impacts is not None  # noqa: S101 - the caller checked
+        n = len(mask)
+        approx_head, head_error = self._impacts.scores(head, n)
+        approx_head[~mask] = -np.inf
+        lex = self._manifest["lexical"]
+        tail_query = (
+            self._tantivy.lexical_query(tail, max_bit=int(lex["max_bit"])) if tail else None
+        )
+        margin = (head_error + sum(tail.values()) * float(lex["max_error"])) * (1 + 1e-4) + 1e-6
+        depth = max(16 * k, impacts.TAIL_DEPTH)
+        while True:
+            tail_keys = np.zeros(0, np.int64)
+            tail_approx = np.zeros(0, np.float32)
+            tail_last = 0.0
+            if tail_query is not None:
+                tail_keys, tail_approx = self._tantivy.search(
+                    self._searcher, tail_query, depth, restrict
+                )
+                if len(tail_keys) == depth:
+                    tail_last = float(tail_approx[-1])
+                listed = tail_keys < n
+                tail_keys, tail_approx = tail_keys[listed], tail_approx[listed]
+                listed = mask[tail_keys]
+                tail_keys, tail_approx = tail_keys[listed], tail_approx[listed]
+            combined = approx_head.copy()
+            combined[tail_keys] += tail_approx
+            first = topk(combined, k)
+            if len(first) == 0:
+                return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
+            exact = self._lexical_exact(weights, first)
+            lower = float(np.sort(exact)[-k]) if len(first) == k else -np.inf
+            # upper bounds: unlisted documents may still hold up to tail_last of tail score
+            combined[tail_keys] -= tail_last
+            need = np.flatnonzero(combined + (tail_last + margin) >= lower)
+            need = need[mask[need]]
+            if len(need) <= max(64 * k, impacts.RESCORE_CAP) or tail_last == 0.0:
+                break
+            depth *= 4
+        exact = self._lexical_exact(weights, need)
+        # only documents sharing a token with the query are results
+        matched = exact > 0
+        need, exact = need[matched], exact[matched]
+        order = np.lexsort((need, -exact))[:k]
+        return self._hits(need[order], exact[order])
+
+    def _head_impacts(self) -> HeadImpacts | None:
+        """The impact table of the head tokens, built or extended to the snapshot."""
+        if self._lexstore is None:
+            return None
+        n = len(self._alive)
+        table = self._impacts
+        if table is not None and table.docs == n:
+            return table
+        with self._impacts_lock:
+            table = self._impacts
+            if table is not None and table.docs == n:
+                return table
+            entries = self._lengths().get("lexical", 0)
+            ids = self._lexstore.ids.read(entries)
+            lweights = self._lexstore.weights.read(entries)
+            offsets = self._lexstore.offsets.read(n)
+            # a new head once the collection doubled (the frequent tokens may have changed)
+            if (
+                table is None
+                or table.docs < n // 2
+                or n < table.docs
+                or not table.extend(ids, lweights, offsets, n)
+            ):
+                table = HeadImpacts.choose(ids, lweights, offsets, n)
+            self._impacts = table
+            return table
 
     def _restriction(
         self,
