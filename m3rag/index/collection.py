@@ -1126,9 +1126,22 @@ class Collection:
         return self._lexical_exact({int(t): float(w) for t, w in query.items()}, np.asarray(keys))
 
     def colbert_scores(
-        self, query: npt.ArrayLike, keys: npt.NDArray[np.int64]
+        self,
+        query: npt.ArrayLike,
+        keys: npt.NDArray[np.int64],
+        *,
+        precision: str = "float32",
     ) -> npt.NDArray[np.float32]:
-        """ColBERT MaxSim of ``query`` [t, d] with the documents ``keys`` (stored precision)."""
+        """ColBERT MaxSim of ``query`` [t, d] with the documents ``keys``.
+
+        Args:
+            query: The query's ColBERT vectors.
+            keys: Document keys.
+            precision: ``"float32"`` (default): the stored vectors widened exactly, float32
+                products. ``"bfloat16"``: bfloat16 products and similarities, each within
+                ``3 * 2**-8 |q| |d|`` of float32 (0.012 for unit vectors), several times
+                faster on CPUs with bfloat16 dot products (AVX512-BF16, AMX).
+        """
         self._require("colbert")
         assert self._colbert is not None  # noqa: S101
         lengths = self._lengths()
@@ -1137,6 +1150,7 @@ class Collection:
             np.asarray(keys, np.int64),
             token_rows=lengths.get("colbert", 0),
             docs=len(self._alive),
+            precision=precision,
         )
 
     def bm25_scores(self, query: str, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:

@@ -14,6 +14,8 @@ All three are addressed by document ``key`` (the row number, assigned in inserti
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 _BLOCK = 65536
+_MAXSIM_ROWS = 8192
+_BUFFERS = threading.local()
 _TORCH_TOPK = 65536
 
 
@@ -62,6 +66,20 @@ def topk(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
         part = np.arange(finite.size)
     order = np.lexsort((finite[part], -vals[part]))[:k]
     return finite[part][order].astype(np.int64)
+
+
+def _buffer(name: str, dtype: Any, rows: int, dim: int) -> Any:
+    """A per-thread reusable ``[rows, dim]`` torch buffer (grown as needed, never shrunk)."""
+    import torch
+
+    key = (name, dtype, dim)
+    cache: dict[Any, Any] = getattr(_BUFFERS, "cache", None) or {}
+    _BUFFERS.cache = cache
+    buf = cache.get(key)
+    if buf is None or buf.shape[0] < rows:
+        buf = torch.empty((max(rows, 1024), dim), dtype=dtype)
+        cache[key] = buf
+    return buf[:rows]
 
 
 def _int8_kernel() -> bool:
@@ -114,8 +132,6 @@ class DenseScan:
     _UNIT = 2.0**-8
 
     def __init__(self, codes: npt.NDArray[np.int8], meta: npt.NDArray[np.float32]) -> None:
-        import warnings
-
         import torch
 
         self.meta = meta
@@ -278,8 +294,6 @@ class DenseStore:
     def _half_scores(
         matrix: npt.NDArray[Any], q: npt.NDArray[np.float32]
     ) -> npt.NDArray[np.float32]:
-        import warnings
-
         import torch
 
         out = np.empty(matrix.shape[0], dtype=np.float32)
@@ -361,15 +375,25 @@ class ColbertStore:
         *,
         token_rows: int,
         docs: int,
+        precision: str = "float32",
     ) -> npt.NDArray[np.float32]:
         """ColBERT MaxSim of ``query`` [t_q, d] against the documents ``keys``.
 
-        All candidate rows are gathered in one fancy index, widened to float32 with torch
-        (numpy's float16 conversion is several times slower), multiplied by the query once, and
-        reduced per document with ``np.maximum.reduceat``.
+        The candidates' token rows are gathered with torch (``index_select`` into a reused
+        per-thread buffer: fresh 40 MB allocations cost more in page faults than the work),
+        widened a block of rows at a time, multiplied by the query and reduced per document.
+
+        ``precision="float32"`` widens the stored rows exactly and multiplies in float32
+        (the reference computation on the stored values). ``"bfloat16"`` rounds the query and
+        the rows to bfloat16 and keeps bfloat16 similarities (each within ``3 * 2**-8 |q| |d|``
+        of float32, 0.012 for unit vectors; several times faster on CPUs with bfloat16 dot
+        products).
         """
         import torch
 
+        if precision not in ("float32", "bfloat16"):
+            msg = f"precision must be 'float32' or 'bfloat16', got {precision!r}"
+            raise ValueError(msg)
         keys = np.asarray(keys, dtype=np.int64)
         out = np.zeros(len(keys), dtype=np.float32)
         q = np.asarray(query, dtype=np.float32)
@@ -383,14 +407,38 @@ class ColbertStore:
         starts, lens = offsets[nonempty, 0], lengths[nonempty]
         total = int(lens.sum())
         seg = np.concatenate(([0], np.cumsum(lens)[:-1]))
-        rows = np.repeat(starts - seg, lens) + np.arange(total)
-        block = torch.from_numpy(np.ascontiguousarray(self.vectors.read(token_rows)[rows])).float()
-        if self.scales is not None:
-            block *= torch.from_numpy(np.ascontiguousarray(self.scales.read(token_rows)[rows]))[
-                :, None
-            ]
-        sims = (torch.from_numpy(q.copy()) @ block.T).numpy()  # [t_q, total]
-        best = np.maximum.reduceat(sims, seg, axis=1)
+        rows = torch.from_numpy(np.repeat(starts - seg, lens) + np.arange(total))
+        with warnings.catch_warnings():
+            # the memory map is read-only and torch warns about that; it is only read
+            warnings.simplefilter("ignore", UserWarning)
+            vectors = torch.from_numpy(self.vectors.read(token_rows))
+            scales = (
+                torch.from_numpy(self.scales.read(token_rows)) if self.scales is not None else None
+            )
+        compute = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        tq = torch.from_numpy(q.copy()).to(compute)
+        sims = torch.empty((q.shape[0], total), dtype=compute)  # [t_q, rows]
+        for begin in range(0, total, _MAXSIM_ROWS):
+            end = min(total, begin + _MAXSIM_ROWS)
+            picked = _buffer("gather", vectors.dtype, end - begin, self.dim)
+            torch.index_select(vectors, 0, rows[begin:end], out=picked)
+            if vectors.dtype == compute:
+                wide = picked
+            elif vectors.dtype == torch.float16 and compute == torch.bfloat16:
+                # torch converts float16 -> bfloat16 element by element; via float32 both
+                # conversions are vectorised and it is twice as fast (and exact)
+                wide32 = _buffer("wide", torch.float32, end - begin, self.dim)
+                wide32.copy_(picked)
+                wide = _buffer("narrow", compute, end - begin, self.dim)
+                wide.copy_(wide32)
+            else:
+                wide = _buffer("wide", compute, end - begin, self.dim)
+                wide.copy_(picked)
+            if scales is not None:
+                wide.mul_(scales[rows[begin:end]].to(compute)[:, None])
+            # [t_q, d] x [d, rows]: the orientation oneDNN's bfloat16 kernel is fastest in
+            sims[:, begin:end] = torch.mm(tq, wide.T)
+        best = np.maximum.reduceat(sims.float().numpy(), seg, axis=1)  # [t_q, docs]
         out[nonempty] = best.sum(axis=0, dtype=np.float32) / np.float32(q.shape[0])
         return out
 

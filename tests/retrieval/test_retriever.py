@@ -205,3 +205,16 @@ def test_precomputed_query_embeddings(collection, tiny_encoder) -> None:  # type
     assert retriever.retrieve(q, k=5, query_embeddings=enc).ids == retriever.retrieve(q, k=5).ids
     with pytest.raises(ValueError, match="one entry per query"):
         retriever.retrieve_batch([q, q], k=5, query_embeddings=enc)
+
+
+def test_colbert_precision_bfloat16(collection) -> None:  # type: ignore[no-untyped-def]
+    q = "北京是中国的首都"
+    exact = HybridRetriever(collection, recall_k=20).retrieve(q, k=8)
+    fast = HybridRetriever(collection, recall_k=20, colbert_precision="bfloat16").retrieve(q, k=8)
+    e = {h.id: h.paths["colbert"].raw for h in exact}
+    f = {h.id: h.paths["colbert"].raw for h in fast}
+    assert e.keys() & f.keys()
+    for doc_id in e.keys() & f.keys():
+        assert abs(e[doc_id] - f[doc_id]) <= 3 * 2.0**-8
+    with pytest.raises(ValueError, match="colbert_precision"):
+        HybridRetriever(collection, colbert_precision="half")
