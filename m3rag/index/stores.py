@@ -26,6 +26,7 @@ import numpy.typing as npt
 from m3rag.index._files import Column
 
 __all__ = [
+    "COLBERT_DTYPES",
     "ColbertStore",
     "DenseScan",
     "DenseStore",
@@ -327,16 +328,22 @@ class DenseStore:
         return np.asarray(rows @ np.asarray(query, dtype=np.float32), dtype=np.float32)
 
 
+COLBERT_DTYPES = ("float16", "float32", "bfloat16", "int8")
+"""Storage forms of ColBERT vectors (``bfloat16`` is kept as raw 16-bit patterns)."""
+
+
 class ColbertStore:
-    """ColBERT token matrices of every document, float16 or int8 + per-row scale."""
+    """ColBERT token matrices of every document: float16/float32/bfloat16, or int8 + scale."""
 
     def __init__(self, folder: Path, dim: int, dtype: str) -> None:
-        if dtype not in ("float32", "float16", "int8"):
-            msg = f"colbert_dtype must be 'float32', 'float16' or 'int8', got {dtype!r}"
+        if dtype not in COLBERT_DTYPES:
+            msg = f"colbert_dtype must be one of {list(COLBERT_DTYPES)}, got {dtype!r}"
             raise ValueError(msg)
         self.dim = dim
         self.dtype = dtype
-        self.vectors = Column(folder / f"colbert.{dtype}", np.dtype(dtype), dim)
+        # numpy has no bfloat16: its bit patterns are stored as int16 and viewed by torch
+        stored = np.dtype(np.int16) if dtype == "bfloat16" else np.dtype(dtype)
+        self.vectors = Column(folder / f"colbert.{dtype}", stored, dim)
         self.scales = Column(folder / "colbert.scale", np.float32) if dtype == "int8" else None
         self.offsets = Column(folder / "colbert.offsets", np.int64, 2)
 
@@ -354,6 +361,11 @@ class ColbertStore:
         )
         if self.dtype in ("float32", "float16"):
             return flat.astype(self.dtype), None, offsets
+        if self.dtype == "bfloat16":
+            import torch
+
+            bits = torch.from_numpy(flat).to(torch.bfloat16).view(torch.int16).numpy()
+            return bits, None, offsets
         scale = np.abs(flat).max(axis=1) / 127.0 if len(flat) else np.zeros(0, np.float32)
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
         q = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8)
@@ -412,6 +424,8 @@ class ColbertStore:
             # the memory map is read-only and torch warns about that; it is only read
             warnings.simplefilter("ignore", UserWarning)
             vectors = torch.from_numpy(self.vectors.read(token_rows))
+            if self.dtype == "bfloat16":
+                vectors = vectors.view(torch.bfloat16)
             scales = (
                 torch.from_numpy(self.scales.read(token_rows)) if self.scales is not None else None
             )
@@ -451,7 +465,11 @@ class ColbertStore:
         scales = self.scales.read(token_rows) if self.scales is not None else None
         out = []
         for start, length in offsets.tolist():
-            block = np.asarray(vectors[start : start + length], dtype=np.float32)
+            if self.dtype == "bfloat16":
+                raw = np.asarray(vectors[start : start + length]).view(np.uint16)
+                block = (raw.astype(np.uint32) << 16).view(np.float32)
+            else:
+                block = np.asarray(vectors[start : start + length], dtype=np.float32)
             if scales is not None:
                 block = block * scales[start : start + length, None]
             out.append(block)
