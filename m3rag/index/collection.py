@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "m3rag-collection"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+_ID_CACHE = 262_144
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ class Collection:
         self._docs = DocStore(folder / "docs.sqlite", writable=not read_only)
         self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
         self._impacts: HeadImpacts | None = None
+        # committed keys are never reused, so their ids can be cached for the searches
+        self._id_cache: dict[int, str] = {}
         self._impacts_lock = threading.Lock()
         self._pending = _Pending.empty()
         self._pending_max_norm = float(manifest.get("dense_max_norm", 0.0))
@@ -861,7 +864,17 @@ class Collection:
         return mask & self._alive
 
     def _hits(self, keys: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]) -> Hits:
-        return Hits(self._docs.ids(keys.tolist()), scores.astype(np.float32), keys)
+        return Hits(self._ids_of(keys.tolist()), scores.astype(np.float32), keys)
+
+    def _ids_of(self, keys: list[int]) -> list[str]:
+        """Ids of committed keys, through a bounded cache (a key's id never changes)."""
+        cache = self._id_cache
+        missing = [k for k in keys if k not in cache]
+        if missing:
+            if len(cache) + len(missing) > _ID_CACHE:
+                cache.clear()
+            cache.update(zip(missing, self._docs.ids(missing), strict=True))
+        return [cache[k] for k in keys]
 
     def _require(self, head: Head) -> None:
         if head not in self.heads:
