@@ -133,16 +133,27 @@ class DenseScan:
     _UNIT = 2.0**-8
 
     def __init__(self, codes: npt.NDArray[np.int8], meta: npt.NDArray[np.float32]) -> None:
-        import torch
-
         self.meta = meta
+        self.codes = codes
         self.width = codes.shape[1]
-        with warnings.catch_warnings():
-            # the memory map is read-only and torch warns about that; the kernel only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            self._codes = torch.from_numpy(codes)
-        self._scales = torch.from_numpy(np.ascontiguousarray(meta[:, 0])).to(torch.bfloat16)
         self.max_residual = float(meta[:, 1].max(initial=0.0))
+        self._tensors: tuple[Any, Any] | None = None  # torch loads on the first search
+
+    def available(self) -> bool:
+        """Whether torch has the int8-weight kernel (an older torch scans the stored rows)."""
+        return _int8_kernel()
+
+    def _torch(self) -> tuple[Any, Any]:
+        if self._tensors is None:
+            import torch
+
+            with warnings.catch_warnings():
+                # the memory map is read-only and torch warns about that; the kernel reads it
+                warnings.simplefilter("ignore", UserWarning)
+                codes = torch.from_numpy(self.codes)
+            scales = torch.from_numpy(np.ascontiguousarray(self.meta[:, 0])).to(torch.bfloat16)
+            self._tensors = (codes, scales)
+        return self._tensors
 
     def approx(self, q: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Approximate scores of every row: int8 rows times the bfloat16-rounded query."""
@@ -153,7 +164,8 @@ class DenseScan:
         padded = np.zeros((1, self.width), dtype=np.float32)
         padded[0, : q.shape[0]] = q
         tq = torch.from_numpy(padded).to(torch.bfloat16)
-        out = torch.ops.aten._weight_int8pack_mm(tq, self._codes, self._scales)
+        codes, scales = self._torch()
+        out = torch.ops.aten._weight_int8pack_mm(tq, codes, scales)
         approx: npt.NDArray[np.float32] = out.reshape(-1).float().numpy()
         return approx
 
@@ -236,8 +248,7 @@ class DenseStore:
 
     def scan_view(self, rows: int) -> DenseScan | None:
         """The committed int8 scan copy, ready for :meth:`search`, or None without one."""
-        if self.scan_column is None or self.scan_meta is None or not _int8_kernel():
-            # without torch's kernel (an older torch) the stored matrix is scanned instead
+        if self.scan_column is None or self.scan_meta is None:
             return None
         return DenseScan(self.scan_column.read(rows), self.scan_meta.read(rows))
 
@@ -260,7 +271,7 @@ class DenseStore:
         exact top-``k`` of the stored vectors.
         """
         q = np.asarray(query, dtype=np.float32)
-        use_scan = scan is not None and len(scan.meta) == matrix.shape[0]
+        use_scan = scan is not None and len(scan.meta) == matrix.shape[0] and scan.available()
         if use_scan:
             assert scan is not None  # noqa: S101 - checked above
             approx = scan.approx(q)
