@@ -43,7 +43,17 @@ STEPS: list[tuple[str, list[str]]] = [
 LARGE: list[tuple[str, list[str]]] = [
     (
         "index-1m",
-        ["bench_index.py", "--sizes", "100000,1000000", "--milvus", "", "--ann", ""],
+        [
+            "bench_index.py",
+            "--sizes",
+            "100000,1000000",
+            "--milvus",
+            "",
+            "--ann",
+            "",
+            "--colbert",
+            "",
+        ],
     ),
     (
         "retriever-1m",
