@@ -167,6 +167,7 @@ class Collection:
         self._docs = DocStore(folder / "docs.sqlite", writable=not read_only)
         self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
         self._impacts: HeadImpacts | None = None
+        self._impacts_docs = -1  # the snapshot size _impacts was made for
         # committed keys are never reused, so their ids can be cached for the searches
         self._id_cache: dict[int, str] = {}
         self._impacts_lock = threading.Lock()
@@ -967,8 +968,8 @@ class Collection:
         head: dict[int, float] = {}
         if table is not None:
             head, tail = head_of(weights, table)
-        if head:
-            return self._search_lexical_split(weights, head, tail, k, mask, restrict)
+        if table is not None and head:
+            return self._search_lexical_split(table, weights, head, tail, k, mask, restrict)
         tquery = self._tantivy.lexical_query(weights, max_bit=int(lex["max_bit"]))
         bound = sum(weights.values()) * float(lex["max_error"]) * (1 + 1e-4) + 1e-6
         limit = max(4 * k, 64)
@@ -988,6 +989,7 @@ class Collection:
 
     def _search_lexical_split(
         self,
+        table: HeadImpacts,
         weights: dict[int, float],
         head: dict[int, float],
         tail: dict[int, float],
@@ -1006,9 +1008,8 @@ class Collection:
         if listed, else ``tail_last``) + the quantisation bounds of both, reaches ``L``: all
         of those are rescored exactly. If there are too many, the tail list deepens.
         """
-        assert self._impacts is not None  # noqa: S101 - the caller checked
         n = len(mask)
-        approx_head, head_error = self._impacts.scores(head, n)
+        approx_head, head_error = table.scores(head, n)
         approx_head[~mask] = -np.inf
         lex = self._manifest["lexical"]
         tail_query = (
@@ -1056,12 +1057,11 @@ class Collection:
         if self._lexstore is None:
             return None
         n = len(self._alive)
-        table = self._impacts
-        if table is not None and table.docs == n:
-            return table
+        if self._impacts_docs == n:
+            return self._impacts
         with self._impacts_lock:
             table = self._impacts
-            if table is not None and table.docs == n:
+            if self._impacts_docs == n:
                 return table
             entries = self._lengths().get("lexical", 0)
             ids = self._lexstore.ids.read(entries)
@@ -1076,6 +1076,7 @@ class Collection:
             ):
                 table = HeadImpacts.choose(ids, lweights, offsets, n)
             self._impacts = table
+            self._impacts_docs = n  # also when there is no head: not chosen again until n moves
             return table
 
     def _restriction(

@@ -170,3 +170,27 @@ def test_table_error_bound_holds() -> None:
         for t, w in zip(ids[s : s + n], weights[s : s + n], strict=True):
             exact[d] += q.get(int(t), 0.0) * float(w)
     assert (np.abs(approx - exact) <= error).all()
+
+
+def test_a_collection_without_head_is_not_rescanned_per_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(impacts, "HEAD_FRACTION", 0.99)  # no token is that frequent
+    calls = []
+    original = HeadImpacts.choose.__func__  # type: ignore[attr-defined]
+
+    def counting(cls, *args):  # type: ignore[no-untyped-def]
+        calls.append(args[-1])
+        return original(cls, *args)
+
+    monkeypatch.setattr(HeadImpacts, "choose", classmethod(counting))
+    with Collection.create(tmp_path / "c", heads=("sparse",)) as col:
+        col.add([f"t{i}" for i in range(80)], embeddings=_outputs(80, 5))
+        col.commit()
+        for q in _queries(18, 5):
+            col.search_lexical(q, k=3)
+        assert calls == [80]
+        col.add(["more"], embeddings=_outputs(1, 6))
+        col.commit()
+        col.search_lexical(_queries(19, 1)[0], k=3)
+        assert calls == [80, 81]
