@@ -417,7 +417,11 @@ def section_index(r: Report) -> str:
             ),
             "",
         ]
-    colbert = [c for name in ("index", "index-1m") for c in (r.load(name) or {}).get("colbert", [])]
+    colbert = [
+        c
+        for name in ("index", "index-1m", "index-colbert-100k")
+        for c in (r.load(name) or {}).get("colbert", [])
+    ]
     seen: dict[tuple[int, str], Json] = {(c["passages"], c["dtype"]): c for c in colbert}
     if seen:
         out += [
