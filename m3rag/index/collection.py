@@ -1010,7 +1010,8 @@ class Collection:
         """
         n = len(mask)
         approx_head, head_error = table.scores(head, n)
-        approx_head[~mask] = -np.inf
+        if not mask.all():
+            approx_head[~mask] = -np.inf
         lex = self._manifest["lexical"]
         tail_query = (
             self._tantivy.lexical_query(tail, max_bit=int(lex["max_bit"])) if tail else None
