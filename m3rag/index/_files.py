@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from m3rag.errors import CollectionLockedError
 
-__all__ = ["Column", "WriterLock", "atomic_write_json", "fsync_dir"]
+__all__ = ["Column", "WriterLock", "atomic_write_json", "fsync_dir", "read_rows"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -118,6 +118,22 @@ class Column:
         mapped: npt.NDArray[Any] = np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape)
         self._cached = (rows, mapped)
         return mapped
+
+
+def read_rows(source: Any, start: int, stop: int) -> npt.NDArray[Any]:
+    """Rows ``[start, stop)`` of a :class:`Column` (read from the file, not mapped) or array.
+
+    A pass over a whole column through its memory map leaves every page mapped, and counted
+    in the process's resident memory, until the map goes; plain reads leave them in the page
+    cache only.
+    """
+    if not isinstance(source, Column):
+        return np.asarray(source[start:stop])
+    count = max(0, stop - start)
+    with source.path.open("rb") as fh:
+        fh.seek(start * source._row_bytes)
+        data = np.fromfile(fh, dtype=source.dtype, count=count * source.width)
+    return data.reshape(-1, source.width) if source.width > 1 else data
 
 
 class WriterLock:

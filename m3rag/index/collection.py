@@ -1064,10 +1064,9 @@ class Collection:
             table = self._impacts
             if self._impacts_docs == n:
                 return table
-            entries = self._lengths().get("lexical", 0)
-            ids = self._lexstore.ids.read(entries)
-            lweights = self._lexstore.weights.read(entries)
-            offsets = self._lexstore.offsets.read(n)
+            # the columns themselves: the table reads them a chunk at a time, unmapped
+            ids, lweights = self._lexstore.ids, self._lexstore.weights
+            offsets = self._lexstore.offsets
             # a new head once the collection doubled (the frequent tokens may have changed)
             if (
                 table is None

@@ -19,11 +19,13 @@ the collection rescores candidates exactly and proves nothing outside them can e
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from m3rag.index._files import read_rows
 
 __all__ = ["HeadImpacts"]
 
@@ -37,7 +39,7 @@ TAIL_DEPTH = 1024
 """How many tail candidates tantivy returns first (deepened 4x while the bound needs it)."""
 RESCORE_CAP = 16_384
 """Rescore up to this many documents exactly before deepening the tail list instead."""
-_CHUNK = 131_072
+_CHUNK = 32_768  # documents per read: ~2M entries, ~60 MB of temporaries
 
 
 class HeadImpacts:
@@ -63,22 +65,18 @@ class HeadImpacts:
         return len(self.tokens)
 
     @classmethod
-    def choose(
-        cls,
-        ids: npt.NDArray[np.int32],
-        weights: npt.NDArray[np.float32],
-        offsets: npt.NDArray[np.int64],
-        docs: int,
-    ) -> HeadImpacts | None:
-        """The head of the first ``docs`` documents' weights, filled; None if it has no head."""
+    def choose(cls, ids: Any, weights: Any, offsets: Any, docs: int) -> HeadImpacts | None:
+        """The head of the first ``docs`` documents' weights, filled; None if it has no head.
+
+        ``ids`` and ``weights`` are the lexical store's columns (or arrays) of all entries,
+        ``offsets`` its ``(start, length)`` per document; they are read a chunk of documents
+        at a time, so the pass needs little memory beyond the table itself.
+        """
         if docs < MIN_DOCS:
             return None
-        end = _entries_end(offsets, docs)
         counts = np.zeros(0, dtype=np.int64)
         peaks = np.zeros(0, dtype=np.float64)
-        for start in range(0, end, _CHUNK * 64):
-            chunk = np.asarray(ids[start : min(end, start + _CHUNK * 64)], dtype=np.int64)
-            w = np.asarray(weights[start : start + len(chunk)], dtype=np.float64)
+        for chunk, w, _ in _chunks(ids, weights, offsets, 0, docs):
             size = int(chunk.max(initial=-1)) + 1
             if size > len(counts):
                 counts = np.pad(counts, (0, size - len(counts)))
@@ -97,13 +95,7 @@ class HeadImpacts:
             return None
         return table
 
-    def extend(
-        self,
-        ids: npt.NDArray[np.int32],
-        weights: npt.NDArray[np.float32],
-        offsets: npt.NDArray[np.int64],
-        docs: int,
-    ) -> bool:
+    def extend(self, ids: Any, weights: Any, offsets: Any, docs: int) -> bool:
         """Fill the table for documents ``[self.docs, docs)``.
 
         Returns False (the table unchanged) when a new weight exceeds a token's range, so
@@ -111,29 +103,25 @@ class HeadImpacts:
         """
         if docs <= self.docs:
             return True
-        begin = int(offsets[self.docs, 0]) if self.docs < len(offsets) else 0
-        end = _entries_end(offsets, docs)
         lut = np.full(int(self.tokens.max()) + 1, -1, dtype=np.int32)
         lut[self.tokens] = np.arange(len(self.tokens), dtype=np.int32)
         new = np.zeros((len(self.tokens), docs - self.docs), dtype=np.uint8)
-        lengths = np.asarray(offsets[self.docs : docs, 1], dtype=np.int64)
-        owner_all = np.repeat(np.arange(docs - self.docs, dtype=np.int32), lengths)
-        for start in range(begin, end, _CHUNK * 64):
-            stop = min(end, start + _CHUNK * 64)
-            chunk = np.asarray(ids[start:stop], dtype=np.int64)
-            inside = chunk < len(lut)
+        for chunk, w, owner in _chunks(ids, weights, offsets, self.docs, docs):
             rows = np.full(len(chunk), -1, dtype=np.int32)
+            inside = chunk < len(lut)
             rows[inside] = lut[chunk[inside]]
             hit = np.flatnonzero(rows >= 0)
             if hit.size == 0:
                 continue
-            w = np.asarray(weights[start:stop], dtype=np.float64)[hit]
             row = rows[hit]
-            code = np.rint(w / self.scales[row])
+            code = np.rint(w[hit] / self.scales[row])
             if (code > 255).any():
                 return False
-            new[row, owner_all[start - begin + hit]] = code.astype(np.uint8)
-        self._codes = np.concatenate([self._codes[:, : self.docs], new], axis=1)
+            new[row, owner[hit] - self.docs] = code.astype(np.uint8)
+        if self.docs == 0:
+            self._codes = new
+        else:
+            self._codes = np.concatenate([self._codes[:, : self.docs], new], axis=1)
         self.docs = docs
         return True
 
@@ -160,11 +148,22 @@ class HeadImpacts:
         return result, error + len(query) * 2.0**-23 * peak
 
 
-def _entries_end(offsets: npt.NDArray[np.int64], docs: int) -> int:
-    if docs == 0:
-        return 0
-    last = offsets[docs - 1]
-    return int(last[0] + last[1])
+def _chunks(
+    ids: Any, weights: Any, offsets: Any, first: int, last: int
+) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]]:
+    """``(token ids, weights, owning documents)`` of documents ``[first, last)``, in chunks."""
+    for begin in range(first, last, _CHUNK):
+        end = min(last, begin + _CHUNK)
+        spans = np.asarray(read_rows(offsets, begin, end), dtype=np.int64)
+        lengths = spans[:, 1]
+        start = int(spans[0, 0])
+        stop = start + int(lengths.sum())
+        if stop == start:
+            continue
+        chunk = np.asarray(read_rows(ids, start, stop), dtype=np.int64)
+        w = np.asarray(read_rows(weights, start, stop), dtype=np.float64)
+        owner = np.repeat(np.arange(begin, end, dtype=np.int64), lengths)
+        yield chunk, w, owner
 
 
 def head_of(query: Mapping[int, float], table: Any) -> tuple[dict[int, float], dict[int, float]]:

@@ -22,6 +22,7 @@ def small_head(monkeypatch: pytest.MonkeyPatch) -> None:
     # the table is built from 1 document up and holds every token in 5% of the documents
     monkeypatch.setattr(impacts, "MIN_DOCS", 1)
     monkeypatch.setattr(impacts, "HEAD_FRACTION", 0.05)
+    monkeypatch.setattr(impacts, "_CHUNK", 7)  # many chunks of documents
 
 
 def _brute_force(
