@@ -427,7 +427,9 @@ def section_index(r: Report) -> str:
         out += [
             "ColBERT store, ~200 × 1024 token vectors per passage, MaxSim of a 32-token query "
             "over 100 random candidates, in both precisions (`float32`: exact on the stored "
-            "values; `bfloat16`: the CPU's bfloat16 dot products):",
+            "values; `bfloat16`: the CPU's bfloat16 dot products). Each candidate set is read "
+            "once before it is timed, so these are compute figures with the rows in the page "
+            "cache; a store larger than memory pays a disk read of ~20,000 rows on top:",
             "",
             table(
                 [
