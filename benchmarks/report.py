@@ -119,6 +119,28 @@ class Report:
         return f"![{name}](img/bench-{name}.png)"
 
 
+def throughput_bars(rows: list[Json], key: str, unit: str) -> Callable[[Any], None]:
+    """A drawing of horizontal throughput bars, peers (names starting "Flag") in grey."""
+
+    def draw(ax: Any) -> None:
+        names = [row["name"].replace(" (", "\n(") for row in rows]
+        colors = ["#999999" if n.startswith("Flag") else "#2a6fdb" for n in names]
+        ax.barh(names, [row[key] for row in rows], color=colors)
+        ax.set_xlabel(f"{unit} (higher is better)")
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+
+    return draw
+
+
+def latency_axes(ax: Any, xlabel: str) -> None:
+    """Labels, legend and grid of a latency-vs-size plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("p50 latency, ms (log)")
+    ax.legend(fontsize=8)
+    ax.grid(visible=True, which="both", alpha=0.3)
+
+
 # -- sections -----------------------------------------------------------------------------------
 
 
@@ -200,15 +222,7 @@ def section_encoder(r: Report) -> str:
         )
         out.append("")
 
-    def draw(ax: Any) -> None:
-        names = [row["name"].replace(" (", "\n(") for row in rows]
-        values = [row["texts_per_s"] for row in rows]
-        colors = ["#999999" if n.startswith("Flag") else "#2a6fdb" for n in names]
-        ax.barh(names, values, color=colors)
-        ax.set_xlabel("texts / s (higher is better)")
-        ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=7)
-
+    draw = throughput_bars(rows, "texts_per_s", "texts / s")
     out += [r.plot("encoder", draw, size=(7.5, 3.2)), ""]
     return "\n".join(out)
 
@@ -252,15 +266,7 @@ def section_reranker(r: Report) -> str:
             parity["ratio_vs_flagreranker"] >= 1.0,
         )
 
-    def draw(ax: Any) -> None:
-        names = [row["name"].replace(" (", "\n(") for row in rows]
-        values = [row["pairs_per_s"] for row in rows]
-        colors = ["#999999" if n.startswith("Flag") else "#2a6fdb" for n in names]
-        ax.barh(names, values, color=colors)
-        ax.set_xlabel("pairs / s (higher is better)")
-        ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=7)
-
+    draw = throughput_bars(rows, "pairs_per_s", "pairs / s")
     out += [r.plot("reranker", draw, size=(7.5, 3.0)), ""]
     return "\n".join(out)
 
@@ -503,10 +509,7 @@ def section_index(r: Report) -> str:
                     label="milvus-lite sparse",
                     color="#d9534f",
                 )
-            ax.set_xlabel("passages")
-            ax.set_ylabel("p50 latency, ms (log)")
-            ax.legend(fontsize=8)
-            ax.grid(True, which="both", alpha=0.3)
+            latency_axes(ax, "passages (log)")
 
         out += [r.plot("index", draw, size=(6.5, 4.0)), ""]
     return "\n".join(out)
@@ -709,10 +712,7 @@ def section_e2e(r: Report) -> str:
             pts = [(row["passages"], p50(row[key])) for row in rows if key in row]
             if pts:
                 ax.loglog(*zip(*pts, strict=True), marker + "--", label=label, color=color)
-        ax.set_xlabel("passages (log)")
-        ax.set_ylabel("p50 query latency, ms (log)")
-        ax.legend(fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
+        latency_axes(ax, "passages (log)")
 
     out += [r.plot("e2e", draw, size=(6.5, 4.2)), ""]
     return "\n".join(out)
