@@ -131,8 +131,12 @@ for w in lex:
     out["lexical"].append(time.perf_counter() - t)
     out["lexical_top10"].append(hits.ids)
 # VmHWM, not ru_maxrss: Linux carries the parent's maxrss over fork + exec
-status = open("/proc/self/status").read().split("VmHWM:")[1].split()
-out["peak_rss_mb"] = int(status[0]) / 1024
+status = open("/proc/self/status").read()
+field = lambda name: int(status.split(name + ":")[1].split()[0]) / 1024
+out["peak_rss_mb"] = field("VmHWM")
+# at the end: anonymous memory (the process's own) vs file pages mapped from the page cache
+# (the memory-mapped stores; shared and reclaimable), which RSS counts alike
+out["rss_anon_mb_end"], out["rss_file_mb_end"] = field("RssAnon"), field("RssFile")
 out["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
@@ -196,6 +200,8 @@ def query(
         "lexical_top10_identical": f"{agree}/{len(q_lex)}",
         "lexical_top10_ids": ours["lexical_top10"],
         "peak_rss_mb_query_process": ours["peak_rss_mb"],
+        "rss_anon_mb_end": ours.get("rss_anon_mb_end"),
+        "rss_file_mb_end": ours.get("rss_file_mb_end"),
     }
 
 

@@ -76,7 +76,7 @@ from typing import Any
 
 import numpy as np
 from _common import machine, zipf_probabilities
-from bench_retriever import data, lexical_text
+from bench_retriever import data, lexical_text, precomputed_embeddings
 
 HERE = Path(__file__).resolve().parent
 BATCH = 10_000
@@ -340,7 +340,6 @@ def ingest_bgem3index(spec: dict[str, Any]) -> dict[str, Any]:
 def ingest_langchain(spec: dict[str, Any]) -> dict[str, Any]:
     import warnings
 
-    from langchain_core.embeddings import Embeddings
     from langchain_core.vectorstores import InMemoryVectorStore
 
     with warnings.catch_warnings():  # langchain-community announces its sunset on import
@@ -348,32 +347,12 @@ def ingest_langchain(spec: dict[str, Any]) -> dict[str, Any]:
         from langchain_community.retrievers import BM25Retriever
     import rank_bm25  # noqa: F401 - BM25Retriever imports it on first use
 
-    class PrecomputedEmbeddings(Embeddings):
-        """The benchmark's vectors, looked up by text: no model forward pass, as on every side."""
-
-        def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
-            self.rows = {t: i for i, t in enumerate(texts)}
-            if len(self.rows) != len(texts):
-                msg = "synthetic texts repeat; a text would not name one vector"
-                raise ValueError(msg)
-            self.vectors = vectors
-            self.seconds = 0.0
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            t = time.perf_counter()
-            out = [self.vectors[self.rows[t]].tolist() for t in texts]
-            self.seconds += time.perf_counter() - t
-            return out
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.vectors[self.rows[text]].tolist()
-
     n = spec["n"]
     meter = Meter(spec)
     t = time.perf_counter()
     outs = batches(n, spec, colbert_tokens=0)
     texts = [lexical_text(d) for o in outs for d in o.lexical_weights]
-    embeddings = PrecomputedEmbeddings(texts, np.concatenate([o.dense_vecs for o in outs]))
+    embeddings = precomputed_embeddings(texts, np.concatenate([o.dense_vecs for o in outs]))
     ids = [str(i) for i in range(n)]
     data_s = time.perf_counter() - t
 

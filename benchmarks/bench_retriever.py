@@ -232,6 +232,35 @@ def lexical_text(weights: dict[int, float]) -> str:
     return " ".join(f"w{t}" for t in weights)
 
 
+def precomputed_embeddings(texts: list[str], vectors: np.ndarray) -> Any:
+    """A LangChain ``Embeddings`` returning the benchmark's vectors, looked up by text.
+
+    No model forward pass runs, as on every side; ``seconds`` adds up the lookups of
+    ``embed_documents`` so a caller can take them out of an ingest time.
+    """
+    from langchain_core.embeddings import Embeddings
+
+    class PrecomputedEmbeddings(Embeddings):
+        def __init__(self) -> None:
+            self.rows = {t: i for i, t in enumerate(texts)}
+            if len(self.rows) != len(texts):
+                msg = "synthetic texts repeat; a text would not name one vector"
+                raise ValueError(msg)
+            self.vectors = vectors
+            self.seconds = 0.0
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            start = time.perf_counter()
+            out = [self.vectors[self.rows[t]].tolist() for t in texts]
+            self.seconds += time.perf_counter() - start
+            return out
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.vectors[self.rows[text]].tolist()
+
+    return PrecomputedEmbeddings()
+
+
 def _ensemble_retriever_class() -> Any:
     try:  # LangChain 1.x moved the classic retrievers to langchain-classic
         from langchain_classic.retrievers import EnsembleRetriever
@@ -245,29 +274,12 @@ def langchain_ensemble(
 ) -> dict[str, Any]:
     import warnings
 
-    from langchain_core.embeddings import Embeddings
     from langchain_core.vectorstores import InMemoryVectorStore
 
     with warnings.catch_warnings():  # langchain-community announces its sunset on import
         warnings.simplefilter("ignore", DeprecationWarning)
         from langchain_community.retrievers import BM25Retriever
     EnsembleRetriever = _ensemble_retriever_class()
-
-    class PrecomputedEmbeddings(Embeddings):
-        """The benchmark's vectors, looked up by text: no model forward pass, as on every side."""
-
-        def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
-            self.rows = {t: i for i, t in enumerate(texts)}
-            if len(self.rows) != len(texts):
-                msg = "synthetic texts repeat; a text would not name one vector"
-                raise ValueError(msg)
-            self.vectors = vectors
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return [self.vectors[self.rows[t]].tolist() for t in texts]
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.vectors[self.rows[text]].tolist()
 
     start = time.perf_counter()
     outs = [
@@ -276,7 +288,7 @@ def langchain_ensemble(
     ]  # the same vectors as m3rag's 10k batches
     texts = [lexical_text(d) for o in outs for d in o.lexical_weights]
     query_texts = [lexical_text(d) for d in queries.lexical_weights]
-    embeddings = PrecomputedEmbeddings(
+    embeddings = precomputed_embeddings(
         texts + query_texts,
         np.concatenate([*(o.dense_vecs for o in outs), queries.dense_vecs]),
     )

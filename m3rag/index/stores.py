@@ -38,6 +38,7 @@ __all__ = [
 
 _BLOCK = 65536
 _MAXSIM_ROWS = 8192
+_COLBERT_APPEND = 512  # documents encoded per write
 _BUFFERS = threading.local()
 _TORCH_TOPK = 65536
 
@@ -399,13 +400,23 @@ class ColbertStore:
         return q, scale, offsets
 
     def append(self, mats: Sequence[npt.NDArray[np.float32]], start: int) -> int:
-        """Append documents' matrices; returns the number of token rows written."""
-        vectors, scales, offsets = self.encode(mats, start)
-        self.vectors.append(vectors)
-        if self.scales is not None and scales is not None:
-            self.scales.append(scales)
-        self.offsets.append(offsets)
-        return len(vectors)
+        """Append documents' matrices; returns the number of token rows written.
+
+        Documents are encoded ``_COLBERT_APPEND`` at a time: encoding a whole commit at once
+        held three or four float32 copies of all its token vectors (2 GB for 10k passages of
+        16 x 1024).
+        """
+        written = 0
+        for first in range(0, len(mats), _COLBERT_APPEND):
+            vectors, scales, offsets = self.encode(
+                mats[first : first + _COLBERT_APPEND], start + written
+            )
+            self.vectors.append(vectors)
+            if self.scales is not None and scales is not None:
+                self.scales.append(scales)
+            self.offsets.append(offsets)
+            written += len(vectors)
+        return written
 
     def maxsim(
         self,

@@ -27,6 +27,7 @@ def test_maxsim_precisions_against_brute_force(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, block: int
 ) -> None:
     monkeypatch.setattr(stores, "_MAXSIM_ROWS", block)  # documents straddle row blocks
+    monkeypatch.setattr(stores, "_COLBERT_APPEND", 13)  # and are written 13 at a time
     mats = _mats(120, 1)
     with Collection.create(
         tmp_path / "c", heads=("colbert",), colbert_dim=32, colbert_dtype=dtype
