@@ -755,8 +755,7 @@ def section_ingest(r: Report) -> str:
         "clock starts, and memory is the process's peak RSS (`VmHWM`, reset once the data is "
         "generated) minus its RSS at that point. m3rag and milvus-lite write to disk as they "
         "go; BGEM3Index and the LangChain stores only keep Python objects in memory "
-        "(BGEM3Index keeps the given arrays themselves, so its figure leaves its index out; "
-        '"kept" is what each process holds once the inputs are dropped).',
+        "(BGEM3Index keeps the given arrays themselves, so its figure leaves its index out).",
         "",
     ]
     body = []
@@ -767,7 +766,7 @@ def section_ingest(r: Report) -> str:
                 continue
             name = labels.get(system, system)
             if "error" in entry:
-                body.append([num(row["passages"]), name, "failed", "—", "—", "—", "—", "—"])
+                body.append([num(row["passages"]), name, "failed", "—", "—", "—", "—"])
                 continue
             speed = row.get(f"ingest_speedup_vs_{system}")
             body.append(
@@ -777,7 +776,6 @@ def section_ingest(r: Report) -> str:
                     f"{num(entry.get('ingest_per_s'))} /s",
                     f"{entry.get('ingest_s', 0):.1f} s",
                     f"{num(entry.get('peak_minus_baseline_mb'))} MB",
-                    f"{num(entry.get('resident_after_mb'))} MB",
                     f"{num(entry.get('disk_mb'))} MB" if entry.get("disk_mb") is not None else "—",
                     "—" if system == "m3rag" else ratio(speed),
                 ]
@@ -790,12 +788,11 @@ def section_ingest(r: Report) -> str:
                 "ingest",
                 "time",
                 "memory (peak − data)",
-                "kept",
                 "disk",
                 "m3rag ingest is",
             ],
             body,
-            "llrrrrrr",
+            "llrrrrr",
         ),
         "",
     ]
