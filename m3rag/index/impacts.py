@@ -18,7 +18,6 @@ the collection rescores candidates exactly and proves nothing outside them can e
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -56,7 +55,6 @@ class HeadImpacts:
         self._row = {int(t): i for i, t in enumerate(tokens.tolist())}
         self._codes = np.zeros((len(tokens), 0), dtype=np.uint8)
         self.docs = 0
-        self.lock = threading.Lock()
 
     def __contains__(self, token: object) -> bool:
         return token in self._row
@@ -166,7 +164,9 @@ def _chunks(
         yield chunk, w, owner
 
 
-def head_of(query: Mapping[int, float], table: Any) -> tuple[dict[int, float], dict[int, float]]:
+def head_of(
+    query: Mapping[int, float], table: HeadImpacts
+) -> tuple[dict[int, float], dict[int, float]]:
     """Split query weights into the head (in ``table``) and the tail."""
     head = {t: w for t, w in query.items() if t in table}
     tail = {t: w for t, w in query.items() if t not in table}

@@ -565,8 +565,6 @@ class LexicalStore:
         weights = self.weights.read(entries)
         q_ids = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
         q_w = np.fromiter(query.values(), dtype=np.float32, count=len(query))
-        order = np.argsort(q_ids)
-        q_ids, q_w = q_ids[order], q_w[order]
         lengths = offsets[:, 1]
         total = int(lengths.sum())
         if total == 0:
@@ -578,7 +576,7 @@ class LexicalStore:
         d_w = np.asarray(weights[index], dtype=np.float32)
         owner = np.repeat(np.arange(n), lengths)
         # a dense lookup table of the query's weights (0 elsewhere) beats a sorted search
-        table = np.zeros(max(int(q_ids[-1]), int(d_ids.max())) + 1, dtype=np.float32)
+        table = np.zeros(max(int(q_ids.max()), int(d_ids.max())) + 1, dtype=np.float32)
         table[q_ids] = q_w
         contrib = table[d_ids] * d_w
         return np.bincount(owner, weights=contrib, minlength=n).astype(np.float32)
