@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from m3rag.index._files import Column
+from m3rag.index._files import Column, gather_rows
 
 __all__ = [
     "COLBERT_DTYPES",
@@ -352,7 +352,7 @@ class DenseStore:
         """Inner products of the given rows with ``query``."""
         if len(keys) == 0:
             return np.zeros(0, dtype=np.float32)
-        rows = np.asarray(matrix[np.asarray(keys)], dtype=np.float32)
+        rows = np.asarray(gather_rows(matrix, keys), dtype=np.float32)
         return _matvec(rows, np.asarray(query, dtype=np.float32))
 
 

@@ -120,3 +120,46 @@ def test_topk_on_large_arrays_matches_a_stable_sort(k: int) -> None:
     only_three = np.full(200_000, -np.inf, dtype=np.float32)
     only_three[[5, 70_000, 9]] = [1.0, 2.0, 1.0]
     assert topk(only_three, k).tolist() == [70_000, 5, 9][:k]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int8])
+def test_gather_rows_reads_the_same_rows_as_indexing(tmp_path: Path, dtype: type) -> None:
+    from m3rag.index._files import Column, gather_rows
+
+    rng = np.random.default_rng(3)
+    data = (rng.standard_normal((300, 9)) * 50).astype(dtype)
+    col = Column(tmp_path / "x", dtype, 9)
+    col.append(data[:100])
+    col.append(data[100:])
+    mapped = col.read(300)
+    keys = np.array([0, 299, 17, 17, -1, 150])
+    np.testing.assert_array_equal(gather_rows(mapped, keys), data[keys])
+    assert gather_rows(mapped, np.zeros(0, np.int64)).shape == (0, 9)
+    # a slice of a map and a plain array fall back to indexing
+    np.testing.assert_array_equal(gather_rows(mapped[10:], [0, 5]), data[[10, 15]])
+    np.testing.assert_array_equal(gather_rows(data, [3, 4]), data[[3, 4]])
+    one = Column(tmp_path / "y", dtype)
+    one.append(data[:, 0].copy())
+    np.testing.assert_array_equal(gather_rows(one.read(300), [7, 8]), data[[7, 8], 0])
+    with pytest.raises(IndexError):
+        gather_rows(mapped, [300])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_gather_rows_does_not_map_the_rows(tmp_path: Path) -> None:
+    from m3rag.index._files import Column, gather_rows
+
+    def rss_file_kb() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("RssFile:")[1].split()[0])
+
+    col = Column(tmp_path / "big", np.float16, 1024)
+    rows = 32_768  # 64 MiB
+    for start in range(0, rows, 4096):
+        col.append(np.full((4096, 1024), start % 7, np.float16))
+    mapped = col.read(rows)
+    keys = np.random.default_rng(0).choice(rows, 2000, replace=False)
+    before = rss_file_kb()
+    got = gather_rows(mapped, keys)
+    assert rss_file_kb() - before < 4096  # indexing the map here maps tens of MB
+    np.testing.assert_array_equal(got[:, 0], (keys // 4096 * 4096) % 7)
