@@ -52,6 +52,7 @@ from m3rag.errors import (
 )
 from m3rag.index import impacts
 from m3rag.index._files import Column, WriterLock, atomic_write_json
+from m3rag.index.ann import DTYPES as ANN_DTYPES
 from m3rag.index.ann import AnnIndex
 from m3rag.index.docstore import DocStore
 from m3rag.index.filters import Filter, dumps_metadata
@@ -192,7 +193,7 @@ class Collection:
         dense_dtype: str = "float32",
         dense_scan: str | None = "int8",
         colbert_dtype: str = "float16",
-        ann: bool | Mapping[str, int] = False,
+        ann: bool | Mapping[str, Any] = False,
     ) -> Collection:
         """Create a collection in a new (or empty) folder and open it for writing.
 
@@ -215,7 +216,8 @@ class Collection:
                 scaled, half the size of float16).
             ann: Keep an HNSW graph (usearch) for approximate dense search on very large
                 collections: ``True``, or a dict of ``connectivity``, ``expansion_add``,
-                ``expansion_search``. Needs ``pip install "m3rag[ann]"``.
+                ``expansion_search`` (ints) and ``dtype`` (how the graph stores vectors:
+                ``"f16"``, the default, ``"f32"`` or ``"i8"``). Needs ``pip install "m3rag[ann]"``.
 
         Raises:
             CollectionExistsError: The folder already holds a collection (or other files).
@@ -259,18 +261,33 @@ class Collection:
         if colbert_dtype not in COLBERT_DTYPES:
             msg = f"colbert_dtype must be one of {list(COLBERT_DTYPES)}, got {colbert_dtype!r}"
             raise ValueError(msg)
-        ann_config: dict[str, int] | None = None
+        ann_config: dict[str, Any] | None = None
         if ann:
             if "dense" not in chosen:
                 msg = "ann=True needs the dense head"
                 raise ValueError(msg)
-            ann_config = {"connectivity": 16, "expansion_add": 128, "expansion_search": 64}
+            ann_config = {
+                "connectivity": 16,
+                "expansion_add": 128,
+                "expansion_search": 64,
+                "dtype": "f16",
+            }
             if isinstance(ann, Mapping):
                 unknown = sorted(set(ann) - set(ann_config))
                 if unknown:
                     msg = f"unknown ann options {unknown}; use {sorted(ann_config)}"
                     raise ValueError(msg)
-                ann_config.update({k: int(v) for k, v in ann.items()})
+                for key, value in ann.items():
+                    if key == "dtype":
+                        if value not in ANN_DTYPES:
+                            msg = f"ann dtype must be one of {list(ANN_DTYPES)}, got {value!r}"
+                            raise ValueError(msg)
+                        ann_config[key] = value
+                    elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                        msg = f"ann option {key} must be a positive int, got {value!r}"
+                        raise ValueError(msg)
+                    else:
+                        ann_config[key] = value
             require("usearch.index", extra="ann", purpose="Collection(ann=True)")
         folder.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(folder)
@@ -354,6 +371,11 @@ class Collection:
         if self._pending:
             logger.warning("closing %s with uncommitted changes; they are dropped", self.path)
         self._pending = _Pending.empty()
+        if self._ann is not None and not self.read_only and self._ann.unsaved:
+            try:  # derived data: completed from the matrix at the next open if this fails
+                self._ann.save()
+            except Exception:  # pragma: no cover - the manifest is authoritative
+                logger.warning("could not save the ANN graph", exc_info=True)
         self._tantivy.close()
         self._docs.close()
         if self._lock is not None:
@@ -738,7 +760,8 @@ class Collection:
         if self._ann is not None and output is not None and output.dense_vecs is not None:
             try:  # derived data: completed from the matrix at the next open if this fails
                 self._ann.add(np.arange(n0, n0 + len(output), dtype=np.int64), output.dense_vecs)
-                self._ann.save()
+                if self._ann.save_due():
+                    self._ann.save()
             except Exception:  # pragma: no cover - the manifest is authoritative
                 logger.warning("could not update the ANN graph", exc_info=True)
         if len(tomb):

@@ -77,3 +77,48 @@ def test_ann_needs_the_dense_head(tmp_path: Path) -> None:
         Collection.create(tmp_path / "c", heads=("sparse",), ann=True)
     with pytest.raises(ValueError, match="unknown ann options"):
         Collection.create(tmp_path / "d", heads=("dense",), dim=4, ann={"m": 3})
+
+
+def test_ann_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        Collection.create(tmp_path / "a", heads=("dense",), dim=4, ann={"dtype": "f64"})
+    with pytest.raises(ValueError, match="positive int"):
+        Collection.create(tmp_path / "b", heads=("dense",), dim=4, ann={"connectivity": 0})
+    with Collection.create(tmp_path / "c", heads=("dense",), dim=4, ann={"dtype": "i8"}) as col:
+        assert col.manifest["ann"]["dtype"] == "i8"
+    with Collection.create(tmp_path / "d", heads=("dense",), dim=4, ann=True) as col:
+        assert col.manifest["ann"]["dtype"] == "f16"
+
+
+def test_small_commits_do_not_rewrite_the_graph_each_time(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    out = random_outputs(40, seed=31, dim=16)
+    assert out.dense_vecs is not None
+    col = Collection.create(path, heads=("dense",), dim=16, ann=True)
+    for i in range(40):
+        col.add([f"t{i}"], ids=[str(i)], embeddings=out[i : i + 1])
+        col.commit()
+    # not due yet: the graph file is behind, and a reader covers the rest exactly
+    assert not (path / "dense.usearch").exists()
+    reader = Collection.open(path, read_only=True)
+    assert reader.search_dense(out.dense_vecs[39], k=1).ids == ["39"]
+    reader.close()
+    col.close()  # closing the writer saves it
+    reader = Collection.open(path, read_only=True)
+    assert reader._ann is not None and len(reader._ann) == 40
+    assert reader.search_dense(out.dense_vecs[7], k=1).ids == ["7"]
+    reader.close()
+
+
+def test_a_graph_from_before_the_dtype_option_opens_as_f32(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "c"
+    vecs = _build(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["ann"].pop("dtype")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "dense.usearch").unlink()  # a writer rebuilds it as f32
+    with Collection.open(path) as col:
+        assert col._ann is not None and col._ann.dtype == "f32"
+        assert col.search_dense(vecs[5], k=1).ids == ["5"]
