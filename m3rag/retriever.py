@@ -69,6 +69,9 @@ class HybridRetriever:
         colbert_precision: ``"float32"`` (default, exact on the stored vectors) or
             ``"bfloat16"`` (each similarity within 0.012 for unit vectors, several times
             faster on CPUs with bfloat16 dot products); see :meth:`Collection.colbert_scores`.
+        exact_dense: Dense recall from the collection's HNSW graph when it has one
+            (``None``, the default; candidates approximate, scores exact) or always by the
+            exact scan (``True``).
 
     Raises:
         ValueError: Bad sizes, unknown recall paths (the message lists the valid ones).
@@ -97,6 +100,7 @@ class HybridRetriever:
         rollup: Rollup | None = None,
         rollup_alpha: float = 0.3,
         colbert_precision: str = "float32",
+        exact_dense: bool | None = None,
     ) -> None:
         self.collection = collection
         self.encoder = encoder if encoder is not None else collection.encoder
@@ -122,6 +126,10 @@ class HybridRetriever:
             msg = f"colbert_precision must be 'float32' or 'bfloat16', got {colbert_precision!r}"
             raise ValueError(msg)
         self.colbert_precision = colbert_precision
+        if exact_dense not in (None, True):
+            msg = f"exact_dense must be None or True, got {exact_dense!r}"
+            raise ValueError(msg)
+        self.exact_dense = exact_dense
         available = self.available_paths
         needed = set(self.recall) | set(self.fusion.paths)
         missing = sorted(p for p in needed if p not in available)
@@ -243,7 +251,9 @@ class HybridRetriever:
         depth = max(self.recall_k, k)
         recalled: dict[str, npt.NDArray[np.int64]] = {}
         if "dense" in self.recall and enc is not None and enc.dense_vecs is not None:
-            recalled["dense"] = col.search_dense(enc.dense_vecs[0], k=depth, filter=filter).keys
+            recalled["dense"] = col.search_dense(
+                enc.dense_vecs[0], k=depth, filter=filter, exact=self.exact_dense
+            ).keys
         if "lexical" in self.recall and enc is not None and enc.lexical_weights is not None:
             recalled["lexical"] = col.search_lexical(
                 enc.lexical_weights[0], k=depth, filter=filter
@@ -258,10 +268,11 @@ class HybridRetriever:
             return SearchResults(query, (), self._display_paths(), 0)
         raw = self._score_all(query, enc, keys)
         fused = fuse(raw, self.fusion)
-        docs = col.documents(keys)
         order = np.lexsort((keys, -fused))
-        hits = self._hits(keys, docs, raw, fused, recalled)
-        ranked = [hits[i] for i in order]
+        if self.rollup is None:
+            # only the hits that can be returned (or reranked) are loaded and built
+            order = order[: max(k, self.rerank_top_n if self.reranker is not None else k)]
+        ranked = self._hits(keys, order, raw, fused, recalled)
         if self.rollup is not None:
             ranked = self._roll_up(ranked)
         ranked = self._rerank(query, ranked, k)
@@ -291,18 +302,23 @@ class HybridRetriever:
     def _hits(
         self,
         keys: npt.NDArray[np.int64],
-        docs: Sequence[Any],
+        order: npt.NDArray[np.int64],
         raw: Mapping[str, npt.NDArray[np.float64]],
         fused: npt.NDArray[np.float64],
         recalled: Mapping[str, npt.NDArray[np.int64]],
     ) -> list[Hit]:
+        """Hits for the candidates ``order`` (positions in ``keys``), in that order.
+
+        Normalised scores and ranks are over every candidate, whichever are built.
+        """
         norm_method = self.fusion.normalization if self.fusion.method == "weighted" else "none"
         normed = {p: normalize(s, norm_method) for p, s in raw.items()}
         rank = {p: ranks(s) for p, s in raw.items()}
         recalled_sets = {p: set(v.tolist()) for p, v in recalled.items()}
+        docs = self.collection.documents(keys[order])
         hits = []
-        for i, key in enumerate(keys.tolist()):
-            doc = docs[i]
+        for doc, i in zip(docs, order.tolist(), strict=True):
+            key = int(keys[i])
             paths = {
                 p: PathScore(
                     float(raw[p][i]),
@@ -316,7 +332,7 @@ class HybridRetriever:
             parent = meta.get("parent_id")
             hits.append(
                 Hit(
-                    id=doc.id,
+                    id=str(doc.id),
                     text=doc.text,
                     metadata=meta,
                     score=float(fused[i]),

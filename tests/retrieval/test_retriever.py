@@ -218,3 +218,43 @@ def test_colbert_precision_bfloat16(collection) -> None:  # type: ignore[no-unty
         assert abs(e[doc_id] - f[doc_id]) <= 3 * 2.0**-8
     with pytest.raises(ValueError, match="colbert_precision"):
         HybridRetriever(collection, colbert_precision="half")
+
+
+def test_only_returned_hits_are_built_but_ranks_cover_every_candidate(collection) -> None:  # type: ignore[no-untyped-def]
+    retriever = HybridRetriever(collection, recall_k=20)
+    q = QUERIES[0]
+    everything = retriever.retrieve(q, k=20)  # the same recall depth
+    top = retriever.retrieve(q, k=3)
+    assert len(top) == 3 < top.candidates
+    # ranks are among all candidates, not among the three built
+    assert max(p.rank for h in top for p in h.paths.values()) > 3
+    assert top.candidates == everything.candidates
+    assert top.ids == everything.ids[:3]
+    for short, full in zip(top, everything, strict=False):
+        assert short.paths == full.paths  # raw, normalised, rank over all candidates
+
+
+def test_dense_recall_from_the_graph_or_exact(tiny_encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("usearch")
+    col = Collection.create(tmp_path / "c", encoder=tiny_encoder, ann=True)
+    col.add(DOCS[:40], ids=[f"d{i}" for i in range(40)])
+    col.commit()
+    calls: list[object] = []
+    search = col.search_dense
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs.get("exact"))
+        return search(*args, **kwargs)
+
+    col.search_dense = spy  # type: ignore[method-assign]
+    approx = HybridRetriever(col, recall=("dense",), recall_k=10).retrieve(QUERIES[0], k=5)
+    exact = HybridRetriever(col, recall=("dense",), recall_k=10, exact_dense=True).retrieve(
+        QUERIES[0], k=5
+    )
+    assert calls == [None, True]
+    # a 40-document graph finds the exact neighbours; scores are exact either way
+    assert approx.ids == exact.ids
+    assert [h.paths["dense"].raw for h in approx] == [h.paths["dense"].raw for h in exact]
+    with pytest.raises(ValueError, match="exact_dense"):
+        HybridRetriever(col, exact_dense=False)  # type: ignore[arg-type]
+    col.close()
