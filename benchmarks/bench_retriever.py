@@ -1,7 +1,10 @@
 """End-to-end hybrid query latency on synthetic BGE-M3-like data, against the peers, same vectors.
 
 m3rag: dense top-100 + lexical top-100 recall, every candidate scored on every path (ColBERT
-MaxSim from the stored vectors where ColBERT is stored), weighted fusion, top-10. Query encoding
+MaxSim from the stored vectors where ColBERT is stored), weighted fusion, top-10. From
+``--ann-min`` passages (default 1M) the collection keeps an HNSW graph and dense recall comes
+from it; the same queries then also run with exact dense recall, and the overlap of the two
+top-10s is reported. Query encoding
 is excluded on every side (the query embeddings are precomputed and handed in).
 
 Peers on the same vectors:
@@ -71,6 +74,7 @@ def ours(
     from m3rag import Collection, FusionConfig, HybridRetriever
 
     with_colbert = n <= args.colbert_max
+    with_ann = n >= args.ann_min
     heads = ("dense", "sparse", "colbert") if with_colbert else ("dense", "sparse")
     col = Collection.create(
         folder,
@@ -79,6 +83,7 @@ def ours(
         colbert_dim=args.dim,
         dense_dtype="float16",
         colbert_dtype="int8",
+        ann=with_ann,
     )
     start = time.perf_counter()
     for b in range(0, n, 10_000):
@@ -100,31 +105,47 @@ def ours(
         if with_colbert
         else {"dense": 0.4, "lexical": 0.2}
     )
-    retriever = HybridRetriever(
-        col,
-        encoder=_FakeEncoder(heads, args.dim),
-        recall=("dense", "lexical"),
-        fusion=FusionConfig(weights=weights),
-        recall_k=100,
-    )
-    times, tops = [], []
-    for i in range(len(queries)):
-        q = queries[i]
-        if not with_colbert:
-            from m3rag import M3Output
 
-            q = M3Output.build(dense_vecs=q.dense_vecs, lexical_weights=q.lexical_weights)
-        t = time.perf_counter()
-        res = retriever.retrieve("synthetic query", k=10, query_embeddings=q)
-        times.append(time.perf_counter() - t)
-        tops.append(res.ids)
-    col.close()
-    return {
+    def run(*, exact_dense: bool | None) -> tuple[list[float], list[list[str]]]:
+        retriever = HybridRetriever(
+            col,
+            encoder=_FakeEncoder(heads, args.dim),
+            recall=("dense", "lexical"),
+            fusion=FusionConfig(weights=weights),
+            recall_k=100,
+            exact_dense=exact_dense,
+        )
+        times, tops = [], []
+        for i in range(len(queries)):
+            q = queries[i]
+            if not with_colbert:
+                from m3rag import M3Output
+
+                q = M3Output.build(dense_vecs=q.dense_vecs, lexical_weights=q.lexical_weights)
+            t = time.perf_counter()
+            res = retriever.retrieve("synthetic query", k=10, query_embeddings=q)
+            times.append(time.perf_counter() - t)
+            tops.append(res.ids)
+        return times, tops
+
+    times, tops = run(exact_dense=None)
+    row: dict[str, Any] = {
         "m3rag": percentiles(times),
         "m3rag_colbert": with_colbert,
+        "m3rag_dense_recall": "hnsw" if with_ann else "exact",
         "build_s": build,
         "top10": tops,
     }
+    if with_ann:
+        # the same queries with exact dense recall: its latency, and how many of the top 10
+        # the graph's candidates change
+        exact_times, exact_tops = run(exact_dense=True)
+        row["m3rag_exact_dense"] = percentiles(exact_times)
+        row["top10_overlap_with_exact_dense"] = float(
+            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(tops, exact_tops, strict=True)])
+        )
+    col.close()
+    return row
 
 
 class _FakeEncoder:
@@ -330,6 +351,12 @@ def main() -> None:
     parser.add_argument(
         "--colbert-max", type=int, default=100_000, help="largest size with ColBERT stored"
     )
+    parser.add_argument(
+        "--ann-min",
+        type=int,
+        default=1_000_000,
+        help="smallest size whose dense recall comes from an HNSW graph (ann=True)",
+    )
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--peer-queries", type=int, default=5)
     parser.add_argument("--milvus-max", type=int, default=100_000)
@@ -346,6 +373,7 @@ def main() -> None:
         args.out = args.out.with_name(f"{args.out.stem}-quick.json")  # keep the full run's file
     if args.quick:
         args.sizes, args.dim, args.queries, args.peer_queries = "2000", 64, 5, 2
+        args.ann_min = 2000  # the HNSW path runs in the quick form too
         args.milvus_max = args.bgem3_max = args.langchain_max = 2000
     zipf_p = zipf_probabilities()
     queries = data(
