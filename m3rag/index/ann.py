@@ -105,5 +105,8 @@ class AnnIndex:
         """Keys of the approximately nearest ``count`` vectors."""
         if len(self._index) == 0 or count <= 0:
             return np.zeros(0, dtype=np.int64)
-        matches = self._index.search(np.asarray(query, dtype=np.float32), min(count, len(self)))
+        # one query needs no thread pool; a pool left spinning would fight torch's threads
+        matches = self._index.search(
+            np.asarray(query, dtype=np.float32), min(count, len(self)), threads=1
+        )
         return np.asarray(matches.keys, dtype=np.int64)

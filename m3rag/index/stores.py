@@ -95,6 +95,9 @@ def _matvec(rows: npt.NDArray[np.float32], q: npt.NDArray[np.float32]) -> npt.ND
     if "torch" in sys.modules:
         import torch
 
+        # torch warns about read-only arrays (a caller's frozen query, a memory map)
+        rows = rows if rows.flags.writeable else rows.copy()
+        q = q if q.flags.writeable else q.copy()
         out: npt.NDArray[np.float32] = torch.mv(torch.from_numpy(rows), torch.from_numpy(q)).numpy()
         return out
     return np.asarray(rows @ q, dtype=np.float32)
