@@ -71,6 +71,23 @@ def topk(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
     return finite[part][order].astype(np.int64)
 
 
+def top_values(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
+    """The ``k`` largest finite values of ``scores`` (fewer if fewer are finite), unordered."""
+    if k <= 0 or scores.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    if scores.size > _TORCH_TOPK and k < scores.size // 8:
+        import torch
+
+        vals: npt.NDArray[np.float32] = torch.topk(
+            torch.from_numpy(scores), k, sorted=False
+        ).values.numpy()
+    elif k < scores.size:
+        vals = np.partition(scores, scores.size - k)[scores.size - k :]
+    else:
+        vals = scores
+    return np.asarray(vals[np.isfinite(vals)], dtype=np.float32)
+
+
 def _buffer(name: str, dtype: Any, rows: int, dim: int) -> Any:
     """A per-thread reusable ``[rows, dim]`` torch buffer (grown as needed, never shrunk)."""
     import torch
@@ -305,19 +322,19 @@ class DenseStore:
             approx = DenseStore._half_scores(matrix, q)
         if mask is not None and not mask.all():  # building ~mask costs ms at 1M rows
             approx[~mask] = -np.inf
-        first = topk(approx, k)
-        if len(first) == 0:
-            return first, np.zeros(0, dtype=np.float32)
+        top = top_values(approx, k)  # only the values matter here, not which rows
+        if len(top) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if use_scan:
             assert scan is not None  # noqa: S101
-            threshold = scan.threshold(q, approx[first], max_norm)
+            threshold = scan.threshold(q, top, max_norm)
         else:
             # |approx - exact| <= |q| |d| 2**-8: half rounding of q (2**-11 relative), of the
             # result (2**-11 relative) and accumulation, with a wide safety factor; a row can
             # only be in the top k if approx >= approx[kth] - 2 * bound
             bound = float(np.linalg.norm(q)) * max_norm * 2.0**-8
-            threshold = float(approx[first[-1]]) - 2 * bound
-        candidates = np.flatnonzero(approx >= threshold)
+            threshold = float(top.min()) - 2 * bound
+        candidates = np.flatnonzero(approx >= threshold)  # finite: masked rows are -inf
         exact = DenseStore.scores_for(matrix, q, candidates)
         order = np.lexsort((candidates, -exact))[:k]
         return candidates[order].astype(np.int64), exact[order]

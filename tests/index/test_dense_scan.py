@@ -163,3 +163,17 @@ def test_gather_rows_does_not_map_the_rows(tmp_path: Path) -> None:
     got = gather_rows(mapped, keys)
     assert rss_file_kb() - before < 4096  # indexing the map here maps tens of MB
     np.testing.assert_array_equal(got[:, 0], (keys // 4096 * 4096) % 7)
+
+
+@pytest.mark.parametrize("n", [5, 1000, 70_000])
+def test_top_values_are_the_k_largest_finite(n: int) -> None:
+    from m3rag.index.stores import top_values
+
+    rng = np.random.default_rng(n)
+    scores = rng.standard_normal(n).astype(np.float32)
+    scores[::3] = -np.inf
+    finite = np.sort(scores[np.isfinite(scores)])[::-1]
+    for k in (1, 3, 10, n):
+        np.testing.assert_array_equal(np.sort(top_values(scores, k))[::-1], finite[:k])
+    assert len(top_values(np.full(10, -np.inf, np.float32), 3)) == 0
+    assert len(top_values(scores, 0)) == 0
