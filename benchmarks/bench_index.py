@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=60)
     parser.add_argument("--query-tokens", type=int, default=20)
     parser.add_argument("--queries", type=int, default=50)
-    parser.add_argument("--dense-queries", type=int, default=20)
+    parser.add_argument("--dense-queries", type=int, default=50)
     parser.add_argument("--colbert", default="10000:float16,10000:bfloat16,20000:int8")
     parser.add_argument("--colbert-rows", type=int, default=200)
     parser.add_argument("--ann", default="100000", help="sizes to also build with HNSW")
