@@ -158,17 +158,31 @@ def gather_rows(array: npt.NDArray[Any], keys: npt.ArrayLike) -> npt.NDArray[Any
     row_bytes = out.itemsize * (out.size // len(idx))
     if row_bytes == 0:
         return out
-    flat = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    # rows in file order, one read per run of consecutive rows (a contiguous range is one read)
+    in_order = bool(np.all(idx[1:] >= idx[:-1]))
+    order = None if in_order else np.argsort(idx, kind="stable")
+    ordered = idx if order is None else idx[order]
+    cuts = np.flatnonzero(np.diff(ordered) != 1) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    stops = np.concatenate((cuts, [len(ordered)])).tolist()
+    buf = out if order is None else np.empty_like(out)
+    flat = memoryview(buf.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
     base = int(mapped.offset)
     fd = os.open(str(mapped.filename), os.O_RDONLY)
     try:
-        for i, key in enumerate(idx.tolist()):
-            got = os.preadv(fd, [flat[i * row_bytes : (i + 1) * row_bytes]], base + key * row_bytes)
-            if got != row_bytes:
-                msg = f"{mapped.filename} ended inside row {key}"
-                raise OSError(msg)
+        for a, b in zip(starts, stops, strict=True):
+            lo, hi = a * row_bytes, b * row_bytes
+            offset = base + int(ordered[a]) * row_bytes
+            while lo < hi:  # a read may return less than asked (large ranges)
+                got = os.preadv(fd, [flat[lo:hi]], offset)
+                if got <= 0:
+                    msg = f"{mapped.filename} ended inside row {int(ordered[a])}"
+                    raise OSError(msg)
+                lo, offset = lo + got, offset + got
     finally:
         os.close(fd)
+    if order is not None:
+        out[order] = buf
     return out
 
 

@@ -132,8 +132,10 @@ def test_gather_rows_reads_the_same_rows_as_indexing(tmp_path: Path, dtype: type
     col.append(data[:100])
     col.append(data[100:])
     mapped = col.read(300)
-    keys = np.array([0, 299, 17, 17, -1, 150])
+    keys = np.array([0, 299, 17, 17, -1, 150, 18, 16, 19])
     np.testing.assert_array_equal(gather_rows(mapped, keys), data[keys])
+    np.testing.assert_array_equal(gather_rows(mapped, np.arange(40, 260)), data[40:260])
+    np.testing.assert_array_equal(gather_rows(mapped, [3, 3, 4, 9]), data[[3, 3, 4, 9]])
     assert gather_rows(mapped, np.zeros(0, np.int64)).shape == (0, 9)
     # a slice of a map and a plain array fall back to indexing
     np.testing.assert_array_equal(gather_rows(mapped[10:], [0, 5]), data[[10, 15]])
