@@ -136,17 +136,23 @@ def read_rows(source: Any, start: int, stop: int) -> npt.NDArray[Any]:
     return data.reshape(-1, source.width) if source.width > 1 else data
 
 
-def gather_rows(array: npt.NDArray[Any], keys: npt.ArrayLike) -> npt.NDArray[Any]:
-    """Rows ``keys`` of ``array``, read with ``pread`` when it is a whole memory map.
+SMALL_MAP_BYTES = 32 << 20
+"""Maps up to this size are gathered through the map: all of it mapped costs little resident
+memory, and a read per row costs more than the page faults (10k 1024-d float16 rows)."""
 
-    A memory map as :meth:`Column.read` returns is read from its file instead of through the
-    map. Touching scattered rows through a map leaves whole page-cache folios mapped (about
-    300 KB per row touched on the machine we measured), counted in the process's resident
-    memory until the map goes: a few thousand rescored rows per query map most of a float16
-    matrix within a few dozen queries. Plain reads leave the pages in the page cache only.
+
+def gather_rows(array: npt.NDArray[Any], keys: npt.ArrayLike) -> npt.NDArray[Any]:
+    """Rows ``keys`` of ``array``, read with ``pread`` when it is a large whole memory map.
+
+    A memory map as :meth:`Column.read` returns, larger than :data:`SMALL_MAP_BYTES`, is read
+    from its file instead of through the map. Touching scattered rows through a map leaves
+    whole page-cache folios mapped (about 300 KB per row touched on the machine we measured),
+    counted in the process's resident memory until the map goes: a few thousand rescored rows
+    per query map most of a float16 matrix within a few dozen queries. Plain reads leave the
+    pages in the page cache only.
     """
     idx = np.asarray(keys, dtype=np.int64).reshape(-1)
-    if not _whole_map(array) or len(idx) == 0:
+    if not _whole_map(array) or len(idx) == 0 or array.nbytes <= SMALL_MAP_BYTES:
         return np.asarray(array[idx])
     mapped: np.memmap[Any, Any] = array  # type: ignore[assignment]
     rows = mapped.shape[0]

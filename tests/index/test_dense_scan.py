@@ -123,8 +123,13 @@ def test_topk_on_large_arrays_matches_a_stable_sort(k: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int8])
-def test_gather_rows_reads_the_same_rows_as_indexing(tmp_path: Path, dtype: type) -> None:
+def test_gather_rows_reads_the_same_rows_as_indexing(
+    tmp_path: Path, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m3rag.index import _files
     from m3rag.index._files import Column, gather_rows
+
+    monkeypatch.setattr(_files, "SMALL_MAP_BYTES", 0)  # read every map with pread
 
     rng = np.random.default_rng(3)
     data = (rng.standard_normal((300, 9)) * 50).astype(dtype)
