@@ -1040,7 +1040,7 @@ class Collection:
             self._tantivy.lexical_query(tail, max_bit=int(lex["max_bit"])) if tail else None
         )
         margin = (head_error + sum(tail.values()) * float(lex["max_error"])) * (1 + 1e-4) + 1e-6
-        depth = max(16 * k, impacts.TAIL_DEPTH)
+        depth = impacts.tail_depth(n, k)
         while True:
             tail_keys = np.zeros(0, np.int64)
             tail_approx = np.zeros(0, np.float32)

@@ -35,10 +35,27 @@ HEAD_FRACTION = 1 / 64
 MAX_TOKENS = 256
 """At most this many head tokens (the most frequent), so the table stays ``256 n`` bytes."""
 TAIL_DEPTH = 1024
-"""How many tail candidates tantivy returns first (deepened 4x while the bound needs it)."""
-RESCORE_CAP = 16_384
-"""Rescore up to this many documents exactly before deepening the tail list instead."""
+"""The least number of tail candidates tantivy returns first (deepened 4x while the bound
+needs it); see :func:`tail_depth`."""
+MAX_TAIL_DEPTH = 4096
+"""The most tail candidates asked for first: a collection of ``256 * 4096`` documents or more."""
+RESCORE_CAP = 4096
+"""Rescore up to this many documents exactly before deepening the tail list instead.
+
+At 1M passages, deepening the list from 1024 to 4096 (about 1.5 ms more in tantivy) cut the
+documents that the bound could not rule out from 5-15k to 1-3k, and the exact top-100 from
+17.7 to 12.4 ms p50."""
+
 _CHUNK = 32_768  # documents per read: ~2M entries, ~60 MB of temporaries
+
+
+def tail_depth(docs: int, k: int) -> int:
+    """How many tail candidates to ask tantivy for first.
+
+    One per 256 documents, between :data:`TAIL_DEPTH` and :data:`MAX_TAIL_DEPTH`, and at
+    least ``16 k``.
+    """
+    return max(16 * k, min(MAX_TAIL_DEPTH, max(TAIL_DEPTH, docs // 256)))
 
 
 class HeadImpacts:

@@ -98,6 +98,7 @@ def test_split_search_with_filters(built) -> None:  # type: ignore[no-untyped-de
 
 def test_split_search_deepens_the_tail_list(built, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(impacts, "TAIL_DEPTH", 2)
+    monkeypatch.setattr(impacts, "MAX_TAIL_DEPTH", 2)
     monkeypatch.setattr(impacts, "RESCORE_CAP", 1)
     col, docs = built
     _check(col, docs, _queries(14), 3)
@@ -195,3 +196,10 @@ def test_a_collection_without_head_is_not_rescanned_per_query(
         col.commit()
         col.search_lexical(_queries(19, 1)[0], k=3)
         assert calls == [80, 81]
+
+
+def test_tail_depth_grows_with_the_collection() -> None:
+    assert impacts.tail_depth(60_000, 10) == impacts.TAIL_DEPTH
+    assert impacts.tail_depth(500_000, 10) == 500_000 // 256
+    assert impacts.tail_depth(10_000_000, 10) == impacts.MAX_TAIL_DEPTH
+    assert impacts.tail_depth(60_000, 1000) == 16_000  # never fewer than 16 k
