@@ -45,30 +45,13 @@ _TORCH_TOPK = 65536
 
 def topk(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
     """Indices of the ``k`` largest finite scores, best first (ties by index)."""
-    if k <= 0 or scores.size == 0:
+    top = top_values(scores, k)
+    if len(top) == 0:
         return np.zeros(0, dtype=np.int64)
-    if scores.size > _TORCH_TOPK and k < scores.size // 8:
-        # torch's top-k finds the k-th value several times faster than argpartition
-        import torch
-
-        kth = float(torch.topk(torch.from_numpy(scores), k, sorted=False).values.min())
-        if np.isfinite(kth):
-            part = np.flatnonzero(scores >= kth)  # every index tied with the k-th
-            order = np.lexsort((part, -scores[part]))[:k]
-            return part[order].astype(np.int64)
-    finite = np.flatnonzero(np.isfinite(scores))
-    if finite.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    vals = scores[finite]
-    if k < finite.size:
-        part = np.argpartition(-vals, k - 1)[:k]
-        # include every index tied with the k-th score so the tie order is by key
-        kth = vals[part].min()
-        part = np.flatnonzero(vals >= kth)
-    else:
-        part = np.arange(finite.size)
-    order = np.lexsort((finite[part], -vals[part]))[:k]
-    return finite[part][order].astype(np.int64)
+    part = np.flatnonzero(scores >= top.min())  # every index tied with the k-th
+    part = part[np.isfinite(scores[part])]
+    order = np.lexsort((part, -scores[part]))[:k]
+    return part[order].astype(np.int64)
 
 
 def top_values(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
@@ -76,6 +59,7 @@ def top_values(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float3
     if k <= 0 or scores.size == 0:
         return np.zeros(0, dtype=np.float32)
     if scores.size > _TORCH_TOPK and k < scores.size // 8:
+        # torch's top-k finds the k-th value several times faster than a partition
         import torch
 
         vals: npt.NDArray[np.float32] = torch.topk(
@@ -85,6 +69,9 @@ def top_values(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float3
         vals = np.partition(scores, scores.size - k)[scores.size - k :]
     else:
         vals = scores
+    if np.isnan(vals).any() or np.isposinf(vals).any():
+        # NaN and +inf rank above every finite value: take the top among the finite ones
+        return top_values(scores[np.isfinite(scores)], k)
     return np.asarray(vals[np.isfinite(vals)], dtype=np.float32)
 
 

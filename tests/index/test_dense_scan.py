@@ -184,3 +184,13 @@ def test_top_values_are_the_k_largest_finite(n: int) -> None:
         np.testing.assert_array_equal(np.sort(top_values(scores, k))[::-1], finite[:k])
     assert len(top_values(np.full(10, -np.inf, np.float32), 3)) == 0
     assert len(top_values(scores, 0)) == 0
+    # NaN and +inf are not finite scores: they must not take a top-k slot
+    odd = scores.copy()
+    odd[1::7] = np.nan
+    odd[2::11] = np.inf
+    kept = np.sort(odd[np.isfinite(odd)])[::-1]
+    for k in (1, 3, 10):
+        np.testing.assert_array_equal(np.sort(top_values(odd, k))[::-1], kept[:k])
+        want = np.lexsort((np.arange(n), -np.where(np.isfinite(odd), odd, -np.inf)))
+        want = want[np.isfinite(odd[want])][:k]
+        assert topk(odd, k).tolist() == want.tolist()
