@@ -72,7 +72,7 @@ def data(n: int, *, dim: int, colbert_tokens: int, seed: int, zipf_p: np.ndarray
 def ours(
     folder: Path, n: int, args: argparse.Namespace, zipf_p: np.ndarray, queries: Any
 ) -> dict[str, Any]:
-    from m3rag import Collection, FusionConfig, HybridRetriever
+    from m3rag import Collection, FusionConfig, HybridRetriever, M3Output
 
     with_colbert = n <= args.colbert_max
     with_ann = n >= args.ann_min
@@ -121,8 +121,6 @@ def ours(
         for i in range(len(queries)):
             q = queries[i]
             if not with_colbert:
-                from m3rag import M3Output
-
                 q = M3Output.build(dense_vecs=q.dense_vecs, lexical_weights=q.lexical_weights)
             t = time.perf_counter()
             res = retriever.retrieve("synthetic query", k=10, query_embeddings=q)

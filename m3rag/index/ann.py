@@ -32,6 +32,14 @@ fastest and least precise. Search results are rescored exactly either way."""
 SAVE_MIN = 65_536  # vectors added since the last save before a commit saves the graph again
 
 
+def check_dtype(dtype: object) -> str:
+    """``dtype`` if it is one of :data:`DTYPES`, else a ``ValueError`` naming them."""
+    if dtype not in DTYPES:
+        msg = f"ann dtype must be one of {list(DTYPES)}, got {dtype!r}"
+        raise ValueError(msg)
+    return str(dtype)
+
+
 class AnnIndex:
     """An HNSW graph (inner product) over the dense vectors, keyed by document key.
 
@@ -55,10 +63,7 @@ class AnnIndex:
         expansion_search: int = 64,
         dtype: str = "f32",
     ) -> None:
-        if dtype not in DTYPES:
-            msg = f"ann dtype must be one of {list(DTYPES)}, got {dtype!r}"
-            raise ValueError(msg)
-        self.dtype = dtype
+        self.dtype = check_dtype(dtype)
         usearch = require("usearch.index", extra="ann", purpose="the approximate dense index")
         self.path = folder / FILE
         self._index: Any = usearch.Index(

@@ -52,8 +52,8 @@ from m3rag.errors import (
 )
 from m3rag.index import impacts
 from m3rag.index._files import Column, WriterLock, atomic_write_json
-from m3rag.index.ann import DTYPES as ANN_DTYPES
 from m3rag.index.ann import AnnIndex
+from m3rag.index.ann import check_dtype as check_ann_dtype
 from m3rag.index.docstore import DocStore
 from m3rag.index.filters import Filter, dumps_metadata
 from m3rag.index.impacts import HeadImpacts, head_of
@@ -279,10 +279,7 @@ class Collection:
                     raise ValueError(msg)
                 for key, value in ann.items():
                     if key == "dtype":
-                        if value not in ANN_DTYPES:
-                            msg = f"ann dtype must be one of {list(ANN_DTYPES)}, got {value!r}"
-                            raise ValueError(msg)
-                        ann_config[key] = value
+                        ann_config[key] = check_ann_dtype(value)
                     elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                         msg = f"ann option {key} must be a positive int, got {value!r}"
                         raise ValueError(msg)
