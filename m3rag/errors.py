@@ -5,20 +5,28 @@ working in code that does not know about m3rag::
 
     M3RagError
     ├── MissingDependencyError(ImportError)     an optional extra is not installed
-    ├── ModelLoadError(OSError)                 a checkpoint cannot be found, fetched or read
-    │   └── MissingHeadError                    an M3 checkpoint lacks a head file
-    ├── UnsupportedOutputError(ValueError)      a head the model cannot produce was asked for
-    ├── InputTooLongError(ValueError)           a length beyond the model's limit was asked for
-    ├── CollectionNotFoundError(FileNotFoundError)  no collection at that path
-    ├── CollectionExistsError(FileExistsError)  create() on a folder that already holds one
-    ├── CollectionLockedError(RuntimeError)     another process is writing the collection
-    ├── ReadOnlyError(PermissionError)          a write on a collection opened read-only
-    ├── IndexFormatError(ValueError)            a newer format, or a damaged manifest
-    ├── EncoderMismatchError(ValueError)        the encoder is not the one the index was built with
-    ├── DuplicateIdError(ValueError)            an id twice in one call, or add() of an existing id
-    ├── UnknownIdError(KeyError)                get()/delete() of ids the collection does not hold
-    ├── InvalidDocumentError(ValueError)        empty text, or metadata JSON cannot hold
-    └── EmbeddingMismatchError(ValueError)      precomputed embeddings of wrong count, heads or size
+    ├── ModelError                              anything about a model (encoder or reranker)
+    │   ├── ModelLoadError(OSError)             a checkpoint cannot be found, fetched or read
+    │   │   └── MissingHeadError                an M3 checkpoint lacks a head file
+    │   ├── UnsupportedOutputError(ValueError)  a head the model cannot produce was asked for
+    │   └── InputTooLongError(ValueError)       a length beyond the model's limit was asked for
+    └── CollectionError                         anything about a collection (index) on disk
+        ├── CollectionNotFoundError(FileNotFoundError)  no collection at that path
+        ├── CollectionExistsError(FileExistsError)  create() on a folder that already holds one
+        ├── CollectionLockedError(RuntimeError)     another process is writing the collection
+        ├── CollectionClosedError(RuntimeError)     a call on a collection after close()
+        ├── ReadOnlyError(PermissionError)          a write on a collection opened read-only
+        ├── IndexFormatError(ValueError)            a newer format, or a damaged/missing store file
+        ├── CommitError(OSError)                    commit() failed; the message says what is kept
+        ├── EncoderMismatchError(ValueError)        not the encoder the index was built with
+        ├── DuplicateIdError(ValueError)            an id twice in one call, or add() of a held id
+        ├── UnknownIdError(KeyError)                get()/delete() of ids the collection lacks
+        ├── InvalidDocumentError(ValueError)        empty text, or metadata JSON cannot hold
+        └── EmbeddingMismatchError(ValueError)      precomputed embeddings of wrong count, heads,
+                                                    size, or non-finite/out-of-range values
+
+Catch a family (``except CollectionError``) or a built-in (``except ValueError``); the command
+line maps the families to its exit codes.
 """
 
 from __future__ import annotations
@@ -26,15 +34,19 @@ from __future__ import annotations
 __all__ = [
     "M3RagError",
     "MissingDependencyError",
+    "ModelError",
     "ModelLoadError",
     "MissingHeadError",
     "UnsupportedOutputError",
     "InputTooLongError",
+    "CollectionError",
     "CollectionNotFoundError",
     "CollectionExistsError",
     "CollectionLockedError",
+    "CollectionClosedError",
     "ReadOnlyError",
     "IndexFormatError",
+    "CommitError",
     "EncoderMismatchError",
     "DuplicateIdError",
     "UnknownIdError",
@@ -51,7 +63,15 @@ class MissingDependencyError(M3RagError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-class ModelLoadError(M3RagError, OSError):
+class ModelError(M3RagError):
+    """Base class of the errors about a model: loading it, or asking it for what it cannot do."""
+
+
+class CollectionError(M3RagError):
+    """Base class of the errors about a collection: opening, validating, writing, committing."""
+
+
+class ModelLoadError(ModelError, OSError):
     """A model cannot be found, downloaded or read; the message names the model and the remedy."""
 
 
@@ -62,52 +82,64 @@ class MissingHeadError(ModelLoadError):
     """
 
 
-class UnsupportedOutputError(M3RagError, ValueError):
+class UnsupportedOutputError(ModelError, ValueError):
     """An output the loaded model cannot produce was asked for (sparse from a dense-only model)."""
 
 
-class InputTooLongError(M3RagError, ValueError):
+class InputTooLongError(ModelError, ValueError):
     """A maximum length beyond what the model's position embeddings support was asked for."""
 
 
-class CollectionNotFoundError(M3RagError, FileNotFoundError):
+class CollectionNotFoundError(CollectionError, FileNotFoundError):
     """No collection (no ``manifest.json``) at the given path."""
 
 
-class CollectionExistsError(M3RagError, FileExistsError):
+class CollectionExistsError(CollectionError, FileExistsError):
     """``Collection.create`` on a folder that already holds a collection."""
 
 
-class CollectionLockedError(M3RagError, RuntimeError):
+class CollectionLockedError(CollectionError, RuntimeError):
     """Another writer holds the collection's lock; there is one writer at a time."""
 
 
-class ReadOnlyError(M3RagError, PermissionError):
+class CollectionClosedError(CollectionError, RuntimeError):
+    """A method was called on a collection after :meth:`~m3rag.Collection.close`."""
+
+
+class ReadOnlyError(CollectionError, PermissionError):
     """A write was attempted on a collection opened read-only."""
 
 
-class IndexFormatError(M3RagError, ValueError):
+class IndexFormatError(CollectionError, ValueError):
     """The on-disk format is newer than this m3rag understands, or the manifest is damaged."""
 
 
-class EncoderMismatchError(M3RagError, ValueError):
+class CommitError(CollectionError, OSError):
+    """``commit()`` failed (disk full, I/O error).
+
+    The message says whether the staged changes are kept (they are, unless it says otherwise)
+    and how to retry.
+    """
+
+
+class EncoderMismatchError(CollectionError, ValueError):
     """The encoder (model, dimensions, tokenizer) differs from the one the index was built with."""
 
 
-class DuplicateIdError(M3RagError, ValueError):
+class DuplicateIdError(CollectionError, ValueError):
     """An id appears twice in one call, or ``add`` was given an id the collection already holds."""
 
 
-class UnknownIdError(M3RagError, KeyError):
+class UnknownIdError(CollectionError, KeyError):
     """``get`` or ``delete`` named ids the collection does not hold (the message lists them)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
 
-class InvalidDocumentError(M3RagError, ValueError):
+class InvalidDocumentError(CollectionError, ValueError):
     """A document cannot be indexed: empty text, or metadata that JSON cannot hold."""
 
 
-class EmbeddingMismatchError(M3RagError, ValueError):
+class EmbeddingMismatchError(CollectionError, ValueError):
     """Precomputed embeddings do not fit: wrong count, missing heads, or wrong dimensions."""

@@ -40,6 +40,7 @@ import numpy.typing as npt
 from m3rag._optional import require
 from m3rag._version import __version__
 from m3rag.errors import (
+    CollectionClosedError,
     CollectionExistsError,
     CollectionNotFoundError,
     DuplicateIdError,
@@ -399,8 +400,8 @@ class Collection:
 
     def _check_open(self, *, write: bool = False) -> None:
         if self._closed:
-            msg = f"the collection {self.path} is closed"
-            raise ValueError(msg)
+            msg = f"the collection {self.path} is closed; open it again with Collection.open()"
+            raise CollectionClosedError(msg)
         if write and self.read_only:
             msg = (
                 f"the collection {self.path} is open read-only; open it without read_only to write"

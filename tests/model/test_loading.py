@@ -106,6 +106,7 @@ def test_trust_remote_code_is_off_by_default(
     assert seen == [False]
 
 
+@pytest.mark.oracle
 def test_real_minilm_matches_sentence_transformers(minilm_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
