@@ -65,7 +65,9 @@ def out() -> Console:
 
 def err() -> Console:
     """Progress, status and errors go to stderr."""
-    return Console(stderr=True, highlight=False)
+    if sys.stderr.isatty():
+        return Console(stderr=True, highlight=False)
+    return Console(stderr=True, width=200, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int) -> typer.Exit:
