@@ -189,6 +189,8 @@ def test_errors_are_one_line_with_their_exit_codes(built: Path, tmp_path: Path) 
     result = runner.invoke(app, ["info", "--index", str(damaged)])
     assert result.exit_code == 4, result.output
     assert len(result.output.strip().splitlines()) <= 2 and "Traceback" not in result.output
+    debug = runner.invoke(app, ["--debug", "info", "--index", str(damaged)])
+    assert debug.exit_code == 4 and "Traceback" in debug.output
 
 
 def test_bad_jsonl_records_are_reported_and_skipped(tmp_path: Path, tiny_m3_path: Path) -> None:
