@@ -138,6 +138,14 @@ def read_model_config(folder: Path) -> ModelConfig:
     if not isinstance(model_type, str) or not model_type:
         msg = f"{path}: model_type must be a non-empty string, got {model_type!r}"
         raise ModelLoadError(msg)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING and "auto_map" not in config:
+        msg = (
+            f"{path}: model_type {model_type!r} is not a model type transformers knows "
+            "(e.g. 'xlm-roberta', 'bert'); the config is damaged, or needs a newer transformers"
+        )
+        raise ModelLoadError(msg)
     hidden = _int_field(path, config, "hidden_size", None)
     vocab = _int_field(path, config, "vocab_size", None)
     default_positions = 514 if model_type in _ROBERTA else 512
@@ -219,20 +227,33 @@ def load_pretrained(loader: Any, folder: Path, weights: list[Path], **kwargs: An
     """``loader.from_pretrained(folder, **kwargs)``, any failure a :class:`ModelLoadError`.
 
     The config and the safetensors headers were checked before, so what remains is the weights'
-    contents (``.bin`` files, tensors of the wrong shape); the message names the weight files.
+    contents (``.bin`` files, tensors of the wrong shape, tensors missing); the message names the
+    weight files. transformers fills missing tensors with random values and only logs it; a
+    checkpoint missing any (the unused pooler aside) is refused instead.
     """
+    names = ", ".join(p.name for p in weights)
     try:
-        return loader.from_pretrained(
+        model, info = loader.from_pretrained(
             folder,
             use_safetensors=weights[0].suffix == ".safetensors" or None,
+            output_loading_info=True,
             **kwargs,
         )
     except MemoryError:
         raise
     except Exception as exc:  # transformers and torch raise many types here
-        names = ", ".join(p.name for p in weights)
         msg = f"cannot load the weights {names} in {folder} ({type(exc).__name__}: {exc})"
         raise ModelLoadError(msg) from exc
+    # the pooler is dropped by the encoder (see M3Encoder._load), so its absence is harmless
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        msg = (
+            f"the weights {names} in {folder} lack {len(missing)} tensor(s) the model needs "
+            f"(e.g. {missing[:3]}); transformers would fill them with random values. The file "
+            "is damaged or from another model; copy it again"
+        )
+        raise ModelLoadError(msg)
+    return model
 
 
 def load_tokenizer(
@@ -272,9 +293,11 @@ def load_tokenizer(
     except MemoryError:
         raise
     except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+        files = [n for n in (*TOKENIZER_FILES, *TOKENIZER_JSON) if (folder / n).is_file()]
         msg = (
-            f"cannot load the tokenizer {main} ({type(exc).__name__}: {exc}); the file is "
-            "damaged or not a tokenizer of this model, copy it again"
+            f"cannot load the tokenizer from {', '.join(dict.fromkeys(files))} in {folder} "
+            f"({type(exc).__name__}: {exc}); a file is damaged or not a tokenizer of this model, "
+            "copy the tokenizer files again"
         )
         raise ModelLoadError(msg) from exc
     size = len(tokenizer)
