@@ -86,7 +86,7 @@ def resolve_device(device: str | Any | None) -> torch.device:
         if dev.index not in (None, 0):
             msg = f"device={device!r}: there is one CPU device; use 'cpu'"
             raise ValueError(msg)
-        return dev
+        return torch.device("cpu")  # "cpu:0" is the one CPU; one spelling for repr and checks
     if kind == "cuda":
         ok, count = torch.cuda.is_available(), torch.cuda.device_count()
         why = "torch.cuda.is_available() is False (no GPU, or a CPU-only torch build)"
