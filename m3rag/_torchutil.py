@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BatchedModel", "is_oom", "resolve_device", "resolve_dtype", "run_with_oom_backoff"]
+__all__ = [
+    "BatchedModel",
+    "available_devices",
+    "is_oom",
+    "resolve_device",
+    "resolve_dtype",
+    "run_with_oom_backoff",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,17 +35,80 @@ _DTYPES = {
 }
 
 
+def available_devices() -> list[str]:
+    """The devices this torch build can use here, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
+    import torch
+
+    out = ["cpu"]
+    out += (
+        [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        out += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return out
+
+
 def resolve_device(device: str | Any | None) -> torch.device:
-    """``None`` picks CUDA when available, else CPU; strings and ``torch.device`` pass through."""
+    """Parse and check ``device`` against what this machine has, before anything is loaded.
+
+    ``None`` picks CUDA when available, else CPU. Strings (``"cpu"``, ``"cuda"``, ``"cuda:1"``,
+    ``"mps"``, ``"xpu"``), ``torch.device`` and a CUDA index (``0``) are accepted when the device
+    exists here; otherwise moving the weights would fail after loading them (an
+    ``AssertionError`` on a CPU-only torch).
+
+    Raises:
+        ValueError: A malformed device (``"gpu"``, ``"cuda:x"``), a device type this build or
+            machine lacks, or an index beyond the device count; the message lists the available
+            devices.
+    """
     import torch
 
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = available_devices()
+    fix = f"available here: {available}; pass one of them, or device=None to pick automatically"
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        msg = f"device must be a string such as 'cpu' or 'cuda:1', got {type(device).__name__}"
+        raise TypeError(msg)
+    invalid = f"device={device!r} is not a valid device (e.g. 'cpu', 'cuda', 'cuda:1'); {fix}"
+    if isinstance(device, int) and device < 0:
+        raise ValueError(invalid)
     try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        msg = f"device must be e.g. 'cpu', 'cuda' or 'cuda:1', got {device!r}"
-        raise ValueError(msg) from exc
+        dev = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(invalid) from exc
+    kind = dev.type
+    if kind == "cpu":
+        if dev.index not in (None, 0):
+            msg = f"device={device!r}: there is one CPU device; use 'cpu'"
+            raise ValueError(msg)
+        return torch.device("cpu")  # "cpu:0" is the one CPU; one spelling for repr and checks
+    if kind == "cuda":
+        ok, count = torch.cuda.is_available(), torch.cuda.device_count()
+        why = "torch.cuda.is_available() is False (no GPU, or a CPU-only torch build)"
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        ok, count = bool(mps is not None and mps.is_available()), 1
+        why = "torch.backends.mps.is_available() is False"
+    elif kind == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        ok = bool(xpu is not None and xpu.is_available())
+        count = xpu.device_count() if ok and xpu is not None else 0
+        why = "torch.xpu.is_available() is False"
+    else:
+        msg = f"device={device!r}: m3rag runs on cpu, cuda, mps or xpu, not {kind!r}; {fix}"
+        raise ValueError(msg)
+    if not ok:
+        msg = f"device={device!r} is not available: {why}; {fix}"
+        raise ValueError(msg)
+    if dev.index is not None and dev.index >= count:
+        msg = f"device={device!r}: this machine has {count} {kind} device(s); {fix}"
+        raise ValueError(msg)
+    return dev
 
 
 def resolve_dtype(dtype: str | Any | None, device: torch.device) -> torch.dtype:

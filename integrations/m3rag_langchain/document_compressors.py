@@ -7,9 +7,10 @@ from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from m3rag import Reranker
+from m3rag_langchain._validation import check_documents, check_positive_int, check_text
 
 __all__ = ["M3Reranker"]
 
@@ -37,6 +38,11 @@ class M3Reranker(BaseDocumentCompressor):
     normalize: bool = False
     """Report sigmoid probabilities instead of logits."""
 
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _positive_top_n(cls, value: object) -> int:
+        return check_positive_int(value, "top_n")
+
     def compress_documents(
         self,
         documents: Sequence[Document],
@@ -44,6 +50,8 @@ class M3Reranker(BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """The ``top_n`` documents by cross-encoder score, best first."""
+        documents = check_documents(documents)
+        check_text(query, "query")
         if not documents:
             return []
         result = self.reranker.rerank(

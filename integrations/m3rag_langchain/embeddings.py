@@ -9,6 +9,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from m3rag import M3Encoder
+from m3rag_langchain._validation import check_text, check_texts
 
 __all__ = ["M3Embeddings", "M3SparseEmbeddings"]
 
@@ -48,13 +49,15 @@ class M3Embeddings(_EncoderModel, Embeddings):
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Dense vectors of passages (truncated at the encoder's ``passage_max_length``)."""
-        out = self._get_encoder().encode_corpus(texts, dense=True, sparse=False, colbert=False)
+        items = check_texts(texts)
+        out = self._get_encoder().encode_corpus(items, dense=True, sparse=False, colbert=False)
         assert out.dense_vecs is not None  # noqa: S101 - dense was requested
         return out.dense_vecs.tolist()  # type: ignore[no-any-return]
 
     def embed_query(self, text: str) -> list[float]:
         """Dense vector of a query (truncated at the encoder's ``query_max_length``)."""
-        out = self._get_encoder().encode_queries([text], dense=True, sparse=False, colbert=False)
+        query = check_text(text, "text")
+        out = self._get_encoder().encode_queries([query], dense=True, sparse=False, colbert=False)
         assert out.dense_vecs is not None  # noqa: S101 - dense was requested
         return out.dense_vecs[0].tolist()  # type: ignore[no-any-return]
 
@@ -83,13 +86,15 @@ class M3SparseEmbeddings(_EncoderModel):
 
     def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
         """Lexical weights of passages."""
-        out = self._get_encoder().encode_corpus(texts, dense=False, sparse=True, colbert=False)
+        items = check_texts(texts)
+        out = self._get_encoder().encode_corpus(items, dense=False, sparse=True, colbert=False)
         assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
         return [dict(d) for d in out.lexical_weights]
 
     def embed_query(self, text: str) -> dict[int, float]:
         """Lexical weights of a query."""
-        out = self._get_encoder().encode_queries([text], dense=False, sparse=True, colbert=False)
+        query = check_text(text, "text")
+        out = self._get_encoder().encode_queries([query], dense=False, sparse=True, colbert=False)
         assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
         return dict(out.lexical_weights[0])
 

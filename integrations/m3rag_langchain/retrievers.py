@@ -10,9 +10,10 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from m3rag import HybridRetriever, SearchResults
+from m3rag_langchain._validation import check_positive_int
 
 __all__ = ["M3Retriever"]
 
@@ -54,6 +55,11 @@ class M3Retriever(BaseRetriever):
     """Documents returned (overridable per call: ``invoke(query, k=...)``)."""
     filter: dict[str, Any] | None = None
     """Metadata filter applied on every path (overridable per call)."""
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _positive_k(cls, value: object) -> int:
+        return check_positive_int(value, "k")
 
     def _get_relevant_documents(
         self,

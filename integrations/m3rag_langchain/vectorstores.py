@@ -13,6 +13,14 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 
 from m3rag import Collection, HybridRetriever, M3Output, UnknownIdError
+from m3rag_langchain._validation import (
+    check_documents,
+    check_ids,
+    check_metadatas,
+    check_positive_int,
+    check_text,
+    check_texts,
+)
 from m3rag_langchain.embeddings import M3Embeddings
 from m3rag_langchain.retrievers import M3Retriever
 
@@ -96,15 +104,18 @@ class M3VectorStore(VectorStore):
         ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        """Upsert texts (same id: replaced); returns their ids."""
-        items = list(texts)
+        """Upsert texts (same id: replaced); returns their ids.
+
+        Raises:
+            TypeError: ``texts`` is a single string, or an item is not a string (index named).
+            ValueError: ``metadatas`` or ``ids`` has a different length than ``texts``.
+        """
+        items = check_texts(texts)
+        given = check_ids(ids or None, len(items)) or [None] * len(items)
+        metas = check_metadatas(metadatas or None, len(items)) or [{} for _ in items]
         if not items:
             return []
-        given: list[str | None] = list(ids) if ids else [None] * len(items)
         doc_ids = [i if i else uuid.uuid4().hex for i in given]
-        metas: list[dict[str, Any]] = (
-            [dict(m) for m in metadatas] if metadatas else [{} for _ in items]
-        )
         if self._native:
             col = self._ensure(0)
             col.upsert(items, ids=doc_ids, metadata=metas)
@@ -122,7 +133,8 @@ class M3VectorStore(VectorStore):
 
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
         """Upsert documents, using their ``id`` (or ``ids=``) when given."""
-        ids = kwargs.pop("ids", None) or [d.id for d in documents]
+        documents = check_documents(documents)
+        ids = check_ids(kwargs.pop("ids", None), len(documents)) or [d.id for d in documents]
         return self.add_texts(
             [d.page_content for d in documents],
             [dict(d.metadata) for d in documents],
@@ -132,6 +144,7 @@ class M3VectorStore(VectorStore):
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Delete by id; unknown ids are ignored. Returns ``True``."""
+        ids = None if ids is None else check_texts(ids, "ids")
         if not ids or self._collection is None:
             return True
         col = self._collection
@@ -151,10 +164,11 @@ class M3VectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Documents with these ids (missing ids are skipped)."""
-        if self._collection is None:
+        checked = check_texts(ids, "ids")
+        if self._collection is None or not checked:
             return []
         out = []
-        for doc_id in ids:
+        for doc_id in checked:
             try:
                 doc = self._collection.get([doc_id])[0]
             except UnknownIdError:
@@ -166,6 +180,8 @@ class M3VectorStore(VectorStore):
         self, query: str, k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Dense inner-product search; ``filter=`` takes an m3rag metadata filter."""
+        check_text(query, "query")
+        check_positive_int(k, "k")
         if self._collection is None or self._collection.count() == 0:
             return []
         vector = self._embedding.embed_query(query)
@@ -196,7 +212,7 @@ class M3VectorStore(VectorStore):
             search = dict(kwargs.get("search_kwargs") or {})
             return M3Retriever(
                 retriever=HybridRetriever(self._collection),
-                k=int(search.get("k", 4)),
+                k=check_positive_int(search.get("k", 4), "search_kwargs['k']"),
                 filter=search.get("filter"),
             )
         return super().as_retriever(**kwargs)

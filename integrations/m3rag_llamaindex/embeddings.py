@@ -10,6 +10,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.embeddings import BaseEmbedding
 
 from m3rag import M3Encoder
+from m3rag_llamaindex._validation import check_text, check_texts
 
 __all__ = ["M3Embedding", "M3SparseEmbedding"]
 
@@ -46,20 +47,39 @@ class M3Embedding(BaseEmbedding):
         """The name LlamaIndex serialises this class under."""
         return "M3Embedding"
 
+    def get_text_embedding_batch(
+        self,
+        texts: list[str],
+        show_progress: bool = False,  # noqa: FBT001, FBT002 - LlamaIndex's signature
+        **kwargs: Any,
+    ) -> list[list[float]]:
+        """LlamaIndex's batching, refusing a bare string (it would embed each character)."""
+        return super().get_text_embedding_batch(check_texts(texts), show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self,
+        texts: list[str],
+        show_progress: bool = False,  # noqa: FBT001, FBT002 - LlamaIndex's signature
+        **kwargs: Any,
+    ) -> list[list[float]]:
+        """Like :meth:`get_text_embedding_batch`, asynchronously."""
+        return await super().aget_text_embedding_batch(check_texts(texts), show_progress, **kwargs)
+
     def _dense(self, texts: list[str], *, query: bool) -> list[list[float]]:
+        texts = check_texts(texts)
         encode = self._encoder.encode_queries if query else self._encoder.encode_corpus
         out = encode(texts, dense=True, sparse=False, colbert=False)
         assert out.dense_vecs is not None  # noqa: S101 - dense was requested
         return out.dense_vecs.tolist()  # type: ignore[no-any-return]
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        return self._dense([query], query=True)[0]
+        return self._dense([check_text(query, "query")], query=True)[0]
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return await asyncio.to_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        return self._dense([text], query=False)[0]
+        return self._dense([check_text(text, "text")], query=False)[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         return self._dense(texts, query=False)
@@ -100,20 +120,39 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         """The name LlamaIndex serialises this class under."""
         return "M3SparseEmbedding"
 
+    def get_text_embedding_batch(
+        self,
+        texts: list[str],
+        show_progress: bool = False,  # noqa: FBT001, FBT002 - LlamaIndex's signature
+        **kwargs: Any,
+    ) -> list[dict[int, float]]:
+        """LlamaIndex's batching, refusing a bare string (it would embed each character)."""
+        return super().get_text_embedding_batch(check_texts(texts), show_progress, **kwargs)
+
+    async def aget_text_embedding_batch(
+        self,
+        texts: list[str],
+        show_progress: bool = False,  # noqa: FBT001, FBT002 - LlamaIndex's signature
+        **kwargs: Any,
+    ) -> list[dict[int, float]]:
+        """Like :meth:`get_text_embedding_batch`, asynchronously."""
+        return await super().aget_text_embedding_batch(check_texts(texts), show_progress, **kwargs)
+
     def _sparse(self, texts: list[str], *, query: bool) -> list[dict[int, float]]:
+        texts = check_texts(texts)
         encode = self._encoder.encode_queries if query else self._encoder.encode_corpus
         out = encode(texts, dense=False, sparse=True, colbert=False)
         assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
         return [dict(d) for d in out.lexical_weights]
 
     def _get_query_embedding(self, query: str) -> dict[int, float]:
-        return self._sparse([query], query=True)[0]
+        return self._sparse([check_text(query, "query")], query=True)[0]
 
     async def _aget_query_embedding(self, query: str) -> dict[int, float]:
         return await asyncio.to_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> dict[int, float]:
-        return self._sparse([text], query=False)[0]
+        return self._sparse([check_text(text, "text")], query=False)[0]
 
     async def _aget_text_embedding(self, text: str) -> dict[int, float]:
         return await asyncio.to_thread(self._get_text_embedding, text)

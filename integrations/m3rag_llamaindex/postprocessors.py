@@ -10,6 +10,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from m3rag import Reranker
+from m3rag_llamaindex._validation import check_nodes, check_positive_int, check_text
 
 __all__ = ["M3Reranker"]
 
@@ -41,9 +42,7 @@ class M3Reranker(BaseNodePostprocessor):
         top_n: int = 3,
         reranker: Reranker | None = None,
     ) -> None:
-        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:
-            msg = f"top_n must be a positive int, got {top_n!r}"
-            raise ValueError(msg)
+        check_positive_int(top_n, "top_n")
         super().__init__(model=model, top_n=top_n)  # type: ignore[call-arg]  # pydantic fields
         self._reranker = reranker or Reranker(model)
 
@@ -58,6 +57,9 @@ class M3Reranker(BaseNodePostprocessor):
         if query_bundle is None:
             msg = "M3Reranker needs the query (query_bundle is None)"
             raise ValueError(msg)
+        nodes = check_nodes(nodes)
+        check_text(query_bundle.query_str, "query_bundle.query_str")
+        check_positive_int(self.top_n, "top_n")  # may have been reassigned since __init__
         dispatcher.event(
             ReRankStartEvent(
                 query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model

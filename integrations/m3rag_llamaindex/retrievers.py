@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from llama_index.core.callbacks import CallbackManager
@@ -15,6 +16,8 @@ from llama_index.core.vector_stores.types import (
 )
 
 from m3rag import Collection, FusionConfig, HybridRetriever, Reranker, SearchResults
+from m3rag.index.filters import Filter
+from m3rag_llamaindex._validation import check_positive_int
 
 __all__ = ["M3Retriever", "to_m3rag_filter"]
 
@@ -28,14 +31,32 @@ _OPS = {
 }
 
 
-def to_m3rag_filter(filters: MetadataFilters | None) -> dict[str, Any] | None:
+def to_m3rag_filter(
+    filters: MetadataFilters | Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
     """Map LlamaIndex ``MetadataFilters`` (AND of ``==``, ``>``, ``>=``, ``<``, ``<=``, ``in``).
 
+    A plain dict is taken as an m3rag filter (``{"lang": "en"}``,
+    ``{"year": {"$gte": 2020}}``) and validated as is.
+
     Raises:
+        TypeError: ``filters`` is neither ``MetadataFilters`` nor a dict, or a value has an
+            unsupported type.
         ValueError: An operator or condition m3rag does not support (the message lists the
             supported ones) -- never silently ignored.
     """
-    if filters is None or not filters.filters:
+    if filters is None:
+        return None
+    if isinstance(filters, Mapping):
+        Filter.parse(filters)  # raises on unknown operators and bad values, here and not later
+        return dict(filters) or None
+    if not isinstance(filters, MetadataFilters):
+        msg = (
+            "filters must be llama_index MetadataFilters or an m3rag filter dict such as "
+            f"{{'lang': 'en'}}, got {type(filters).__name__}"
+        )
+        raise TypeError(msg)
+    if not filters.filters:
         return None
     if filters.condition not in (None, FilterCondition.AND):
         msg = f"only AND-ed filters are supported, got condition {filters.condition}"
@@ -61,6 +82,7 @@ def to_m3rag_filter(filters: MetadataFilters | None) -> dict[str, Any] | None:
             out.setdefault(f.key, {})[op] = list(value)
         else:
             out.setdefault(f.key, {})[op] = value
+    Filter.parse(out)  # value types checked now, not at the first query
     return out
 
 
@@ -69,8 +91,9 @@ class M3Retriever(BaseRetriever):
 
     Each ``NodeWithScore`` has the final score, and the node's metadata carries
     ``fused_score``, ``rerank_score`` (if reranked) and ``path_scores`` / ``path_ranks`` per
-    retrieval path. ``MetadataFilters`` (AND of ``==``, ``>``, ``>=``, ``<``, ``<=``, ``in``) are
-    applied inside every path; unsupported filters raise instead of being ignored.
+    retrieval path. ``MetadataFilters`` (AND of ``==``, ``>``, ``>=``, ``<``, ``<=``, ``in``), or
+    a plain m3rag filter dict, are applied inside every path; unsupported filters raise instead
+    of being ignored.
 
     Example:
         ```python
@@ -84,19 +107,18 @@ class M3Retriever(BaseRetriever):
         retriever: HybridRetriever,
         *,
         similarity_top_k: int = 10,
-        filters: MetadataFilters | None = None,
+        filters: MetadataFilters | Mapping[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        if (
-            isinstance(similarity_top_k, bool)
-            or not isinstance(similarity_top_k, int)
-            or similarity_top_k <= 0
-        ):
-            msg = f"similarity_top_k must be a positive int, got {similarity_top_k!r}"
-            raise ValueError(msg)
+        if not isinstance(retriever, HybridRetriever):
+            msg = (
+                f"retriever must be an m3rag HybridRetriever, got {type(retriever).__name__}; "
+                "use M3Retriever.from_defaults(index_path) to open an index folder"
+            )
+            raise TypeError(msg)
         self._retriever = retriever
-        self.similarity_top_k = similarity_top_k
+        self.similarity_top_k = check_positive_int(similarity_top_k, "similarity_top_k")
         self._filter = to_m3rag_filter(filters)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
@@ -108,7 +130,7 @@ class M3Retriever(BaseRetriever):
         model_name: str | None = None,
         reranker_model: str | None = None,
         similarity_top_k: int = 10,
-        filters: MetadataFilters | None = None,
+        filters: MetadataFilters | Mapping[str, Any] | None = None,
         fusion: FusionConfig | None = None,
         **retriever_kwargs: Any,
     ) -> M3Retriever:
@@ -119,12 +141,14 @@ class M3Retriever(BaseRetriever):
             model_name: The encoder; default the model the index was built with.
             reranker_model: A bge-reranker to rerank with, if any.
             similarity_top_k: Nodes returned.
-            filters: LlamaIndex metadata filters.
+            filters: LlamaIndex metadata filters, or an m3rag filter dict.
             fusion: Fusion settings (default: the retriever's, z-score over every path).
             **retriever_kwargs: More :class:`m3rag.HybridRetriever` options.
         """
         from m3rag import M3Encoder
 
+        check_positive_int(similarity_top_k, "similarity_top_k")
+        filters = to_m3rag_filter(filters)  # checked before anything is loaded
         manifest = Collection.open(index_path, read_only=True)
         stored = (manifest.manifest.get("encoder") or {}).get("model")
         manifest.close()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from m3rag._modelfiles import ModelConfig, read_json_object, read_model_config
 from m3rag.errors import MissingHeadError, ModelLoadError
 
 __all__ = ["CheckpointInfo", "inspect_checkpoint"]
@@ -35,14 +36,8 @@ class CheckpointInfo:
     hidden_size: int
     max_length: int
     """The longest input, specials included, that the model supports."""
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        msg = f"cannot read {path}: {exc}"
-        raise ModelLoadError(msg) from exc
+    config: ModelConfig
+    """The validated ``config.json``."""
 
 
 def _st_pooling(folder: Path) -> tuple[Pooling | None, int | None]:
@@ -50,13 +45,21 @@ def _st_pooling(folder: Path) -> tuple[Pooling | None, int | None]:
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         return None, None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read {modules_file} ({exc}); the file is damaged, copy it again"
+        raise ModelLoadError(msg) from exc
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        msg = f"{modules_file} must be a JSON list of module objects; copy it again"
+        raise ModelLoadError(msg)
     pooling: Pooling | None = None
     max_seq: int | None = None
-    for module in _read_json(modules_file):
+    for module in modules:
         kind = str(module.get("type", ""))
         path = folder / str(module.get("path", ""))
         if kind.endswith(".Pooling"):
-            conf = _read_json(path / "config.json")
+            conf = read_json_object(path / "config.json")
             if conf.get("pooling_mode_cls_token"):
                 pooling = "cls"
             elif conf.get("pooling_mode_mean_tokens"):
@@ -68,8 +71,13 @@ def _st_pooling(folder: Path) -> tuple[Pooling | None, int | None]:
         elif kind.endswith(".Transformer"):
             st_conf = path / "sentence_bert_config.json"
             if st_conf.is_file():
-                value = _read_json(st_conf).get("max_seq_length")
-                max_seq = int(value) if value else None
+                value = read_json_object(st_conf).get("max_seq_length")
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1
+                ):
+                    msg = f"{st_conf}: max_seq_length must be a positive int, got {value!r}"
+                    raise ModelLoadError(msg)
+                max_seq = value
     return pooling, max_seq
 
 
@@ -77,20 +85,14 @@ def inspect_checkpoint(folder: Path) -> CheckpointInfo:
     """Classify ``folder`` and read its limits.
 
     Raises:
-        ModelLoadError: If the folder has no ``config.json`` or declares unsupported pooling.
+        ModelLoadError: If ``config.json`` or the sentence-transformers metadata is missing,
+            damaged or of the wrong shape (the message names the file), or the pooling is not
+            supported.
         MissingHeadError: If exactly one M3 head file is present, or neither is and no pooling is
             declared.
     """
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        msg = f"{folder} has no config.json; it is not a transformers checkpoint"
-        raise ModelLoadError(msg)
-    config = _read_json(config_file)
-    model_type = str(config.get("model_type", ""))
-    hidden = int(config.get("hidden_size", 0))
-    positions = int(config.get("max_position_embeddings", 512))
-    # RoBERTa-family position ids start at pad_token_id + 1 (=2), so two positions are unusable.
-    usable = positions - 2 if model_type in {"xlm-roberta", "roberta", "camembert"} else positions
+    config = read_model_config(folder)
+    model_type, hidden, usable = config.model_type, config.hidden_size, config.usable_positions
 
     has_colbert = (folder / COLBERT_FILE).is_file()
     has_sparse = (folder / SPARSE_FILE).is_file()
@@ -98,7 +100,7 @@ def inspect_checkpoint(folder: Path) -> CheckpointInfo:
     limit = min(usable, max_seq) if max_seq else usable
 
     if has_colbert and has_sparse:
-        return CheckpointInfo(folder, "m3", "cls", model_type, hidden, usable)
+        return CheckpointInfo(folder, "m3", "cls", model_type, hidden, usable, config)
     if has_colbert or has_sparse:
         missing = SPARSE_FILE if has_colbert else COLBERT_FILE
         msg = (
@@ -114,4 +116,4 @@ def inspect_checkpoint(folder: Path) -> CheckpointInfo:
             "embedding model m3rag can load"
         )
         raise MissingHeadError(msg)
-    return CheckpointInfo(folder, "dense", pooling, model_type, hidden, limit)
+    return CheckpointInfo(folder, "dense", pooling, model_type, hidden, limit, config)

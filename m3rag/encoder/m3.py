@@ -26,16 +26,17 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from m3rag._hub import resolve_model_dir
+from m3rag._inputs import validate_pairs, validate_texts
+from m3rag._modelfiles import check_weights, load_linear_head, load_pretrained, load_tokenizer
 from m3rag._torchutil import BatchedModel, resolve_device, resolve_dtype
 from m3rag.encoder._checkpoint import COLBERT_FILE, SPARSE_FILE, CheckpointInfo, inspect_checkpoint
-from m3rag.errors import InputTooLongError, MissingHeadError, ModelLoadError, UnsupportedOutputError
+from m3rag.errors import InputTooLongError, UnsupportedOutputError
 from m3rag.scoring import colbert_score, lexical_matching_score
 from m3rag.types import Head, M3Output
 
@@ -47,29 +48,6 @@ __all__ = ["M3Encoder", "PairScores", "validate_texts"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "BAAI/bge-m3"
-
-
-def validate_texts(texts: object, *, what: str = "texts") -> list[str]:
-    """Check that ``texts`` is a string or a sequence of strings; return it as a list.
-
-    Raises:
-        TypeError: Naming the first offending index and its type.
-    """
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
-        msg = f"{what} must be a string or a list of strings, got {type(texts).__name__}"
-        raise TypeError(msg)
-    out = list(texts)
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            msg = f"{what}[{i}] must be a string, got {type(text).__name__}" + (
-                " (nested lists are not accepted; flatten them)"
-                if isinstance(text, (list, tuple))
-                else ""
-            )
-            raise TypeError(msg)
-    return out
 
 
 _MODE_KEYS = {
@@ -161,8 +139,13 @@ class M3Encoder(BatchedModel):
         trust_remote_code: Allow custom modelling code from the checkpoint (off unless asked).
 
     Raises:
-        ModelLoadError: The model cannot be found or read (the message says how to fix it).
-        MissingHeadError: An M3 checkpoint lacks ``colbert_linear.pt`` or ``sparse_linear.pt``.
+        ValueError: ``device`` is malformed or not available here, or ``dtype`` is unknown
+            (checked before anything is loaded; the message lists the available devices).
+        ModelLoadError: The model cannot be found or read: a missing or damaged file, a config
+            of the wrong shape, a tokenizer that does not fit the model (the message names the
+            file and says how to fix it).
+        MissingHeadError: An M3 checkpoint lacks ``colbert_linear.pt`` or ``sparse_linear.pt``,
+            or one is damaged or of the wrong shape.
 
     Example:
         ```python
@@ -196,10 +179,11 @@ class M3Encoder(BatchedModel):
             if isinstance(model_name_or_path, os.PathLike)
             else model_name_or_path
         )
-        folder = resolve_model_dir(model_name_or_path, revision=revision, cache_dir=cache_dir)
-        self._info: CheckpointInfo = inspect_checkpoint(folder)
+        # device and dtype first: a bad one fails before any download or weights load
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        folder = resolve_model_dir(model_name_or_path, revision=revision, cache_dir=cache_dir)
+        self._info: CheckpointInfo = inspect_checkpoint(folder)
         self.query_max_length = self._cap(query_max_length, "query_max_length")
         self.passage_max_length = self._cap(passage_max_length, "passage_max_length")
         self.show_progress = show_progress
@@ -216,34 +200,33 @@ class M3Encoder(BatchedModel):
         return value
 
     def _load(self, *, trust_remote_code: bool) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        folder = self._info.folder
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                folder, trust_remote_code=trust_remote_code
-            )
-            has_safetensors = any(folder.glob("*.safetensors"))
-            model = AutoModel.from_pretrained(
-                folder,
-                dtype=self.dtype,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=has_safetensors or None,
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            msg = f"cannot load the model in {folder}: {exc}"
-            raise ModelLoadError(msg) from exc
+        folder, config = self._info.folder, self._info.config
+        # Cheap checks first (weights headers, head files, tokenizer), the backbone last, so a
+        # damaged file fails fast and is named (see m3rag._modelfiles).
+        weights = check_weights(folder, config)
+        self._colbert: torch.nn.Linear | None = None
+        self._sparse: torch.nn.Linear | None = None
+        if self._info.kind == "m3":
+            hidden = self._info.hidden_size
+            # load_state_dict casts the stored (fp16) values to the compute dtype, as the
+            # reference does: in fp32 the heads hold fp16-valued numbers.
+            self._colbert = load_linear_head(folder / COLBERT_FILE, hidden, None, self.dtype)
+            self._sparse = load_linear_head(folder / SPARSE_FILE, hidden, 1, self.dtype)
+            self._colbert = self._colbert.to(self.device).eval()
+            self._sparse = self._sparse.to(self.device).eval()
+        self.tokenizer = load_tokenizer(
+            folder, config, needs=("cls", "sep", "pad"), trust_remote_code=trust_remote_code
+        )
+        model = load_pretrained(
+            AutoModel, folder, weights, dtype=self.dtype, trust_remote_code=trust_remote_code
+        )
         # The reference computes the pooler (dense + tanh on CLS) on every batch and never uses
         # it; dropping it changes no output and saves a matmul per batch.
         if getattr(model, "pooler", None) is not None:
             model.pooler = None
         self._model = model.to(self.device).eval()
-        self._colbert: torch.nn.Linear | None = None
-        self._sparse: torch.nn.Linear | None = None
-        if self._info.kind == "m3":
-            hidden = self._info.hidden_size
-            self._colbert = self._load_head(folder / COLBERT_FILE, hidden, None)
-            self._sparse = self._load_head(folder / SPARSE_FILE, hidden, 1)
         self._special_ids = np.array(
             sorted(
                 {
@@ -261,31 +244,6 @@ class M3Encoder(BatchedModel):
         )
         pad = self.tokenizer.pad_token_id
         self._pad_id = 0 if pad is None else int(pad)
-
-    def _load_head(self, path: Path, hidden: int, out_features: int | None) -> torch.nn.Linear:
-        import torch
-
-        try:
-            # weights_only: the .pt head files are plain state dicts; never unpickle code.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt or hostile files raise many types
-            msg = f"cannot read head file {path}: {exc}"
-            raise MissingHeadError(msg) from exc
-        weight = state.get("weight") if isinstance(state, dict) else None
-        if weight is None or weight.ndim != 2 or weight.shape[1] != hidden:
-            shape = None if weight is None else tuple(weight.shape)
-            msg = f"{path} is not a Linear({hidden}, ...) state dict (weight shape {shape})"
-            raise MissingHeadError(msg)
-        out = int(weight.shape[0]) if out_features is None else out_features
-        layer = torch.nn.Linear(hidden, out, dtype=self.dtype)
-        try:
-            # load_state_dict casts the stored (fp16) values to the compute dtype, as the
-            # reference does: in fp32 the heads hold fp16-valued numbers.
-            layer.load_state_dict(state)
-        except RuntimeError as exc:
-            msg = f"{path} does not fit Linear({hidden}, {out}): {exc}"
-            raise MissingHeadError(msg) from exc
-        return layer.to(self.device).eval()
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -397,6 +355,7 @@ class M3Encoder(BatchedModel):
 
         Raises:
             TypeError: A text is not a string (the message names its index).
+            ValueError: A text holds a lone surrogate (the message names its index and position).
             UnsupportedOutputError: A head the model lacks was asked for explicitly.
             InputTooLongError: ``max_length`` exceeds what the model supports.
             ValueError: No head requested, or ``max_length`` < 3.
@@ -698,33 +657,14 @@ class M3Encoder(BatchedModel):
             :class:`PairScores`, one float32 value per pair and mode.
 
         Raises:
-            TypeError: A pair is not two strings.
-            ValueError: Bad weights.
+            TypeError: A pair is not two strings (the message names its index).
+            ValueError: Bad weights, or a lone surrogate in a text (index and position named).
             UnsupportedOutputError: The model is dense-only.
         """
         import torch
 
         w_dense, w_sparse, w_colbert = _validate_weights(weights)
-        items: Sequence[object]
-        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
-            items = [pairs]
-        else:
-            items = pairs
-        if not isinstance(items, Sequence) or isinstance(items, str):
-            msg = f"pairs must be a list of (query, passage) tuples, got {type(pairs).__name__}"
-            raise TypeError(msg)
-        queries: list[str] = []
-        passages: list[str] = []
-        for i, pair in enumerate(items):
-            if (
-                not isinstance(pair, (tuple, list))
-                or len(pair) != 2
-                or not all(isinstance(p, str) for p in pair)
-            ):
-                msg = f"pairs[{i}] must be a (query, passage) pair of strings, got {pair!r:.80}"
-                raise TypeError(msg)
-            queries.append(pair[0])
-            passages.append(pair[1])
+        queries, passages = validate_pairs(pairs)
         heads = self._select_heads(dense=True, sparse=True, colbert=True)
         q_len = (
             self.query_max_length

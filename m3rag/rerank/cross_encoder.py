@@ -20,7 +20,6 @@ that variant exactly.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -31,8 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._hub import resolve_model_dir
+from m3rag._inputs import check_text, validate_pairs, validate_texts
+from m3rag._modelfiles import check_weights, load_pretrained, load_tokenizer, read_model_config
 from m3rag._torchutil import BatchedModel, resolve_device, resolve_dtype
-from m3rag.encoder.m3 import validate_texts
 from m3rag.errors import InputTooLongError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -153,7 +153,11 @@ class Reranker(BatchedModel):
         trust_remote_code: Allow custom modelling code (off unless asked).
 
     Raises:
-        ModelLoadError: The model cannot be found or read, or has more than one label.
+        ValueError: ``device`` is malformed or not available here, or ``dtype`` is unknown
+            (checked before anything is loaded; the message lists the available devices).
+        ModelLoadError: The model cannot be found or read (a missing or damaged file, a config
+            of the wrong shape, a tokenizer that does not fit the model; the message names the
+            file), or it has more than one label.
         InputTooLongError: ``max_length`` exceeds what the model supports.
 
     Example:
@@ -207,53 +211,39 @@ class Reranker(BatchedModel):
             if isinstance(model_name_or_path, os.PathLike)
             else model_name_or_path
         )
+        # device and dtype first: a bad one fails before any download or weights load
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self._folder = resolve_model_dir(model_name_or_path, revision=revision, cache_dir=cache_dir)
-        self.model_max_length = self._read_limit()
+        self._config = read_model_config(self._folder)
+        self.model_max_length = self._config.usable_positions
         if max_length > self.model_max_length:
             msg = (
                 f"max_length={max_length} exceeds the {self.model_max_length} tokens "
                 f"{self.model_name_or_path!r} supports; lower it"
             )
             raise InputTooLongError(msg)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = max_length
         self.query_max_length = q_max
         self.show_progress = show_progress
         self.pairing: Pairing = pairing
         self._load(trust_remote_code=trust_remote_code)
 
-    def _read_limit(self) -> int:
-        config_file = self._folder / "config.json"
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            msg = f"{self._folder} has no readable config.json: {exc}"
-            raise ModelLoadError(msg) from exc
-        positions = int(config.get("max_position_embeddings", 514))
-        roberta = config.get("model_type") in {"xlm-roberta", "roberta", "camembert"}
-        return positions - 2 if roberta else positions
-
     def _load(self, *, trust_remote_code: bool) -> None:
-        from transformers import (
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-        )
+        from transformers import AutoModelForSequenceClassification
 
         folder = self._folder
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                folder, trust_remote_code=trust_remote_code
-            )
-            model = AutoModelForSequenceClassification.from_pretrained(
-                folder,
-                dtype=self.dtype,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=any(folder.glob("*.safetensors")) or None,
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            msg = f"cannot load the reranker in {folder}: {exc}"
-            raise ModelLoadError(msg) from exc
+        weights = check_weights(folder, self._config)
+        self.tokenizer = load_tokenizer(
+            folder, self._config, needs=("cls", "sep"), trust_remote_code=trust_remote_code
+        )
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            folder,
+            weights,
+            dtype=self.dtype,
+            trust_remote_code=trust_remote_code,
+        )
         if int(model.config.num_labels) != 1:
             msg = (
                 f"{folder} has {model.config.num_labels} labels; a bge-reranker style "
@@ -261,15 +251,9 @@ class Reranker(BatchedModel):
             )
             raise ModelLoadError(msg)
         self._model = model.to(self.device).eval()
-        cls_id, sep_id, pad_id = (
-            self.tokenizer.cls_token_id,
-            self.tokenizer.sep_token_id,
-            self.tokenizer.pad_token_id,
-        )
-        if cls_id is None or sep_id is None:
-            msg = f"the tokenizer in {folder} has no cls/sep tokens to build pairs with"
-            raise ModelLoadError(msg)
-        self._cls, self._sep = int(cls_id), int(sep_id)
+        self._cls = int(self.tokenizer.cls_token_id)
+        self._sep = int(self.tokenizer.sep_token_id)
+        pad_id = self.tokenizer.pad_token_id
         self._pad_id = 0 if pad_id is None else int(pad_id)
 
     def __repr__(self) -> str:
@@ -327,28 +311,6 @@ class Reranker(BatchedModel):
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def _validate_pairs(self, pairs: object) -> tuple[list[str], list[str]]:
-        items: Sequence[object]
-        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
-            items = [pairs]
-        elif isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes)):
-            items = pairs
-        else:
-            msg = f"pairs must be a list of (query, passage) tuples, got {type(pairs).__name__}"
-            raise TypeError(msg)
-        queries, passages = [], []
-        for i, pair in enumerate(items):
-            if (
-                not isinstance(pair, (tuple, list))
-                or len(pair) != 2
-                or not all(isinstance(p, str) for p in pair)
-            ):
-                msg = f"pairs[{i}] must be a (query, passage) pair of strings, got {pair!r:.80}"
-                raise TypeError(msg)
-            queries.append(pair[0])
-            passages.append(pair[1])
-        return queries, passages
-
     def score(
         self, pairs: Sequence[tuple[str, str]] | tuple[str, str], *, normalize: bool = False
     ) -> RerankScores:
@@ -363,8 +325,9 @@ class Reranker(BatchedModel):
 
         Raises:
             TypeError: A pair is not two strings (the message names its index).
+            ValueError: A text holds a lone surrogate (the message names the pair and position).
         """
-        queries, passages = self._validate_pairs(pairs)
+        queries, passages = validate_pairs(pairs)
         if not queries:
             return RerankScores(np.zeros(0, np.float32), np.zeros(0, np.bool_))
         rows, truncated = self._pair_ids(queries, passages)
@@ -433,16 +396,15 @@ class Reranker(BatchedModel):
 
         Raises:
             TypeError: ``query`` or a passage is not a string (the message names its index).
-            ValueError: ``top_n`` is not a positive int.
+            ValueError: ``top_n`` is not a positive int, or a text holds a lone surrogate (the
+                message names its index and position).
         """
         if top_n is not None and (
             isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0
         ):
             msg = f"top_n must be a positive int or None, got {top_n!r}"
             raise ValueError(msg)
-        if not isinstance(query, str):
-            msg = f"query must be a string, got {type(query).__name__}"
-            raise TypeError(msg)
+        check_text(query, "query")
         docs = validate_texts(passages, what="passages") if not isinstance(passages, str) else None
         if docs is None:
             msg = "passages must be a list of strings, got a single string; wrap it in a list"

@@ -1,0 +1,104 @@
+"""The one place the LangChain adapters check their arguments before calling m3rag.
+
+LangChain types most inputs as ``Iterable``/``list``, so a bare string slips through and is read
+character by character (``add_texts("xyz")`` indexed three documents); a list of strings where
+Documents are expected fails deep inside with an ``AttributeError``. Each check names the
+argument, the index for batches, and says what to pass instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from langchain_core.documents import Document
+
+__all__ = [
+    "check_documents",
+    "check_ids",
+    "check_metadatas",
+    "check_positive_int",
+    "check_text",
+    "check_texts",
+]
+
+
+def _as_list(value: object, name: str, what: str) -> list[Any]:
+    """``value`` as a list, refusing a bare string (which would be read character by character)."""
+    kind = type(value).__name__
+    if isinstance(value, (str, bytes)):
+        msg = f"{name} must be a list of {what}, got a single {kind}; wrap it in a list"
+        raise TypeError(msg)
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        msg = f"{name} must be a list of {what}, got {kind}"
+        raise TypeError(msg)
+    return list(value)
+
+
+def check_text(value: object, name: str) -> str:
+    """A single string (the query, one text)."""
+    if not isinstance(value, str):
+        msg = f"{name} must be a string, got {type(value).__name__}"
+        raise TypeError(msg)
+    return value
+
+
+def check_texts(value: object, name: str = "texts") -> list[str]:
+    """A list (or any non-string iterable) of strings, as a list."""
+    items = _as_list(value, name, "strings")
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            msg = f"{name}[{i}] must be a string, got {type(item).__name__}"
+            raise TypeError(msg)
+    return items
+
+
+def check_documents(value: object, name: str = "documents") -> list[Document]:
+    """A list of LangChain ``Document`` objects, as a list."""
+    items = _as_list(value, name, "Documents")
+    for i, item in enumerate(items):
+        if not isinstance(item, Document):
+            msg = (
+                f"{name}[{i}] must be a langchain_core Document, got {type(item).__name__}; "
+                "wrap texts as Document(page_content=text)"
+            )
+            raise TypeError(msg)
+    return items
+
+
+def check_metadatas(value: object, n: int) -> list[dict[str, Any]] | None:
+    """``None``, or one metadata dict per text."""
+    if value is None:
+        return None
+    items = _as_list(value, "metadatas", "dicts")
+    if len(items) != n:
+        msg = f"metadatas has {len(items)} entries for {n} texts; pass one dict per text"
+        raise ValueError(msg)
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            msg = f"metadatas[{i}] must be a dict, got {type(item).__name__}"
+            raise TypeError(msg)
+    return [dict(m) for m in items]
+
+
+def check_ids(value: object, n: int | None = None) -> list[str | None] | None:
+    """``None``, or one id (a string, or ``None`` for a generated one) per item."""
+    if value is None:
+        return None
+    items = _as_list(value, "ids", "strings")
+    if n is not None and len(items) != n:
+        msg = f"ids has {len(items)} entries for {n} texts; pass one id per text"
+        raise ValueError(msg)
+    for i, item in enumerate(items):
+        if item is not None and not isinstance(item, str):
+            msg = f"ids[{i}] must be a string, got {type(item).__name__}"
+            raise TypeError(msg)
+    return items
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``k`` and ``top_n``: a positive int (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise ValueError(msg)
+    return value

@@ -1,0 +1,89 @@
+"""Validation of the texts and pairs every encode and rerank entry point takes, done up front.
+
+The tokenizer fails late and vaguely on bad input (a lone surrogate raises a ``TypeError`` that
+names neither the text nor the character), so each entry point checks its whole input first and
+names the offending index. Empty strings are valid: they encode as ``<s></s>``, as FlagEmbedding
+does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["check_text", "validate_pairs", "validate_texts"]
+
+
+def check_text(text: object, label: str) -> str:
+    """Return ``text`` if it is a string that UTF-8 can encode.
+
+    Args:
+        text: The value to check.
+        label: How the message names it, e.g. ``"texts[3]"`` or ``"query"``.
+
+    Raises:
+        TypeError: ``text`` is not a string.
+        ValueError: ``text`` holds a lone surrogate (the message gives its position).
+    """
+    if not isinstance(text, str):
+        nested = isinstance(text, (list, tuple))
+        hint = " (nested lists are not accepted; flatten them)" if nested else ""
+        msg = f"{label} must be a string, got {type(text).__name__}{hint}"
+        raise TypeError(msg)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = (
+            f"{label} has a lone surrogate {text[exc.start]!r} at position {exc.start}, which "
+            "UTF-8 cannot encode (text decoded with errors='surrogateescape', or a broken "
+            "\\ud83d-style escape); clean it, e.g. "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        )
+        raise ValueError(msg) from exc
+    return text
+
+
+def validate_texts(texts: object, *, what: str = "texts") -> list[str]:
+    """Check that ``texts`` is a string or a sequence of strings; return it as a list.
+
+    Raises:
+        TypeError: ``texts`` is not a string or a sequence, or an item is not a string (the
+            message names its index and type).
+        ValueError: A text holds a lone surrogate (the message names its index and position).
+    """
+    if isinstance(texts, str):
+        return [check_text(texts, what)]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        msg = f"{what} must be a string or a list of strings, got {type(texts).__name__}"
+        raise TypeError(msg)
+    return [check_text(text, f"{what}[{i}]") for i, text in enumerate(texts)]
+
+
+def validate_pairs(pairs: object) -> tuple[list[str], list[str]]:
+    """Split ``(query, passage)`` pairs (or one pair) into queries and passages.
+
+    Raises:
+        TypeError: ``pairs`` is not a list of pairs, or an item is not a 2-tuple (or 2-list) of
+            strings (the message names its index).
+        ValueError: A text holds a lone surrogate (the message names the pair and the side).
+    """
+    items: Sequence[object]
+    if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
+        items = [pairs]
+    elif isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes, bytearray)):
+        items = pairs
+    else:
+        msg = f"pairs must be a list of (query, passage) tuples, got {type(pairs).__name__}"
+        raise TypeError(msg)
+    queries: list[str] = []
+    passages: list[str] = []
+    for i, pair in enumerate(items):
+        if (
+            not isinstance(pair, (tuple, list))
+            or len(pair) != 2
+            or not all(isinstance(p, str) for p in pair)
+        ):
+            msg = f"pairs[{i}] must be a (query, passage) pair of strings, got {pair!r:.80}"
+            raise TypeError(msg)
+        queries.append(check_text(pair[0], f"pairs[{i}][0] (the query)"))
+        passages.append(check_text(pair[1], f"pairs[{i}][1] (the passage)"))
+    return queries, passages
