@@ -1,8 +1,8 @@
 """Reading documents from files and folders for indexing: txt, md, html, pdf and jsonl.
 
-Each reader yields :class:`~m3rag.Document` objects with a stable id (the file's path relative
+Each reader yields `Document` objects with a stable id (the file's path relative
 to the root it was found under, or the ``id`` of a jsonl record) and ``source`` metadata.
-Unreadable files are reported, not fatal: :func:`read_documents` yields ``(document, None)`` or
+Unreadable files are reported, not fatal: `read_documents` yields ``(document, None)`` or
 ``(None, problem)`` pairs so a caller can count and report them and go on.
 """
 
