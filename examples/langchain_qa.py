@@ -21,8 +21,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from m3rag_langchain import M3Reranker, M3Retriever
 
-from m3rag import Chunker, Collection, HybridRetriever, M3Encoder, Reranker
-from m3rag.ingest import discover, read_documents
+from m3rag import Collection, HybridRetriever, M3Encoder, Reranker, index_files
 
 PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -33,21 +32,11 @@ PROMPT = ChatPromptTemplate.from_messages(
 
 
 def build_index(docs: Path, folder: Path, encoder: M3Encoder, chunk_tokens: int) -> Collection:
-    """Chunk every document of ``docs`` and index the chunks with their parent ids."""
-    files, _ = discover([docs])
-    chunker = Chunker(encoder.tokenizer, max_tokens=chunk_tokens, overlap=chunk_tokens // 8)
+    """Chunk every document of ``docs`` and index the chunks, as ``m3rag index`` does."""
     col = Collection.create(folder, encoder=encoder)
-    for doc, problem in read_documents(files):
-        if doc is None:
-            print(f"skipped {problem}")
-            continue
-        chunks = chunker.split(doc.text, parent_id=doc.id)
-        col.add(
-            [c.text for c in chunks],
-            ids=[c.id for c in chunks],
-            metadata=[{"parent_id": doc.id, "source": doc.metadata["source"]} for c in chunks],
-        )
-    col.commit()
+    report = index_files(col, [docs], chunk_tokens=chunk_tokens)
+    for problem in report.problems:
+        print(f"skipped {problem}")
     return col
 
 

@@ -19,8 +19,7 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from m3rag_llamaindex import M3Reranker, M3Retriever
 
-from m3rag import Chunker, Collection, HybridRetriever, M3Encoder, Reranker
-from m3rag.ingest import discover, read_documents
+from m3rag import Collection, HybridRetriever, M3Encoder, Reranker, index_files
 
 
 def main() -> None:
@@ -33,21 +32,9 @@ def main() -> None:
     args = parser.parse_args()
 
     encoder = M3Encoder(args.model)
-    chunker = Chunker(
-        encoder.tokenizer, max_tokens=args.chunk_tokens, overlap=args.chunk_tokens // 8
-    )
     with tempfile.TemporaryDirectory() as tmp:
         col = Collection.create(Path(tmp) / "index", encoder=encoder)
-        files, _ = discover([args.docs])
-        for doc, _problem in read_documents(files):
-            if doc is not None:
-                chunks = chunker.split(doc.text, parent_id=doc.id)
-                col.add(
-                    [c.text for c in chunks],
-                    ids=[c.id for c in chunks],
-                    metadata=[{"parent_id": doc.id} for _ in chunks],
-                )
-        col.commit()
+        index_files(col, [args.docs], chunk_tokens=args.chunk_tokens)  # as `m3rag index` does
         retriever = M3Retriever(HybridRetriever(col), similarity_top_k=8)
         reranker = M3Reranker(args.reranker, top_n=3, reranker=Reranker(args.reranker))
         # MockLLM(max_tokens=n) would answer "text text ..."; without it, it echoes the prompt.

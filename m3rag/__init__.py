@@ -32,6 +32,7 @@ from m3rag.errors import (
 )
 from m3rag.fusion import FusionConfig
 from m3rag.index import Collection, Filter, Hits
+from m3rag.ingest import IndexReport, index_files
 from m3rag.rerank import RankedPassage, Reranker, RerankResult, RerankScores
 from m3rag.results import Hit, PathScore, SearchResults
 from m3rag.retriever import HybridRetriever
@@ -57,6 +58,8 @@ __all__ = [
     "Document",
     "Filter",
     "Hits",
+    "index_files",
+    "IndexReport",
     # retrieval
     "HybridRetriever",
     "FusionConfig",

@@ -10,29 +10,40 @@ at k). Install with ``pip install "m3rag[eval]"``.
 from __future__ import annotations
 
 import json
+import platform
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from m3rag._optional import require
 
 if TYPE_CHECKING:
     from m3rag.encoder import M3Encoder
+    from m3rag.fusion import FusionConfig
     from m3rag.index import Collection
     from m3rag.rerank import Reranker
     from m3rag.retriever import HybridRetriever
+    from m3rag.types import M3Output
+
+Progress = Callable[[str, int, int], None]
+"""``on_progress(stage, done, total)``: stages are ``"indexing"``, ``"encoding queries"`` and
+``"searching (<mode>)"``."""
 
 __all__ = [
     "MODES",
     "BeirDataset",
     "EvalReport",
     "evaluate",
+    "check_modes",
+    "encode_queries",
     "evaluate_run",
     "index_corpus",
     "load_beir",
     "tune_weights",
+    "versions",
 ]
 
 
@@ -165,6 +176,8 @@ class EvalReport:
         documents: Corpus size.
         metrics: ``mode -> {"ndcg@10": ..., "recall@100": ..., "mrr@10": ...}``.
         tuned_weights: The best fusion weights found by [`tune_weights`][], if run.
+        settings: What produced the metrics: the model, each mode's recall paths and fusion,
+            the reranker, and the versions of m3rag, Python and the libraries that score.
     """
 
     dataset: str
@@ -172,6 +185,7 @@ class EvalReport:
     documents: int
     metrics: dict[str, dict[str, float]]
     tuned_weights: dict[str, float] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
@@ -181,7 +195,28 @@ class EvalReport:
             "documents": self.documents,
             "metrics": self.metrics,
             "tuned_weights": self.tuned_weights,
+            "settings": self.settings,
         }
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of m3rag, Python and the libraries behind the scores (``None``: not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("m3rag", "torch", "transformers", "tokenizers", "tantivy", "numpy", "usearch"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _fusion_dict(fusion: FusionConfig) -> dict[str, object]:
+    return {
+        "method": fusion.method,
+        "weights": dict(fusion.weights),
+        "normalization": fusion.normalization,
+        "rrf_k": fusion.rrf_k,
+    }
 
 
 def mode_config(mode: str, available: Sequence[str]) -> tuple[tuple[str, ...], dict[str, float]]:
@@ -207,27 +242,94 @@ def mode_config(mode: str, available: Sequence[str]) -> tuple[tuple[str, ...], d
 
 
 def _run(
-    retriever: HybridRetriever, queries: Mapping[str, str], k: int
+    retriever: HybridRetriever,
+    queries: Mapping[str, str],
+    k: int,
+    encoded: M3Output | None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     run: dict[str, dict[str, float]] = {}
     qids = list(queries)
     for start in range(0, len(qids), 32):  # slices: hits carry their texts
         part = qids[start : start + 32]
-        results = retriever.retrieve_batch([queries[q] for q in part], k=k)
+        results = retriever.retrieve_batch(
+            [queries[q] for q in part],
+            k=k,
+            query_embeddings=None if encoded is None else encoded[start : start + len(part)],
+        )
         for qid, res in zip(part, results, strict=True):
             run[qid] = {h.id: float(h.score) for h in res}
+        if on_step is not None:
+            on_step(start + len(part))
     return run
 
 
-def index_corpus(dataset: BeirDataset, collection: Collection, *, batch: int = 256) -> int:
-    """Add the corpus documents that are not in ``collection`` yet; returns how many were added."""
+def index_corpus(
+    dataset: BeirDataset,
+    collection: Collection,
+    *,
+    batch: int = 256,
+    on_progress: Progress | None = None,
+) -> int:
+    """Add the corpus documents that are not in ``collection`` yet; returns how many were added.
+
+    ``on_progress("indexing", done, total)`` follows each committed batch.
+    """
     present = set(collection.ids())
     todo = [d for d in dataset.corpus if d not in present]
     for start in range(0, len(todo), batch):
         ids = todo[start : start + batch]
         collection.add([dataset.corpus[i] for i in ids], ids=ids)
         collection.commit()
+        if on_progress is not None:
+            on_progress("indexing", start + len(ids), len(todo))
     return len(todo)
+
+
+def encode_queries(
+    encoder: M3Encoder,
+    queries: Sequence[str],
+    heads: Sequence[str],
+    *,
+    on_progress: Progress | None = None,
+    batch: int = 256,
+) -> M3Output:
+    """Encode ``queries`` once with the ``heads`` every evaluated mode needs."""
+    from m3rag.types import M3Output
+
+    parts = []
+    for start in range(0, len(queries), batch):
+        parts.append(
+            encoder.encode_queries(
+                list(queries[start : start + batch]),
+                dense="dense" in heads,
+                sparse="sparse" in heads,
+                colbert="colbert" in heads,
+            )
+        )
+        if on_progress is not None:
+            on_progress("encoding queries", min(start + batch, len(queries)), len(queries))
+    return M3Output.concat(parts)
+
+
+def check_modes(modes: Sequence[str], available: Sequence[str], *, reranker: bool) -> None:
+    """Check that every mode can run on these paths, before anything is indexed or encoded.
+
+    Raises:
+        ValueError: Unknown mode, a mode whose path is not available (the message names the
+            paths the model and index offer), or ``hybrid+rerank`` without a reranker.
+    """
+    if not modes:
+        msg = f"no modes given; choose from {', '.join(MODES)}"
+        raise ValueError(msg)
+    for mode in modes:
+        mode_config(mode, available)
+        if mode == "hybrid+rerank" and not reranker:
+            msg = "mode hybrid+rerank needs a reranker"
+            raise ValueError(msg)
+
+
+_HEADS = (("dense", "dense"), ("lexical", "sparse"), ("colbert", "colbert"))
 
 
 def evaluate(
@@ -240,8 +342,11 @@ def evaluate(
     reranker: Reranker | None = None,
     weights: Mapping[str, float] | None = None,
     queries: Mapping[str, str] | None = None,
+    on_progress: Progress | None = None,
 ) -> EvalReport:
     """Evaluate retrieval modes on a BEIR dataset already indexed in ``collection``.
+
+    The queries are encoded once, with every head the modes need; then each mode searches.
 
     Args:
         dataset: From [`load_beir`][m3rag.eval.load_beir].
@@ -250,25 +355,39 @@ def evaluate(
         modes: From [`MODES`][m3rag.eval.MODES].
         k_values: Metric cut-offs.
         reranker: Needed for ``hybrid+rerank``.
-        weights: Fusion weights for the hybrid modes (default equal, z-score normalised).
+        weights: Fusion weights for the hybrid modes (default: every path 1, z-score
+            normalised, as the retriever's default).
         queries: A subset of the dataset's queries (default all judged ones).
+        on_progress: ``on_progress(stage, done, total)`` per encoded batch and per searched
+            slice of queries.
 
     Raises:
         ValueError: Unknown mode, a mode the model cannot serve, or ``hybrid+rerank`` without a
-            reranker.
+            reranker (all checked before any query is encoded).
     """
     from m3rag.fusion import FusionConfig
     from m3rag.retriever import HybridRetriever, available_paths
 
     available = available_paths(collection, encoder)
+    check_modes(modes, available, reranker=reranker is not None)
     qs = dict(queries) if queries is not None else dataset.queries
     depth = max(int(k) for k in k_values)
+    heads = [h for p, h in _HEADS if p in available]
+    encoded = (
+        encode_queries(encoder, list(qs.values()), heads, on_progress=on_progress)
+        if encoder is not None and heads and qs
+        else None
+    )
     metrics: dict[str, dict[str, float]] = {}
+    settings: dict[str, Any] = {
+        "model": None if encoder is None else str(encoder.model_name_or_path),
+        "reranker": None if reranker is None else str(reranker.model_name_or_path),
+        "k_values": sorted({int(k) for k in k_values}),
+        "modes": {},
+        "versions": versions(),
+    }
     for mode in modes:
         recall, default_weights = mode_config(mode, available)
-        if mode == "hybrid+rerank" and reranker is None:
-            msg = "mode hybrid+rerank needs a reranker"
-            raise ValueError(msg)
         fusion = (
             FusionConfig(weights=dict(weights or default_weights), normalization="zscore")
             if mode.startswith("hybrid")
@@ -281,10 +400,23 @@ def evaluate(
             fusion=fusion,
             recall=recall,
             recall_k=max(100, depth),
+            rollup=None,
         )
-        run = _run(retriever, qs, depth)
+        stage = f"searching ({mode})"
+
+        def step(done: int, stage: str = stage) -> None:
+            if on_progress is not None:
+                on_progress(stage, done, len(qs))
+
+        run = _run(retriever, qs, depth, encoded, step)
         metrics[mode] = evaluate_run(run, {q: dataset.qrels[q] for q in qs}, k_values=k_values)
-    return EvalReport(dataset.name, len(qs), len(dataset.corpus), metrics)
+        settings["modes"][mode] = {
+            "recall": list(recall),
+            "recall_k": retriever.recall_k,
+            "fusion": _fusion_dict(fusion),
+            "rerank_top_n": retriever.rerank_top_n if mode == "hybrid+rerank" else None,
+        }
+    return EvalReport(dataset.name, len(qs), len(dataset.corpus), metrics, settings=settings)
 
 
 def tune_weights(

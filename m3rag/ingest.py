@@ -1,9 +1,15 @@
-"""Reading documents from files and folders for indexing: txt, md, html, pdf and jsonl.
+"""Indexing files and folders: read txt, md, html, pdf and jsonl, chunk, encode, commit.
 
-Each reader yields `Document` objects with a stable id (the file's path relative
-to the root it was found under, or the ``id`` of a jsonl record) and ``source`` metadata.
-Unreadable files are reported, not fatal: `read_documents` yields ``(document, None)`` or
-``(None, problem)`` pairs so a caller can count and report them and go on.
+`index_files` is what ``m3rag index`` runs, as a library call: it reads files and folders,
+cuts every document into token-exact chunks (metadata as `m3rag.rollup` defines it), skips
+documents already indexed with the same content, replaces changed ones, commits in batches and
+returns an `IndexReport` with everything it skipped and why.
+
+The readers underneath yield `Document` objects with a stable id (the file's path
+relative to the root it was found under, or the ``id`` of a jsonl record) and ``source``
+metadata. Unreadable files and bad records are reported, not fatal: `read_documents`
+yields ``(document, None)`` or ``(None, problem)`` pairs so a caller can count and report them
+and go on.
 """
 
 from __future__ import annotations
@@ -12,15 +18,33 @@ import hashlib
 import html
 import json
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from m3rag.errors import M3RagError
+from m3rag.rollup import CONTENT_SHA, PARENT_ID, chunk_metadata
 from m3rag.types import Document
 
-__all__ = ["SUFFIXES", "Problem", "discover", "document_sha256", "read_documents"]
+if TYPE_CHECKING:
+    from m3rag.chunking import Chunker
+    from m3rag.index import Collection
+
+__all__ = [
+    "SUFFIXES",
+    "IndexProgress",
+    "IndexReport",
+    "Problem",
+    "count_documents",
+    "default_overlap",
+    "discover",
+    "document_sha256",
+    "index_files",
+    "read_documents",
+]
+
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
 
@@ -158,13 +182,38 @@ def read_documents(
         yield Document(text, rel, meta), None
 
 
+def _reject_constant(name: str) -> float:
+    msg = f"{name} is not valid JSON (use null or a string)"
+    raise ValueError(msg)
+
+
+def _record_problem(text: str, meta: dict[str, Any], doc_id: object) -> str | None:
+    """Why a parsed jsonl record cannot be indexed, or ``None``."""
+    if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, (str, int))):
+        return f'"id" must be a string or an integer, got {type(doc_id).__name__}'
+    try:
+        text.encode("utf-8")
+        str(doc_id).encode("utf-8")
+        json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate ({exc.object[exc.start : exc.end]!r}) is not text; fix the escape"
+    except ValueError as exc:
+        return f'"metadata" cannot be stored ({exc})'
+    except RecursionError:
+        return '"metadata" is nested too deeply'
+    return None
+
+
 def _read_jsonl(path: Path, rel: str) -> Iterator[tuple[Document | None, Problem | None]]:
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_constant=_reject_constant)
+            except RecursionError:
+                yield None, Problem(path, "not JSON (nested too deeply)", n)
+                continue
             except ValueError as exc:
                 yield None, Problem(path, f"not JSON ({exc})", n)
                 continue
@@ -181,5 +230,264 @@ def _read_jsonl(path: Path, rel: str) -> Iterator[tuple[Document | None, Problem
             text = (
                 f"{title} {text_value}".strip() if isinstance(title, str) and title else text_value
             )
+            problem = _record_problem(text, meta, doc_id)
+            if problem is not None:
+                yield None, Problem(path, problem, n)
+                continue
             record_id = str(doc_id) if doc_id is not None else f"{rel}:{n}"
             yield Document(text, record_id, {**meta, "source": str(path)}), None
+
+
+def count_documents(files: Sequence[tuple[Path, Path]]) -> int:
+    """How many documents `read_documents` will yield at most (a progress total).
+
+    A jsonl file counts its non-blank lines, any other file one; nothing is parsed.
+    """
+    total = 0
+    for path, _root in files:
+        if path.suffix.lower() == ".jsonl":
+            try:
+                with path.open("rb") as fh:
+                    total += sum(1 for line in fh if line.strip())
+            except OSError:
+                total += 1
+        else:
+            total += 1
+    return total
+
+
+def default_overlap(chunk_tokens: int) -> int:
+    """The overlap used when none is given: an eighth of the chunk (64 tokens at 512)."""
+    return max(0, chunk_tokens // 8)
+
+
+@dataclass(frozen=True)
+class IndexProgress:
+    """Where `index_files` is, passed to its ``on_progress`` callback.
+
+    Attributes:
+        done: Records handled so far (indexed, skipped or reported as problems).
+        total: Records expected (`count_documents`; a jsonl file counts its lines).
+        chunks: Chunks staged so far.
+        source: The file being read.
+    """
+
+    done: int
+    total: int
+    chunks: int
+    source: str
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What `index_files` did.
+
+    Attributes:
+        documents: Documents newly indexed (new or changed).
+        chunks: Chunks those documents were cut into.
+        skipped: Documents already indexed with the same text and metadata.
+        replaced: Changed documents whose old chunks were replaced.
+        problems: Files and records that were not indexed, and why.
+    """
+
+    documents: int = 0
+    chunks: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    problems: tuple[Problem, ...] = field(default=())
+
+    @property
+    def unreadable(self) -> int:
+        """How many files or records were not indexed."""
+        return len(self.problems)
+
+    def __str__(self) -> str:
+        return (
+            f"indexed {self.documents} documents ({self.chunks} chunks), skipped "
+            f"{self.skipped} already indexed, replaced {self.replaced}, "
+            f"{self.unreadable} unreadable"
+        )
+
+
+def index_files(
+    collection: Collection,
+    paths: Sequence[str | Path],
+    *,
+    chunker: Chunker | None = None,
+    chunk_tokens: int = 512,
+    overlap: int | None = None,
+    batch_size: int = 64,
+    commit_every: int = 32,
+    on_progress: Callable[[IndexProgress], None] | None = None,
+    on_problem: Callable[[Problem], None] | None = None,
+) -> IndexReport:
+    """Index files and folders into ``collection``, as ``m3rag index`` does.
+
+    Reads ``.txt``, ``.md``, ``.html`` (visible text; the title as metadata), ``.pdf`` and
+    ``.jsonl`` (``{"id", "text", "title", "metadata"}`` per line) recursively; cuts each document
+    into chunks whose metadata follows `m3rag.rollup`; encodes ``batch_size`` chunks per
+    call; commits every ``commit_every`` documents and at the end, so an interrupted run keeps
+    what it committed. A document already indexed with the same text and metadata is skipped
+    (resume); one whose content changed replaces its old chunks. Files that cannot be read and
+    records that cannot be indexed (bad JSON, non-finite numbers, lone surrogates, an id that
+    repeats within the run, a document the collection refuses) are reported and skipped.
+
+    Args:
+        collection: A writable collection with an encoder (or pass ``chunker``).
+        paths: Files and folders.
+        chunker: How to cut documents (default: a [`Chunker`][m3rag.Chunker] on the collection's
+            encoder's tokenizer with ``chunk_tokens`` and ``overlap``).
+        chunk_tokens: Chunk size in tokens, specials included (capped at the encoder's maximum).
+        overlap: Tokens shared by consecutive chunks (default `default_overlap`).
+        batch_size: Chunks per [`add`][m3rag.Collection.add] call.
+        commit_every: Documents per commit.
+        on_progress: Called after each record with an `IndexProgress`.
+        on_problem: Called with each `Problem` as it is found.
+
+    Returns:
+        An `IndexReport`.
+
+    Raises:
+        ValueError: Bad sizes (before anything is read).
+        TypeError: ``paths`` is a string (pass a list) or holds non-paths.
+        m3rag.CollectionError: The collection cannot be written (read-only, locked, commit
+            failed); what was committed before stays.
+
+    Example:
+        ```python
+        report = m3rag.index_files(collection, ["docs/", "notes.jsonl"], chunk_tokens=256)
+        print(report)  # indexed 12 documents (40 chunks), skipped 0 ...
+        ```
+    """
+    from m3rag.chunking import Chunker
+
+    if isinstance(paths, (str, Path)):
+        msg = "paths must be a list of files or folders, e.g. [path]"
+        raise TypeError(msg)
+    for name, value in (("batch_size", batch_size), ("commit_every", commit_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            msg = f"{name} must be a positive int, got {value!r}"
+            raise ValueError(msg)
+    if chunker is None:
+        encoder = collection.encoder
+        if encoder is None:
+            msg = "index_files needs a collection with an encoder (to chunk), or a chunker"
+            raise ValueError(msg)
+        size = chunk_tokens
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = min(size, encoder.max_length)
+        chunker = Chunker(
+            encoder.tokenizer,
+            max_tokens=size,
+            overlap=default_overlap(size) if overlap is None else overlap,
+        )
+    run = _IndexRun(collection, chunker, batch_size, commit_every, on_problem)
+    files, missing = discover([Path(p) for p in paths])
+    for found in missing:
+        run.problem(found)
+    total = count_documents(files)
+    for done, (doc, problem) in enumerate(read_documents(files), 1):
+        if problem is not None:
+            run.problem(problem)
+        elif doc is not None:
+            run.document(doc)
+        if on_progress is not None:
+            source = doc.metadata.get("source") if doc is not None else None
+            where = str(source if source is not None else problem.path if problem else "")
+            on_progress(IndexProgress(done, max(total, done), run.chunks, where))
+    run.flush()
+    collection.commit()
+    return IndexReport(run.documents, run.chunks, run.skipped, run.replaced, tuple(run.problems))
+
+
+class _IndexRun:
+    """The state of one `index_files` call: what is buffered, seen and counted."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        chunker: Chunker,
+        batch_size: int,
+        commit_every: int,
+        on_problem: Callable[[Problem], None] | None,
+    ) -> None:
+        self.collection = collection
+        self.chunker = chunker
+        self.batch_size = batch_size
+        self.commit_every = commit_every
+        self.on_problem = on_problem
+        self.indexed_shas = {str(v) for v in collection.metadata_values(CONTENT_SHA)}
+        self.known_parents = {str(v) for v in collection.metadata_values(PARENT_ID)}
+        self.seen: dict[str, str] = {}  # id -> where it was read, in this run
+        self.buffer: list[tuple[Document, list[Document]]] = []
+        self.problems: list[Problem] = []
+        self.documents = self.chunks = self.skipped = self.replaced = 0
+        self.since_commit = 0
+
+    def problem(self, problem: Problem) -> None:
+        self.problems.append(problem)
+        if self.on_problem is not None:
+            self.on_problem(problem)
+
+    def document(self, doc: Document) -> None:
+        source = str(doc.metadata.get("source", ""))
+        parent = str(doc.id)
+        if parent in self.seen:
+            where = self.seen[parent]
+            self.problem(
+                Problem(Path(source), f"the id {parent!r} repeats (first read in {where})")
+            )
+            return
+        self.seen[parent] = source
+        sha = document_sha256(doc)
+        if sha in self.indexed_shas:
+            self.skipped += 1
+            return
+        try:
+            pieces = self.chunker.split(doc.text, parent_id=parent)
+        except (ValueError, TypeError) as exc:
+            self.problem(Problem(Path(source), f"{parent}: cannot be chunked ({exc})"))
+            return
+        if not pieces:
+            self.problem(Problem(Path(source), f"{parent}: no text"))
+            return
+        if parent in self.known_parents:  # content changed: replace the old chunks
+            self.flush()
+            self.collection.delete(self.collection.ids_matching({PARENT_ID: parent}))
+            self.replaced += 1
+        chunks = [
+            Document(c.text, c.id, chunk_metadata(c, parent, doc.metadata, sha256=sha))
+            for c in pieces
+        ]
+        self.buffer.append((doc, chunks))
+        self.indexed_shas.add(sha)
+        self.known_parents.add(parent)
+        self.documents += 1
+        self.chunks += len(chunks)
+        self.since_commit += 1
+        if sum(len(c) for _, c in self.buffer) >= self.batch_size:
+            self.flush()
+        if self.since_commit >= self.commit_every:
+            self.flush()
+            self.collection.commit()
+            self.since_commit = 0
+
+    def flush(self) -> None:
+        """Add the buffered chunks; a document the collection refuses is reported, not fatal."""
+        if not self.buffer:
+            return
+        batch, self.buffer = self.buffer, []
+        try:
+            self.collection.add([c for _, chunks in batch for c in chunks])
+        except (M3RagError, ValueError, TypeError):
+            pass  # a failed add() stages nothing: retry document by document, below
+        else:
+            return
+        for parent, chunks in batch:
+            try:
+                self.collection.add(chunks)
+            except (M3RagError, ValueError, TypeError) as exc:
+                source = Path(str(parent.metadata.get("source", parent.id)))
+                self.problem(Problem(source, f"{parent.id}: not indexed ({exc})"))
+                self.documents -= 1
+                self.chunks -= len(chunks)

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from m3rag.errors import UnsupportedOutputError
 from m3rag.fusion import PATHS, FusionConfig, fuse, normalize, ranks
 from m3rag.results import Hit, PathScore, SearchResults
+from m3rag.rollup import PARENT_ID, Rollup, roll_up
 from m3rag.types import M3Output
 
 if TYPE_CHECKING:
@@ -35,12 +36,11 @@ if TYPE_CHECKING:
     from m3rag.index import Collection, Filter
     from m3rag.rerank import Reranker
 
-__all__ = ["HybridRetriever", "available_paths"]
+__all__ = ["HybridRetriever", "available_paths", "default_fusion", "holds_chunks"]
 
 logger = logging.getLogger(__name__)
 
 RECALL_PATHS = ("dense", "lexical", "bm25")
-Rollup = Literal["max", "max_mean"]
 _HEAD_OF = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
 
 
@@ -50,6 +50,22 @@ def available_paths(collection: Collection, encoder: M3Encoder | None) -> tuple[
     return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in heads)
 
 
+def default_fusion(paths: Sequence[str]) -> FusionConfig:
+    """The fusion m3rag uses unless told otherwise: every path weighted 1, z-score normalised.
+
+    The retriever, ``m3rag search``/``ask`` and ``m3rag eval``'s hybrid mode all use it. Z-scores
+    put BM25's unbounded scores and the heads' bounded ones on one scale; on SciFact and QMSum
+    this beat raw BGE-M3 weights and min-max (docs/evaluation.md). For BGE-M3's own
+    ``compute_score`` formula pass ``FusionConfig()`` (dense 0.4, lexical 0.2, ColBERT 0.4, raw).
+    """
+    return FusionConfig(weights=dict.fromkeys(paths, 1.0), normalization="zscore")
+
+
+def holds_chunks(collection: Collection) -> bool:
+    """Whether the collection holds chunks (documents with ``parent_id`` metadata)."""
+    return bool(collection.metadata_values(PARENT_ID))
+
+
 class HybridRetriever:
     """Recall on several paths, score every candidate on every path, fuse, rerank.
 
@@ -57,14 +73,19 @@ class HybridRetriever:
         collection: The [`Collection`][m3rag.Collection] to search.
         encoder: The query encoder; default ``collection.encoder``.
         reranker: An optional [`Reranker`][m3rag.Reranker] for the final order.
-        fusion: How path scores are combined (default: weighted, dense 0.4 / lexical 0.2 /
-            ColBERT 0.4, raw scores -- BGE-M3's ``compute_score``).
+        fusion: How path scores are combined (default: `default_fusion`, every available
+            path weighted 1, z-score normalised; ``FusionConfig()`` is BGE-M3's
+            ``compute_score`` formula).
         recall_k: Candidates each recall path contributes.
         rerank_top_n: How many fused candidates the reranker sees.
-        recall: Recall paths, a subset of ``("dense", "lexical", "bm25")``.
-        rollup: ``None`` returns chunks as indexed; ``"max"`` or ``"max_mean"`` groups
-            candidates by ``metadata["parent_id"]`` and scores each parent by its best chunk
-            (plus ``rollup_alpha`` times the mean chunk score), the best chunk as evidence.
+        recall: Recall paths, a subset of ``("dense", "lexical", "bm25")`` (default: those of
+            them the collection and encoder provide).
+        rollup: ``"auto"`` (default) rolls chunks up with ``"max"`` when the collection holds
+            chunks (``parent_id`` metadata, see `m3rag.rollup`) and returns documents as
+            indexed otherwise; ``None`` always returns chunks as indexed; ``"max"`` or
+            ``"max_mean"`` group candidates by ``metadata["parent_id"]`` and score each parent
+            by its best chunk (plus ``rollup_alpha`` times the mean chunk score), the best chunk
+            as evidence.
         rollup_alpha: The ``alpha`` of ``"max_mean"``.
         colbert_precision: ``"float32"`` (default, exact on the stored vectors) or
             ``"bfloat16"`` (each similarity within 0.012 for unit vectors, several times
@@ -97,8 +118,8 @@ class HybridRetriever:
         fusion: FusionConfig | None = None,
         recall_k: int = 100,
         rerank_top_n: int = 50,
-        recall: Sequence[str] = RECALL_PATHS,
-        rollup: Rollup | None = None,
+        recall: Sequence[str] | None = None,
+        rollup: Rollup | Literal["auto"] | None = "auto",
         rollup_alpha: float = 0.3,
         colbert_precision: str = "float32",
         exact_dense: bool | None = None,
@@ -106,22 +127,28 @@ class HybridRetriever:
         self.collection = collection
         self.encoder = encoder if encoder is not None else collection.encoder
         self.reranker = reranker
-        self.fusion = fusion if fusion is not None else FusionConfig()
         for name, value in (("recall_k", recall_k), ("rerank_top_n", rerank_top_n)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 msg = f"{name} must be a positive int, got {value!r}"
                 raise ValueError(msg)
         self.recall_k = recall_k
         self.rerank_top_n = rerank_top_n
+        if recall is None:
+            recall = [p for p in RECALL_PATHS if p in self.available_paths]
+        elif isinstance(recall, str):
+            msg = f"recall must be a list of paths, e.g. [{recall!r}]"
+            raise TypeError(msg)
         unknown = [p for p in recall if p not in RECALL_PATHS]
         if unknown or not recall:
             msg = f"recall must be a non-empty subset of {list(RECALL_PATHS)}, got {list(recall)}"
             raise ValueError(msg)
         self.recall = tuple(dict.fromkeys(recall))
-        if rollup not in (None, "max", "max_mean"):
-            msg = f"rollup must be None, 'max' or 'max_mean', got {rollup!r}"
+        if rollup not in ("auto", None, "max", "max_mean"):
+            msg = f"rollup must be 'auto', None, 'max' or 'max_mean', got {rollup!r}"
             raise ValueError(msg)
-        self.rollup = rollup
+        self.rollup: Rollup | None = (
+            ("max" if holds_chunks(collection) else None) if rollup == "auto" else rollup
+        )
         self.rollup_alpha = float(rollup_alpha)
         if colbert_precision not in ("float32", "bfloat16"):
             msg = f"colbert_precision must be 'float32' or 'bfloat16', got {colbert_precision!r}"
@@ -132,6 +159,7 @@ class HybridRetriever:
             raise ValueError(msg)
         self.exact_dense = exact_dense
         available = self.available_paths
+        self.fusion = fusion if fusion is not None else default_fusion(available)
         needed = set(self.recall) | set(self.fusion.paths)
         missing = sorted(p for p in needed if p not in available)
         if missing:
@@ -275,7 +303,7 @@ class HybridRetriever:
             order = order[: max(k, self.rerank_top_n if self.reranker is not None else k)]
         ranked = self._hits(keys, order, raw, fused, recalled)
         if self.rollup is not None:
-            ranked = self._roll_up(ranked)
+            ranked = roll_up(ranked, self.rollup, alpha=self.rollup_alpha)
         ranked = self._rerank(query, ranked, k)
         return SearchResults(query, tuple(ranked[:k]), self._display_paths(), len(keys))
 
@@ -330,7 +358,7 @@ class HybridRetriever:
                 for p in raw
             }
             meta = dict(doc.metadata)
-            parent = meta.get("parent_id")
+            parent = meta.get(PARENT_ID)
             hits.append(
                 Hit(
                     id=str(doc.id),
@@ -345,36 +373,6 @@ class HybridRetriever:
                 )
             )
         return hits
-
-    def _roll_up(self, ranked: list[Hit]) -> list[Hit]:
-        """Group chunk hits by parent; each parent scores by its chunks, best chunk as evidence."""
-        groups: dict[str, list[Hit]] = {}
-        for hit in ranked:
-            groups.setdefault(hit.parent_id or hit.id, []).append(hit)
-        parents = []
-        for parent, chunk_hits in groups.items():
-            best = chunk_hits[0]  # ranked is sorted by fused score
-            scores = [h.fused_score for h in chunk_hits]
-            score = max(scores)
-            if self.rollup == "max_mean":
-                score += self.rollup_alpha * float(np.mean(scores))
-            parents.append(
-                Hit(
-                    id=parent,
-                    text=best.text,
-                    metadata=best.metadata,
-                    score=score,
-                    fused_score=score,
-                    rerank_score=None,
-                    paths=best.paths,
-                    parent_id=best.parent_id,
-                    chunk_id=best.id,
-                    chunks=len(chunk_hits),
-                    key=best.key,
-                )
-            )
-        parents.sort(key=lambda h: (-h.fused_score, h.key))
-        return parents
 
     def _rerank(self, query: str, ranked: list[Hit], k: int) -> list[Hit]:
         if self.reranker is None or not ranked:

@@ -168,6 +168,7 @@ def test_python_blocks_run(
 ) -> None:
     monkeypatch.setenv("M3RAG_MODEL", str(tiny_m3_path))
     monkeypatch.setenv("M3RAG_RERANKER", str(tiny_reranker_path))
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # blocks that read examples/data
     monkeypatch.chdir(tmp_path)  # blocks that write "my-index" write it here
     namespace: dict[str, object] = {}
     for block in _python_blocks(page):

@@ -13,6 +13,8 @@ EXPECTED = {
     "Document",
     "Filter",
     "Hits",
+    "index_files",
+    "IndexReport",
     "HybridRetriever",
     "FusionConfig",
     "SearchResults",

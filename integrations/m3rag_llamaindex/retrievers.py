@@ -120,7 +120,7 @@ class M3Retriever(BaseRetriever):
             reranker_model: A bge-reranker to rerank with, if any.
             similarity_top_k: Nodes returned.
             filters: LlamaIndex metadata filters.
-            fusion: Fusion settings (default: BGE-M3's weighted sum).
+            fusion: Fusion settings (default: the retriever's, z-score over every path).
             **retriever_kwargs: More [`m3rag.HybridRetriever`][m3rag.HybridRetriever] options.
         """
         from m3rag import M3Encoder

@@ -1,0 +1,261 @@
+"""The typer app, its global options, exit codes, error mapping and model loading."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from m3rag.errors import (
+    CollectionError,
+    CollectionNotFoundError,
+    EncoderMismatchError,
+    InputTooLongError,
+    ModelError,
+    UnsupportedOutputError,
+)
+
+app = typer.Typer(
+    name="m3rag",
+    help="Hybrid retrieval with BGE-M3: index documents, search them with every path.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_MODEL, EXIT_INDEX, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
+EXIT_INTERRUPTED = 130
+DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_MODEL = "BAAI/bge-m3"
+DEFAULT_RERANKER = "BAAI/bge-reranker-v2-m3"
+
+
+class _State:
+    verbose = False
+    debug = False
+
+
+state = _State()
+
+
+def _stdout_console() -> Console:
+    # Piped output is not a terminal: rich would wrap it at 80 columns. Give it room instead,
+    # so a table row or a hit stays on its lines whatever reads it.
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(width=400, highlight=False, soft_wrap=True)
+
+
+def out() -> Console:
+    """Results go to stdout (made per call: tests and pipes swap sys.stdout)."""
+    return _stdout_console()
+
+
+def err() -> Console:
+    """Progress, status and errors go to stderr."""
+    if sys.stderr.isatty():
+        return Console(stderr=True, highlight=False)
+    return Console(stderr=True, width=200, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print a one-line error (as text, never markup) and return the exit to raise."""
+    line = Text("error: ", style="bold red")
+    line.append(message)
+    err().print(line)
+    return typer.Exit(code)
+
+
+def note(message: str) -> None:
+    """A status line on stderr."""
+    err().print(Text(message, style="dim"))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(func: F) -> F:
+    """Map every error a command can meet to its documented exit code and a one-line message.
+
+    ``--debug`` shows the traceback instead.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise fail("interrupted; what was committed is kept", EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if state.debug:
+                traceback.print_exc()
+            raise fail(_describe(exc), exit_code(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code of an error (see ``docs/cli.md``)."""
+    if isinstance(exc, CollectionNotFoundError):
+        return EXIT_USAGE
+    if isinstance(exc, (UnsupportedOutputError, InputTooLongError)):
+        return EXIT_USAGE
+    if isinstance(exc, EncoderMismatchError):
+        return EXIT_INDEX
+    if isinstance(exc, ModelError):
+        return EXIT_MODEL
+    if isinstance(exc, CollectionError):
+        return EXIT_INDEX
+    if isinstance(exc, (ValueError, TypeError)):
+        return EXIT_USAGE
+    if isinstance(exc, OSError):
+        return EXIT_INDEX
+    return EXIT_INTERNAL
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc) or type(exc).__name__
+    if exit_code(exc) == EXIT_INTERNAL:
+        return (
+            f"unexpected {type(exc).__name__}: {message} (a bug in m3rag: please report it "
+            "with the output of the same command run with --debug)"
+        )
+    if isinstance(exc, OSError) and not isinstance(exc, (ModelError, CollectionError)):
+        return f"{message} ({type(exc).__name__})"
+    return message
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from m3rag import __version__
+
+        typer.echo(f"m3rag {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show what third-party libraries log while loading."),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Hybrid retrieval with BGE-M3: index documents, search them with every path."""
+    state.verbose = verbose or debug
+    state.debug = debug
+    logging.getLogger("m3rag").setLevel(logging.INFO if state.verbose else logging.WARNING)
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a malformed device before any model loads."""
+    if device is not None and not DEVICE.match(device):
+        msg = f"--device must be cpu, cuda, cuda:N, mps or xpu, got {device!r}"
+        raise fail(msg, EXIT_USAGE)
+
+
+def check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in DTYPES:
+        msg = f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"
+        raise fail(msg, EXIT_USAGE)
+
+
+def check_index_path(index: Path, *, must_exist: bool) -> None:
+    """``--index`` must be a folder (or, when it may be created, not exist yet)."""
+    if index.exists() and not index.is_dir():
+        msg = f"--index {index} is a file; give a folder for the index"
+        raise fail(msg, EXIT_USAGE)
+    if must_exist and not (index / "manifest.json").exists():
+        msg = f"no index at {index}; build one with: m3rag index PATH... --index {index}"
+        raise fail(msg, EXIT_USAGE)
+
+
+def quiet_third_party() -> None:
+    """Silence transformers' and the hub's loading bars and reports, unless --verbose."""
+    if state.verbose:
+        return
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]
+
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    disable_progress_bars()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@contextmanager
+def loading(what: str) -> Iterator[None]:
+    """A spinner on stderr while a model loads; load errors become exit code 3 with a hint."""
+    quiet_third_party()
+    try:
+        with err().status(f"loading {what} ..."):
+            yield
+    except ModelError as exc:
+        if isinstance(exc, (UnsupportedOutputError, InputTooLongError)):
+            raise
+        hint = (
+            f"To work offline, download the model once (hf download {what}) or pass "
+            "--model /path/to/a/local/checkpoint."
+        )
+        if state.debug:
+            traceback.print_exc()
+        raise fail(f"{exc}\n{hint}", EXIT_MODEL) from exc
+
+
+def load_encoder(model: str, device: str | None, dtype: str | None) -> Any:
+    from m3rag.encoder import M3Encoder
+
+    with loading(model):
+        return M3Encoder(model, device=device, dtype=dtype)
+
+
+def load_reranker(model: str, device: str | None) -> Any:
+    from m3rag.rerank import Reranker
+
+    with loading(model):
+        return Reranker(model, device=device)
+
+
+def stored_model(index: Path) -> str | None:
+    """The model an index was built with, from its manifest (``None`` if unknown)."""
+    import json
+
+    try:
+        manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    encoder = manifest.get("encoder") if isinstance(manifest, dict) else None
+    model = encoder.get("model") if isinstance(encoder, dict) else None
+    return str(model) if model else None
+
+
+def open_collection(index: Path, encoder: Any, *, read_only: bool) -> Any:
+    from m3rag.index import Collection
+
+    return Collection.open(index, encoder=encoder, read_only=read_only)
+
+
+def main() -> None:
+    """Entry point of the ``m3rag`` script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

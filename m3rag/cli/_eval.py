@@ -1,0 +1,238 @@
+"""``m3rag eval``: retrieval quality of each mode on a BEIR folder, with progress per stage."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from m3rag.cli._app import (
+    DEFAULT_MODEL,
+    DEFAULT_RERANKER,
+    EXIT_USAGE,
+    app,
+    check_device,
+    check_dtype,
+    check_index_path,
+    err,
+    fail,
+    handled,
+    load_encoder,
+    load_reranker,
+    note,
+    open_collection,
+    out,
+)
+
+_PATH_OF_HEAD = {"dense": "dense", "sparse": "lexical", "colbert": "colbert"}
+
+
+class _StageProgress:
+    """One progress bar per stage (indexing, encoding queries, searching per mode), on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+@app.command("eval")
+@handled
+def eval_(
+    dataset: Annotated[
+        Path, typer.Argument(help="A BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.")
+    ],
+    modes: Annotated[
+        str,
+        typer.Option(help="Comma-separated: dense, lexical, bm25, colbert, hybrid, hybrid+rerank."),
+    ] = "dense,lexical,bm25,colbert,hybrid",
+    k: Annotated[
+        str, typer.Option("--k", "-k", help="Comma-separated metric cut-offs.")
+    ] = "10,100",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help=f"Hub id or local folder (default: {DEFAULT_MODEL})."),
+    ] = None,
+    index: Annotated[
+        Path | None,
+        typer.Option(
+            "--index",
+            help="Keep the index here (reused on the next run); default: a temporary folder.",
+        ),
+    ] = None,
+    reranker: Annotated[str, typer.Option(help="Reranker for hybrid+rerank.")] = DEFAULT_RERANKER,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON report here.")
+    ] = None,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="Grid-search hybrid fusion weights on a dev split first.")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
+    ] = None,
+) -> None:
+    """Evaluate retrieval modes on a BEIR dataset: nDCG@k, Recall@k, MRR@k (pytrec_eval).
+
+    With --tune, fusion weights are searched on qrels/dev.tsv when the dataset has one, else on
+    the first half of the test queries, and the report is computed on the other half. The
+    modes are checked against the model before anything is indexed; BM25 alone loads no model.
+    """
+    from m3rag.eval import MODES, check_modes, load_beir
+
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in mode_list if m not in MODES]
+    if unknown or not mode_list:
+        raise fail(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}", EXIT_USAGE)
+    try:
+        k_values = sorted({int(x) for x in k.split(",") if x.strip()})
+    except ValueError as exc:
+        raise fail(f"--k must be comma-separated integers, got {k!r}", EXIT_USAGE) from exc
+    if not k_values or min(k_values) <= 0:
+        raise fail(f"--k must be positive integers, got {k!r}", EXIT_USAGE)
+    check_device(device)
+    check_dtype(dtype)
+    if index is not None:
+        check_index_path(index, must_exist=False)
+    if out_file is not None and out_file.is_dir():
+        raise fail(f"--out {out_file} is a folder; give a file name", EXIT_USAGE)
+    try:
+        data = load_beir(dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    needs_model = any(m != "bm25" for m in mode_list) or tune
+    encoder = load_encoder(model or DEFAULT_MODEL, device, dtype) if needs_model else None
+    # the modes must fit the model (and a kept index) before anything is indexed
+    heads = set(encoder.heads) if encoder is not None else set()
+    kept = index is not None and (index / "manifest.json").exists()
+    if kept:
+        assert index is not None  # noqa: S101 - for mypy
+        col_heads = set(json.loads((index / "manifest.json").read_text("utf-8")).get("heads", ()))
+        heads &= col_heads
+    paths = {_PATH_OF_HEAD[h] for h in heads}
+    available = tuple(
+        p for p in ("dense", "lexical", "colbert", "bm25") if p == "bm25" or p in paths
+    )
+    check_modes(mode_list, available, reranker="hybrid+rerank" in mode_list)
+    rr = load_reranker(reranker, device) if "hybrid+rerank" in mode_list else None
+
+    tmp = None
+    folder = index
+    if folder is None:
+        tmp = tempfile.TemporaryDirectory(prefix="m3rag-eval-")
+        folder = Path(tmp.name) / "index"
+    try:
+        report, tuned = _run(data, folder, encoder, mode_list, k_values, rr, tune, dataset)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if tuned is not None:
+        report = type(report)(
+            report.dataset,
+            report.queries,
+            report.documents,
+            report.metrics,
+            tuned,
+            report.settings,
+        )
+    table = Table(
+        title=Text(f"{data.name}: {report.queries} queries, {report.documents} documents")
+    )
+    table.add_column("mode")
+    names = list(next(iter(report.metrics.values())).keys())
+    for name in names:
+        table.add_column(name, justify="right")
+    for mode_name, values in report.metrics.items():
+        table.add_row(Text(mode_name), *(f"{values[n]:.4f}" for n in names))
+    out().print(table)
+    if out_file is not None:
+        out_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        note(f"report written to {out_file}")
+
+
+def _run(
+    data: Any,
+    folder: Path,
+    encoder: Any,
+    mode_list: list[str],
+    k_values: list[int],
+    rr: Any,
+    tune: bool,
+    dataset: Path,
+) -> tuple[Any, dict[str, float] | None]:
+    from m3rag.eval import evaluate, index_corpus, load_beir, tune_weights
+    from m3rag.index import Collection
+
+    if (folder / "manifest.json").exists():
+        col = open_collection(folder, encoder, read_only=False)
+    else:
+        col = Collection.create(folder, encoder=encoder, heads=None if encoder is not None else ())
+    try:
+        with Progress(
+            TextColumn("{task.description:<22}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err(),
+        ) as progress:
+            stages = _StageProgress(progress)
+            added = index_corpus(data, col, on_progress=stages)
+            progress.console.print(
+                Text(
+                    f"{data.name}: {len(data.corpus)} documents ({added} newly indexed), "
+                    f"{len(data.queries)} queries"
+                )
+            )
+            queries = data.queries
+            tuned = None
+            if tune:
+                dev_file = dataset / "qrels" / "dev.tsv"
+                if dev_file.exists():
+                    dev = load_beir(dataset, split="dev").queries
+                else:
+                    ids = list(queries)
+                    dev = {q: queries[q] for q in ids[: len(ids) // 2]}
+                    queries = {q: queries[q] for q in ids[len(ids) // 2 :]}
+                    progress.console.print(
+                        Text(
+                            f"no qrels/dev.tsv: tuning on {len(dev)} test queries, "
+                            f"reporting on the other {len(queries)}"
+                        )
+                    )
+                tuning = progress.add_task("tuning fusion weights", total=None)
+                tuned, score = tune_weights(data, col, encoder=encoder, dev_queries=dev)
+                progress.update(tuning, total=1, completed=1)
+                progress.console.print(Text(f"best weights on dev: {tuned} (nDCG@10 {score:.4f})"))
+            report = evaluate(
+                data,
+                col,
+                encoder=encoder,
+                modes=mode_list,
+                k_values=k_values,
+                reranker=rr,
+                weights=tuned,
+                queries=queries,
+                on_progress=stages,
+            )
+    finally:
+        col.close()
+    return report, tuned

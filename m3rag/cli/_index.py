@@ -1,0 +1,161 @@
+"""``m3rag index``: files and folders into an index, with progress that tells the truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from m3rag.cli._app import (
+    DEFAULT_MODEL,
+    EXIT_NOTHING,
+    EXIT_USAGE,
+    app,
+    check_device,
+    check_dtype,
+    check_index_path,
+    err,
+    fail,
+    handled,
+    load_encoder,
+    note,
+    open_collection,
+    out,
+    stored_model,
+)
+
+MIN_CHUNK_TOKENS = 8
+# BGE-M3 (XLM-RoBERTa) and BERT-style models add two special tokens to a text
+SPECIALS = 2
+
+
+@app.command()
+@handled
+def index(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files and folders (.txt .md .html .pdf .jsonl).")
+    ],
+    index: Annotated[Path, typer.Option("--index", help="The index folder.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help=f"Hub id or local folder of the encoder (default: {DEFAULT_MODEL}, or the "
+            "model an existing index was built with).",
+        ),
+    ] = None,
+    chunk_tokens: Annotated[
+        int, typer.Option(help="Chunk size in tokens (specials included).")
+    ] = 512,
+    overlap: Annotated[
+        int | None,
+        typer.Option(help="Tokens shared by consecutive chunks (default: chunk size / 8)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Chunks encoded per call.")] = 64,
+    commit_every: Annotated[
+        int, typer.Option(help="Documents per commit (an interrupted run keeps them).")
+    ] = 32,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
+    ] = None,
+) -> None:
+    """Index documents: chunk them, encode every chunk with all three heads, commit in batches.
+
+    Re-running skips documents already indexed (same text and metadata); a document whose
+    content changed replaces its old chunks. Unreadable files and bad records are reported and
+    skipped.
+    """
+    from m3rag.ingest import IndexProgress, Problem, default_overlap, discover, index_files
+
+    # every option is checked before the model loads
+    if chunk_tokens < MIN_CHUNK_TOKENS:
+        raise fail(f"--chunk-tokens must be at least {MIN_CHUNK_TOKENS}, got {chunk_tokens}", 2)
+    most = (chunk_tokens - SPECIALS) // 2
+    if overlap is not None and not 0 <= overlap < most:
+        msg = f"--overlap must be in [0, {most}) for --chunk-tokens {chunk_tokens}, got {overlap}"
+        raise fail(msg, EXIT_USAGE)
+    for name, value in (("--batch-size", batch_size), ("--commit-every", commit_every)):
+        if value <= 0:
+            raise fail(f"{name} must be positive, got {value}", EXIT_USAGE)
+    check_device(device)
+    check_dtype(dtype)
+    check_index_path(index, must_exist=False)
+    files, problems = discover(paths)
+    for problem in problems:
+        _print_problem(problem)
+    if not files:
+        msg = "no .txt, .md, .html, .pdf or .jsonl files found in the given paths"
+        raise fail(msg, EXIT_NOTHING)
+
+    exists = (index / "manifest.json").exists()
+    encoder = load_encoder(
+        model or (stored_model(index) if exists else None) or DEFAULT_MODEL, device, dtype
+    )
+    if chunk_tokens > encoder.max_length:
+        note(f"--chunk-tokens {chunk_tokens} is capped at the model's {encoder.max_length}")
+        chunk_tokens = encoder.max_length
+    if exists:
+        col = open_collection(index, encoder, read_only=False)
+    else:
+        from m3rag.index import Collection
+
+        col = Collection.create(index, encoder=encoder)
+    try:
+        with Progress(
+            TextColumn("indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("documents"),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[chunks]} chunks"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err(),
+            transient=False,
+        ) as progress:
+            task = progress.add_task("index", total=None, chunks=0, rate="")
+
+            def on_progress(p: IndexProgress) -> None:
+                elapsed = progress.tasks[task].elapsed or 0.0
+                rate = f"{p.done / elapsed:.1f} docs/s" if elapsed > 0 else ""
+                progress.update(task, completed=p.done, total=p.total, chunks=p.chunks, rate=rate)
+
+            def on_problem(p: Problem) -> None:
+                progress.console.print(Text("skipped ", style="yellow") + Text(str(p)))
+
+            report = index_files(
+                col,
+                paths,
+                chunk_tokens=chunk_tokens,
+                overlap=default_overlap(chunk_tokens) if overlap is None else overlap,
+                batch_size=batch_size,
+                commit_every=commit_every,
+                on_progress=on_progress,
+                # the paths' own problems were printed above, before the model loaded
+                on_problem=lambda p: None if p in problems else on_problem(p),
+            )
+    finally:
+        col.close()
+    out().print(Text(f"{report} -> {index}"))
+    if report.documents == 0 and report.skipped == 0:
+        raise typer.Exit(EXIT_NOTHING)
+
+
+def _print_problem(problem: object) -> None:
+    err().print(Text("skipped ", style="yellow") + Text(str(problem)))
