@@ -602,6 +602,8 @@ def section_bm25(r: Report) -> str:
     ana = r.load("bm25_analyzer")
     if ana:
         out += [
+            "### BM25 analyzer",  # docs/evaluation.md links #bm25-analyzer
+            "",
             "The analyzer (`python benchmarks/bench_bm25_analyzer.py ../shared/data/scifact "
             "../shared/data/xquad-zh`): the same BM25, m3rag's multilingual analyzer vs "
             "whitespace tokens:",

@@ -1,7 +1,9 @@
 """A LlamaIndex query engine over an m3rag index: M3Retriever + M3Reranker.
 
-Offline it answers with llama-index-core's MockLLM (which echoes its prompt); pass a real LLM
-through ``Settings.llm`` or ``RetrieverQueryEngine.from_args(..., llm=...)``.
+Offline the LLM is llama-index-core's ``MockLLM()``: without ``max_tokens`` it returns its prompt
+unchanged, so what is printed is the prompt a real LLM would answer (the reranked passages and
+the question), not an answer. Pass a real LLM through ``Settings.llm`` or
+``RetrieverQueryEngine.from_args(..., llm=...)`` for one.
 
 Run: python examples/llamaindex_qa.py "What is hybrid search?" --docs examples/data \
         [--model BAAI/bge-m3] [--reranker BAAI/bge-reranker-v2-m3]
@@ -35,11 +37,13 @@ def main() -> None:
         index_files(col, [args.docs], chunk_tokens=args.chunk_tokens)  # as `m3rag index` does
         retriever = M3Retriever(HybridRetriever(col), similarity_top_k=8)
         reranker = M3Reranker(args.reranker, top_n=3, reranker=Reranker(args.reranker))
+        # MockLLM(max_tokens=n) would answer "text text ..."; without it, it echoes the prompt.
         engine = RetrieverQueryEngine.from_args(
-            retriever, llm=MockLLM(max_tokens=32), node_postprocessors=[reranker]
+            retriever, llm=MockLLM(), node_postprocessors=[reranker]
         )
         response = engine.query(args.question)
-        print("answer:", str(response)[:200])
+        print("prompt a real LLM would answer (MockLLM echoes it), last 300 characters:")
+        print(str(response)[-300:])
         for i, nws in enumerate(response.source_nodes, 1):
             meta = nws.node.metadata
             print(

@@ -1,7 +1,7 @@
 """Resolve a model id or a local folder to a folder on disk, safely.
 
 Shared by the encoder and the reranker. A local folder is used as is. Anything else is treated as
-a Hugging Face Hub id and fetched with :func:`huggingface_hub.snapshot_download`, which uses the
+a Hugging Face Hub id and fetched with `huggingface_hub.snapshot_download`, which uses the
 hub cache, honours ``HF_HUB_OFFLINE`` and reads any token from the environment (``HF_TOKEN``); the
 token is never logged. Only the files a model needs are fetched, safetensors preferred over
 ``pytorch_model.bin`` (the ``.bin`` is only fetched when the repository has no safetensors).

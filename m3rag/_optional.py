@@ -11,7 +11,7 @@ __all__ = ["require"]
 
 
 def require(module: str, *, extra: str | None = None, purpose: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingDependencyError` saying how to install it.
+    """Import ``module`` or raise [`MissingDependencyError`][] saying how to install it.
 
     Args:
         module: The importable module name, e.g. ``"tantivy"``.

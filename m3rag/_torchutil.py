@@ -180,7 +180,7 @@ def run_with_oom_backoff(
 class BatchedModel:
     """Batching shared by the encoder and the reranker: padding, planning, OOM back-off.
 
-    Subclasses call :meth:`_init_batching` and set ``device`` and ``_pad_id``.
+    Subclasses call `_init_batching` and set ``device`` and ``_pad_id``.
     """
 
     batch_size: int
@@ -237,5 +237,5 @@ class BatchedModel:
     def _run_batches(
         self, batches: Iterable[T], forward: Callable[[T], R]
     ) -> Iterator[tuple[T, R]]:
-        """:func:`run_with_oom_backoff` with this model's split and shrink rules."""
+        """`run_with_oom_backoff` with this model's split and shrink rules."""
         return run_with_oom_backoff(batches, forward, split=self._split, on_oom=self._shrink)

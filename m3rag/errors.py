@@ -103,7 +103,7 @@ class CollectionLockedError(CollectionError, RuntimeError):
 
 
 class CollectionClosedError(CollectionError, RuntimeError):
-    """A method was called on a collection after :meth:`~m3rag.Collection.close`."""
+    """A method was called on a collection after [`close`][m3rag.Collection.close]."""
 
 
 class ReadOnlyError(CollectionError, PermissionError):

@@ -175,7 +175,7 @@ class EvalReport:
         queries: Judged queries evaluated.
         documents: Corpus size.
         metrics: ``mode -> {"ndcg@10": ..., "recall@100": ..., "mrr@10": ...}``.
-        tuned_weights: The best fusion weights found by :func:`tune_weights`, if run.
+        tuned_weights: The best fusion weights found by [`tune_weights`][], if run.
         settings: What produced the metrics: the model, each mode's recall paths and fusion,
             the reranker, and the versions of m3rag, Python and the libraries that score.
     """
@@ -349,10 +349,10 @@ def evaluate(
     The queries are encoded once, with every head the modes need; then each mode searches.
 
     Args:
-        dataset: From :func:`load_beir`.
-        collection: Holds the corpus (see :func:`index_corpus`).
+        dataset: From [`load_beir`][m3rag.eval.load_beir].
+        collection: Holds the corpus (see [`index_corpus`][m3rag.eval.index_corpus]).
         encoder: The query encoder (``None`` allows BM25 only).
-        modes: From :data:`MODES`.
+        modes: From [`MODES`][m3rag.eval.MODES].
         k_values: Metric cut-offs.
         reranker: Needed for ``hybrid+rerank``.
         weights: Fusion weights for the hybrid modes (default: every path 1, z-score

@@ -1,7 +1,7 @@
 """Score fusion: per-path normalisation, weighted sum and weighted reciprocal rank fusion.
 
 Pure functions on arrays: no I/O, no models. The retriever scores every candidate on every path
-and hands the per-path score arrays (aligned on the candidates) to :func:`fuse`.
+and hands the per-path score arrays (aligned on the candidates) to `fuse`.
 
 * ``weighted``: ``sum_p w_p * norm(s_p) / sum_p w_p``. With ``normalization="none"`` and the
   default weights (dense 0.4, lexical 0.2, ColBERT 0.4) this is exactly BGE-M3's
@@ -53,7 +53,7 @@ class FusionConfig:
 
     Args:
         method: ``"weighted"`` (default) or ``"rrf"``.
-        weights: Path -> weight, over :data:`PATHS`. Non-negative, not all zero; stored
+        weights: Path -> weight, over `PATHS`. Non-negative, not all zero; stored
             normalised to sum 1 (scaling all weights changes nothing). Paths left out weigh 0.
         normalization: For ``weighted``: ``"none"`` (raw scores, the BGE-M3 formula),
             ``"minmax"`` or ``"zscore"``.
@@ -116,7 +116,7 @@ class FusionConfig:
 
     @property
     def paths(self) -> tuple[str, ...]:
-        """The paths with a positive weight, in :data:`PATHS` order."""
+        """The paths with a positive weight, in `PATHS` order."""
         return tuple(self.weights)
 
 

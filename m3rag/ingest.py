@@ -1,13 +1,13 @@
 """Indexing files and folders: read txt, md, html, pdf and jsonl, chunk, encode, commit.
 
-:func:`index_files` is what ``m3rag index`` runs, as a library call: it reads files and folders,
-cuts every document into token-exact chunks (metadata as :mod:`m3rag.rollup` defines it), skips
+`index_files` is what ``m3rag index`` runs, as a library call: it reads files and folders,
+cuts every document into token-exact chunks (metadata as `m3rag.rollup` defines it), skips
 documents already indexed with the same content, replaces changed ones, commits in batches and
-returns an :class:`IndexReport` with everything it skipped and why.
+returns an `IndexReport` with everything it skipped and why.
 
-The readers underneath yield :class:`~m3rag.Document` objects with a stable id (the file's path
+The readers underneath yield `Document` objects with a stable id (the file's path
 relative to the root it was found under, or the ``id`` of a jsonl record) and ``source``
-metadata. Unreadable files and bad records are reported, not fatal: :func:`read_documents`
+metadata. Unreadable files and bad records are reported, not fatal: `read_documents`
 yields ``(document, None)`` or ``(None, problem)`` pairs so a caller can count and report them
 and go on.
 """
@@ -239,7 +239,7 @@ def _read_jsonl(path: Path, rel: str) -> Iterator[tuple[Document | None, Problem
 
 
 def count_documents(files: Sequence[tuple[Path, Path]]) -> int:
-    """How many documents :func:`read_documents` will yield at most (a progress total).
+    """How many documents `read_documents` will yield at most (a progress total).
 
     A jsonl file counts its non-blank lines, any other file one; nothing is parsed.
     """
@@ -263,11 +263,11 @@ def default_overlap(chunk_tokens: int) -> int:
 
 @dataclass(frozen=True)
 class IndexProgress:
-    """Where :func:`index_files` is, passed to its ``on_progress`` callback.
+    """Where `index_files` is, passed to its ``on_progress`` callback.
 
     Attributes:
         done: Records handled so far (indexed, skipped or reported as problems).
-        total: Records expected (:func:`count_documents`; a jsonl file counts its lines).
+        total: Records expected (`count_documents`; a jsonl file counts its lines).
         chunks: Chunks staged so far.
         source: The file being read.
     """
@@ -280,7 +280,7 @@ class IndexProgress:
 
 @dataclass(frozen=True)
 class IndexReport:
-    """What :func:`index_files` did.
+    """What `index_files` did.
 
     Attributes:
         documents: Documents newly indexed (new or changed).
@@ -325,7 +325,7 @@ def index_files(
 
     Reads ``.txt``, ``.md``, ``.html`` (visible text; the title as metadata), ``.pdf`` and
     ``.jsonl`` (``{"id", "text", "title", "metadata"}`` per line) recursively; cuts each document
-    into chunks whose metadata follows :mod:`m3rag.rollup`; encodes ``batch_size`` chunks per
+    into chunks whose metadata follows `m3rag.rollup`; encodes ``batch_size`` chunks per
     call; commits every ``commit_every`` documents and at the end, so an interrupted run keeps
     what it committed. A document already indexed with the same text and metadata is skipped
     (resume); one whose content changed replaces its old chunks. Files that cannot be read and
@@ -335,17 +335,17 @@ def index_files(
     Args:
         collection: A writable collection with an encoder (or pass ``chunker``).
         paths: Files and folders.
-        chunker: How to cut documents (default: a :class:`~m3rag.Chunker` on the collection's
+        chunker: How to cut documents (default: a [`Chunker`][m3rag.Chunker] on the collection's
             encoder's tokenizer with ``chunk_tokens`` and ``overlap``).
         chunk_tokens: Chunk size in tokens, specials included (capped at the encoder's maximum).
-        overlap: Tokens shared by consecutive chunks (default :func:`default_overlap`).
-        batch_size: Chunks per :meth:`~m3rag.Collection.add` call.
+        overlap: Tokens shared by consecutive chunks (default `default_overlap`).
+        batch_size: Chunks per [`add`][m3rag.Collection.add] call.
         commit_every: Documents per commit.
-        on_progress: Called after each record with an :class:`IndexProgress`.
-        on_problem: Called with each :class:`Problem` as it is found.
+        on_progress: Called after each record with an `IndexProgress`.
+        on_problem: Called with each `Problem` as it is found.
 
     Returns:
-        An :class:`IndexReport`.
+        An `IndexReport`.
 
     Raises:
         ValueError: Bad sizes (before anything is read).
@@ -401,7 +401,7 @@ def index_files(
 
 
 class _IndexRun:
-    """The state of one :func:`index_files` call: what is buffered, seen and counted."""
+    """The state of one `index_files` call: what is buffered, seen and counted."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Explainable search results: every hit carries its per-path raw score, normalised score and rank.
 
 Like Vespa's match-features: a hit says why it is where it is. ``SearchResults`` is a sequence of
-:class:`Hit` (iterate, index, slice, unpack) with ``ids`` / ``scores`` shortcuts and a readable
+[`Hit`][] (iterate, index, slice, unpack) with ``ids`` / ``scores`` shortcuts and a readable
 table as its ``str``.
 """
 
@@ -43,7 +43,7 @@ class Hit:
         score: The final score: the reranker's when a reranker ran, else the fused score.
         fused_score: The fusion's score.
         rerank_score: The cross-encoder's score, if a reranker ran on this hit.
-        paths: Per path, its :class:`PathScore`.
+        paths: Per path, its `PathScore`.
         parent_id: The parent document of a chunk (from ``metadata["parent_id"]``), if any.
         chunk_id: The evidence chunk's id when hits are rolled up to parent documents.
         chunks: How many of the parent's chunks were candidates (roll-up only).

@@ -8,7 +8,7 @@ For a query:
 3. every candidate is scored **exactly on every path** the collection has -- dense inner
    product, lexical matching score, ColBERT MaxSim from the stored vectors, BM25 -- not only on
    the path that recalled it;
-4. **fusion** (:mod:`m3rag.fusion`) gives one score per candidate;
+4. **fusion** (`m3rag.fusion`) gives one score per candidate;
 5. chunks can be **rolled up** to their parent documents (``max`` or ``max + alpha * mean`` of
    the chunk scores), the best chunk being the evidence;
 6. the fused top ``rerank_top_n`` go to the **reranker**, whose order is final; every hit keeps
@@ -70,10 +70,10 @@ class HybridRetriever:
     """Recall on several paths, score every candidate on every path, fuse, rerank.
 
     Args:
-        collection: The :class:`~m3rag.Collection` to search.
+        collection: The [`Collection`][m3rag.Collection] to search.
         encoder: The query encoder; default ``collection.encoder``.
-        reranker: An optional :class:`~m3rag.Reranker` for the final order.
-        fusion: How path scores are combined (default: :func:`default_fusion`, every available
+        reranker: An optional [`Reranker`][m3rag.Reranker] for the final order.
+        fusion: How path scores are combined (default: `default_fusion`, every available
             path weighted 1, z-score normalised; ``FusionConfig()`` is BGE-M3's
             ``compute_score`` formula).
         recall_k: Candidates each recall path contributes.
@@ -81,7 +81,7 @@ class HybridRetriever:
         recall: Recall paths, a subset of ``("dense", "lexical", "bm25")`` (default: those of
             them the collection and encoder provide).
         rollup: ``"auto"`` (default) rolls chunks up with ``"max"`` when the collection holds
-            chunks (``parent_id`` metadata, see :mod:`m3rag.rollup`) and returns documents as
+            chunks (``parent_id`` metadata, see `m3rag.rollup`) and returns documents as
             indexed otherwise; ``None`` always returns chunks as indexed; ``"max"`` or
             ``"max_mean"`` group candidates by ``metadata["parent_id"]`` and score each parent
             by its best chunk (plus ``rollup_alpha`` times the mean chunk score), the best chunk
@@ -89,7 +89,8 @@ class HybridRetriever:
         rollup_alpha: The ``alpha`` of ``"max_mean"``.
         colbert_precision: ``"float32"`` (default, exact on the stored vectors) or
             ``"bfloat16"`` (each similarity within 0.012 for unit vectors, several times
-            faster on CPUs with bfloat16 dot products); see :meth:`Collection.colbert_scores`.
+            faster on CPUs with bfloat16 dot products); see
+            [`Collection.colbert_scores`][m3rag.Collection.colbert_scores].
         exact_dense: Dense recall from the collection's HNSW graph when it has one
             (``None``, the default; candidates approximate, scores exact) or always by the
             exact scan (``True``).
@@ -210,7 +211,7 @@ class HybridRetriever:
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
     ) -> SearchResults:
-        """:meth:`retrieve` in a worker thread, so the event loop keeps running."""
+        """[`retrieve`][] in a worker thread, so the event loop keeps running."""
         return await asyncio.to_thread(self.retrieve, query, k=k, filter=filter)
 
     def retrieve_batch(
@@ -221,7 +222,7 @@ class HybridRetriever:
         filter: Mapping[str, Any] | Filter | None = None,
         query_embeddings: M3Output | None = None,
     ) -> list[SearchResults]:
-        """:meth:`retrieve` for many queries; the queries are encoded in one batched call."""
+        """[`retrieve`][] for many queries; the queries are encoded in one batched call."""
         if isinstance(queries, str):
             msg = "retrieve_batch takes a list of queries; use retrieve() for one"
             raise TypeError(msg)

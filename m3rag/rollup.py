@@ -1,9 +1,9 @@
 """Chunks and their parents: the chunk metadata contract, and the roll-up that reads it.
 
-A long document is indexed as chunks (:class:`~m3rag.Chunker`); each chunk is a document of its
-own whose metadata says where it came from. :func:`chunk_metadata` writes that metadata --
-:func:`m3rag.index_files`, the command line and the framework adapters all index through it --
-and :func:`roll_up` reads it back to rank parent documents by their chunks.
+A long document is indexed as chunks ([`Chunker`][m3rag.Chunker]); each chunk is a document of its
+own whose metadata says where it came from. `chunk_metadata` writes that metadata --
+`m3rag.index_files`, the command line and the framework adapters all index through it --
+and `roll_up` reads it back to rank parent documents by their chunks.
 
 The contract, one key per fact:
 
@@ -56,13 +56,13 @@ Rollup = Literal["max", "max_mean"]
 def chunk_metadata(
     chunk: Chunk, parent_id: str, parent_metadata: Mapping[str, Any], *, sha256: str
 ) -> dict[str, Any]:
-    """A chunk's metadata: its parent's, plus the fields of :data:`CHUNK_FIELDS`.
+    """A chunk's metadata: its parent's, plus the fields of `CHUNK_FIELDS`.
 
     Args:
-        chunk: The chunk (from :class:`~m3rag.Chunker`).
+        chunk: The chunk (from [`Chunker`][m3rag.Chunker]).
         parent_id: The parent document's id.
         parent_metadata: The parent document's metadata, copied into the chunk's.
-        sha256: The parent's content hash (:func:`m3rag.ingest.document_sha256`).
+        sha256: The parent's content hash (`m3rag.ingest.document_sha256`).
     """
     return {
         **parent_metadata,

@@ -302,7 +302,7 @@ def build_reranker_checkpoint(
     """Write a random cross-encoder in the layout of ``BAAI/bge-reranker-v2-m3``.
 
     ``XLMRobertaForSequenceClassification`` with ``num_labels=1``, ``model.safetensors`` and the
-    same tokenizer recipe as :func:`build_m3_checkpoint`. Use ``max_position_embeddings=514`` for
+    same tokenizer recipe as `build_m3_checkpoint`. Use ``max_position_embeddings=514`` for
     the layout of ``bge-reranker-base`` / ``-large`` (512 tokens).
 
     Returns:
@@ -338,7 +338,7 @@ def random_outputs(
     colbert_tokens: tuple[int, int] = (1, 12),
     seed: int = 0,
 ) -> Any:
-    """Random :class:`~m3rag.M3Output` with BGE-M3-like statistics, for index tests and benchmarks.
+    """Random `M3Output` with BGE-M3-like statistics, for index tests and benchmarks.
 
     Dense vectors are L2-normalised Gaussians; lexical token ids are Zipf-distributed over
     ``vocab_size`` (a few frequent tokens, a long tail) with weights in ``(0, 0.5]``; ColBERT

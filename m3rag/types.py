@@ -1,6 +1,6 @@
 """Small immutable value objects shared across m3rag.
 
-Nothing here imports torch: an :class:`M3Output` is plain numpy, so it can be produced on a GPU box
+Nothing here imports torch: an [`M3Output`][] is plain numpy, so it can be produced on a GPU box
 and consumed (indexed, scored) anywhere.
 """
 
@@ -191,7 +191,7 @@ class M3Output:
         return len(self.token_counts)
 
     def __getitem__(self, index: int | slice | Sequence[int] | npt.NDArray[np.integer]) -> M3Output:
-        """Select texts; always returns an :class:`M3Output` (one text for an int index)."""
+        """Select texts; always returns an [`M3Output`][] (one text for an int index)."""
         n = len(self)
         if isinstance(index, (int, np.integer)):
             i = int(index)

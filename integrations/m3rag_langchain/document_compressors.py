@@ -16,7 +16,7 @@ __all__ = ["M3Reranker"]
 
 
 class M3Reranker(BaseDocumentCompressor):
-    """Rerank documents with :class:`m3rag.Reranker`, keeping the best ``top_n``.
+    """Rerank documents with [`m3rag.Reranker`][m3rag.Reranker], keeping the best ``top_n``.
 
     Returns new ``Document`` objects (the caller's are never modified) whose metadata adds
     ``relevance_score`` (the cross-encoder score) and keeps any incoming ``score`` from the

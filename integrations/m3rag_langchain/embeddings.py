@@ -22,7 +22,7 @@ class _EncoderModel(BaseModel):
     model_name_or_path: str = "BAAI/bge-m3"
     """Hub id or local folder of the checkpoint."""
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments for :class:`m3rag.M3Encoder` (``device``, ``dtype``, ...)."""
+    """Extra keyword arguments for [`m3rag.M3Encoder`][] (``device``, ``dtype``, ...)."""
     encoder: M3Encoder | None = Field(default=None, exclude=True)
     """An already loaded encoder to share (its model is used instead of loading another)."""
 
@@ -37,7 +37,7 @@ class _EncoderModel(BaseModel):
 
 
 class M3Embeddings(_EncoderModel, Embeddings):
-    """LangChain ``Embeddings`` over :class:`m3rag.M3Encoder`'s dense head.
+    """LangChain ``Embeddings`` over [`m3rag.M3Encoder`][m3rag.M3Encoder]'s dense head.
 
     Example:
         ```python
@@ -62,11 +62,11 @@ class M3Embeddings(_EncoderModel, Embeddings):
         return out.dense_vecs[0].tolist()  # type: ignore[no-any-return]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Like :meth:`embed_documents`, in a worker thread so the event loop keeps running."""
+        """Like [`embed_documents`][], in a worker thread so the event loop keeps running."""
         return await asyncio.to_thread(self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
-        """Like :meth:`embed_query`, in a worker thread so the event loop keeps running."""
+        """Like [`embed_query`][], in a worker thread so the event loop keeps running."""
         return await asyncio.to_thread(self.embed_query, text)
 
 
@@ -75,7 +75,7 @@ class M3SparseEmbeddings(_EncoderModel):
 
     Pass it as the sparse embedding of LangChain's Milvus hybrid store (``BaseSparseEmbedding``
     duck type: ``embed_query`` / ``embed_documents`` returning ``{token_id: weight}``), or convert
-    with :meth:`to_qdrant` for Qdrant's ``SparseVector(indices, values)``.
+    with [`to_qdrant`][] for Qdrant's ``SparseVector(indices, values)``.
 
     Example:
         ```python
@@ -99,11 +99,11 @@ class M3SparseEmbeddings(_EncoderModel):
         return dict(out.lexical_weights[0])
 
     async def aembed_documents(self, texts: list[str]) -> list[dict[int, float]]:
-        """Like :meth:`embed_documents`, in a worker thread."""
+        """Like [`embed_documents`][], in a worker thread."""
         return await asyncio.to_thread(self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> dict[int, float]:
-        """Like :meth:`embed_query`, in a worker thread."""
+        """Like [`embed_query`][], in a worker thread."""
         return await asyncio.to_thread(self.embed_query, text)
 
     def as_milvus(self) -> Any:

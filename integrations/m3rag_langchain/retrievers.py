@@ -35,7 +35,7 @@ def _to_documents(results: SearchResults) -> list[Document]:
 
 
 class M3Retriever(BaseRetriever):
-    """LangChain ``BaseRetriever`` wrapping :class:`m3rag.HybridRetriever`.
+    """LangChain ``BaseRetriever`` wrapping [`m3rag.HybridRetriever`][m3rag.HybridRetriever].
 
     Every document carries its scores in ``metadata``: ``score`` (final), ``fused_score``,
     ``rerank_score`` (when a reranker ran), ``path_scores`` and ``path_ranks`` per path.

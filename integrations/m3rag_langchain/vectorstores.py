@@ -28,13 +28,13 @@ __all__ = ["M3VectorStore"]
 
 
 class M3VectorStore(VectorStore):
-    """LangChain ``VectorStore`` backed by an embedded m3rag :class:`~m3rag.Collection`.
+    """LangChain ``VectorStore`` backed by an embedded m3rag [`Collection`][m3rag.Collection].
 
     Two ways to build it:
 
-    * ``M3VectorStore(collection)`` over a collection with an :class:`~m3rag.M3Encoder`: texts
+    * ``M3VectorStore(collection)`` over a collection with an [`M3Encoder`][m3rag.M3Encoder]: texts
       are encoded with every head (dense, lexical, ColBERT), ``similarity_search`` is dense,
-      and ``as_retriever()`` returns the hybrid :class:`M3Retriever` by default;
+      and ``as_retriever()`` returns the hybrid [`M3Retriever`][] by default;
     * ``M3VectorStore(embedding=any_langchain_embeddings, path="folder")``: a dense-only
       collection created at the first write, for any ``Embeddings``.
 
@@ -204,7 +204,7 @@ class M3VectorStore(VectorStore):
     def as_retriever(self, **kwargs: Any) -> BaseRetriever:  # type: ignore[override]
         """A retriever over the store: hybrid by default.
 
-        For M3 collections this is :class:`M3Retriever` (``search_kwargs`` ``k`` and ``filter``
+        For M3 collections this is [`M3Retriever`][] (``search_kwargs`` ``k`` and ``filter``
         honoured); otherwise, or when a ``search_type`` is asked for, LangChain's
         ``VectorStoreRetriever``.
         """

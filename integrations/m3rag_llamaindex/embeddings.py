@@ -16,7 +16,7 @@ __all__ = ["M3Embedding", "M3SparseEmbedding"]
 
 
 class M3Embedding(BaseEmbedding):
-    """LlamaIndex ``BaseEmbedding`` over :class:`m3rag.M3Encoder`'s dense head.
+    """LlamaIndex ``BaseEmbedding`` over [`m3rag.M3Encoder`][m3rag.M3Encoder]'s dense head.
 
     ``_get_text_embeddings`` encodes a whole batch in one call (LlamaIndex's default loops one
     text at a time), and the async methods run in a worker thread.

@@ -18,7 +18,7 @@ dispatcher = get_dispatcher(__name__)
 
 
 class M3Reranker(BaseNodePostprocessor):
-    """Rerank nodes with :class:`m3rag.Reranker`, keeping the best ``top_n``.
+    """Rerank nodes with [`m3rag.Reranker`][m3rag.Reranker], keeping the best ``top_n``.
 
     The incoming retrieval score is kept in the node's metadata as ``retrieval_score``; the
     node's score becomes the cross-encoder's. Emits LlamaIndex's ReRank start/end events.

@@ -87,7 +87,7 @@ def to_m3rag_filter(
 
 
 class M3Retriever(BaseRetriever):
-    """LlamaIndex ``BaseRetriever`` wrapping :class:`m3rag.HybridRetriever`.
+    """LlamaIndex ``BaseRetriever`` wrapping [`m3rag.HybridRetriever`][m3rag.HybridRetriever].
 
     Each ``NodeWithScore`` has the final score, and the node's metadata carries
     ``fused_score``, ``rerank_score`` (if reranked) and ``path_scores`` / ``path_ranks`` per
@@ -143,7 +143,7 @@ class M3Retriever(BaseRetriever):
             similarity_top_k: Nodes returned.
             filters: LlamaIndex metadata filters, or an m3rag filter dict.
             fusion: Fusion settings (default: the retriever's, z-score over every path).
-            **retriever_kwargs: More :class:`m3rag.HybridRetriever` options.
+            **retriever_kwargs: More [`m3rag.HybridRetriever`][m3rag.HybridRetriever] options.
         """
         from m3rag import M3Encoder
 

@@ -130,8 +130,8 @@ class M3Encoder(BatchedModel):
         batch_size: Maximum texts per forward pass.
         max_batch_tokens: Maximum padded tokens per forward pass (long texts get small batches);
             ``None`` batches by count alone, exactly as FlagEmbedding does.
-        query_max_length: Truncation length of :meth:`encode_queries`, specials included.
-        passage_max_length: Truncation length of :meth:`encode_corpus` and :meth:`encode`; capped
+        query_max_length: Truncation length of [`encode_queries`][], specials included.
+        passage_max_length: Truncation length of [`encode_corpus`][] and [`encode`][]; capped
             at what the model supports (8192 for BGE-M3).
         show_progress: Show a progress bar over batches.
         revision: Hub revision for hub ids.
@@ -313,7 +313,7 @@ class M3Encoder(BatchedModel):
         sparse: bool | None = None,
         colbert: bool | None = None,
     ) -> M3Output:
-        """Encode queries, truncated at ``query_max_length``. See :meth:`encode`."""
+        """Encode queries, truncated at ``query_max_length``. See [`encode`][]."""
         return self.encode(
             texts, max_length=self.query_max_length, dense=dense, sparse=sparse, colbert=colbert
         )
@@ -326,7 +326,7 @@ class M3Encoder(BatchedModel):
         sparse: bool | None = None,
         colbert: bool | None = None,
     ) -> M3Output:
-        """Encode passages, truncated at ``passage_max_length``. See :meth:`encode`."""
+        """Encode passages, truncated at ``passage_max_length``. See [`encode`][]."""
         return self.encode(
             texts, max_length=self.passage_max_length, dense=dense, sparse=sparse, colbert=colbert
         )
@@ -351,7 +351,7 @@ class M3Encoder(BatchedModel):
             colbert: Compute ColBERT vectors. ``None`` means "if the model has the head".
 
         Returns:
-            An :class:`M3Output` in input order; heads not requested are ``None``.
+            An [`M3Output`][m3rag.M3Output] in input order; heads not requested are ``None``.
 
         Raises:
             TypeError: A text is not a string (the message names its index).
@@ -561,11 +561,11 @@ class M3Encoder(BatchedModel):
         most ``window`` tokens gets exactly the ordinary CLS vector.
 
         Returns:
-            An :class:`M3Output` with dense vectors only (``truncated`` flags texts cut to fit).
+            An [`M3Output`][] with dense vectors only (``truncated`` flags texts cut to fit).
 
         Raises:
             UnsupportedOutputError: The model does not pool with CLS.
-            ValueError: ``window`` < 1; :class:`InputTooLongError` for ``max_length``.
+            ValueError: ``window`` < 1; [`InputTooLongError`][] for ``max_length``.
         """
         import torch
         import torch.nn.functional as F
@@ -629,12 +629,12 @@ class M3Encoder(BatchedModel):
     def lexical_matching_score(
         query_weights: dict[int, float], passage_weights: dict[int, float]
     ) -> float:
-        """BGE-M3 lexical matching score; see :func:`m3rag.scoring.lexical_matching_score`."""
+        """BGE-M3 lexical matching score; see `m3rag.scoring.lexical_matching_score`."""
         return lexical_matching_score(query_weights, passage_weights)
 
     @staticmethod
     def colbert_score(query_vecs: npt.ArrayLike, passage_vecs: npt.ArrayLike) -> float:
-        """ColBERT MaxSim / query length; see :func:`m3rag.scoring.colbert_score`."""
+        """ColBERT MaxSim / query length; see `m3rag.scoring.colbert_score`."""
         return colbert_score(query_vecs, passage_vecs)
 
     def compute_score(
@@ -654,7 +654,7 @@ class M3Encoder(BatchedModel):
         token are negative). ``weights`` are ``(dense, sparse, colbert)``.
 
         Returns:
-            :class:`PairScores`, one float32 value per pair and mode.
+            [`PairScores`][m3rag.PairScores], one float32 value per pair and mode.
 
         Raises:
             TypeError: A pair is not two strings (the message names its index).

@@ -121,7 +121,7 @@ class Column:
 
 
 def read_rows(source: Any, start: int, stop: int) -> npt.NDArray[Any]:
-    """Rows ``[start, stop)`` of a :class:`Column` (read from the file, not mapped) or array.
+    """Rows ``[start, stop)`` of a `Column` (read from the file, not mapped) or array.
 
     A pass over a whole column through its memory map leaves every page mapped, and counted
     in the process's resident memory, until the map goes; plain reads leave them in the page
@@ -144,7 +144,7 @@ memory, and a read per row costs more than the page faults (10k 1024-d float16 r
 def gather_rows(array: npt.NDArray[Any], keys: npt.ArrayLike) -> npt.NDArray[Any]:
     """Rows ``keys`` of ``array``, read with ``pread`` when it is a large whole memory map.
 
-    A memory map as :meth:`Column.read` returns, larger than :data:`SMALL_MAP_BYTES`, is read
+    A memory map as `Column.read` returns, larger than `SMALL_MAP_BYTES`, is read
     from its file instead of through the map. Touching scattered rows through a map leaves
     whole page-cache folios mapped (about 300 KB per row touched on the machine we measured),
     counted in the process's resident memory until the map goes: a few thousand rescored rows
@@ -214,7 +214,7 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`CollectionLockedError`."""
+        """Take the lock or raise [`CollectionLockedError`][m3rag.errors.CollectionLockedError]."""
         import fcntl  # POSIX only; imported here so the module loads everywhere
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -33,7 +33,7 @@ SAVE_MIN = 65_536  # vectors added since the last save before a commit saves the
 
 
 def check_dtype(dtype: object) -> str:
-    """``dtype`` if it is one of :data:`DTYPES`, else a ``ValueError`` naming them."""
+    """``dtype`` if it is one of `DTYPES`, else a ``ValueError`` naming them."""
     if dtype not in DTYPES:
         msg = f"ann dtype must be one of {list(DTYPES)}, got {dtype!r}"
         raise ValueError(msg)
@@ -49,7 +49,7 @@ class AnnIndex:
         connectivity: HNSW ``M`` (edges per node).
         expansion_add: ``efConstruction``.
         expansion_search: ``efSearch``.
-        dtype: How the graph stores vectors, one of :data:`DTYPES` (collections made before
+        dtype: How the graph stores vectors, one of `DTYPES` (collections made before
             this option hold ``f32``).
     """
 

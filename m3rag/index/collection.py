@@ -10,7 +10,7 @@ Layout of a collection folder::
     dense.float32|16     dense vectors            colbert.*   ColBERT vectors + offsets
     lexical.*            full-precision lexical weights         tombstones.int64
 
-**One commit point.** :meth:`Collection.commit` appends to every store, commits SQLite and
+**One commit point.** [`Collection.commit`][] appends to every store, commits SQLite and
 tantivy, and only then replaces ``manifest.json`` with the next generation. Readers only ever
 look at keys below the manifest's ``next_key`` and skip its tombstones, so a crash at any
 instant leaves exactly the last committed state visible; the next writer cuts off whatever the
@@ -120,7 +120,7 @@ def content_hash(text: str, metadata_json: str) -> str:
 
 
 class Collection:
-    """An embedded hybrid index in a folder; :meth:`create` a new one, :meth:`open` an existing one.
+    """An embedded hybrid index in a folder; [`create`][] a new one, [`open`][] an existing one.
 
     Example:
         ```python
@@ -328,7 +328,7 @@ class Collection:
             path: The folder.
             encoder: The encoder to embed new documents and queries with; it must be the one
                 the collection was built with (model, heads, sizes, tokenizer).
-            read_only: Open as a reader: no lock, a consistent snapshot, :meth:`refresh` to
+            read_only: Open as a reader: no lock, a consistent snapshot, [`refresh`][] to
                 see later commits.
 
         Raises:
@@ -602,13 +602,13 @@ class Collection:
         metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
         embeddings: M3Output | None = None,
     ) -> list[str]:
-        """Stage new documents; they become searchable at :meth:`commit`.
+        """Stage new documents; they become searchable at [`commit`][m3rag.Collection.commit].
 
         Args:
-            texts_or_documents: Texts or :class:`Document` objects.
+            texts_or_documents: Texts or `Document` objects.
             ids: One id per document (default: the documents' own ids, else random UUIDs).
             metadata: One dict per document, or one dict for all.
-            embeddings: Precomputed :class:`M3Output` (one text per document, with every head
+            embeddings: Precomputed [`M3Output`][] (one text per document, with every head
                 the collection stores), e.g. encoded on a GPU machine; else the collection's
                 encoder embeds the texts.
 
@@ -616,7 +616,7 @@ class Collection:
             The ids, in order.
 
         Raises:
-            DuplicateIdError: An id repeats in the call or already exists (use :meth:`upsert`).
+            DuplicateIdError: An id repeats in the call or already exists (use [`upsert`][]).
             InvalidDocumentError: Empty text, or metadata JSON cannot hold.
             EmbeddingMismatchError: ``embeddings`` do not fit.
             TypeError: Wrong input types.
@@ -631,7 +631,7 @@ class Collection:
         metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
         embeddings: M3Output | None = None,
     ) -> list[str]:
-        """Like :meth:`add`, but documents whose id exists replace the old version."""
+        """Like [`add`][], but documents whose id exists replace the old version."""
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=True)
 
     def _write(
@@ -680,7 +680,7 @@ class Collection:
         return final_ids
 
     def delete(self, ids: str | Sequence[str]) -> None:
-        """Stage deletion of documents by id (effective at :meth:`commit`).
+        """Stage deletion of documents by id (effective at [`commit`][m3rag.Collection.commit]).
 
         Raises:
             UnknownIdError: Some ids are not in the collection (nothing is deleted then).
@@ -869,7 +869,7 @@ class Collection:
         return {v for k, v in self._docs.field_values(field, len(self._alive)) if self._alive[k]}
 
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
-        """Documents by internal key (as in :class:`Hits`)."""
+        """Documents by internal key (as in `Hits`)."""
         rows = self._docs.rows([int(k) for k in keys])
         return [Document(rows[int(k)][1], rows[int(k)][0], rows[int(k)][2]) for k in keys]
 

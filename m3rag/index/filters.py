@@ -1,6 +1,6 @@
 """Metadata filters: equality, membership and numeric ranges, AND-ed over fields.
 
-A filter is a plain dict, validated once into a :class:`Filter`::
+A filter is a plain dict, validated once into a [`Filter`][m3rag.Filter]::
 
     {"lang": "zh"}                               # equality
     {"lang": {"$in": ["zh", "ja"]}}              # membership
@@ -8,7 +8,7 @@ A filter is a plain dict, validated once into a :class:`Filter`::
     {"lang": "en", "year": {"$gte": 2020}}       # several fields: all must hold
 
 The same filter is compiled to SQL for the document store and evaluated in Python by
-:meth:`Filter.matches` (used by tests as the oracle, and by adapters on in-memory data).
+[`Filter.matches`][] (used by tests as the oracle, and by adapters on in-memory data).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _check_number(field: str, op: str, value: object) -> float:
 
 @dataclass(frozen=True)
 class Filter:
-    """A validated metadata filter; build it with :meth:`parse`.
+    """A validated metadata filter; build it with [`parse`][m3rag.Filter.parse].
 
     Attributes:
         clauses: ``(field, operator, value)`` triples, all of which must hold.

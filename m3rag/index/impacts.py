@@ -36,7 +36,7 @@ MAX_TOKENS = 256
 """At most this many head tokens (the most frequent), so the table stays ``256 n`` bytes."""
 TAIL_DEPTH = 1024
 """The least number of tail candidates tantivy returns first (deepened 4x while the bound
-needs it); see :func:`tail_depth`."""
+needs it); see `tail_depth`."""
 MAX_TAIL_DEPTH = 4096
 """The most tail candidates asked for first: a collection of ``256 * 4096`` documents or more."""
 RESCORE_CAP = 4096
@@ -52,7 +52,7 @@ _CHUNK = 32_768  # documents per read: ~2M entries, ~60 MB of temporaries
 def tail_depth(docs: int, k: int) -> int:
     """How many tail candidates to ask tantivy for first.
 
-    One per 256 documents, between :data:`TAIL_DEPTH` and :data:`MAX_TAIL_DEPTH`, and at
+    One per 256 documents, between `TAIL_DEPTH` and `MAX_TAIL_DEPTH`, and at
     least ``16 k``.
     """
     return max(16 * k, min(MAX_TAIL_DEPTH, max(TAIL_DEPTH, docs // 256)))

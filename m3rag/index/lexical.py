@@ -8,7 +8,7 @@ quantised to ``BITS``-bit integers of ``STEP`` and written as one term per set b
 positive weight is quantised to at least 1, so every document sharing a token with the query
 matches. The retrieval is made exact by rescoring candidates with the full-precision weights
 (kept in the column store) and widening the candidate set until the quantisation error bound
-proves nothing outside it can reach the top ``k`` (see :func:`LexicalIndex.candidates`).
+proves nothing outside it can reach the top ``k`` (see `LexicalIndex.candidates`).
 
 **BM25.** The text is indexed with an analyzer that is right for CJK as well as space-separated
 languages: Han, Hiragana and Katakana characters become one token each (a Chinese sentence never
@@ -48,7 +48,7 @@ TOKEN_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}]|[\p{L}\p{M}\p{N}]+"  # noqa:
 
 
 def quantize_weights(weights: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int64]:
-    """Quantise positive weights to integers in ``[1, 2**BITS - 1]`` steps of :data:`STEP`."""
+    """Quantise positive weights to integers in ``[1, 2**BITS - 1]`` steps of `STEP`."""
     q = np.rint(np.asarray(weights, dtype=np.float64) / STEP)
     return np.clip(q, 1, _QMAX).astype(np.int64)
 
@@ -126,7 +126,7 @@ class LexicalIndex:
         lexical: Sequence[Mapping[int, float]] | None,
         texts: Sequence[str],
     ) -> None:
-        """Stage documents; they become visible to tantivy at :meth:`commit`."""
+        """Stage documents; they become visible to tantivy at `commit`."""
         doc_class = self._tantivy.Document
         for i, key in enumerate(keys):
             doc = doc_class()

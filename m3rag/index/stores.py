@@ -218,7 +218,7 @@ class DenseScan:
         """The approximate score a row needs to possibly belong to the exact top ``k``.
 
         ``top`` are the approximate scores of the approximate top ``k``. With the
-        :meth:`error_bound` ``(base, c)``, the ``k``-th exact score is at least
+        `error_bound` ``(base, c)``, the ``k``-th exact score is at least
         ``T = min(top - base - c |top|)``, so a row with ``approx + base + c |approx| < T``
         cannot be in the top ``k``; the returned value solves the equality for ``approx``
         (the left side increases with ``approx``).
@@ -271,7 +271,7 @@ class DenseStore:
         return self.column.read(rows)
 
     def scan_view(self, rows: int) -> DenseScan | None:
-        """The committed int8 scan copy, ready for :meth:`search`, or None without one."""
+        """The committed int8 scan copy, ready for `search`, or None without one."""
         if self.scan_column is None or self.scan_meta is None:
             return None
         return DenseScan(self.scan_column.read(rows), self.scan_meta.read(rows))

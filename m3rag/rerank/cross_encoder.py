@@ -321,7 +321,7 @@ class Reranker(BatchedModel):
             normalize: Apply the sigmoid (probabilities in ``(0, 1)``), as the reference does.
 
         Returns:
-            :class:`RerankScores` in input order.
+            `RerankScores` in input order.
 
         Raises:
             TypeError: A pair is not two strings (the message names its index).
@@ -339,7 +339,7 @@ class Reranker(BatchedModel):
     def compute_score(
         self, pairs: Sequence[tuple[str, str]] | tuple[str, str], *, normalize: bool = False
     ) -> npt.NDArray[np.float32]:
-        """Scores of ``(query, passage)`` pairs as a float32 array (see :meth:`score`)."""
+        """Scores of ``(query, passage)`` pairs as a float32 array (see [`score`][])."""
         return self.score(pairs, normalize=normalize).scores
 
     def _run(self, rows: list[list[int]]) -> npt.NDArray[np.float32]:
@@ -392,7 +392,7 @@ class Reranker(BatchedModel):
             normalize: Report sigmoid probabilities instead of logits.
 
         Returns:
-            :class:`RerankResult`.
+            [`RerankResult`][m3rag.RerankResult].
 
         Raises:
             TypeError: ``query`` or a passage is not a string (the message names its index).
@@ -429,7 +429,7 @@ class Reranker(BatchedModel):
         top_n: int | None = None,
         normalize: bool = False,
     ) -> RerankResult:
-        """:meth:`rerank` in a worker thread, so the event loop keeps running."""
+        """[`rerank`][m3rag.Reranker.rerank] in a worker thread, so the event loop keeps running."""
         return await asyncio.to_thread(
             self.rerank, query, passages, top_n=top_n, normalize=normalize
         )
