@@ -3,7 +3,7 @@
 transformers, tokenizers, safetensors and torch each raise their own exception types (or a bare
 ``AttributeError``) when a file is damaged, and rarely name the file. Every file a load depends on
 is therefore checked here first, in the order the load reads them, and each failure becomes one
-:class:`~m3rag.errors.ModelLoadError` that names the file and says what to do:
+[`ModelLoadError`][m3rag.errors.ModelLoadError] that names the file and says what to do:
 
 * ``config.json``: a JSON object whose ``model_type``, ``hidden_size``, ``vocab_size`` (and, when
   present, ``max_position_embeddings`` and ``pad_token_id``) have the right types;
@@ -224,7 +224,7 @@ def check_weights(folder: Path, config: ModelConfig) -> list[Path]:
 
 
 def load_pretrained(loader: Any, folder: Path, weights: list[Path], **kwargs: Any) -> Any:
-    """``loader.from_pretrained(folder, **kwargs)``, any failure a :class:`ModelLoadError`.
+    """``loader.from_pretrained(folder, **kwargs)``, any failure a [`ModelLoadError`][].
 
     The config and the safetensors headers were checked before, so what remains is the weights'
     contents (``.bin`` files, tensors of the wrong shape, tensors missing); the message names the

@@ -62,7 +62,7 @@ class M3Embedding(BaseEmbedding):
         show_progress: bool = False,  # noqa: FBT001, FBT002 - LlamaIndex's signature
         **kwargs: Any,
     ) -> list[list[float]]:
-        """Like :meth:`get_text_embedding_batch`, asynchronously."""
+        """Like [`get_text_embedding_batch`][], asynchronously."""
         return await super().aget_text_embedding_batch(check_texts(texts), show_progress, **kwargs)
 
     def _dense(self, texts: list[str], *, query: bool) -> list[list[float]]:
@@ -135,7 +135,7 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         show_progress: bool = False,  # noqa: FBT001, FBT002 - LlamaIndex's signature
         **kwargs: Any,
     ) -> list[dict[int, float]]:
-        """Like :meth:`get_text_embedding_batch`, asynchronously."""
+        """Like [`get_text_embedding_batch`][], asynchronously."""
         return await super().aget_text_embedding_batch(check_texts(texts), show_progress, **kwargs)
 
     def _sparse(self, texts: list[str], *, query: bool) -> list[dict[int, float]]:
