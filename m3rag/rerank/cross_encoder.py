@@ -411,12 +411,15 @@ class Reranker(BatchedModel):
             raise TypeError(msg)
         if not docs:
             return RerankResult(query, ())
-        result = self.score([(query, p) for p in docs], normalize=normalize)
+        result = self.score([(query, p) for p in docs])
+        # order by the logits: the float32 sigmoid can round two distinct logits to one
+        # probability, which must not reorder the passages
         order = np.argsort(-result.scores, kind="stable")
         if top_n is not None:
             order = order[:top_n]
+        shown = _sigmoid(result.scores) if normalize else result.scores
         ranked = tuple(
-            RankedPassage(int(i), float(result.scores[i]), docs[i], bool(result.truncated[i]))
+            RankedPassage(int(i), float(shown[i]), docs[i], bool(result.truncated[i]))
             for i in order
         )
         return RerankResult(query, ranked)
