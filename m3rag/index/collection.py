@@ -418,7 +418,9 @@ class Collection:
 
         Raises:
             CollectionNotFoundError: No collection at ``path``.
-            IndexFormatError: A newer format, or a damaged manifest.
+            IndexFormatError: A newer format, a manifest missing a field, or a store it counts
+                on missing or damaged (the message names the file). Nothing is repaired or
+                created; a read-only open writes nothing.
             EncoderMismatchError: ``encoder`` differs from the collection's.
             CollectionLockedError: Another writer holds the collection (when not read-only).
         """
@@ -765,9 +767,17 @@ class Collection:
 
         Raises:
             DuplicateIdError: An id repeats in the call or already exists (use :meth:`upsert`).
-            InvalidDocumentError: Empty text, or metadata JSON cannot hold.
-            EmbeddingMismatchError: ``embeddings`` do not fit.
-            TypeError: Wrong input types.
+            InvalidDocumentError: Empty text, a text, id or metadata string UTF-8 cannot encode
+                (a lone surrogate), metadata JSON cannot hold (NaN, objects, non-string keys)
+                or nested deeper than :data:`MAX_METADATA_DEPTH`.
+            EmbeddingMismatchError: ``embeddings`` do not fit: count, heads, sizes, NaN or
+                infinity, token ids outside ``[0, vocab_size)``, negative weights (the message
+                names the document, its id and the head).
+            TypeError: Wrong input types (a metadata entry that is not a dict, a non-str id).
+            CollectionClosedError: The collection is closed.
+            ReadOnlyError: The collection is open read-only.
+
+        A call that raises stages nothing: the staged changes are as before.
         """
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=False)
 
@@ -779,7 +789,11 @@ class Collection:
         metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
         embeddings: M3Output | None = None,
     ) -> list[str]:
-        """Like :meth:`add`, but documents whose id exists replace the old version."""
+        """Like :meth:`add`, but documents whose id exists replace the old version.
+
+        Raises:
+            The errors of :meth:`add` (but not :class:`DuplicateIdError` for existing ids).
+        """
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=True)
 
     def _write(
@@ -929,7 +943,9 @@ class Collection:
             try:  # best effort: tombstones already hide these documents
                 self._tantivy.delete_keys(tomb.tolist())
                 self._tantivy.commit()
-            except Exception:  # pragma: no cover - the manifest is authoritative
+            except BaseException as exc:  # pragma: no cover - the manifest is authoritative
+                if not (isinstance(exc, Exception) or is_panic(exc)):
+                    raise
                 logger.warning("could not remove deleted documents from tantivy", exc_info=True)
         self._load_snapshot()
         return gen
@@ -1158,6 +1174,11 @@ class Collection:
         ``exact`` not ``True``, candidates come from the graph (over-fetched, then filtered and
         rescored exactly); if fewer than ``k`` allowed candidates come back it falls back to
         the exact scan, so ``k`` results come back whenever ``k`` matching documents exist.
+
+        Raises:
+            ValueError: ``k`` not a positive int; the query not ``dim`` finite values; a bad
+                filter (``TypeError`` for a filter that is not a dict).
+            CollectionClosedError: The collection is closed.
         """
         self._require("dense")
         k = _check_k(k)
@@ -1218,6 +1239,12 @@ class Collection:
         beats the last candidate's quantised score plus the quantisation error bound
         ``sum(q) * max_error`` (so no document outside can enter), or until every matching
         document has been seen. Only documents sharing a token with the query are returned.
+
+        Raises:
+            ValueError: ``k`` not a positive int; a token id outside ``[0, vocab_size)``; a
+                negative or non-finite weight; a bad filter.
+            TypeError: ``query`` is not a dict.
+            CollectionClosedError: The collection is closed.
         """
         self._require("sparse")
         k = _check_k(k)
@@ -1370,12 +1397,16 @@ class Collection:
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
     ) -> Hits:
-        """Top-``k`` by BM25 over the text (multilingual analyzer), live documents only."""
+        """Top-``k`` by BM25 over the text (multilingual analyzer), live documents only.
+
+        Raises:
+            ValueError: ``k`` not a positive int, or a bad filter.
+            TypeError: ``query`` is not a string.
+            CollectionClosedError: The collection is closed.
+        """
         self._check_open()
         k = _check_k(k)
-        if not isinstance(query, str):
-            msg = f"query must be a string, got {type(query).__name__}"
-            raise TypeError(msg)
+        _check_text_query(query)
         mask = self.allowed(filter)
         k = min(k, int(np.count_nonzero(mask)))
         if k == 0:
@@ -1397,7 +1428,12 @@ class Collection:
     def dense_scores(
         self, query: npt.ArrayLike, keys: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
-        """Dense inner products of ``query`` with the documents ``keys``."""
+        """Dense inner products of ``query`` with the documents ``keys``.
+
+        Raises:
+            ValueError: The query is not ``dim`` finite values, or ``keys`` are not committed
+                keys.
+        """
         self._require("dense")
         assert self._dense_matrix is not None  # noqa: S101
         q = self._dense_query(query)
@@ -1406,7 +1442,12 @@ class Collection:
     def lexical_scores(
         self, query: Mapping[int, float], keys: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
-        """Exact lexical matching scores of ``query`` with the documents ``keys``."""
+        """Exact lexical matching scores of ``query`` with the documents ``keys``.
+
+        Raises:
+            ValueError: A token id outside ``[0, vocab_size)``, a negative or non-finite
+                weight, or ``keys`` that are not committed keys.
+        """
         self._require("sparse")
         return self._lexical_exact(self._lexical_query(query), self._check_keys(keys))
 
@@ -1426,6 +1467,10 @@ class Collection:
                 products. ``"bfloat16"``: bfloat16 products and similarities, each within
                 ``3 * 2**-8 |q| |d|`` of float32 (0.012 for unit vectors), several times
                 faster on CPUs with bfloat16 dot products (AVX512-BF16, AMX).
+
+        Raises:
+            ValueError: The query is not ``[t, colbert_dim]`` finite values, ``keys`` are not
+                committed keys, or an unknown precision.
         """
         self._require("colbert")
         assert self._colbert is not None  # noqa: S101
@@ -1443,9 +1488,7 @@ class Collection:
     def bm25_scores(self, query: str, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """BM25 scores of ``query`` for the documents ``keys`` (0 where no term matches)."""
         self._check_open()
-        if not isinstance(query, str):
-            msg = f"query must be a string, got {type(query).__name__}"
-            raise TypeError(msg)
+        _check_text_query(query)
         keys = self._check_keys(keys)
         out = np.zeros(len(keys), dtype=np.float32)
         tquery = self._tantivy.bm25_query(query)
@@ -1471,6 +1514,15 @@ def _check_k(k: object) -> int:
         msg = f"k must be a positive int, got {k!r}"
         raise ValueError(msg)
     return k
+
+
+def _check_text_query(query: object) -> None:
+    if not isinstance(query, str):
+        msg = f"query must be a string, got {type(query).__name__}"
+        raise TypeError(msg)
+    if not _utf8(query):
+        msg = "query is not valid Unicode (a lone surrogate); decode it with errors='replace'"
+        raise ValueError(msg)
 
 
 def _id_list(ids: str | Sequence[str]) -> list[str]:

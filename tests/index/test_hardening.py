@@ -277,6 +277,22 @@ def test_queries_are_checked_on_every_path(template: Path, tmp_path: Path) -> No
     col.close()
 
 
+def test_without_a_recorded_vocabulary_huge_ids_allocate_nothing(tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "c", heads=("sparse",))
+    col.add(["harbour"], ids=["a"], embeddings=M3Output.build(lexical_weights=[{7: 0.5}]))
+    col.commit()
+    keys = col.search_bm25("harbour").keys
+    # int32 is the store's bound; a table sized by the query id would take 8 GB
+    assert col.lexical_scores({2**31 - 2: 1.0, 7: 2.0}, keys).tolist() == [1.0]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        col.lexical_scores({2**31: 1.0}, keys)
+    with pytest.raises(EmbeddingMismatchError, match="outside the vocabulary"):
+        col.add(["x"], ids=["x"], embeddings=M3Output.build(lexical_weights=[{2**31: 0.5}]))
+    with pytest.raises(ValueError, match="surrogate"):
+        col.search_bm25("harbour \ud800")
+    col.close()
+
+
 # -- 4. damaged or missing stores ------------------------------------------------------------
 
 STORES = [
