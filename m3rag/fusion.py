@@ -61,7 +61,8 @@ class FusionConfig:
 
     Raises:
         ValueError: Unknown path (the message lists the valid ones), negative or non-finite
-            weight, all weights zero, unknown method or normalisation, ``rrf_k`` < 0.
+            weight, all weights zero, unknown method or normalisation, ``rrf_k`` negative or
+            not finite.
 
     Example:
         ```python
@@ -85,9 +86,10 @@ class FusionConfig:
         if (
             isinstance(self.rrf_k, bool)
             or not isinstance(self.rrf_k, (int, float))
+            or not math.isfinite(self.rrf_k)
             or self.rrf_k < 0
         ):
-            msg = f"rrf_k must be a non-negative number, got {self.rrf_k!r}"
+            msg = f"rrf_k must be a finite non-negative number (60 is usual), got {self.rrf_k!r}"
             raise ValueError(msg)
         if not isinstance(self.weights, Mapping):
             msg = f"weights must be a dict of path -> weight, got {type(self.weights).__name__}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -96,7 +97,8 @@ class HybridRetriever:
             exact scan (``True``).
 
     Raises:
-        ValueError: Bad sizes, unknown recall paths (the message lists the valid ones).
+        ValueError: Bad sizes, unknown recall paths (the message lists the valid ones), a
+            negative or non-finite ``rollup_alpha``.
         UnsupportedOutputError: A recall path or fusion weight needs a head the collection does
             not store or the encoder cannot produce.
 
@@ -149,6 +151,14 @@ class HybridRetriever:
         self.rollup: Rollup | None = (
             ("max" if holds_chunks(collection) else None) if rollup == "auto" else rollup
         )
+        if (
+            isinstance(rollup_alpha, bool)
+            or not isinstance(rollup_alpha, (int, float))
+            or not math.isfinite(rollup_alpha)
+            or rollup_alpha < 0
+        ):
+            msg = f"rollup_alpha must be a finite non-negative number, got {rollup_alpha!r}"
+            raise ValueError(msg)
         self.rollup_alpha = float(rollup_alpha)
         if colbert_precision not in ("float32", "bfloat16"):
             msg = f"colbert_precision must be 'float32' or 'bfloat16', got {colbert_precision!r}"

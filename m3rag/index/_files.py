@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from m3rag.errors import CollectionLockedError
+from m3rag.errors import CollectionLockedError, IndexFormatError
 
 __all__ = ["Column", "WriterLock", "atomic_write_json", "fsync_dir", "read_rows"]
 
@@ -86,7 +86,7 @@ class Column:
         if not self.path.exists():
             if rows:
                 msg = f"{self.path} is missing but the manifest counts {rows} committed rows"
-                raise FileNotFoundError(msg)
+                raise IndexFormatError(msg)
             self.path.touch()
             return
         if self.path.stat().st_size < size:
@@ -94,7 +94,7 @@ class Column:
                 f"{self.path} holds {self.rows_on_disk()} rows but the manifest counts {rows} "
                 "committed rows: the collection is damaged"
             )
-            raise OSError(msg)
+            raise IndexFormatError(msg)
         if self.path.stat().st_size != size:
             with self.path.open("r+b") as fh:
                 fh.truncate(size)
@@ -114,7 +114,7 @@ class Column:
                 f"{self.path} holds {available} rows but the manifest counts {rows}: "
                 "the collection is damaged"
             )
-            raise OSError(msg)
+            raise IndexFormatError(msg)
         mapped: npt.NDArray[Any] = np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape)
         self._cached = (rows, mapped)
         return mapped

@@ -22,10 +22,14 @@ Nothing is pickled: JSON, SQLite, raw little-endian arrays and tantivy's own fil
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
+import sqlite3
 import threading
 import uuid
 from collections import Counter
@@ -42,7 +46,7 @@ from m3rag._version import __version__
 from m3rag.errors import (
     CollectionClosedError,
     CollectionExistsError,
-    CollectionNotFoundError,
+    CommitError,
     DuplicateIdError,
     EmbeddingMismatchError,
     EncoderMismatchError,
@@ -58,7 +62,8 @@ from m3rag.index.ann import check_dtype as check_ann_dtype
 from m3rag.index.docstore import DocStore
 from m3rag.index.filters import Filter, dumps_metadata
 from m3rag.index.impacts import HeadImpacts, head_of
-from m3rag.index.lexical import BITS, STEP, LexicalIndex, quantization_error
+from m3rag.index.lexical import BITS, STEP, LexicalIndex, is_panic, quantization_error
+from m3rag.index.manifest import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest
 from m3rag.index.stores import COLBERT_DTYPES, ColbertStore, DenseStore, LexicalStore, topk
 from m3rag.types import HEADS, Document, Head, M3Output
 
@@ -69,10 +74,12 @@ __all__ = ["FORMAT_VERSION", "Collection", "Hits"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "m3rag-collection"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 _ID_CACHE = 262_144
+MAX_METADATA_DEPTH = 32
+"""Metadata nested deeper than this (dicts and lists within each other) is refused."""
+MAX_TOKEN_ID = 2**31 - 1
+"""Lexical token ids are stored as int32: the bound when no vocabulary size is recorded."""
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,9 @@ class _Pending:
 
 def content_hash(text: str, metadata_json: str) -> str:
     """SHA-256 of a document's text and metadata (for resumable ingestion)."""
-    return hashlib.sha256(f"{text}\x00{metadata_json}".encode()).hexdigest()
+    # surrogatepass: has_content() of a text add() would refuse answers False, not raises
+    data = f"{text}\x00{metadata_json}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 class Collection:
@@ -139,15 +148,19 @@ class Collection:
         encoder: M3Encoder | None,
         read_only: bool,
         lock: WriterLock | None,
+        creating: bool = False,
     ) -> None:
         self.path = folder
         self.encoder = encoder
         self.read_only = read_only
         self._lock = lock
         self._manifest = manifest
+        self._closed = True  # until every store is open: close() then has nothing to release
         self.heads: tuple[Head, ...] = tuple(manifest["heads"])
         self.dim: int | None = manifest.get("dim")
         self.colbert_dim: int | None = manifest.get("colbert_dim")
+        vocab = manifest.get("vocab_size") or getattr(encoder, "vocab_size", None)
+        self._vocab_size = int(vocab) if isinstance(vocab, int) and vocab > 0 else MAX_TOKEN_ID
         self._dense = (
             DenseStore(
                 folder, int(self.dim), manifest["dense_dtype"], scan=manifest.get("dense_scan")
@@ -161,13 +174,24 @@ class Collection:
             else None
         )
         self._lexstore = LexicalStore(folder) if "sparse" in self.heads else None
+        self._tombstones = Column(folder / "tombstones.int64", np.int64)
+        if not creating:
+            self._check_stores()
         ann = manifest.get("ann")
         self._ann = (
             AnnIndex(folder, self._dense.dim, **ann) if ann and self._dense is not None else None
         )
-        self._tombstones = Column(folder / "tombstones.int64", np.int64)
-        self._docs = DocStore(folder / "docs.sqlite", writable=not read_only)
-        self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
+        self._docs = _open_docs(
+            folder / "docs.sqlite",
+            read_only=read_only,
+            next_key=int(manifest["next_key"]),
+            create=creating,
+        )
+        try:
+            self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
+        except BaseException:
+            self._docs.close()
+            raise
         self._impacts: HeadImpacts | None = None
         self._impacts_docs = -1  # the snapshot size _impacts was made for
         # committed keys are never reused, so their ids can be cached for the searches
@@ -176,9 +200,56 @@ class Collection:
         self._pending = _Pending.empty()
         self._pending_max_norm = float(manifest.get("dense_max_norm", 0.0))
         self._closed = False
-        if not read_only:
-            self._recover()
-        self._load_snapshot()
+        try:
+            if not read_only:
+                self._recover()
+            self._load_snapshot()
+        except BaseException:
+            self._tantivy.close()
+            self._docs.close()
+            self._closed = True
+            raise
+
+    def _committed_columns(self) -> list[tuple[Column, int]]:
+        """Every column file and the rows the manifest says it holds."""
+        lengths = self._lengths()
+        n = int(self._manifest["next_key"])
+        columns: list[tuple[Column, int]] = [(self._tombstones, lengths.get("tombstones", 0))]
+        if self._dense is not None:
+            columns += [(column, n) for column in self._dense.columns()]
+        if self._colbert is not None:
+            rows = lengths.get("colbert", 0)
+            columns += [(self._colbert.vectors, rows), (self._colbert.offsets, n)]
+            if self._colbert.scales is not None:
+                columns.append((self._colbert.scales, rows))
+        if self._lexstore is not None:
+            entries = lengths.get("lexical", 0)
+            columns += [
+                (self._lexstore.ids, entries),
+                (self._lexstore.weights, entries),
+                (self._lexstore.offsets, n),
+            ]
+        return columns
+
+    def _check_stores(self) -> None:
+        """Every store the manifest counts on is there and holds its committed rows.
+
+        A missing or short store is damage, reported (never recreated empty): a recreated
+        store would silently answer nothing for documents ``count()`` still counts.
+        """
+        fix = "restore the collection from a backup or rebuild it"
+        for name in ("docs.sqlite", "tantivy/meta.json"):
+            if not (self.path / name).is_file():
+                msg = f"{self.path / name} is missing: the collection is damaged; {fix}"
+                raise IndexFormatError(msg)
+        for column, rows in self._committed_columns():
+            if rows and column.rows_on_disk() < rows:
+                state = "is missing" if not column.path.exists() else "is too short"
+                msg = (
+                    f"{column.path} {state}: the manifest counts {rows} committed rows, the file "
+                    f"holds {column.rows_on_disk()}; the collection is damaged; {fix}"
+                )
+                raise IndexFormatError(msg)
 
     # -- creation and opening -----------------------------------------------------------------
 
@@ -195,6 +266,7 @@ class Collection:
         dense_scan: str | None = "int8",
         colbert_dtype: str = "float16",
         ann: bool | Mapping[str, Any] = False,
+        vocab_size: int | None = None,
     ) -> Collection:
         """Create a collection in a new (or empty) folder and open it for writing.
 
@@ -219,6 +291,9 @@ class Collection:
                 collections: ``True``, or a dict of ``connectivity``, ``expansion_add``,
                 ``expansion_search`` (ints) and ``dtype`` (how the graph stores vectors:
                 ``"f16"``, the default, ``"f32"`` or ``"i8"``). Needs ``pip install "m3rag[ann]"``.
+            vocab_size: Lexical token ids are below this (default: the encoder's vocabulary;
+                without an encoder, any id up to ``2**31 - 1``). Recorded in the manifest;
+                ``add()`` and lexical queries refuse ids outside it.
 
         Raises:
             CollectionExistsError: The folder already holds a collection (or other files).
@@ -252,6 +327,15 @@ class Collection:
             raise ValueError(msg)
         if "colbert" in chosen and (not isinstance(colbert_dim, int) or colbert_dim < 1):
             msg = "colbert_dim is required to store ColBERT vectors without an encoder"
+            raise ValueError(msg)
+        if vocab_size is None and encoder is not None:
+            vocab_size = getattr(encoder, "vocab_size", None)
+        if vocab_size is not None and (
+            isinstance(vocab_size, bool)
+            or not isinstance(vocab_size, int)
+            or not 0 < vocab_size <= MAX_TOKEN_ID
+        ):
+            msg = f"vocab_size must be an int in [1, {MAX_TOKEN_ID}], got {vocab_size!r}"
             raise ValueError(msg)
         if dense_dtype not in ("float32", "float16"):
             msg = f"dense_dtype must be 'float32' or 'float16', got {dense_dtype!r}"
@@ -306,10 +390,11 @@ class Collection:
             "encoder": fingerprint,
             "lexical": {"step": STEP, "bits": BITS, "max_error": 0.0, "max_bit": 0},
             "ann": ann_config,
+            "vocab_size": vocab_size if "sparse" in chosen else None,
         }
         try:
             atomic_write_json(folder / MANIFEST, manifest)
-            return cls(folder, manifest, encoder=encoder, read_only=False, lock=lock)
+            return cls(folder, manifest, encoder=encoder, read_only=False, lock=lock, creating=True)
         except BaseException:
             lock.release()
             raise
@@ -333,12 +418,14 @@ class Collection:
 
         Raises:
             CollectionNotFoundError: No collection at ``path``.
-            IndexFormatError: A newer format, or a damaged manifest.
+            IndexFormatError: A newer format, a manifest missing a field, or a store it counts
+                on missing or damaged (the message names the file). Nothing is repaired or
+                created; a read-only open writes nothing.
             EncoderMismatchError: ``encoder`` differs from the collection's.
             CollectionLockedError: Another writer holds the collection (when not read-only).
         """
         folder = Path(path)
-        manifest = _read_manifest(folder)
+        manifest = read_manifest(folder)
         if encoder is not None:
             _check_encoder(manifest, encoder)
         lock = None
@@ -382,6 +469,8 @@ class Collection:
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "writer"
+        if self._closed:
+            return f"Collection({str(self.path)!r}, {mode}, closed)"
         return (
             f"Collection({str(self.path)!r}, {mode}, documents={self.count()}, "
             f"heads={list(self.heads)}, generation={self.generation})"
@@ -390,11 +479,13 @@ class Collection:
     @property
     def generation(self) -> int:
         """The committed generation this handle sees."""
+        self._check_open()
         return int(self._manifest["generation"])
 
     @property
     def manifest(self) -> dict[str, Any]:
         """A copy of the committed manifest."""
+        self._check_open()
         copy: dict[str, Any] = json.loads(json.dumps(self._manifest))
         return copy
 
@@ -438,33 +529,24 @@ class Collection:
     def refresh(self) -> bool:
         """Re-read the manifest to see commits made since opening; returns whether it changed."""
         self._check_open()
-        manifest = _read_manifest(self.path)
+        manifest = read_manifest(self.path)
         if manifest["generation"] == self._manifest["generation"]:
             return False
+        old = self._manifest
         self._manifest = manifest
-        self._load_snapshot()
+        try:
+            self._check_stores()
+            self._load_snapshot()
+        except BaseException:
+            self._manifest = old  # keep answering from the snapshot this handle had
+            self._load_snapshot()
+            raise
         return True
 
     def _recover(self) -> None:
         """Cut off whatever an interrupted commit wrote past the committed state."""
-        lengths = self._lengths()
         n = int(self._manifest["next_key"])
-        columns: list[tuple[Column, int]] = [(self._tombstones, lengths.get("tombstones", 0))]
-        if self._dense is not None:
-            columns += [(column, n) for column in self._dense.columns()]
-        if self._colbert is not None:
-            rows = lengths.get("colbert", 0)
-            columns += [(self._colbert.vectors, rows), (self._colbert.offsets, n)]
-            if self._colbert.scales is not None:
-                columns.append((self._colbert.scales, rows))
-        if self._lexstore is not None:
-            entries = lengths.get("lexical", 0)
-            columns += [
-                (self._lexstore.ids, entries),
-                (self._lexstore.weights, entries),
-                (self._lexstore.offsets, n),
-            ]
-        for column, rows in columns:
+        for column, rows in self._committed_columns():
             column.truncate(rows)
         self._docs.drop_from(n)
         self._tantivy.purge_after(self.generation)
@@ -508,6 +590,13 @@ class Collection:
         texts: list[str] = []
         out_ids: list[str | None] = []
         out_meta: list[Mapping[str, Any]] = []
+        for i, entry in enumerate(metas):
+            if entry is not None and not isinstance(entry, Mapping):
+                msg = (
+                    f"metadata[{i}] must be a dict (or None), got {type(entry).__name__}; pass "
+                    "one dict per document"
+                )
+                raise TypeError(msg)
         for i, item in enumerate(items):
             if isinstance(item, Document):
                 text, doc_id, meta = item.text, item.id, dict(item.metadata)
@@ -528,9 +617,18 @@ class Collection:
             if not isinstance(text, str) or not text.strip():
                 msg = f"document {i} has empty text; empty documents cannot be indexed"
                 raise InvalidDocumentError(msg)
+            if not _utf8(text):
+                msg = (
+                    f"document {i} has text that is not valid Unicode (a lone surrogate such as "
+                    "'\\ud800'); decode it with errors='replace' before indexing"
+                )
+                raise InvalidDocumentError(msg)
             if doc_id is not None and (not isinstance(doc_id, str) or not doc_id):
                 msg = f"ids[{i}] must be a non-empty string, got {doc_id!r}"
                 raise TypeError(msg)
+            if doc_id is not None and not _utf8(doc_id):
+                msg = f"ids[{i}] = {doc_id!r} is not valid Unicode (a lone surrogate)"
+                raise InvalidDocumentError(msg)
             if not isinstance(meta, Mapping):
                 msg = f"metadata[{i}] must be a dict, got {type(meta).__name__}"
                 raise TypeError(msg)
@@ -539,7 +637,13 @@ class Collection:
             out_meta.append(meta)
         return texts, out_ids, out_meta
 
-    def _check_embeddings(self, embeddings: M3Output, n: int) -> M3Output:
+    def _check_embeddings(self, embeddings: M3Output, ids: Sequence[str]) -> M3Output:
+        """Every head of every document fits: count, heads, sizes, finite, ids in vocabulary.
+
+        Checked before anything is staged: a NaN ColBERT vector or an out-of-vocabulary token
+        id would otherwise be committed and break every later search, or every later commit.
+        """
+        n = len(ids)
         if not isinstance(embeddings, M3Output):
             msg = f"embeddings must be an M3Output, got {type(embeddings).__name__}"
             raise TypeError(msg)
@@ -550,24 +654,68 @@ class Collection:
         if missing:
             msg = f"embeddings lack the heads {missing} this collection stores ({list(self.heads)})"
             raise EmbeddingMismatchError(msg)
-        if "dense" in self.heads and embeddings.dim != self.dim:
-            msg = f"dense vectors have {embeddings.dim} dimensions, the collection {self.dim}"
-            raise EmbeddingMismatchError(msg)
+
+        def bad(i: int, head: str, problem: str) -> EmbeddingMismatchError:
+            return EmbeddingMismatchError(
+                f"embeddings of document {i} (id {ids[i]!r}), {head} head: {problem}; "
+                "nothing was staged"
+            )
+
+        if "dense" in self.heads and embeddings.dense_vecs is not None:
+            if embeddings.dim != self.dim:
+                msg = f"dense vectors have {embeddings.dim} dimensions, the collection {self.dim}"
+                raise EmbeddingMismatchError(msg)
+            rows = ~_finite32(embeddings.dense_vecs).all(axis=1)
+            if rows.any():
+                raise bad(int(np.flatnonzero(rows)[0]), "dense", "NaN or infinity (as float32)")
         if "colbert" in self.heads and embeddings.colbert_vecs is not None:
             for i, m in enumerate(embeddings.colbert_vecs):
-                if m.ndim != 2 or m.shape[1] != self.colbert_dim:
-                    msg = f"colbert_vecs[{i}] has shape {m.shape}, expected [t, {self.colbert_dim}]"
-                    raise EmbeddingMismatchError(msg)
-        if embeddings.dense_vecs is not None and not np.isfinite(embeddings.dense_vecs).all():
-            msg = "dense vectors contain NaN or infinity"
-            raise EmbeddingMismatchError(msg)
+                shape = getattr(m, "shape", None)
+                if not isinstance(m, np.ndarray) or m.ndim != 2 or m.shape[1] != self.colbert_dim:
+                    expected = f"[t, {self.colbert_dim}]"
+                    raise bad(i, "colbert", f"shape {shape}, expected {expected}")
+                if not _finite32(m).all():
+                    raise bad(i, "colbert", "NaN or infinity (as float32)")
+        if "sparse" in self.heads and embeddings.lexical_weights is not None:
+            self._check_lexical_docs(embeddings.lexical_weights, bad)
         return embeddings
 
-    def _embed(self, texts: list[str], embeddings: M3Output | None) -> M3Output | None:
+    def _check_lexical_docs(self, weights: Sequence[Any], bad: Any) -> None:
+        """Token ids ints in ``[0, vocab_size)``, weights finite and non-negative (as float32)."""
+        limit = self._vocab_size
+        total = 0
+        for i, d in enumerate(weights):
+            if not isinstance(d, Mapping):
+                raise bad(i, "sparse", f"a {type(d).__name__}, expected a dict of id -> weight")
+            total += len(d)
+        try:  # the common case, vectorised; any doubt goes to the exact check below
+            tokens = np.fromiter((t for d in weights for t in d), dtype=np.int64, count=total)
+            values = np.fromiter(
+                (w for d in weights for w in d.values()), dtype=np.float64, count=total
+            )
+            ok = total == 0 or (
+                int(tokens.min()) >= 0
+                and int(tokens.max()) < limit
+                and bool(_finite32(values).all())
+                and float(values.min()) >= 0
+            )
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if ok:
+            return
+        for i, d in enumerate(weights):
+            for token, weight in d.items():
+                problem = _token_problem(token, limit) or _weight_problem(weight)
+                if problem:
+                    raise bad(i, "sparse", problem)
+
+    def _embed(
+        self, texts: list[str], ids: list[str], embeddings: M3Output | None
+    ) -> M3Output | None:
         if not self.heads:
             return None  # a BM25-only collection stores text alone
         if embeddings is not None:
-            return self._check_embeddings(embeddings, len(texts))
+            return self._check_embeddings(embeddings, ids)
         if self.encoder is None:
             msg = (
                 "this collection has no encoder to embed texts with; pass encoder= to "
@@ -575,14 +723,16 @@ class Collection:
             )
             raise ValueError(msg)
         flags = {h: (h in self.heads) for h in HEADS}
-        return self.encoder.encode_corpus(
+        output = self.encoder.encode_corpus(
             texts, dense=flags["dense"], sparse=flags["sparse"], colbert=flags["colbert"]
         )
+        return self._check_embeddings(output, ids)
 
     def _live_keys(self, ids: Sequence[str]) -> dict[str, int]:
         """Committed, not tombstoned (committed or pending) keys by id, plus pending adds."""
         pending_dead = set(self._pending.tombstones)
-        committed = self._docs.keys_for_ids(ids, int(self._manifest["next_key"]))
+        storable = [i for i in ids if _utf8(i)]  # no stored id holds a lone surrogate
+        committed = self._docs.keys_for_ids(storable, int(self._manifest["next_key"]))
         found = {
             doc_id: key for doc_id, key in committed if self._alive[key] and key not in pending_dead
         }
@@ -617,9 +767,17 @@ class Collection:
 
         Raises:
             DuplicateIdError: An id repeats in the call or already exists (use [`upsert`][]).
-            InvalidDocumentError: Empty text, or metadata JSON cannot hold.
-            EmbeddingMismatchError: ``embeddings`` do not fit.
-            TypeError: Wrong input types.
+            InvalidDocumentError: Empty text, a text, id or metadata string UTF-8 cannot encode
+                (a lone surrogate), metadata JSON cannot hold (NaN, objects, non-string keys)
+                or nested deeper than `MAX_METADATA_DEPTH`.
+            EmbeddingMismatchError: ``embeddings`` do not fit: count, heads, sizes, NaN or
+                infinity, token ids outside ``[0, vocab_size)``, negative weights (the message
+                names the document, its id and the head).
+            TypeError: Wrong input types (a metadata entry that is not a dict, a non-str id).
+            CollectionClosedError: The collection is closed.
+            ReadOnlyError: The collection is open read-only.
+
+        A call that raises stages nothing: the staged changes are as before.
         """
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=False)
 
@@ -631,7 +789,11 @@ class Collection:
         metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
         embeddings: M3Output | None = None,
     ) -> list[str]:
-        """Like [`add`][], but documents whose id exists replace the old version."""
+        """Like [`add`][], but documents whose id exists replace the old version.
+
+        Raises:
+            The errors of [`add`][] (but not [`DuplicateIdError`][] for existing ids).
+        """
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=True)
 
     def _write(
@@ -650,13 +812,8 @@ class Collection:
         if dupes:
             msg = f"ids repeat within one call: {dupes[:10]}"
             raise DuplicateIdError(msg)
-        meta_json: list[str] = []
-        for i, meta in enumerate(metas):
-            try:
-                meta_json.append(dumps_metadata(meta))
-            except (TypeError, ValueError) as exc:
-                msg = f"metadata[{i}] cannot be stored as JSON: {exc}"
-                raise InvalidDocumentError(msg) from exc
+        meta_json = [_metadata_json(i, meta) for i, meta in enumerate(metas)]
+        hashes = [content_hash(t, m) for t, m in zip(texts, meta_json, strict=True)]
         existing = self._live_keys(final_ids)
         if existing and not replace:
             msg = (
@@ -666,7 +823,8 @@ class Collection:
             raise DuplicateIdError(msg)
         if not texts:
             return []
-        output = self._embed(texts, embeddings)
+        output = self._embed(texts, final_ids, embeddings)
+        # everything is checked and computed: staging below cannot fail half-way
         start = int(self._manifest["next_key"]) + len(self._pending.keys)
         p = self._pending
         p.tombstones.extend(existing.values())
@@ -674,7 +832,7 @@ class Collection:
         p.ids.extend(final_ids)
         p.texts.extend(texts)
         p.metadata.extend(meta_json)
-        p.hashes.extend(content_hash(t, m) for t, m in zip(texts, meta_json, strict=True))
+        p.hashes.extend(hashes)
         if output is not None:
             p.outputs.append(output)
         return final_ids
@@ -686,11 +844,7 @@ class Collection:
             UnknownIdError: Some ids are not in the collection (nothing is deleted then).
         """
         self._check_open(write=True)
-        wanted = [ids] if isinstance(ids, str) else list(ids)
-        for i, doc_id in enumerate(wanted):
-            if not isinstance(doc_id, str):
-                msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
-                raise TypeError(msg)
+        wanted = _id_list(ids)
         found = self._live_keys(wanted)
         missing = [i for i in dict.fromkeys(wanted) if i not in found]
         if missing:
@@ -700,6 +854,7 @@ class Collection:
 
     def rollback(self) -> None:
         """Drop every change staged since the last commit."""
+        self._check_open()
         self._pending = _Pending.empty()
 
     def commit(self) -> int:
@@ -707,6 +862,10 @@ class Collection:
 
         Raises:
             ReadOnlyError: The collection is open read-only.
+            CollectionClosedError: The collection is closed.
+            CommitError: Writing failed (disk full, I/O error). Nothing was committed, the
+                staged changes are kept: fix the cause and call ``commit()`` again, or
+                [`rollback`][m3rag.Collection.rollback].
         """
         self._check_open(write=True)
         p = self._pending
@@ -748,11 +907,29 @@ class Collection:
                 m3rag_version=__version__,
             )
             atomic_write_json(self.path / MANIFEST, manifest)  # the commit point
-        except BaseException:
-            logger.exception("commit of generation %d failed; rolling the stores back", gen)
-            self._tantivy.rollback()
-            self._recover()
-            raise
+        except BaseException as exc:
+            if not (isinstance(exc, Exception) or is_panic(exc)):
+                raise  # KeyboardInterrupt and friends: the next writer recovers
+            logger.warning("commit of generation %d failed; rolling the stores back", gen)
+            kept = len(p.keys) + len(set(p.tombstones))
+            undo = ""
+            try:
+                with contextlib.suppress(Exception):
+                    self._tantivy.rollback()
+                self._recover()
+            except Exception as again:  # reported in the message
+                undo = (
+                    f" Cutting the stores back also failed ({again}); the next Collection.open "
+                    "cuts them back."
+                )
+            nospace = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            hint = "free disk space" if nospace else "fix the cause"
+            msg = (
+                f"commit of generation {gen} failed: {exc}. The committed collection is "
+                f"unchanged and the {kept} staged change(s) are kept; {hint} and call commit() "
+                f"again, or rollback() to drop them.{undo}"
+            )
+            raise CommitError(errno.ENOSPC if nospace else errno.EIO, msg) from exc
         self._manifest = manifest
         self._pending = _Pending.empty()
         if self._ann is not None and output is not None and output.dense_vecs is not None:
@@ -766,7 +943,9 @@ class Collection:
             try:  # best effort: tombstones already hide these documents
                 self._tantivy.delete_keys(tomb.tolist())
                 self._tantivy.commit()
-            except Exception:  # pragma: no cover - the manifest is authoritative
+            except BaseException as exc:  # pragma: no cover - the manifest is authoritative
+                if not (isinstance(exc, Exception) or is_panic(exc)):
+                    raise
                 logger.warning("could not remove deleted documents from tantivy", exc_info=True)
         self._load_snapshot()
         return gen
@@ -815,7 +994,7 @@ class Collection:
             UnknownIdError: Some ids are not in the collection.
         """
         self._check_open()
-        wanted = [ids] if isinstance(ids, str) else list(ids)
+        wanted = _id_list(ids)
         found = self._live_keys(wanted)
         missing = [i for i in dict.fromkeys(wanted) if i not in found]
         if missing:
@@ -848,7 +1027,14 @@ class Collection:
 
         Used for resumable ingestion: documents already indexed are skipped.
         """
+        self._check_open()
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            msg = "texts must be a list of strings"
+            raise TypeError(msg)
         metas = metadata if metadata is not None else [{}] * len(texts)
+        if len(metas) != len(texts) or not all(isinstance(m, Mapping) for m in metas):
+            msg = f"metadata must be one dict per text ({len(texts)})"
+            raise TypeError(msg)
         hashes = [content_hash(t, dumps_metadata(m)) for t, m in zip(texts, metas, strict=True)]
         live = {
             h for h, k in self._docs.keys_for_hashes(hashes, len(self._alive)) if self._alive[k]
@@ -857,6 +1043,7 @@ class Collection:
 
     def ids_matching(self, filter: Mapping[str, Any] | Filter) -> list[str]:
         """Ids of the live committed documents whose metadata matches ``filter``."""
+        self._check_open()
         keys = np.flatnonzero(self.allowed(filter))
         return self._docs.ids(keys.tolist())
 
@@ -869,7 +1056,13 @@ class Collection:
         return {v for k, v in self._docs.field_values(field, len(self._alive)) if self._alive[k]}
 
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
-        """Documents by internal key (as in `Hits`)."""
+        """Documents by internal key (as in `Hits`).
+
+        Raises:
+            ValueError: A key that is not a committed document's (see `Hits`).
+        """
+        self._check_open()
+        keys = self._check_keys(keys)
         rows = self._docs.rows([int(k) for k in keys])
         return [Document(rows[int(k)][1], rows[int(k)][0], rows[int(k)][2]) for k in keys]
 
@@ -899,9 +1092,73 @@ class Collection:
         return [cache[k] for k in keys]
 
     def _require(self, head: Head) -> None:
+        self._check_open()
         if head not in self.heads:
             msg = f"this collection stores {list(self.heads)}, not {head}"
             raise ValueError(msg)
+
+    def _check_keys(self, keys: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """``keys`` as int64, each a committed document's key (as `Hits` gives)."""
+        arr = np.asarray(keys)
+        if arr.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if arr.ndim != 1 or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+            msg = f"keys must be a 1-d array of ints (Hits.keys), got {arr.dtype} {arr.shape}"
+            raise ValueError(msg)
+        n = len(self._alive)
+        if int(arr.min()) < 0 or int(arr.max()) >= n:
+            msg = (
+                f"keys must be committed document keys in [0, {n}), got {int(arr.min())}.."
+                f"{int(arr.max())}; take them from Hits.keys"
+            )
+            raise ValueError(msg)
+        return arr.astype(np.int64, copy=False)
+
+    def _dense_query(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """A dense query vector of the collection's size, finite as float32."""
+        try:
+            with np.errstate(all="ignore"):
+                q = np.asarray(query, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            msg = f"the dense query must be a vector of {self.dim} floats: {exc}"
+            raise ValueError(msg) from exc
+        if q.shape[0] != self.dim:
+            msg = f"query vector has {q.shape[0]} dimensions, the collection {self.dim}"
+            raise ValueError(msg)
+        if not np.isfinite(q).all():
+            msg = "the dense query vector contains NaN or infinity (as float32); pass finite values"
+            raise ValueError(msg)
+        return q
+
+    def _lexical_query(self, query: Mapping[int, float]) -> dict[int, float]:
+        """Query lexical weights: int token ids in the vocabulary, finite non-negative weights."""
+        if not isinstance(query, Mapping):
+            msg = f"the lexical query must be a dict of token id -> weight, got {query!r:.80}"
+            raise TypeError(msg)
+        out: dict[int, float] = {}
+        for token, weight in query.items():
+            problem = _token_problem(token, self._vocab_size) or _weight_problem(weight)
+            if problem:
+                msg = f"the lexical query is invalid: {problem}"
+                raise ValueError(msg)
+            out[int(token)] = float(weight)
+        return out
+
+    def _colbert_query(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """A ColBERT query ``[t, colbert_dim]``, finite as float32."""
+        try:
+            with np.errstate(all="ignore"):
+                q = np.asarray(query, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            msg = f"the ColBERT query must be a [t, {self.colbert_dim}] array: {exc}"
+            raise ValueError(msg) from exc
+        if q.ndim != 2 or q.shape[1] != self.colbert_dim:
+            msg = f"the ColBERT query has shape {q.shape}, expected [t, {self.colbert_dim}]"
+            raise ValueError(msg)
+        if not np.isfinite(q).all():
+            msg = "the ColBERT query contains NaN or infinity (as float32); pass finite values"
+            raise ValueError(msg)
+        return q
 
     def search_dense(
         self,
@@ -917,14 +1174,20 @@ class Collection:
         ``exact`` not ``True``, candidates come from the graph (over-fetched, then filtered and
         rescored exactly); if fewer than ``k`` allowed candidates come back it falls back to
         the exact scan, so ``k`` results come back whenever ``k`` matching documents exist.
+
+        Raises:
+            ValueError: ``k`` not a positive int; the query not ``dim`` finite values; a bad
+                filter (``TypeError`` for a filter that is not a dict).
+            CollectionClosedError: The collection is closed.
         """
         self._require("dense")
         k = _check_k(k)
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self.dim:
-            msg = f"query vector has {q.shape[0]} dimensions, the collection {self.dim}"
-            raise ValueError(msg)
+        q = self._dense_query(query)
         mask = self.allowed(filter)
+        # a k beyond the live documents returns them all (and allocates nothing for the rest)
+        k = min(k, int(np.count_nonzero(mask)))
+        if k == 0:
+            return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
         assert self._dense_matrix is not None  # noqa: S101 - dense is stored
         if self._ann is not None and exact is not True:
             hits = self._search_ann(q, k, mask)
@@ -976,12 +1239,19 @@ class Collection:
         beats the last candidate's quantised score plus the quantisation error bound
         ``sum(q) * max_error`` (so no document outside can enter), or until every matching
         document has been seen. Only documents sharing a token with the query are returned.
+
+        Raises:
+            ValueError: ``k`` not a positive int; a token id outside ``[0, vocab_size)``; a
+                negative or non-finite weight; a bad filter.
+            TypeError: ``query`` is not a dict.
+            CollectionClosedError: The collection is closed.
         """
         self._require("sparse")
         k = _check_k(k)
-        weights = {int(t): float(w) for t, w in query.items() if w > 0}
+        weights = {t: w for t, w in self._lexical_query(query).items() if w > 0}
         mask = self.allowed(filter)
-        if not weights or not mask.any():
+        k = min(k, int(np.count_nonzero(mask)))
+        if not weights or k == 0:
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
         lex = self._manifest["lexical"]
         restrict = self._restriction(mask, filter)
@@ -1127,12 +1397,20 @@ class Collection:
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
     ) -> Hits:
-        """Top-``k`` by BM25 over the text (multilingual analyzer), live documents only."""
+        """Top-``k`` by BM25 over the text (multilingual analyzer), live documents only.
+
+        Raises:
+            ValueError: ``k`` not a positive int, or a bad filter.
+            TypeError: ``query`` is not a string.
+            CollectionClosedError: The collection is closed.
+        """
+        self._check_open()
         k = _check_k(k)
-        if not isinstance(query, str):
-            msg = f"query must be a string, got {type(query).__name__}"
-            raise TypeError(msg)
+        _check_text_query(query)
         mask = self.allowed(filter)
+        k = min(k, int(np.count_nonzero(mask)))
+        if k == 0:
+            return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
         tquery = self._tantivy.bm25_query(query)
         restrict = self._restriction(mask, filter)
         limit = max(2 * k, 32)
@@ -1150,17 +1428,28 @@ class Collection:
     def dense_scores(
         self, query: npt.ArrayLike, keys: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
-        """Dense inner products of ``query`` with the documents ``keys``."""
+        """Dense inner products of ``query`` with the documents ``keys``.
+
+        Raises:
+            ValueError: The query is not ``dim`` finite values, or ``keys`` are not committed
+                keys.
+        """
         self._require("dense")
         assert self._dense_matrix is not None  # noqa: S101
-        return DenseStore.scores_for(self._dense_matrix, np.asarray(query, np.float32), keys)
+        q = self._dense_query(query)
+        return DenseStore.scores_for(self._dense_matrix, q, self._check_keys(keys))
 
     def lexical_scores(
         self, query: Mapping[int, float], keys: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
-        """Exact lexical matching scores of ``query`` with the documents ``keys``."""
+        """Exact lexical matching scores of ``query`` with the documents ``keys``.
+
+        Raises:
+            ValueError: A token id outside ``[0, vocab_size)``, a negative or non-finite
+                weight, or ``keys`` that are not committed keys.
+        """
         self._require("sparse")
-        return self._lexical_exact({int(t): float(w) for t, w in query.items()}, np.asarray(keys))
+        return self._lexical_exact(self._lexical_query(query), self._check_keys(keys))
 
     def colbert_scores(
         self,
@@ -1178,13 +1467,19 @@ class Collection:
                 products. ``"bfloat16"``: bfloat16 products and similarities, each within
                 ``3 * 2**-8 |q| |d|`` of float32 (0.012 for unit vectors), several times
                 faster on CPUs with bfloat16 dot products (AVX512-BF16, AMX).
+
+        Raises:
+            ValueError: The query is not ``[t, colbert_dim]`` finite values, ``keys`` are not
+                committed keys, or an unknown precision.
         """
         self._require("colbert")
         assert self._colbert is not None  # noqa: S101
+        q = self._colbert_query(query)
+        keys = self._check_keys(keys)
         lengths = self._lengths()
         return self._colbert.maxsim(
-            np.asarray(query, np.float32),
-            np.asarray(keys, np.int64),
+            q,
+            keys,
             token_rows=lengths.get("colbert", 0),
             docs=len(self._alive),
             precision=precision,
@@ -1192,7 +1487,9 @@ class Collection:
 
     def bm25_scores(self, query: str, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """BM25 scores of ``query`` for the documents ``keys`` (0 where no term matches)."""
-        keys = np.asarray(keys, np.int64)
+        self._check_open()
+        _check_text_query(query)
+        keys = self._check_keys(keys)
         out = np.zeros(len(keys), dtype=np.float32)
         tquery = self._tantivy.bm25_query(query)
         if tquery is None or len(keys) == 0:
@@ -1205,9 +1502,10 @@ class Collection:
         """Stored ColBERT matrices of ``keys`` (dequantised to float32)."""
         self._require("colbert")
         assert self._colbert is not None  # noqa: S101
+        keys = self._check_keys(keys)
         lengths = self._lengths()
         return self._colbert.matrices(
-            np.asarray(keys, np.int64), token_rows=lengths.get("colbert", 0), docs=len(self._alive)
+            keys, token_rows=lengths.get("colbert", 0), docs=len(self._alive)
         )
 
 
@@ -1218,27 +1516,124 @@ def _check_k(k: object) -> int:
     return k
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    if not path.is_file():
-        msg = f"no collection at {folder} (no {MANIFEST}); create one with Collection.create"
-        raise CollectionNotFoundError(msg)
+def _check_text_query(query: object) -> None:
+    if not isinstance(query, str):
+        msg = f"query must be a string, got {type(query).__name__}"
+        raise TypeError(msg)
+    if not _utf8(query):
+        msg = "query is not valid Unicode (a lone surrogate); decode it with errors='replace'"
+        raise ValueError(msg)
+
+
+def _id_list(ids: str | Sequence[str]) -> list[str]:
+    wanted = [ids] if isinstance(ids, str) else list(ids)
+    for i, doc_id in enumerate(wanted):
+        if not isinstance(doc_id, str):
+            msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
+            raise TypeError(msg)
+    return wanted
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored (UTF-8 cannot encode lone surrogates)."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        msg = f"the manifest of {folder} is damaged: {exc}"
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _finite32(values: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Elementwise: finite once stored as float32 (1e39 is finite in float64, not float32)."""
+    with np.errstate(all="ignore"):
+        return np.isfinite(np.asarray(values, dtype=np.float32))
+
+
+def _token_problem(token: object, limit: int) -> str | None:
+    if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+        return f"token id {token!r} is not an int"
+    if not 0 <= int(token) < limit:
+        return f"token id {int(token)} is outside the vocabulary [0, {limit})"
+    return None
+
+
+def _weight_problem(weight: object) -> str | None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        return f"weight {weight!r} is not a number"
+    try:
+        value = float(weight)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and abs(value) <= _F32_MAX) or value < 0:
+        return f"weight {weight!r} is not a finite non-negative float32"
+    return None
+
+
+def _metadata_json(i: int, meta: Mapping[str, Any]) -> str:
+    """The JSON of one document's metadata, or an ``InvalidDocumentError`` naming it."""
+    problem = _metadata_problem(meta)
+    if problem is None:
+        try:
+            text = dumps_metadata(meta)
+        except (TypeError, ValueError) as exc:
+            problem = str(exc)
+        else:
+            if _utf8(text):
+                return text
+            problem = "a string is not valid Unicode (a lone surrogate)"
+    msg = f"metadata[{i}] cannot be stored as JSON: {problem}"
+    raise InvalidDocumentError(msg)
+
+
+def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
+    """Non-string keys, or nesting deeper than `MAX_METADATA_DEPTH`, found iteratively.
+
+    ``json.dumps`` would recurse (a ``RecursionError`` thousands of levels deep) and turn
+    int keys into strings silently.
+    """
+    stack: list[tuple[Any, int]] = [(meta, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Iterable[Any] = value.values()
+            bad = next((k for k in value if not isinstance(k, str)), None)
+            if bad is not None:
+                return f"key {bad!r} is not a string"
+        elif isinstance(value, (list, tuple)):
+            children = value
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            return f"it is nested more than {MAX_METADATA_DEPTH} levels deep"
+        seen += 1
+        if seen > 1_000_000:
+            return "it holds more than a million nested containers"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _open_docs(path: Path, *, read_only: bool, next_key: int, create: bool) -> DocStore:
+    """Open the document store and check it holds every committed document."""
+    fix = "restore the collection from a backup or rebuild it"
+    try:
+        store = DocStore(path, writable=not read_only, create=create)
+    except sqlite3.Error as exc:
+        msg = f"{path} cannot be opened: {exc}; the collection is damaged; {fix}"
         raise IndexFormatError(msg) from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        msg = f"{path} is not an m3rag collection manifest"
-        raise IndexFormatError(msg)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    try:
+        held = store.count_below(next_key)
+    except BaseException:
+        store.close()
+        raise
+    if held != next_key:
+        store.close()
         msg = (
-            f"{folder} uses collection format {version}, newer than the {FORMAT_VERSION} this "
-            f"m3rag {__version__} reads; upgrade m3rag"
+            f"{path} holds {held} of the {next_key} committed documents: the collection is "
+            f"damaged; {fix}"
         )
         raise IndexFormatError(msg)
-    return manifest
+    return store
 
 
 def _check_encoder(manifest: dict[str, Any], encoder: M3Encoder) -> None:

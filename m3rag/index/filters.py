@@ -19,16 +19,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OPERATORS", "Filter"]
+__all__ = ["OPERATORS", "Filter", "json_path", "plain_field"]
 
 OPERATORS = ("$eq", "$in", "$gt", "$gte", "$lt", "$lte")
 _RANGE_SQL = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 Scalar = str | int | float | bool
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_scalar(field: str, value: object) -> Scalar:
     if isinstance(value, float) and not math.isfinite(value):
         msg = f"filter on {field!r}: {value!r} is not a finite number"
+        raise ValueError(msg)
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not _INT64[0] <= value <= _INT64[1]
+    ):
+        msg = f"filter on {field!r}: {value} is outside the 64-bit integers metadata can hold"
+        raise ValueError(msg)
+    if isinstance(value, str) and not _encodable(value):
+        msg = f"filter on {field!r}: {value!r} is not valid Unicode (a lone surrogate)"
         raise ValueError(msg)
     if not isinstance(value, (str, int, float, bool)):
         msg = (
@@ -74,6 +95,9 @@ class Filter:
             if not isinstance(field, str) or not field:
                 msg = f"filter field names must be non-empty strings, got {field!r}"
                 raise TypeError(msg)
+            if not _encodable(field):
+                msg = f"filter field name {field!r} is not valid Unicode (a lone surrogate)"
+                raise ValueError(msg)
             if isinstance(cond, Mapping):
                 if not cond:
                     msg = f"filter on {field!r} has no operator; use one of {', '.join(OPERATORS)}"
@@ -131,28 +155,51 @@ class Filter:
         parts: list[str] = []
         params: list[Any] = []
         for field, op, value in self.clauses:
+            # a name a JSON path can spell is looked up by path (fast); any other (a '"', a
+            # backslash, a control character) through json_each, which decodes the keys
+            plain = plain_field(field)
             path = json_path(field)
-            extract = f"json_extract({column}, ?)"
-            kind = f"json_type({column}, ?)"
-            if op in ("$eq", "$in"):
-                values = value if op == "$in" else (value,)
-                if not values:
-                    parts.append("0")
-                    continue
-                ors = []
-                for v in values:
-                    ors.append(f"({extract} = ? AND {kind} {_json_types(v)})")
-                    params.extend([path, _sql_value(v), path])
-                parts.append("(" + " OR ".join(ors) + ")")
+            if plain:
+                extract, kind = f"json_extract({column}, ?)", f"json_type({column}, ?)"
             else:
-                parts.append(f"({extract} {_RANGE_SQL[op]} ? AND {kind} IN ('integer', 'real'))")
-                params.extend([path, value, path])
+                extract, kind = "je.value", "je.type"
+            conds: list[str] = []
+            args: list[Any] = []
+            values = (value if op == "$in" else (value,)) if op in ("$eq", "$in") else ()
+            for v in values:
+                conds.append(f"({extract} = ? AND {kind} {_json_types(v)})")
+                args.extend([path, _sql_value(v), path] if plain else [_sql_value(v)])
+            if op not in ("$eq", "$in"):
+                conds.append(f"({extract} {_RANGE_SQL[op]} ? AND {kind} IN ('integer', 'real'))")
+                args.extend([path, value, path] if plain else [value])
+            if not conds:  # $in of nothing
+                parts.append("0")
+                continue
+            cond = "(" + " OR ".join(conds) + ")"
+            if plain:
+                parts.append(cond)
+            else:
+                parts.append(
+                    f"EXISTS (SELECT 1 FROM json_each({column}) AS je WHERE je.key = ? AND {cond})"  # noqa: S608 - placeholders only
+                )
+                args.insert(0, field)
+            params.extend(args)
         return " AND ".join(parts) if parts else "1", params
 
 
+def plain_field(field: str) -> bool:
+    """Whether SQLite can address ``field`` by a quoted JSON path.
+
+    SQLite compares a path's quoted label with the key as written in the JSON text, escapes
+    included, and ends the label at the first ``"``: names JSON writes with escapes (``"``,
+    backslash, control characters) are looked up with ``json_each`` instead.
+    """
+    return json.dumps(field, ensure_ascii=False)[1:-1] == field
+
+
 def json_path(field: str) -> str:
-    """The SQLite JSON path of a top-level field, quoted so any field name is safe."""
-    return '$."' + field.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """The SQLite JSON path of a top-level field (see `plain_field`)."""
+    return '$."' + field + '"'
 
 
 def _same(a: object, b: object) -> bool:

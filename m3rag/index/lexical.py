@@ -22,8 +22,9 @@ purged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._optional import require
+from m3rag.errors import IndexFormatError, M3RagError
 
-__all__ = ["BITS", "STEP", "LexicalIndex", "quantize_weights"]
+__all__ = ["BITS", "STEP", "LexicalIndex", "is_panic", "quantize_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,33 @@ def quantization_error(weights: npt.NDArray[np.floating[Any]]) -> float:
         return 0.0
     q = quantize_weights(weights)
     return float(np.abs(np.asarray(weights, np.float64) - q * STEP).max())
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic surfaced by pyo3 (a ``BaseException``, not ``Exception``)."""
+    return type(exc).__name__ == "PanicException"
+
+
+@contextlib.contextmanager
+def tantivy_errors(folder: Path, doing: str) -> Iterator[None]:
+    """Report a failure of tantivy (an error, or a Rust panic) as an ``IndexFormatError``.
+
+    pyo3 raises a Rust panic as ``PanicException``, which derives from ``BaseException``, so
+    ``except Exception`` in callers would not see it; here it becomes an m3rag error naming
+    the folder.
+    """
+    try:
+        yield
+    except M3RagError:
+        raise
+    except BaseException as exc:
+        if not (isinstance(exc, Exception) or is_panic(exc)):
+            raise
+        msg = (
+            f"tantivy failed to {doing} in {folder}: {exc}; the index may be damaged: restore the "
+            "collection from a backup or rebuild it"
+        )
+        raise IndexFormatError(msg) from exc
 
 
 def build_analyzer() -> Any:
@@ -93,14 +122,20 @@ class LexicalIndex:
 
     def __init__(self, folder: Path, *, writable: bool) -> None:
         self._tantivy = require("tantivy", purpose="the m3rag index")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.schema = _schema()
-        self.index = self._tantivy.Index(self.schema, path=str(folder), reuse=True)
-        self.analyzer = build_analyzer()
-        self.index.register_tokenizer(ANALYZER, self.analyzer)
+        self.folder = folder
         self._writer: Any = None
         if writable:
-            self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+            folder.mkdir(parents=True, exist_ok=True)
+        self.schema = _schema()
+        with tantivy_errors(folder, "open the index"):
+            if writable:
+                self.index = self._tantivy.Index(self.schema, path=str(folder), reuse=True)
+            else:  # a reader never creates anything
+                self.index = self._tantivy.Index.open(str(folder))
+            self.analyzer = build_analyzer()
+            self.index.register_tokenizer(ANALYZER, self.analyzer)
+            if writable:
+                self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -172,8 +207,9 @@ class LexicalIndex:
 
     def searcher(self) -> Any:
         """A point-in-time searcher (holds its segments while alive)."""
-        self.index.reload()
-        return self.index.searcher()
+        with tantivy_errors(self.folder, "open a searcher"):
+            self.index.reload()
+            return self.index.searcher()
 
     def analyze(self, text: str) -> list[str]:
         """The BM25 tokens of ``text``."""
@@ -227,10 +263,14 @@ class LexicalIndex:
         allowed: npt.NDArray[np.int64] | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """Top ``limit`` documents of a query: ``(keys, scores)``, best first."""
+        # tantivy allocates ``limit`` result slots up front (k=10**9 is 32 GB, and sys.maxsize
+        # panics): never ask for more than the index holds
+        limit = min(limit, int(searcher.num_docs))
         if query is None or limit <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        result = searcher.search(self._restrict(query, allowed), limit=limit, count=False)
-        hits = result.hits
-        keys = self._keys(searcher, hits)
+        with tantivy_errors(self.folder, "search"):
+            result = searcher.search(self._restrict(query, allowed), limit=limit, count=False)
+            hits = result.hits
+            keys = self._keys(searcher, hits)
         scores = np.array([score for score, _ in hits], dtype=np.float32)
         return keys, scores

@@ -582,8 +582,12 @@ class LexicalStore:
         d_ids = np.asarray(ids[index], dtype=np.int64)
         d_w = np.asarray(weights[index], dtype=np.float32)
         owner = np.repeat(np.arange(n), lengths)
-        # a dense lookup table of the query's weights (0 elsewhere) beats a sorted search
-        table = np.zeros(max(int(q_ids.max()), int(d_ids.max())) + 1, dtype=np.float32)
-        table[q_ids] = q_w
+        # a dense lookup table of the query's weights (0 elsewhere) beats a sorted search; it
+        # spans the candidates' ids only (a query id past them matches nothing, and sizing the
+        # table by it would allocate up to 8 GB)
+        size = int(d_ids.max()) + 1
+        inside = q_ids < size
+        table = np.zeros(size, dtype=np.float32)
+        table[q_ids[inside]] = q_w[inside]
         contrib = table[d_ids] * d_w
         return np.bincount(owner, weights=contrib, minlength=n).astype(np.float32)
