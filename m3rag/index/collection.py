@@ -1053,6 +1053,8 @@ class Collection:
         if not isinstance(field, str) or not field:
             msg = f"field must be a non-empty string, got {field!r}"
             raise TypeError(msg)
+        if not _utf8(field):
+            return set()  # no stored key holds a lone surrogate
         return {v for k, v in self._docs.field_values(field, len(self._alive)) if self._alive[k]}
 
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:

@@ -541,6 +541,9 @@ def test_filters_on_any_metadata_key(tmp_path: Path) -> None:
         assert set(values) <= col.metadata_values(key)
 
     check()
+    assert col.metadata_values("\ud800") == set()
+    with pytest.raises(ValueError, match="fewer"):
+        col.ids_matching({"tag": {"$in": list(range(20_000))}})
     col.close()
 
 
