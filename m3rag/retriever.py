@@ -208,7 +208,10 @@ class HybridRetriever:
                 default: encoded here.
 
         Raises:
-            ValueError: Empty query, or ``k`` not a positive int.
+            ValueError: Empty query, ``k`` not a positive int, or ``query_embeddings`` that
+                are not one finite query of the collection's sizes and vocabulary (see
+                :meth:`Collection.search_dense`, :meth:`Collection.search_lexical`).
+            CollectionClosedError: The collection is closed.
         """
         return self.retrieve_batch([query], k=k, filter=filter, query_embeddings=query_embeddings)[
             0

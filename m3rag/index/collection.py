@@ -532,14 +532,17 @@ class Collection:
         manifest = read_manifest(self.path)
         if manifest["generation"] == self._manifest["generation"]:
             return False
-        old = self._manifest
+        # keep answering from the snapshot this handle had if the new one cannot be loaded
+        # (reloading would not do: tantivy would see the newer segments)
+        names = ("_manifest", "_alive", "_dense_matrix", "_dense_scan", "_searcher", "_ann_upto")
+        kept = {name: getattr(self, name) for name in names}
         self._manifest = manifest
         try:
             self._check_stores()
             self._load_snapshot()
         except BaseException:
-            self._manifest = old  # keep answering from the snapshot this handle had
-            self._load_snapshot()
+            for name, value in kept.items():
+                setattr(self, name, value)
             raise
         return True
 
@@ -1053,6 +1056,8 @@ class Collection:
         if not isinstance(field, str) or not field:
             msg = f"field must be a non-empty string, got {field!r}"
             raise TypeError(msg)
+        if not _utf8(field) or "\x00" in field:
+            return set()  # no stored field name holds a lone surrogate or NUL
         return {v for k, v in self._docs.field_values(field, len(self._alive)) if self._alive[k]}
 
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
@@ -1591,6 +1596,8 @@ def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
     ``json.dumps`` would recurse (a ``RecursionError`` thousands of levels deep) and turn
     int keys into strings silently.
     """
+    if any("\x00" in key for key in meta if isinstance(key, str)):
+        return "a field name holds NUL ('\\x00'), which SQLite's JSON functions cut short"
     stack: list[tuple[Any, int]] = [(meta, 1)]
     seen = 0
     while stack:

@@ -167,6 +167,12 @@ class DocStore:
     def matching(self, flt: Filter, next_key: int) -> npt.NDArray[np.int64]:
         """Keys (committed, tombstones not removed) whose metadata satisfies ``flt``."""
         cond, params = flt.to_sql()
+        if len(params) > 30_000:  # SQLite's bound-parameter limit (32,766)
+            msg = (
+                f"the filter needs {len(params)} SQL parameters, more than SQLite takes; use "
+                "fewer $in values (about 10,000 at most)"
+            )
+            raise ValueError(msg)
         with self._reading():
             rows = self._db.execute(
                 f"SELECT key FROM docs WHERE key < ? AND {cond}",  # noqa: S608 - cond is built from placeholders

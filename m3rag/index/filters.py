@@ -95,8 +95,11 @@ class Filter:
             if not isinstance(field, str) or not field:
                 msg = f"filter field names must be non-empty strings, got {field!r}"
                 raise TypeError(msg)
-            if not _encodable(field):
-                msg = f"filter field name {field!r} is not valid Unicode (a lone surrogate)"
+            if not _encodable(field) or "\x00" in field:
+                msg = (
+                    f"filter field name {field!r} cannot be stored: a lone surrogate or NUL; "
+                    "metadata refuses such names too"
+                )
                 raise ValueError(msg)
             if isinstance(cond, Mapping):
                 if not cond:

@@ -29,7 +29,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from m3rag import Collection, Document, M3Output, M3RagError
+from m3rag import Collection, CommitError, Document, M3Output, M3RagError
+from m3rag.index import Filter
+from m3rag.index._files import Column
+from m3rag.index.docstore import DocStore
+from m3rag.index.lexical import LexicalIndex
 from m3rag.testing import random_outputs
 
 EXAMPLES = int(os.environ.get("M3RAG_FUZZ_EXAMPLES", "12"))
@@ -80,6 +84,22 @@ K = st.one_of(
     st.integers(1, 20),
     st.sampled_from([10**9, sys.maxsize, 2**62]),
     st.sampled_from([0, -1, True, 2.0, None, "3"]).map(Bad),
+)
+FILTERS = st.one_of(
+    st.none(),
+    st.sampled_from([{"lang": "en"}, {"n": {"$gte": 0}}, {"lang": {"$in": ["fr", 'we"ird']}}]),
+    st.sampled_from(
+        [
+            {"lang": {"$regex": "e"}},
+            {"n": {"$gt": math.nan}},
+            {"n": 2**70},
+            {"n": {}},
+            {"lang": ["en"]},
+            "lang=en",
+            {"": 1},
+            {"lang": "\ud800"},
+        ]
+    ).map(Bad),
 )
 EMBEDDING_FAULTS = st.sampled_from(
     ["none", "none", "none", "dense-nan", "colbert-inf", "token-negative", "token-huge", "weight"]
@@ -176,6 +196,48 @@ class CollectionMachine(RuleBasedStateMachine):
         else:
             assert self.col.count() == before
 
+    @rule(fault=st.sampled_from(["column", "sqlite", "tantivy", "manifest"]))
+    def failing_commit(self, fault: str) -> None:
+        """A commit that fails part-way keeps the staged changes and commits nothing."""
+        from m3rag.index import collection as module
+
+        owner, name = {
+            "column": (Column, "append"),
+            "sqlite": (DocStore, "insert"),
+            "tantivy": (LexicalIndex, "commit"),
+            "manifest": (module, "atomic_write_json"),
+        }[fault]
+        real = getattr(owner, name)
+
+        def full(*_: Any, **__: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        setattr(owner, name, full)
+        try:
+            try:
+                self.col.commit()
+            except CommitError as exc:
+                failure: CommitError | None = exc
+            else:
+                failure = None
+        finally:
+            setattr(owner, name, real)
+        # only a commit with nothing staged writes nothing, and so cannot fail
+        assert failure is not None or self.staged == self.committed
+        assert failure is None or "staged change(s) are kept" in str(failure)
+        reader = Collection.open(self.folder / "c", read_only=True)
+        assert sorted(reader.ids()) == sorted(self.committed)
+        reader.close()
+
+    @rule(texts=st.lists(TEXTS, min_size=1, max_size=3))
+    def has_content(self, texts: list[Any]) -> None:
+        values, _ = zip(*(_unwrap(t) for t in texts), strict=True)
+        valid = all(isinstance(t, str) for t in values)
+        found = self._call(valid, lambda: self.col.has_content(list(values)))
+        if valid:
+            stored = {text for text, meta in self.committed.values() if meta == {}}
+            assert found == [t in stored for t in values]
+
     @rule(ids=st.lists(IDS, min_size=1, max_size=3))
     def delete(self, ids: list[Any]) -> None:
         values, ok = zip(*(_unwrap(i) for i in ids), strict=True)
@@ -218,10 +280,11 @@ class CollectionMachine(RuleBasedStateMachine):
         if valid:
             assert docs == [Document(*self.staged[i][:1], i, self.staged[i][1]) for i in values]
 
-    @rule(k=K, path=st.sampled_from(["bm25", "dense", "lexical"]), lang=st.none() | st.just("en"))
-    def search(self, k: Any, path: str, lang: str | None) -> None:
-        value, valid = _unwrap(k)
-        flt = {"lang": lang} if lang else None
+    @rule(k=K, path=st.sampled_from(["bm25", "dense", "lexical"]), spec=FILTERS)
+    def search(self, k: Any, path: str, spec: Any) -> None:
+        value, k_ok = _unwrap(k)
+        flt, filter_ok = _unwrap(spec)
+        valid = k_ok and filter_ok
         calls = {
             "bm25": lambda: self.col.search_bm25("harbour", k=value, filter=flt),
             "dense": lambda: self.col.search_dense(Q_DENSE, k=value, filter=flt),
@@ -229,8 +292,11 @@ class CollectionMachine(RuleBasedStateMachine):
         }
         hits = self._call(valid, calls[path])
         if valid:
+            parsed = Filter.parse(flt)
             allowed = {
-                i for i, (_, meta) in self.committed.items() if lang is None or meta["lang"] == lang
+                i
+                for i, (_, meta) in self.committed.items()
+                if parsed is None or parsed.matches(meta)
             }
             assert set(hits.ids) <= allowed and len(set(hits.ids)) == len(hits.ids)
             if path != "lexical":  # every text says harbour; every document has a vector

@@ -382,6 +382,39 @@ def test_read_only_open_creates_and_modifies_nothing(template: Path, tmp_path: P
     assert files() == before
 
 
+def test_read_only_file_system(
+    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root ignores permission bits, so the folder's unwritability is simulated."""
+    path = _copy(template, tmp_path, "c")
+    expected = _reopened(path)
+    real_access = __import__("os").access
+    from m3rag.index import docstore
+
+    def access(target: Any, mode: int) -> bool:
+        return False if Path(target) == path and mode & 2 else real_access(target, mode)
+
+    monkeypatch.setattr(docstore.os, "access", access)
+    before = sorted(p.name for p in path.rglob("*"))
+    assert _reopened(path) == expected
+    assert sorted(p.name for p in path.rglob("*")) == before
+
+
+def test_refresh_onto_a_damaged_commit_keeps_the_snapshot(template: Path, tmp_path: Path) -> None:
+    path = _copy(template, tmp_path, "c")
+    reader = Collection.open(path, read_only=True)
+    seen = _snapshot(reader)
+    writer = Collection.open(path)
+    writer.add(["harbour more"], ids=["m"], embeddings=random_outputs(1, seed=8))
+    writer.commit()
+    writer.close()
+    (path / "lexical.offsets").unlink()
+    with pytest.raises(IndexFormatError, match=r"lexical\.offsets"):
+        reader.refresh()
+    assert _snapshot(reader) == seen
+    reader.close()
+
+
 # -- 5. atomic add() and commit() ------------------------------------------------------------
 
 
@@ -524,9 +557,17 @@ def test_filters_on_any_metadata_key(tmp_path: Path) -> None:
     @example(key="\\", values=[1])
     @example(key="a\nb", values=[1])
     @example(key="$.x[0]", values=[1])
+    @example(key="\x00", values=[0])
+    @example(key="a\x00", values=[0])
     def check(key: str, values: list[int]) -> None:
         tag = f"t{next(counter)}"
         ids = [f"{tag}-{i}" for i in range(len(values))]
+        if "\x00" in key:  # SQLite's JSON functions cut names at NUL: refused both ways
+            with pytest.raises(InvalidDocumentError, match="NUL"):
+                col.add(["x"], ids=ids[:1], metadata=[{key: 1}])
+            with pytest.raises(ValueError, match="NUL"):
+                col.ids_matching({key: 1})
+            return
         col.add(
             [f"text {i}" for i in ids],
             ids=ids,
@@ -541,6 +582,9 @@ def test_filters_on_any_metadata_key(tmp_path: Path) -> None:
         assert set(values) <= col.metadata_values(key)
 
     check()
+    assert col.metadata_values("\ud800") == set()
+    with pytest.raises(ValueError, match="fewer"):
+        col.ids_matching({"tag": {"$in": list(range(20_000))}})
     col.close()
 
 
