@@ -210,7 +210,8 @@ class HybridRetriever:
         Raises:
             ValueError: Empty query, ``k`` not a positive int, or ``query_embeddings`` that
                 are not one finite query of the collection's sizes and vocabulary (see
-                :meth:`Collection.search_dense`, :meth:`Collection.search_lexical`).
+                [`Collection.search_dense`][m3rag.Collection.search_dense],
+                [`Collection.search_lexical`][m3rag.Collection.search_lexical]).
             CollectionClosedError: The collection is closed.
         """
         return self.retrieve_batch([query], k=k, filter=filter, query_embeddings=query_embeddings)[
