@@ -8,9 +8,61 @@ does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["check_text", "validate_pairs", "validate_texts"]
+__all__ = [
+    "as_list",
+    "check_positive_int",
+    "check_strings",
+    "check_text",
+    "validate_pairs",
+    "validate_texts",
+]
+
+
+def as_list(value: object, name: str, what: str) -> list[Any]:
+    """``value`` as a list, refusing a bare string (which would be read character by character).
+
+    The framework adapters use it for every list argument.
+
+    Raises:
+        TypeError: ``value`` is a string, bytes, a mapping or not iterable.
+    """
+    kind = type(value).__name__
+    if isinstance(value, (str, bytes)):
+        msg = f"{name} must be a list of {what}, got a single {kind}; wrap it in a list"
+        raise TypeError(msg)
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        msg = f"{name} must be a list of {what}, got {kind}"
+        raise TypeError(msg)
+    return list(value)
+
+
+def check_strings(value: object, name: str = "texts") -> list[str]:
+    """A list (or any non-string iterable) of strings UTF-8 can encode, as a list.
+
+    Unlike :func:`validate_texts`, a bare string is refused rather than taken as one text.
+
+    Raises:
+        TypeError: A bare string, a non-iterable, or an item that is not a string (named by
+            index).
+        ValueError: An item with a lone surrogate.
+    """
+    items = as_list(value, name, "strings")
+    return [check_text(item, f"{name}[{i}]") for i, item in enumerate(items)]
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``k``, ``top_n`` and the like: a positive int (not a bool).
+
+    Raises:
+        ValueError: Anything else (the message names ``name`` and the value).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise ValueError(msg)
+    return value
 
 
 def check_text(text: object, label: str) -> str:

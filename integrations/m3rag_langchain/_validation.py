@@ -8,10 +8,14 @@ argument, the index for batches, and says what to pass instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.documents import Document
+
+from m3rag._inputs import as_list as _as_list
+from m3rag._inputs import check_positive_int, check_text
+from m3rag._inputs import check_strings as check_texts
 
 __all__ = [
     "check_documents",
@@ -21,36 +25,6 @@ __all__ = [
     "check_text",
     "check_texts",
 ]
-
-
-def _as_list(value: object, name: str, what: str) -> list[Any]:
-    """``value`` as a list, refusing a bare string (which would be read character by character)."""
-    kind = type(value).__name__
-    if isinstance(value, (str, bytes)):
-        msg = f"{name} must be a list of {what}, got a single {kind}; wrap it in a list"
-        raise TypeError(msg)
-    if isinstance(value, Mapping) or not isinstance(value, Iterable):
-        msg = f"{name} must be a list of {what}, got {kind}"
-        raise TypeError(msg)
-    return list(value)
-
-
-def check_text(value: object, name: str) -> str:
-    """A single string (the query, one text)."""
-    if not isinstance(value, str):
-        msg = f"{name} must be a string, got {type(value).__name__}"
-        raise TypeError(msg)
-    return value
-
-
-def check_texts(value: object, name: str = "texts") -> list[str]:
-    """A list (or any non-string iterable) of strings, as a list."""
-    items = _as_list(value, name, "strings")
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            msg = f"{name}[{i}] must be a string, got {type(item).__name__}"
-            raise TypeError(msg)
-    return items
 
 
 def check_documents(value: object, name: str = "documents") -> list[Document]:
@@ -94,11 +68,3 @@ def check_ids(value: object, n: int | None = None) -> list[str | None] | None:
             msg = f"ids[{i}] must be a string, got {type(item).__name__}"
             raise TypeError(msg)
     return items
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """``k`` and ``top_n``: a positive int (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        msg = f"{name} must be a positive int, got {value!r}"
-        raise ValueError(msg)
-    return value
