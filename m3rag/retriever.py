@@ -64,7 +64,7 @@ def default_fusion(paths: Sequence[str]) -> FusionConfig:
 
 def holds_chunks(collection: Collection) -> bool:
     """Whether the collection holds chunks (documents with ``parent_id`` metadata)."""
-    return bool(collection.metadata_values(PARENT_ID))
+    return collection.has_metadata(PARENT_ID)
 
 
 class HybridRetriever:
@@ -257,6 +257,19 @@ class HybridRetriever:
             if not isinstance(query_embeddings, M3Output) or len(query_embeddings) != len(items):
                 msg = (
                     f"query_embeddings must be an M3Output with one entry per query ({len(items)})"
+                )
+                raise ValueError(msg)
+            needed = {
+                _HEAD_OF[p]
+                for p in set(self.recall) | set(self.fusion.paths)
+                if p in _HEAD_OF and p in self.available_paths
+            }
+            missing = sorted(needed - set(query_embeddings.heads))
+            if missing:
+                msg = (
+                    f"query_embeddings lack the head(s) {missing} that this retriever's recall "
+                    "and fusion use; encode the queries with them, e.g. "
+                    "encoder.encode_queries(queries)"
                 )
                 raise ValueError(msg)
             encoded: M3Output | None = query_embeddings

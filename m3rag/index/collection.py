@@ -1060,6 +1060,19 @@ class Collection:
             return set()  # no stored field name holds a lone surrogate or NUL
         return {v for k, v in self._docs.field_values(field, len(self._alive)) if self._alive[k]}
 
+    def has_metadata(self, field: str) -> bool:
+        """Whether any live committed document has the metadata ``field`` (e.g. ``parent_id``).
+
+        Cheaper than ``bool(metadata_values(field))``: it stops at the first such document.
+        """
+        self._check_open()
+        if not isinstance(field, str) or not field:
+            msg = f"field must be a non-empty string, got {field!r}"
+            raise TypeError(msg)
+        if not _utf8(field) or "\x00" in field:
+            return False
+        return self._docs.has_field(field, self._alive)
+
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
         """Documents by internal key (as in `Hits`).
 

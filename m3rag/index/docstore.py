@@ -180,6 +180,21 @@ class DocStore:
             ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    def has_field(self, field: str, alive: npt.NDArray[np.bool_]) -> bool:
+        """Whether a live committed row (``alive[key]``) has the metadata field.
+
+        Stops at the first live row that has it, so a collection of chunks answers at once.
+        """
+        if not plain_field(field):
+            return any(alive[k] for k, _ in self.field_values(field, len(alive)))
+        path = json_path(field)
+        with self._reading():
+            rows = self._db.execute(
+                "SELECT key FROM docs WHERE key < ? AND json_type(metadata, ?) IS NOT NULL",
+                (len(alive), path),
+            )
+            return any(alive[int(key)] for (key,) in rows)
+
     def field_values(self, field: str, next_key: int) -> list[tuple[int, Any]]:
         """``(key, value)`` of a metadata field for committed rows that have it."""
         with self._reading():

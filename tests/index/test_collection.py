@@ -272,3 +272,23 @@ def test_bm25_analyzer_splits_cjk_and_stems_english(tmp_path: Path) -> None:
     assert tokens[:8] == ["北", "京", "是", "中", "国", "的", "首", "都"]
     assert "run" in tokens and "model" in tokens
     col.close()
+
+
+def test_has_metadata_sees_only_live_documents(tmp_path: Path) -> None:
+    from m3rag import CollectionClosedError
+
+    col = Collection.create(tmp_path / "c", heads=())
+    assert not col.has_metadata("parent_id")
+    col.add(["a chunk", "a document"], ids=["p#0", "d"], metadata=[{"parent_id": "p"}, {}])
+    assert not col.has_metadata("parent_id")  # staged, not committed
+    col.commit()
+    assert col.has_metadata("parent_id") and not col.has_metadata("lang")
+    assert col.has_metadata("parent_id") == bool(col.metadata_values("parent_id"))
+    col.delete(["p#0"])
+    col.commit()
+    assert not col.has_metadata("parent_id")
+    with pytest.raises(TypeError):
+        col.has_metadata("")
+    col.close()
+    with pytest.raises(CollectionClosedError):
+        col.has_metadata("parent_id")

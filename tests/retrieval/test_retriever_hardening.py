@@ -139,3 +139,20 @@ def test_rrf_scores_stay_finite(collection: Collection) -> None:
     )
     results = retriever.retrieve("harbour", k=N, query_embeddings=_query())
     assert len(results) == N and all(math.isfinite(h.score) for h in results)
+
+
+def test_query_embeddings_missing_a_needed_head_are_refused(collection: Collection) -> None:
+    good = _query()
+    dense_only = M3Output(
+        np.asarray(good.dense_vecs), None, None, good.token_counts.copy(), good.truncated.copy()
+    )
+    retriever = HybridRetriever(collection, encoder=_QueryEncoder())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lack the head"):
+        retriever.retrieve("harbour", query_embeddings=dense_only)
+    just_dense = HybridRetriever(
+        collection,
+        encoder=_QueryEncoder(),  # type: ignore[arg-type]
+        recall=("dense",),
+        fusion=FusionConfig(weights={"dense": 1}),
+    )
+    assert len(just_dense.retrieve("harbour", k=2, query_embeddings=dense_only)) == 2
