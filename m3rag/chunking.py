@@ -3,8 +3,9 @@
 A document is tokenised once with the encoder's tokenizer (character offsets kept), sentence
 boundaries are found with a pattern that knows CJK punctuation (``。！？；``) as well as Latin
 (``. ! ?`` before a space) and blank lines, and windows of at most ``max_tokens`` tokens
-(specials included, as the encoder counts them) are cut at the last sentence boundary in the
-second half of the window -- or at a token boundary when a sentence is longer than a window.
+(specials included, as the encoder counts them) are cut in the second half of the window at the
+last boundary of the strongest kind there: a Markdown heading, else a paragraph start, else a
+sentence start, else a word start (or a token boundary when a word is longer than a window).
 Consecutive windows overlap by about ``overlap`` tokens, starting at a sentence boundary when
 one is near. Every chunk keeps its parent id and its character span in the parent, so
 ``text[chunk.start:chunk.end] == chunk.text``.
@@ -21,9 +22,21 @@ import numpy as np
 
 __all__ = ["Chunk", "Chunker"]
 
+# Document structure, preferred over sentences as cut points: a Markdown heading line (HTML
+# headings are read as Markdown ones), then a paragraph (after a blank line).
+_HEADING_START = re.compile(r"^#{1,6}[ \t]", re.MULTILINE)
+_PARAGRAPH_START = re.compile(r"\n[ \t]*\n\s*(?=\S)")
 # A sentence ends after CJK end punctuation, or after Latin end punctuation followed by
 # whitespace, or at a blank line.
 _SENTENCE_END = re.compile(r"[。！？；!?](?:[」』”’)\]]*)|[.!?…](?:[\"')\]]*)(?=\s)|\n\s*\n")
+
+
+def _token_bounds(offsets: np.ndarray, chars: list[int]) -> np.ndarray:
+    """Token indices of the first token at or after each character offset (inner ones only)."""
+    if not chars:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.searchsorted(offsets[:, 0], np.asarray(chars, dtype=np.int64), side="left")
+    return np.unique(idx[(idx > 0) & (idx < len(offsets))])
 
 
 def _is_cjk(ch: str) -> bool:
@@ -120,15 +133,22 @@ class Chunker:
         if n <= self._budget:
             return [Chunk(text, 0, len(text), 0, parent_id, n)]
         empty = np.zeros(0, np.int64)
-        sentences = self._sentence_token_bounds(text, offsets) if self.sentence_aware else empty
+        if self.sentence_aware:
+            headings = _token_bounds(offsets, [m.start() for m in _HEADING_START.finditer(text)])
+            paragraphs = _token_bounds(offsets, [m.end() for m in _PARAGRAPH_START.finditer(text)])
+            sentences = self._sentence_token_bounds(text, offsets)
+        else:
+            headings = paragraphs = sentences = empty
         words = self._word_token_bounds(text, offsets)
+        preferred = (headings, paragraphs, sentences, words)
         chunks: list[Chunk] = []
         start = 0
         while start < n:
             stop = min(n, start + self._budget)
             if stop < n:
-                # cut at the last sentence start in the window's second half, else a word start
-                for bounds in (sentences, words):
+                # cut at the last heading in the window's second half, else the last paragraph,
+                # sentence or word start there
+                for bounds in preferred:
                     inside = bounds[(bounds > start + self._budget // 2) & (bounds <= stop)]
                     if inside.size:
                         stop = int(inside[-1])

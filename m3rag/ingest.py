@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from m3rag.errors import M3RagError
-from m3rag.rollup import CONTENT_SHA, PARENT_ID, chunk_metadata
+from m3rag.rollup import CONTENT_SHA, PAGE_OFFSETS, PARENT_ID, chunk_metadata
 from m3rag.types import Document
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class _TextExtractor(HTMLParser):
         {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article"}
     )
     _SKIP: ClassVar[frozenset[str]] = frozenset({"script", "style", "noscript", "template"})
+    _HEADINGS: ClassVar[frozenset[str]] = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -109,6 +110,10 @@ class _TextExtractor(HTMLParser):
             self._skipping += 1
         elif tag == "title":
             self._in_title = True
+        elif tag in self._HEADINGS:
+            # headings become Markdown headings: the chunker cuts before them and chunks
+            # carry their heading path, as for .md files
+            self.parts.append("\n\n" + "#" * int(tag[1]) + " ")
         elif tag in self._BLOCK:
             self.parts.append("\n")
 
@@ -117,6 +122,8 @@ class _TextExtractor(HTMLParser):
             self._skipping -= 1
         elif tag == "title":
             self._in_title = False
+        elif tag in self._HEADINGS:
+            self.parts.append("\n\n")
         elif tag in self._BLOCK:
             self.parts.append("\n")
 
@@ -132,11 +139,19 @@ class _TextExtractor(HTMLParser):
         return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _read_pdf(path: Path) -> str:
+def _read_pdf(path: Path) -> tuple[str, list[int]]:
+    """The text of every page, joined by blank lines, and where each page starts in it."""
     from pypdf import PdfReader
 
     reader = PdfReader(str(path))
-    return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+    pages = [(page.extract_text() or "").strip() for page in reader.pages]
+    offsets, at = [], 0
+    for page in pages:
+        offsets.append(at)
+        at += len(page) + 2  # the "\n\n" joining pages
+    text = "\n\n".join(pages)
+    lead = len(text) - len(text.lstrip())
+    return text.strip(), [max(0, o - lead) for o in offsets]
 
 
 def document_sha256(doc: Document) -> str:
@@ -156,8 +171,9 @@ def read_documents(
             if suffix == ".jsonl":
                 yield from _read_jsonl(path, rel)
                 continue
+            page_offsets: list[int] = []
             if suffix == ".pdf":
-                text = _read_pdf(path)
+                text, page_offsets = _read_pdf(path)
                 title = ""
             else:
                 raw = path.read_text(encoding="utf-8")
@@ -179,6 +195,8 @@ def read_documents(
         meta: dict[str, Any] = {"source": str(path)}
         if title:
             meta["title"] = title
+        if page_offsets:
+            meta[PAGE_OFFSETS] = page_offsets
         yield Document(text, rel, meta), None
 
 
@@ -456,7 +474,11 @@ class _IndexRun:
             self.collection.delete(self.collection.ids_matching({PARENT_ID: parent}))
             self.replaced += 1
         chunks = [
-            Document(c.text, c.id, chunk_metadata(c, parent, doc.metadata, sha256=sha))
+            Document(
+                c.text,
+                c.id,
+                chunk_metadata(c, parent, doc.metadata, sha256=sha, parent_text=doc.text),
+            )
             for c in pieces
         ]
         self.buffer.append((doc, chunks))

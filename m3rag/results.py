@@ -47,6 +47,10 @@ class Hit:
         parent_id: The parent document of a chunk (from ``metadata["parent_id"]``), if any.
         chunk_id: The evidence chunk's id when hits are rolled up to parent documents.
         chunks: How many of the parent's chunks were candidates (roll-up only).
+        spans: ``(start, end)`` of every query term in ``text`` (see `m3rag.highlight`).
+        context: With ``expand=n``: the evidence with its ``n`` neighbouring chunks on each
+            side, joined without repeating their overlaps (small-to-big retrieval); else
+            ``None``.
     """
 
     id: str
@@ -60,12 +64,37 @@ class Hit:
     chunk_id: str | None = None
     chunks: int = 1
     key: int = field(default=-1, repr=False, compare=False)
+    spans: tuple[tuple[int, int], ...] = field(default=(), repr=False)
+    context: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("metadata", "paths"):
             value = getattr(self, name)
             if not isinstance(value, MappingProxyType):
                 object.__setattr__(self, name, MappingProxyType(dict(value)))
+
+    @property
+    def start(self) -> int | None:
+        """Character offset of the evidence in its source document (chunks), else ``None``."""
+        value = self.metadata.get("start")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def end(self) -> int | None:
+        """Character offset one past the evidence's end in its source document, else ``None``."""
+        value = self.metadata.get("end")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def citation(self) -> str:
+        """Where the evidence is, for a person: ``"report.pdf p. 12"``, ``"guide.md § Setup"``.
+
+        The source's file name (else the document id), then the pages of a PDF chunk or the
+        heading path of a Markdown/HTML chunk, when the chunk metadata has them.
+        """
+        from m3rag.rollup import citation
+
+        return citation(self.metadata, self.parent_id or self.id)
 
     def explain(self) -> str:
         """One line per path: raw score, normalised score, rank."""

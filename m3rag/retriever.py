@@ -21,6 +21,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -28,8 +29,9 @@ import numpy.typing as npt
 
 from m3rag.errors import UnsupportedOutputError
 from m3rag.fusion import PATHS, FusionConfig, fuse, normalize, ranks
+from m3rag.highlight import match_spans
 from m3rag.results import Hit, PathScore, SearchResults
-from m3rag.rollup import PARENT_ID, Rollup, roll_up
+from m3rag.rollup import CHUNK_INDEX, END, PARENT_ID, START, Rollup, merge_neighbours, roll_up
 from m3rag.types import M3Output
 
 if TYPE_CHECKING:
@@ -92,6 +94,11 @@ class HybridRetriever:
             ``"bfloat16"`` (each similarity within 0.012 for unit vectors, several times
             faster on CPUs with bfloat16 dot products); see
             [`Collection.colbert_scores`][m3rag.Collection.colbert_scores].
+        mmr_lambda: Diversify the final hits by maximal marginal relevance (Carbonell and
+            Goldstein, 1998) on the stored dense vectors: ``1.0`` is the plain order, lower
+            values trade relevance for novelty. ``None`` (default) is off.
+        expand: With chunks, give each hit's ``context`` its ``expand`` neighbouring chunks on
+            each side (small-to-big retrieval); ``0`` (default) is off.
         exact_dense: Dense recall from the collection's HNSW graph when it has one
             (``None``, the default; candidates approximate, scores exact) or always by the
             exact scan (``True``).
@@ -125,6 +132,8 @@ class HybridRetriever:
         rollup_alpha: float = 0.3,
         colbert_precision: str = "float32",
         exact_dense: bool | None = None,
+        mmr_lambda: float | None = None,
+        expand: int = 0,
     ) -> None:
         self.collection = collection
         self.encoder = encoder if encoder is not None else collection.encoder
@@ -168,6 +177,20 @@ class HybridRetriever:
             msg = f"exact_dense must be None or True, got {exact_dense!r}"
             raise ValueError(msg)
         self.exact_dense = exact_dense
+        if mmr_lambda is not None and (
+            isinstance(mmr_lambda, bool)
+            or not isinstance(mmr_lambda, (int, float))
+            or not 0.0 <= float(mmr_lambda) <= 1.0
+        ):
+            msg = f"mmr_lambda must be None or a number in [0, 1], got {mmr_lambda!r}"
+            raise ValueError(msg)
+        self.mmr_lambda = None if mmr_lambda is None else float(mmr_lambda)
+        if isinstance(expand, bool) or not isinstance(expand, int) or expand < 0:
+            msg = (
+                f"expand must be a non-negative int (neighbouring chunks per side), got {expand!r}"
+            )
+            raise ValueError(msg)
+        self.expand = expand
         available = self.available_paths
         self.fusion = fusion if fusion is not None else default_fusion(available)
         needed = set(self.recall) | set(self.fusion.paths)
@@ -178,6 +201,9 @@ class HybridRetriever:
                 f"{list(available)}. Remove them from recall/fusion weights, or index with a "
                 "model that produces them."
             )
+            raise UnsupportedOutputError(msg)
+        if self.mmr_lambda is not None and "dense" not in self.collection.heads:
+            msg = "mmr_lambda needs the dense vectors, which this collection does not store"
             raise UnsupportedOutputError(msg)
         self._query_heads = {
             _HEAD_OF[p] for p in needed | {"colbert"} if p in _HEAD_OF and p in available
@@ -197,6 +223,7 @@ class HybridRetriever:
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
         query_embeddings: M3Output | None = None,
+        min_score: float | None = None,
     ) -> SearchResults:
         """The top ``k`` hits for ``query``.
 
@@ -206,17 +233,22 @@ class HybridRetriever:
             filter: A metadata filter, applied inside every path.
             query_embeddings: The query already encoded (one text, e.g. on a GPU machine);
                 default: encoded here.
+            min_score: A relevance cutoff: hits scoring below it are dropped. With a reranker
+                it applies to the reranker's probability (the sigmoid of its score, in
+                ``(0, 1)``) and hits the reranker did not see are dropped; without one, to the
+                fused score. ``None`` (default) keeps every hit.
 
         Raises:
-            ValueError: Empty query, ``k`` not a positive int, or ``query_embeddings`` that
-                are not one finite query of the collection's sizes and vocabulary (see
+            ValueError: Empty query, ``k`` not a positive int, ``min_score`` not finite, or
+                ``query_embeddings`` that are not one finite query of the collection's sizes and
+                vocabulary (see
                 [`Collection.search_dense`][m3rag.Collection.search_dense],
                 [`Collection.search_lexical`][m3rag.Collection.search_lexical]).
             CollectionClosedError: The collection is closed.
         """
-        return self.retrieve_batch([query], k=k, filter=filter, query_embeddings=query_embeddings)[
-            0
-        ]
+        return self.retrieve_batch(
+            [query], k=k, filter=filter, query_embeddings=query_embeddings, min_score=min_score
+        )[0]
 
     async def aretrieve(
         self,
@@ -224,9 +256,12 @@ class HybridRetriever:
         *,
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
+        min_score: float | None = None,
     ) -> SearchResults:
         """[`retrieve`][] in a worker thread, so the event loop keeps running."""
-        return await asyncio.to_thread(self.retrieve, query, k=k, filter=filter)
+        return await asyncio.to_thread(
+            self.retrieve, query, k=k, filter=filter, min_score=min_score
+        )
 
     def retrieve_batch(
         self,
@@ -235,6 +270,7 @@ class HybridRetriever:
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
         query_embeddings: M3Output | None = None,
+        min_score: float | None = None,
     ) -> list[SearchResults]:
         """[`retrieve`][] for many queries; the queries are encoded in one batched call."""
         if isinstance(queries, str):
@@ -250,6 +286,13 @@ class HybridRetriever:
                 raise ValueError(msg)
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             msg = f"k must be a positive int, got {k!r}"
+            raise ValueError(msg)
+        if min_score is not None and (
+            isinstance(min_score, bool)
+            or not isinstance(min_score, (int, float))
+            or not math.isfinite(min_score)
+        ):
+            msg = f"min_score must be None or a finite number, got {min_score!r}"
             raise ValueError(msg)
         if not items:
             return []
@@ -276,7 +319,7 @@ class HybridRetriever:
         else:
             encoded = self._encode(items)
         return [
-            self._one(q, None if encoded is None else encoded[i], k, filter)
+            self._one(q, None if encoded is None else encoded[i], k, filter, min_score)
             for i, q in enumerate(items)
         ]
 
@@ -302,6 +345,7 @@ class HybridRetriever:
         enc: M3Output | None,
         k: int,
         filter: Mapping[str, Any] | Filter | None,
+        min_score: float | None = None,
     ) -> SearchResults:
         col = self.collection
         depth = max(self.recall_k, k)
@@ -327,12 +371,79 @@ class HybridRetriever:
         order = np.lexsort((keys, -fused))
         if self.rollup is None:
             # only the hits that can be returned (or reranked) are loaded and built
-            order = order[: max(k, self.rerank_top_n if self.reranker is not None else k)]
+            order = order[
+                : max(k, self.rerank_top_n if self.reranker is not None else k, self._mmr_pool(k))
+            ]
         ranked = self._hits(keys, order, raw, fused, recalled)
         if self.rollup is not None:
             ranked = roll_up(ranked, self.rollup, alpha=self.rollup_alpha)
         ranked = self._rerank(query, ranked, k)
-        return SearchResults(query, tuple(ranked[:k]), self._display_paths(), len(keys))
+        if min_score is not None:
+            ranked = [
+                h for h in ranked if _relevance(h, reranked=self.reranker is not None) >= min_score
+            ]
+        if self.mmr_lambda is not None:
+            ranked = self._mmr(ranked, k)
+        top = ranked[:k]
+        if self.expand:
+            top = [self._expand(h) for h in top]
+        top = [replace(h, spans=tuple(match_spans(h.text, query))) for h in top]
+        return SearchResults(query, tuple(top), self._display_paths(), len(keys))
+
+    def _mmr_pool(self, k: int) -> int:
+        """How many fused candidates MMR chooses from."""
+        return max(4 * k, 20) if self.mmr_lambda is not None else k
+
+    def _mmr(self, ranked: list[Hit], k: int) -> list[Hit]:
+        """Maximal marginal relevance over the best candidates, on the stored dense vectors.
+
+        Relevance is each hit's score, min-max scaled over the pool; similarity the cosine of
+        two hits' dense vectors (the evidence chunk's for a rolled-up hit).
+        """
+        pool = ranked[: self._mmr_pool(k)]
+        if len(pool) <= 1:
+            return ranked
+        assert self.mmr_lambda is not None  # noqa: S101 - only called when set
+        vecs = self.collection.dense_vecs(np.array([h.key for h in pool], dtype=np.int64))
+        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        sim = vecs @ vecs.T
+        scores = np.array([h.score for h in pool], dtype=np.float64)
+        spread = scores.max() - scores.min()
+        rel = (scores - scores.min()) / spread if spread > 0 else np.ones_like(scores)
+        lam = self.mmr_lambda
+        chosen: list[int] = []
+        left = list(range(len(pool)))
+        while left and len(chosen) < k:
+            if chosen:
+                redundancy = sim[np.ix_(left, chosen)].max(axis=1)
+                gain = lam * rel[left] - (1 - lam) * redundancy
+            else:
+                gain = rel[left]
+            best = left[int(np.argmax(gain))]  # ties: the better-ranked candidate
+            chosen.append(best)
+            left.remove(best)
+        return [pool[i] for i in chosen] + [pool[i] for i in left] + ranked[len(pool) :]
+
+    def _expand(self, hit: Hit) -> Hit:
+        """The hit with ``context``: its chunk and ``expand`` neighbours on each side, merged."""
+        meta = hit.metadata
+        parent, index = meta.get(PARENT_ID), meta.get(CHUNK_INDEX)
+        if parent is None or not isinstance(index, int) or hit.start is None:
+            return replace(hit, context=hit.text)
+        wanted = {
+            f"{parent}#{index + d}"
+            for d in range(-self.expand, self.expand + 1)
+            if d and index + d >= 0
+        }
+        present = [i for i in self.collection.ids_matching({PARENT_ID: parent}) if i in wanted]
+        pieces = [
+            (hit.start, hit.end if hit.end is not None else hit.start + len(hit.text), hit.text)
+        ]
+        for doc in self.collection.get(present) if present else []:
+            start, end = doc.metadata.get(START), doc.metadata.get(END)
+            if isinstance(start, int) and isinstance(end, int):
+                pieces.append((start, end, doc.text))
+        return replace(hit, context=merge_neighbours(pieces))
 
     def _display_paths(self) -> tuple[str, ...]:
         return self.available_paths
@@ -427,3 +538,12 @@ class HybridRetriever:
                 "k=%d exceeds rerank_top_n=%d; the rest keep the fused order", k, len(head)
             )
         return reranked + tail
+
+
+def _relevance(hit: Hit, *, reranked: bool) -> float:
+    """What ``min_score`` compares: the reranker's probability, or the fused score."""
+    if not reranked:
+        return hit.fused_score
+    if hit.rerank_score is None:
+        return -math.inf  # the reranker did not see it: not judged relevant
+    return 1.0 / (1.0 + math.exp(-hit.rerank_score))

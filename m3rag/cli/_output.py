@@ -7,43 +7,14 @@ scripts that separate words, and substring based for CJK, which does not.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
-_WORD = re.compile(r"\w+")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
+from m3rag.highlight import match_spans
+
 _HIGHLIGHT = "bold yellow"
-
-
-def query_terms(query: str) -> list[str]:
-    """The query's words (lower-cased, longest first): CJK runs whole, other words of 2+ chars."""
-    terms: set[str] = set()
-    for word in _WORD.findall(query.lower()):
-        cjk = _CJK.findall(word)
-        terms.update(cjk)
-        rest = _CJK.sub(" ", word).split()
-        terms.update(w for w in rest if len(w) > 1)
-    return sorted(terms, key=lambda w: (-len(w), w))
-
-
-def _pattern(terms: list[str]) -> re.Pattern[str] | None:
-    parts = []
-    for term in terms:
-        escaped = re.escape(term)
-        # CJK has no spaces between words: match anywhere; elsewhere only whole words
-        parts.append(escaped if _CJK.fullmatch(term) else rf"(?<!\w){escaped}(?!\w)")
-    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
-
-
-def match_spans(text: str, query: str) -> list[tuple[int, int]]:
-    """``(start, end)`` of every query term in ``text``, left to right, not overlapping."""
-    pattern = _pattern(query_terms(query))
-    if pattern is None:
-        return []
-    return [m.span() for m in pattern.finditer(text) if m.end() > m.start()]
 
 
 def highlight(text: str, query: str, width: int = 240) -> Text:

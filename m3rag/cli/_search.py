@@ -45,6 +45,13 @@ ModeOption = Annotated[
 ]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")]
 RerankerOption = Annotated[str, typer.Option(help="Reranker hub id or folder.")]
+MinScoreOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Drop hits below this relevance: the reranker's probability (0-1) with --rerank, "
+        "else the fused score."
+    ),
+]
 
 
 def _check_query(text: str, what: str, k: int, mode: str) -> None:
@@ -101,6 +108,7 @@ def search(
         bool, typer.Option("--json", help="JSON lines instead of a table.")
     ] = False,
     device: DeviceOption = None,
+    min_score: MinScoreOption = None,
 ) -> None:
     """Search an index: every path recalls, every candidate is scored on every path, fused."""
     _check_query(query, "query", k, mode)
@@ -109,7 +117,7 @@ def search(
     encoder, col = _open_for(index, mode, model, device)
     try:
         rr = load_reranker(reranker, device) if rerank else None
-        results = build_retriever(col, encoder, mode, rr).retrieve(query, k=k)
+        results = build_retriever(col, encoder, mode, rr).retrieve(query, k=k, min_score=min_score)
     finally:
         col.close()
     if json_lines:
@@ -120,6 +128,10 @@ def search(
                 "score": hit.score,
                 "chunk_id": hit.chunk_id,
                 "rerank_score": hit.rerank_score,
+                "citation": hit.citation,
+                "start": hit.start,
+                "end": hit.end,
+                "spans": [list(span) for span in hit.spans],
                 "paths": {p: {"raw": s.raw, "rank": s.rank} for p, s in hit.paths.items()},
                 "text": hit.text,
                 "metadata": dict(hit.metadata),
@@ -184,6 +196,7 @@ def ask(
         str, typer.Option(help="Model name sent to the --llm endpoint.")
     ] = "gpt-4o-mini",
     device: DeviceOption = None,
+    min_score: MinScoreOption = None,
 ) -> None:
     """Answer a question from the index: the cited evidence, grouped by document.
 
@@ -199,7 +212,9 @@ def ask(
     encoder, col = _open_for(index, mode, model, device)
     try:
         rr = load_reranker(reranker, device) if rerank else None
-        results = build_retriever(col, encoder, mode, rr, rollup=None).retrieve(question, k=k)
+        results = build_retriever(col, encoder, mode, rr, rollup=None).retrieve(
+            question, k=k, min_score=min_score
+        )
     finally:
         col.close()
     console = out()
@@ -214,7 +229,11 @@ def ask(
         source = meta.get("title") or meta.get("source") or doc
         console.print(Text(str(doc), style="bold") + Text("  ") + Text(str(source), style="dim"))
         for n, hit in cited:
-            console.print(Text(f"  [{n}] ", style="cyan") + highlight(hit.text, question, 400))
+            console.print(
+                Text(f"  [{n}] ", style="cyan")
+                + Text(f"({hit.citation}) ", style="dim")
+                + highlight(hit.text, question, 400)
+            )
     if llm:
         answer = _llm_answer(llm, llm_model, question, list(results))
         console.print(Text("\nanswer", style="bold"))

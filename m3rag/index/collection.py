@@ -56,7 +56,7 @@ from m3rag.errors import (
     UnknownIdError,
 )
 from m3rag.index import impacts
-from m3rag.index._files import Column, WriterLock, atomic_write_json
+from m3rag.index._files import Column, WriterLock, atomic_write_json, gather_rows
 from m3rag.index.ann import AnnIndex
 from m3rag.index.ann import check_dtype as check_ann_dtype
 from m3rag.index.docstore import DocStore
@@ -1515,6 +1515,19 @@ class Collection:
         found, scores = self._tantivy.search(self._searcher, tquery, len(keys), np.unique(keys))
         where = {int(k): float(s) for k, s in zip(found, scores, strict=True)}
         return np.array([where.get(int(k), 0.0) for k in keys], dtype=np.float32)
+
+    def dense_vecs(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Stored dense vectors of ``keys``, float32 ``[len(keys), dim]``.
+
+        Raises:
+            ValueError: ``keys`` that are not committed keys.
+        """
+        self._require("dense")
+        assert self._dense_matrix is not None  # noqa: S101
+        keys = self._check_keys(keys)
+        if len(keys) == 0:
+            return np.zeros((0, int(self.dim or 0)), dtype=np.float32)
+        return np.asarray(gather_rows(self._dense_matrix, keys), dtype=np.float32)
 
     def colbert_vecs(self, keys: npt.NDArray[np.int64]) -> list[npt.NDArray[np.float32]]:
         """Stored ColBERT matrices of ``keys`` (dequantised to float32)."""

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from m3rag.cli._output import highlight, match_spans, query_terms
+from m3rag.cli._output import highlight
+from m3rag.highlight import match_spans, query_terms
 
 
 def test_whole_words_only() -> None:

@@ -1,0 +1,44 @@
+"""Where a query's words occur in a text: word-boundary aware, and substring based for CJK.
+
+Used for the spans every [`Hit`][m3rag.Hit] carries (``hit.spans``) and for the highlighted
+evidence of the command line. A query's terms are its words lower-cased: CJK runs whole (CJK has
+no spaces between words, so they match anywhere), other words of two or more characters on word
+boundaries only ("is" does not match inside "misses").
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["match_spans", "query_terms"]
+
+_WORD = re.compile(r"\w+")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
+
+
+def query_terms(query: str) -> list[str]:
+    """The query's words (lower-cased, longest first): CJK runs whole, other words of 2+ chars."""
+    terms: set[str] = set()
+    for word in _WORD.findall(query.lower()):
+        cjk = _CJK.findall(word)
+        terms.update(cjk)
+        rest = _CJK.sub(" ", word).split()
+        terms.update(w for w in rest if len(w) > 1)
+    return sorted(terms, key=lambda w: (-len(w), w))
+
+
+def _pattern(terms: list[str]) -> re.Pattern[str] | None:
+    parts = []
+    for term in terms:
+        escaped = re.escape(term)
+        # CJK has no spaces between words: match anywhere; elsewhere only whole words
+        parts.append(escaped if _CJK.fullmatch(term) else rf"(?<!\w){escaped}(?!\w)")
+    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+
+
+def match_spans(text: str, query: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every query term in ``text``, left to right, not overlapping."""
+    pattern = _pattern(query_terms(query))
+    if pattern is None:
+        return []
+    return [m.span() for m in pattern.finditer(text) if m.end() > m.start()]
