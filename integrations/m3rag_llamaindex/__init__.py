@@ -11,5 +11,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 from m3rag_llamaindex.embeddings import M3Embedding, M3SparseEmbedding
 from m3rag_llamaindex.postprocessors import M3Reranker
 from m3rag_llamaindex.retrievers import M3Retriever, to_m3rag_filter
+from m3rag_llamaindex.vector_stores import M3VectorStore
 
-__all__ = ["M3Embedding", "M3SparseEmbedding", "M3Retriever", "M3Reranker", "to_m3rag_filter"]
+__all__ = [
+    "M3Embedding",
+    "M3SparseEmbedding",
+    "M3Retriever",
+    "M3Reranker",
+    "M3VectorStore",
+    "to_m3rag_filter",
+]

@@ -38,6 +38,7 @@ def test_llamaindex_embedding_batches(tiny_encoder, monkeypatch: pytest.MonkeyPa
         "M3SparseEmbedding",
         "M3Retriever",
         "M3Reranker",
+        "M3VectorStore",
         "to_m3rag_filter",
     ]
     emb = M3Embedding(encoder=tiny_encoder, embed_batch_size=16)

@@ -1,0 +1,117 @@
+"""M3VectorStore: an index built the LlamaIndex way, queried in every mode."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core import Document, StorageContext, VectorStoreIndex
+from llama_index.core.llms import MockLLM
+from llama_index.core.schema import MetadataMode, NodeRelationship
+from llama_index.core.vector_stores.types import (
+    ExactMatchFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+)
+from m3rag_llamaindex import M3Embedding, M3VectorStore
+
+from m3rag import Collection, Reranker
+
+pytestmark = pytest.mark.model
+
+DOCS = [
+    Document(
+        text="Paris is the capital of France. It lies on the Seine.",
+        id_="fr",
+        metadata={"lang": "en"},
+    ),
+    Document(text="北京是中华人民共和国的首都。", id_="cn", metadata={"lang": "zh"}),
+    Document(
+        text="Lisbon hosts the harbour festival every June.", id_="pt", metadata={"lang": "en"}
+    ),
+]
+MODES = ["default", "sparse", "hybrid", "semantic_hybrid", "text_search", "mmr"]
+
+
+@pytest.fixture
+def index(tmp_path: Path, tiny_encoder, tiny_reranker_path: Path):  # type: ignore[no-untyped-def]
+    col = Collection.create(tmp_path / "c", encoder=tiny_encoder)
+    store = M3VectorStore(col, reranker=Reranker(tiny_reranker_path, device="cpu"))
+    index = VectorStoreIndex.from_documents(
+        DOCS,
+        storage_context=StorageContext.from_defaults(vector_store=store),
+        embed_model=M3Embedding(encoder=tiny_encoder),
+    )
+    yield index, store
+    col.close()
+
+
+def test_from_documents_and_every_query_mode(index) -> None:  # type: ignore[no-untyped-def]
+    idx, store = index
+    assert store.collection.count() == 3
+    for mode in MODES:
+        engine = idx.as_query_engine(
+            llm=MockLLM(), vector_store_query_mode=mode, similarity_top_k=2
+        )
+        response = engine.query("capital of France")
+        # BM25 recalls only documents that share a word with the query
+        assert len(response.source_nodes) == (1 if mode == "text_search" else 2), mode
+        node = response.source_nodes[0].node
+        assert node.ref_doc_id in {"fr", "cn", "pt"}
+        assert node.relationships[NodeRelationship.SOURCE].node_id == node.ref_doc_id
+    bm25 = idx.as_retriever(vector_store_query_mode="text_search", similarity_top_k=1)
+    assert bm25.retrieve("Lisbon harbour festival")[0].node.ref_doc_id == "pt"
+
+
+def test_reopened_store_and_filters(index, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    _, store = index
+    again = VectorStoreIndex.from_vector_store(store, embed_model=M3Embedding(encoder=tiny_encoder))
+    only_zh = MetadataFilters(filters=[ExactMatchFilter(key="lang", value="zh")])
+    nodes = again.as_retriever(filters=only_zh, similarity_top_k=3).retrieve("capital")
+    assert [n.node.ref_doc_id for n in nodes] == ["cn"]
+    result = store.query(
+        VectorStoreQuery(
+            query_str="capital",
+            similarity_top_k=3,
+            doc_ids=["pt"],
+            mode=VectorStoreQueryMode.TEXT_SEARCH,
+        )
+    )
+    assert {n.ref_doc_id for n in result.nodes} <= {"pt"}
+    with pytest.raises(ValueError, match="not supported"):
+        store.query(VectorStoreQuery(query_str="x", mode=VectorStoreQueryMode.SVM))
+
+
+def test_deletes_gets_clear_and_async(index) -> None:  # type: ignore[no-untyped-def]
+    _, store = index
+    nodes = store.get_nodes()
+    assert len(nodes) == 3
+    # internal metadata never reaches the LLM or the embedding text
+    for node in nodes:
+        shown = node.get_content(metadata_mode=MetadataMode.LLM)
+        assert "doc_sha256" not in shown and "_node_content" not in shown
+    store.delete("fr")
+    assert {n.ref_doc_id for n in store.get_nodes()} == {"cn", "pt"}
+    asyncio.run(
+        store.adelete_nodes(
+            filters=MetadataFilters(filters=[ExactMatchFilter(key="lang", value="zh")])
+        )
+    )
+    assert [n.ref_doc_id for n in asyncio.run(store.aget_nodes())] == ["pt"]
+    result = asyncio.run(
+        store.aquery(
+            VectorStoreQuery(
+                query_str="harbour", similarity_top_k=1, mode=VectorStoreQueryMode.TEXT_SEARCH
+            )
+        )
+    )
+    assert result.ids and result.nodes[0].ref_doc_id == "pt"
+    asyncio.run(store.aclear())
+    assert store.get_nodes() == [] and store.collection.count() == 0
+    with pytest.raises(TypeError):
+        store.add("not nodes")  # type: ignore[arg-type]
