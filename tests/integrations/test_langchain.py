@@ -158,6 +158,71 @@ class TestM3VectorStoreStandard(VectorStoreIntegrationTests):
             store.collection.close()
 
 
+class TestM3VectorStoreHybridStandard(VectorStoreIntegrationTests):
+    """The same standard suite with similarity search through m3rag's hybrid retrieval."""
+
+    @pytest.fixture
+    def vectorstore(self, tmp_path: Path):  # type: ignore[no-untyped-def, override]
+        store = M3VectorStore(
+            embedding=self.get_embeddings(), path=tmp_path / "vs", search_mode="hybrid"
+        )
+        yield store
+        if store.collection is not None:
+            store.collection.close()
+
+
+def test_search_types_mmr_threshold_and_tags(tmp_path: Path) -> None:
+    import numpy as np
+    from langchain_core.vectorstores import VectorStoreRetriever
+
+    from m3rag import Collection, M3Encoder
+
+    encoder = M3Encoder(_checkpoint(), device="cpu")
+    store = M3VectorStore(Collection.create(tmp_path / "idx", encoder=encoder))
+    dupes = ["The harbour of Lisbon is busy.", "The harbour of Lisbon is busy!"]
+    store.add_texts([*dupes, "Cranes unload ships at night.", *TEXTS], ids=None)
+    vector = encoder.encode_queries(["harbour of Lisbon"]).dense_vecs[0].tolist()
+    by_vector = store.similarity_search_by_vector(vector, k=2)
+    assert [d.page_content for d in by_vector] == [
+        d.page_content for d in store.similarity_search("harbour of Lisbon", k=2)
+    ]
+    plain = store.similarity_search("harbour of Lisbon", k=2)
+    diverse = store.max_marginal_relevance_search(
+        "harbour of Lisbon", k=2, fetch_k=10, lambda_mult=0.1
+    )
+    assert len(diverse) == 2 and diverse[0].page_content == plain[0].page_content
+
+    def spread(docs):  # type: ignore[no-untyped-def]
+        v = encoder.encode_corpus([d.page_content for d in docs]).dense_vecs
+        return float(v[0] @ v[1])
+
+    if {d.page_content for d in plain} == set(dupes):
+        assert spread(diverse) < spread(plain)
+    # relevance scores: every path fused, bounded in (0, 1), in the fused order
+    scored = store.similarity_search_with_relevance_scores("harbour of Lisbon", k=5)
+    fused = store._hybrid().retrieve("harbour of Lisbon", k=5)
+    assert [d.id for d, _ in scored] == fused.ids
+    assert all(0.0 < s < 1.0 for _, s in scored)
+    assert [s for _, s in scored] == pytest.approx([1 / (1 + np.exp(-h.score)) for h in fused])
+    assert set(fused[0].paths) == {"dense", "lexical", "colbert", "bm25"}
+    cut = scored[1][1]
+    threshold = store.as_retriever(
+        search_type="similarity_score_threshold",
+        search_kwargs={"score_threshold": cut, "k": 5},
+        tags=["qa"],
+    )
+    assert isinstance(threshold, VectorStoreRetriever) and "qa" in threshold.tags
+    assert [d.id for d in threshold.invoke("harbour of Lisbon")] == [
+        d.id for d, s in scored if s >= cut
+    ]
+    mmr = store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 10})
+    assert len(mmr.invoke("harbour of Lisbon")) == 2
+    hybrid = store.as_retriever(search_type="hybrid", search_kwargs={"k": 3}, tags=["qa"])
+    assert isinstance(hybrid, M3Retriever) and "qa" in (hybrid.tags or [])
+    assert len(hybrid.invoke("harbour of Lisbon")) == 3
+    store.collection.close()
+
+
 def test_vector_store_over_an_m3_collection(tmp_path: Path) -> None:
     from m3rag import Collection, M3Encoder
 
