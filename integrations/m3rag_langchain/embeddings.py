@@ -107,23 +107,14 @@ class M3SparseEmbeddings(_EncoderModel):
         return await asyncio.to_thread(self.embed_query, text)
 
     def as_milvus(self) -> Any:
-        """This embedding as a ``langchain_milvus`` ``BaseSparseEmbedding``.
+        """This embedding as an `m3rag_langchain.milvus.M3MilvusSparseEmbedding`.
 
-        langchain-milvus recognises sparse embeddings with ``isinstance``; the returned object
-        subclasses its base class and delegates to ``self``. Needs ``pip install langchain-milvus``.
+        Kept for existing code; construct that class (or `m3rag_langchain.qdrant`'s) directly.
+        Needs ``pip install langchain-milvus``.
         """
-        from langchain_milvus.utils.sparse import BaseSparseEmbedding
+        from m3rag_langchain.milvus import M3MilvusSparseEmbedding
 
-        outer = self
-
-        class M3MilvusSparseEmbedding(BaseSparseEmbedding):
-            def embed_query(self, query: str) -> dict[int, float]:
-                return outer.embed_query(query)
-
-            def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
-                return outer.embed_documents(texts)
-
-        return M3MilvusSparseEmbedding()
+        return M3MilvusSparseEmbedding(sparse=self)
 
     @staticmethod
     def to_qdrant(weights: dict[int, float]) -> tuple[list[int], list[float]]:

@@ -249,31 +249,22 @@ def test_sparse_embeddings_in_langchain_milvus_hybrid_store(tmp_path: Path) -> N
     pytest.importorskip("langchain_milvus")
     pytest.importorskip("milvus_lite")
     from langchain_milvus import Milvus
+    from m3rag_langchain.milvus import M3MilvusSparseEmbedding
 
     from m3rag import M3Encoder
 
     encoder = M3Encoder(_checkpoint(), device="cpu")
+    # taken as it is (no conversion); milvus-lite refuses langchain-milvus's lossy sparse
+    # default (drop_ratio_build=0.2), so the exact parameters come from the class
     store = Milvus(
         embedding_function=[
             M3Embeddings(encoder=encoder),
-            M3SparseEmbeddings(encoder=encoder).as_milvus(),
+            M3MilvusSparseEmbedding(encoder=encoder),
         ],
         vector_field=["dense", "sparse"],
         connection_args={"uri": str(tmp_path / "milvus.db")},
         auto_id=True,
-        index_params=[
-            {"index_type": "FLAT", "metric_type": "IP"},
-            # milvus-lite supports only exact sparse search (no dropped entries)
-            {
-                "index_type": "SPARSE_INVERTED_INDEX",
-                "metric_type": "IP",
-                "params": {"drop_ratio_build": 0.0},
-            },
-        ],
-        search_params=[
-            {"metric_type": "IP"},
-            {"metric_type": "IP", "params": {"drop_ratio_search": 0.0}},
-        ],
+        **M3MilvusSparseEmbedding.exact_params(),
     )
     store.add_texts(TEXTS)
     docs = store.similarity_search(
@@ -282,3 +273,44 @@ def test_sparse_embeddings_in_langchain_milvus_hybrid_store(tmp_path: Path) -> N
     assert len(docs) == 3
     assert all(d.page_content in TEXTS for d in docs)
     store.client.close()
+
+
+def test_sparse_embeddings_in_langchain_qdrant_hybrid_store() -> None:
+    pytest.importorskip("langchain_qdrant")
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+    from m3rag_langchain.qdrant import M3QdrantSparseEmbeddings
+    from qdrant_client import QdrantClient, models
+
+    from m3rag import M3Encoder
+
+    encoder = M3Encoder(_checkpoint(), device="cpu")
+    dense = M3Embeddings(encoder=encoder)
+    sparse = M3QdrantSparseEmbeddings(encoder=encoder)
+    client = QdrantClient(":memory:")  # Qdrant's local mode
+    client.create_collection(
+        "m3",
+        vectors_config={
+            "dense": models.VectorParams(size=encoder.dim, distance=models.Distance.COSINE)
+        },
+        sparse_vectors_config={"sparse": models.SparseVectorParams()},
+    )
+    store = QdrantVectorStore(
+        client=client,
+        collection_name="m3",
+        embedding=dense,
+        sparse_embedding=sparse,
+        retrieval_mode=RetrievalMode.HYBRID,
+        vector_name="dense",
+        sparse_vector_name="sparse",
+    )
+    store.add_texts(TEXTS)
+    docs = store.similarity_search("capital of France", k=3)
+    assert len(docs) == 3 and all(d.page_content in TEXTS for d in docs)
+    # the sparse path alone ranks by the exact lexical matching score
+    store.retrieval_mode = RetrievalMode.SPARSE
+    top = store.similarity_search_with_score("capital of France", k=1)[0]
+    q = sparse.sparse.embed_query("capital of France")
+    want = max(
+        sum(w * d.get(t, 0.0) for t, w in q.items()) for d in sparse.sparse.embed_documents(TEXTS)
+    )
+    assert top[1] == pytest.approx(want, rel=1e-4)
