@@ -36,12 +36,14 @@ __all__ = [
     "MODES",
     "BeirDataset",
     "EvalReport",
+    "Threshold",
     "evaluate",
     "check_modes",
     "encode_queries",
     "evaluate_run",
     "index_corpus",
     "load_beir",
+    "threshold_for_precision",
     "tune_weights",
     "versions",
 ]
@@ -343,6 +345,8 @@ def evaluate(
     weights: Mapping[str, float] | None = None,
     queries: Mapping[str, str] | None = None,
     on_progress: Progress | None = None,
+    target_precision: float | None = None,
+    dev_queries: Mapping[str, str] | None = None,
 ) -> EvalReport:
     """Evaluate retrieval modes on a BEIR dataset already indexed in ``collection``.
 
@@ -360,6 +364,11 @@ def evaluate(
         queries: A subset of the dataset's queries (default all judged ones).
         on_progress: ``on_progress(stage, done, total)`` per encoded batch and per searched
             slice of queries.
+        target_precision: With ``dev_queries``: per mode, the score cutoff (``min_score``)
+            whose hits reach this precision on the dev queries
+            ([`threshold_for_precision`][m3rag.eval.threshold_for_precision]), and what it
+            keeps on the evaluated queries, in ``settings["thresholds"]``.
+        dev_queries: Judged queries (in ``dataset.qrels``) to find the cutoff on.
 
     Raises:
         ValueError: Unknown mode, a mode the model cannot serve, or ``hybrid+rerank`` without a
@@ -410,6 +419,18 @@ def evaluate(
 
         run = _run(retriever, qs, depth, encoded, step)
         metrics[mode] = evaluate_run(run, {q: dataset.qrels[q] for q in qs}, k_values=k_values)
+        if target_precision is not None and dev_queries:
+            dev_run = _run(retriever, dev_queries, depth, None)
+            found = threshold_for_precision(
+                dev_run, {q: dataset.qrels[q] for q in dev_queries}, target_precision
+            )
+            kept = _at_threshold(run, {q: dataset.qrels[q] for q in qs}, found.threshold)
+            settings.setdefault("thresholds", {})[mode] = {
+                "target_precision": target_precision,
+                "threshold": found.threshold,
+                "dev": {"precision": found.precision, "recall": found.recall, "hits": found.hits},
+                "test": kept,
+            }
         settings["modes"][mode] = {
             "recall": list(recall),
             "recall_k": retriever.recall_k,
@@ -456,3 +477,83 @@ def tune_weights(
         if score > best[1]:
             best = (weights, score)
     return best
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A relevance cutoff found on judged queries.
+
+    Attributes:
+        threshold: The lowest score whose hits (and all better ones) reach the precision;
+            ``None`` when no cutoff reaches it.
+        precision: The precision of the hits at or above the threshold.
+        recall: The share of all judged relevant documents those hits hold.
+        hits: How many hits are at or above it.
+    """
+
+    threshold: float | None
+    precision: float
+    recall: float
+    hits: int
+
+
+def threshold_for_precision(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    target: float,
+) -> Threshold:
+    """The loosest score cutoff at which the pooled hits of ``run`` reach ``target`` precision.
+
+    Every hit of every query is pooled and sorted by score; a hit is correct when its document
+    is judged relevant (relevance > 0) for its query. The threshold is the lowest score at
+    which the hits scoring at least that much have a precision of ``target`` or more (so it
+    keeps as many hits as possible). Use it as ``min_score`` on new queries.
+
+    Raises:
+        ValueError: ``target`` not in ``(0, 1]``.
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        msg = f"target precision must be in (0, 1], got {target!r}"
+        raise ValueError(msg)
+    pooled = sorted(
+        (
+            (float(s), qrels.get(q, {}).get(d, 0) > 0)
+            for q, docs in run.items()
+            for d, s in docs.items()
+        ),
+        key=lambda x: -x[0],
+    )
+    relevant = sum(1 for docs in qrels.values() for r in docs.values() if r > 0)
+    best = Threshold(None, 0.0, 0.0, 0)
+    correct = 0
+    for i, (score, ok) in enumerate(pooled, 1):
+        correct += ok
+        # a cutoff can only fall between different scores: ties are kept together
+        if i < len(pooled) and pooled[i][0] == score:
+            continue
+        precision = correct / i
+        if precision >= target:
+            best = Threshold(score, precision, correct / relevant if relevant else 0.0, i)
+    return best
+
+
+def _at_threshold(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    threshold: float | None,
+) -> dict[str, float | int]:
+    """Precision, recall and hit count of the hits of ``run`` scoring ``threshold`` or more."""
+    if threshold is None:
+        return {"precision": 0.0, "recall": 0.0, "hits": 0}
+    kept = [
+        qrels.get(q, {}).get(d, 0) > 0
+        for q, docs in run.items()
+        for d, s in docs.items()
+        if s >= threshold
+    ]
+    relevant = sum(1 for docs in qrels.values() for r in docs.values() if r > 0)
+    return {
+        "precision": sum(kept) / len(kept) if kept else 0.0,
+        "recall": sum(kept) / relevant if relevant else 0.0,
+        "hits": len(kept),
+    }

@@ -85,6 +85,13 @@ def eval_(
     tune: Annotated[
         bool, typer.Option("--tune", help="Grid-search hybrid fusion weights on a dev split first.")
     ] = False,
+    target_precision: Annotated[
+        float | None,
+        typer.Option(
+            help="Find, on a dev split, the min_score cutoff whose hits reach this precision "
+            "(0-1), per mode, and report what it keeps on the test queries."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
@@ -108,6 +115,8 @@ def eval_(
         raise fail(f"--k must be comma-separated integers, got {k!r}", EXIT_USAGE) from exc
     if not k_values or min(k_values) <= 0:
         raise fail(f"--k must be positive integers, got {k!r}", EXIT_USAGE)
+    if target_precision is not None and not 0 < target_precision <= 1:
+        raise fail(f"--target-precision must be in (0, 1], got {target_precision}", EXIT_USAGE)
     check_device(device)
     check_dtype(dtype)
     if index is not None:
@@ -140,7 +149,9 @@ def eval_(
         tmp = tempfile.TemporaryDirectory(prefix="m3rag-eval-")
         folder = Path(tmp.name) / "index"
     try:
-        report, tuned = _run(data, folder, encoder, mode_list, k_values, rr, tune, dataset)
+        report, tuned = _run(
+            data, folder, encoder, mode_list, k_values, rr, tune, dataset, target_precision
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -163,6 +174,17 @@ def eval_(
     for mode_name, values in report.metrics.items():
         table.add_row(Text(mode_name), *(f"{values[n]:.4f}" for n in names))
     out().print(table)
+    for mode_name, found in report.settings.get("thresholds", {}).items():
+        if found["threshold"] is None:
+            line = f"{mode_name}: no cutoff reaches precision {found['target_precision']} on dev"
+        else:
+            test = found["test"]
+            line = (
+                f"{mode_name}: min_score {found['threshold']:.4f} reaches precision "
+                f"{found['dev']['precision']:.3f} on dev; on test it keeps {test['hits']} hits, "
+                f"precision {test['precision']:.3f}, recall {test['recall']:.3f}"
+            )
+        out().print(Text(line))
     if out_file is not None:
         out_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         note(f"report written to {out_file}")
@@ -177,6 +199,7 @@ def _run(
     rr: Any,
     tune: bool,
     dataset: Path,
+    target_precision: float | None = None,
 ) -> tuple[Any, dict[str, float] | None]:
     from m3rag.eval import evaluate, index_corpus, load_beir, tune_weights
     from m3rag.index import Collection
@@ -204,20 +227,24 @@ def _run(
             )
             queries = data.queries
             tuned = None
-            if tune:
+            dev: dict[str, str] = {}
+            if tune or target_precision is not None:
                 dev_file = dataset / "qrels" / "dev.tsv"
                 if dev_file.exists():
-                    dev = load_beir(dataset, split="dev").queries
+                    dev_data = load_beir(dataset, split="dev")
+                    dev = dev_data.queries
+                    data.qrels.update(dev_data.qrels)
                 else:
                     ids = list(queries)
                     dev = {q: queries[q] for q in ids[: len(ids) // 2]}
                     queries = {q: queries[q] for q in ids[len(ids) // 2 :]}
                     progress.console.print(
                         Text(
-                            f"no qrels/dev.tsv: tuning on {len(dev)} test queries, "
-                            f"reporting on the other {len(queries)}"
+                            f"no qrels/dev.tsv: {len(dev)} test queries are the dev split, "
+                            f"the report is on the other {len(queries)}"
                         )
                     )
+            if tune:
                 tuning = progress.add_task("tuning fusion weights", total=None)
                 tuned, score = tune_weights(data, col, encoder=encoder, dev_queries=dev)
                 progress.update(tuning, total=1, completed=1)
@@ -232,6 +259,8 @@ def _run(
                 weights=tuned,
                 queries=queries,
                 on_progress=stages,
+                target_precision=target_precision,
+                dev_queries=dev,
             )
     finally:
         col.close()

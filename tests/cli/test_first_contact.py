@@ -241,3 +241,45 @@ def test_cli_and_library_share_defaults(built: Path, tiny_m3_path: Path) -> None
     assert [h["id"] for h in hits] == lib.ids
     assert [h["score"] for h in hits] == pytest.approx(lib.scores)
     assert len(set(lib.ids)) == len(lib.ids)  # documents, not several chunks of one file
+
+
+def test_eval_finds_a_min_score_for_a_target_precision(tmp_path: Path, no_model: None) -> None:
+    data = tmp_path / "beir"
+    (data / "qrels").mkdir(parents=True)
+    corpus = [{"_id": n, "title": "", "text": t} for n, t in TEXTS.items()]
+    (data / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus) + "\n")
+    queries = {
+        "q1": "harbour ships",
+        "q2": "Hybrid search scores",
+        "q3": "ships dock dawn",
+        "q4": "dense lexical fuses",
+    }
+    (data / "queries.jsonl").write_text(
+        "\n".join(json.dumps({"_id": q, "text": t}) for q, t in queries.items()) + "\n"
+    )
+    head = "query-id\tcorpus-id\tscore\n"
+    (data / "qrels" / "test.tsv").write_text(head + "q1\tharbour.txt\t1\nq2\tsearch.md\t1\n")
+    (data / "qrels" / "dev.tsv").write_text(head + "q3\tharbour.txt\t1\nq4\tsearch.md\t1\n")
+    report = tmp_path / "r.json"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(data),
+            "--modes",
+            "bm25",
+            "--k",
+            "3",
+            "--target-precision",
+            "0.9",
+            "--out",
+            str(report),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    found = json.loads(report.read_text())["settings"]["thresholds"]["bm25"]
+    assert found["target_precision"] == 0.9 and found["threshold"] is not None
+    assert found["dev"]["precision"] >= 0.9
+    assert "min_score" in result.stdout
+    bad = runner.invoke(app, ["eval", str(data), "--modes", "bm25", "--target-precision", "2"])
+    assert bad.exit_code == 2

@@ -51,3 +51,47 @@ def test_load_beir(tmp_path: Path) -> None:
     (tmp_path / "qrels" / "test.tsv").unlink()
     with pytest.raises(FileNotFoundError, match=r"test\.tsv"):
         load_beir(tmp_path)
+
+
+def test_threshold_for_precision_against_brute_force() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from m3rag.eval import threshold_for_precision
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        scores=st.lists(
+            st.tuples(
+                st.integers(0, 3), st.integers(0, 5), st.sampled_from([0.1, 0.5, 0.9, 1.3, 2.0])
+            ),
+            max_size=25,
+        ),
+        relevant=st.sets(st.tuples(st.integers(0, 3), st.integers(0, 5)), max_size=10),
+        target=st.sampled_from([0.25, 0.5, 0.75, 1.0]),
+    )
+    def check(scores, relevant, target) -> None:  # type: ignore[no-untyped-def]
+        run: dict[str, dict[str, float]] = {}
+        for q, d, s in scores:
+            run.setdefault(f"q{q}", {})[f"d{d}"] = s
+        qrels: dict[str, dict[str, int]] = {}
+        for q, d in relevant:
+            qrels.setdefault(f"q{q}", {})[f"d{d}"] = 1
+        got = threshold_for_precision(run, qrels, target)
+        hits = [
+            (s, qrels.get(q, {}).get(d, 0) > 0) for q, docs in run.items() for d, s in docs.items()
+        ]
+        ok = []
+        for t in sorted({s for s, _ in hits}):
+            kept = [r for s, r in hits if s >= t]
+            if sum(kept) / len(kept) >= target:
+                ok.append(t)
+        want = min(ok) if ok else None
+        assert got.threshold == want
+        if want is not None:
+            kept = [r for s, r in hits if s >= want]
+            assert got.hits == len(kept) and got.precision == sum(kept) / len(kept)
+
+    check()
+    with pytest.raises(ValueError, match="target"):
+        threshold_for_precision({}, {}, 0)
