@@ -1,6 +1,6 @@
 """A LangChain LCEL QA chain over a folder of multilingual long documents, answering with citations.
 
-M3Retriever (hybrid recall, every path scored) -> M3Reranker (cross-encoder) -> prompt with
+M3VectorStore.as_retriever(search_type="hybrid") (hybrid recall, every path scored) -> M3Reranker (cross-encoder) -> prompt with
 numbered passages -> chat model. Offline it runs with langchain-core's fake chat model; plug a
 real one in with ``--openai-model`` (needs ``langchain-openai`` and ``OPENAI_API_KEY``) or edit
 ``make_llm``.
@@ -19,9 +19,9 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
-from m3rag_langchain import M3Reranker, M3Retriever
+from m3rag_langchain import M3Reranker, M3VectorStore
 
-from m3rag import Collection, HybridRetriever, M3Encoder, Reranker, index_files
+from m3rag import Collection, M3Encoder, Reranker, index_files
 
 PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -68,7 +68,8 @@ def main() -> None:
     encoder = M3Encoder(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         col = build_index(args.docs, Path(tmp) / "index", encoder, args.chunk_tokens)
-        retriever = M3Retriever(retriever=HybridRetriever(col), k=8)
+        # the LangChain way: the collection as a vector store, its hybrid retriever
+        retriever = M3VectorStore(col).as_retriever(search_type="hybrid", search_kwargs={"k": 8})
         reranker = M3Reranker(reranker=Reranker(args.reranker), top_n=3)
 
         def retrieve_and_rerank(question: str) -> list:  # type: ignore[type-arg]

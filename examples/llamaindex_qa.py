@@ -1,4 +1,8 @@
-"""A LlamaIndex query engine over an m3rag index: M3Retriever + M3Reranker.
+"""A LlamaIndex query engine over an m3rag index, built the LlamaIndex way.
+
+The files are indexed as ``m3rag index`` does (chunks with citations), then LlamaIndex reads the
+collection through ``M3VectorStore``: ``VectorStoreIndex.from_vector_store(...)``, queried in
+m3rag's own mode (``semantic_hybrid``: every path fused), reranked by ``M3Reranker``.
 
 Offline the LLM is llama-index-core's ``MockLLM()``: without ``max_tokens`` it returns its prompt
 unchanged, so what is printed is the prompt a real LLM would answer (the reranked passages and
@@ -15,11 +19,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from llama_index.core import VectorStoreIndex
 from llama_index.core.llms import MockLLM
-from llama_index.core.query_engine import RetrieverQueryEngine
-from m3rag_llamaindex import M3Reranker, M3Retriever
+from m3rag_llamaindex import M3Embedding, M3Reranker, M3VectorStore
 
-from m3rag import Collection, HybridRetriever, M3Encoder, Reranker, index_files
+from m3rag import Collection, M3Encoder, Reranker, index_files
+from m3rag.rollup import citation
 
 
 def main() -> None:
@@ -35,11 +40,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         col = Collection.create(Path(tmp) / "index", encoder=encoder)
         index_files(col, [args.docs], chunk_tokens=args.chunk_tokens)  # as `m3rag index` does
-        retriever = M3Retriever(HybridRetriever(col), similarity_top_k=8)
+        index = VectorStoreIndex.from_vector_store(
+            M3VectorStore(col), embed_model=M3Embedding(encoder=encoder)
+        )
         reranker = M3Reranker(args.reranker, top_n=3, reranker=Reranker(args.reranker))
         # MockLLM(max_tokens=n) would answer "text text ..."; without it, it echoes the prompt.
-        engine = RetrieverQueryEngine.from_args(
-            retriever, llm=MockLLM(), node_postprocessors=[reranker]
+        engine = index.as_query_engine(
+            llm=MockLLM(),
+            vector_store_query_mode="semantic_hybrid",  # every path, fused by m3rag
+            similarity_top_k=8,
+            node_postprocessors=[reranker],
         )
         response = engine.query(args.question)
         print("prompt a real LLM would answer (MockLLM echoes it), last 300 characters:")
@@ -47,8 +57,8 @@ def main() -> None:
         for i, nws in enumerate(response.source_nodes, 1):
             meta = nws.node.metadata
             print(
-                f"[{i}] {meta['parent_id']}  rerank={nws.score:.3f}  retrieval={meta['retrieval_score']:.3f}  "
-                f"paths={ {p: round(s, 3) for p, s in meta['path_scores'].items()} }"
+                f"[{i}] {citation(meta, meta['parent_id'])}  rerank={nws.score:.3f}  "
+                f"retrieval={meta['retrieval_score']:.3f}"
             )
         col.close()
 
