@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from m3rag._optional import require
 
 if TYPE_CHECKING:
-    from m3rag.encoder import M3Encoder
+    from m3rag.encoder import Encoder
     from m3rag.fusion import FusionConfig
     from m3rag.index import Collection
     from m3rag.rerank import Reranker
@@ -289,7 +289,7 @@ def index_corpus(
 
 
 def encode_queries(
-    encoder: M3Encoder,
+    encoder: Encoder,
     queries: Sequence[str],
     heads: Sequence[str],
     *,
@@ -338,7 +338,7 @@ def evaluate(
     dataset: BeirDataset,
     collection: Collection,
     *,
-    encoder: M3Encoder | None = None,
+    encoder: Encoder | None = None,
     modes: Sequence[str] = ("hybrid",),
     k_values: Sequence[int] = (10, 100),
     reranker: Reranker | None = None,
@@ -444,7 +444,7 @@ def tune_weights(
     dataset: BeirDataset,
     collection: Collection,
     *,
-    encoder: M3Encoder | None,
+    encoder: Encoder | None,
     dev_queries: Mapping[str, str],
     grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
     metric: str = "ndcg@10",

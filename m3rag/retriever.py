@@ -35,7 +35,7 @@ from m3rag.rollup import CHUNK_INDEX, END, PARENT_ID, START, Rollup, merge_neigh
 from m3rag.types import M3Output
 
 if TYPE_CHECKING:
-    from m3rag.encoder import M3Encoder
+    from m3rag.encoder import Encoder
     from m3rag.index import Collection, Filter
     from m3rag.rerank import Reranker
 
@@ -47,7 +47,7 @@ RECALL_PATHS = ("dense", "lexical", "bm25")
 _HEAD_OF = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
 
 
-def available_paths(collection: Collection, encoder: M3Encoder | None) -> tuple[str, ...]:
+def available_paths(collection: Collection, encoder: Encoder | None) -> tuple[str, ...]:
     """Paths the collection stores and the encoder computes for queries (BM25 always)."""
     heads = set(collection.heads) & (set(encoder.heads) if encoder is not None else set())
     return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in heads)
@@ -122,7 +122,7 @@ class HybridRetriever:
         self,
         collection: Collection,
         *,
-        encoder: M3Encoder | None = None,
+        encoder: Encoder | None = None,
         reranker: Reranker | None = None,
         fusion: FusionConfig | None = None,
         recall_k: int = 100,

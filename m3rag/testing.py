@@ -25,8 +25,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from m3rag.encoder.fake import FakeEncoder
+
 __all__ = [
     "MULTILINGUAL_SAMPLES",
+    "FakeEncoder",
     "build_m3_checkpoint",
     "build_reranker_checkpoint",
     "build_tokenizer",

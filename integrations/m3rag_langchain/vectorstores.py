@@ -6,7 +6,7 @@ import math
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from langchain_core.documents import Document
@@ -26,6 +26,9 @@ from m3rag_langchain._validation import (
 )
 from m3rag_langchain.embeddings import M3Embeddings
 from m3rag_langchain.retrievers import M3Retriever
+
+if TYPE_CHECKING:
+    from m3rag import M3Encoder
 
 __all__ = ["M3VectorStore"]
 
@@ -89,7 +92,7 @@ class M3VectorStore(VectorStore):
             if collection.encoder is None:
                 msg = "the collection has no encoder; open it with encoder=, or pass embedding="
                 raise ValueError(msg)
-            embedding = M3Embeddings(encoder=collection.encoder)
+            embedding = M3Embeddings(encoder=cast("M3Encoder", collection.encoder))
         self._embedding = embedding
         self._native = (
             collection is not None

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from m3rag.encoder.m3 import M3Encoder, PairScores
+from m3rag.encoder.protocol import Encoder
 
-__all__ = ["M3Encoder", "PairScores"]
+__all__ = ["Encoder", "M3Encoder", "PairScores"]

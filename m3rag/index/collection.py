@@ -68,7 +68,7 @@ from m3rag.index.stores import COLBERT_DTYPES, ColbertStore, DenseStore, Lexical
 from m3rag.types import HEADS, Document, Head, M3Output
 
 if TYPE_CHECKING:
-    from m3rag.encoder import M3Encoder
+    from m3rag.encoder import Encoder
 
 __all__ = ["FORMAT_VERSION", "Collection", "Hits"]
 
@@ -145,7 +145,7 @@ class Collection:
         folder: Path,
         manifest: dict[str, Any],
         *,
-        encoder: M3Encoder | None,
+        encoder: Encoder | None,
         read_only: bool,
         lock: WriterLock | None,
         creating: bool = False,
@@ -258,7 +258,7 @@ class Collection:
         cls,
         path: str | os.PathLike[str],
         *,
-        encoder: M3Encoder | None = None,
+        encoder: Encoder | None = None,
         heads: Sequence[Head] | None = None,
         dim: int | None = None,
         colbert_dim: int | None = None,
@@ -404,7 +404,7 @@ class Collection:
         cls,
         path: str | os.PathLike[str],
         *,
-        encoder: M3Encoder | None = None,
+        encoder: Encoder | None = None,
         read_only: bool = False,
     ) -> Collection:
         """Open an existing collection.
@@ -1669,7 +1669,7 @@ def _open_docs(path: Path, *, read_only: bool, next_key: int, create: bool) -> D
     return store
 
 
-def _check_encoder(manifest: dict[str, Any], encoder: M3Encoder) -> None:
+def _check_encoder(manifest: dict[str, Any], encoder: Encoder) -> None:
     stored = manifest.get("encoder")
     have = encoder.fingerprint()
     problems: list[str] = []
