@@ -36,7 +36,7 @@ from m3rag.types import M3Output
 
 if TYPE_CHECKING:
     from m3rag.encoder import Encoder
-    from m3rag.index import Collection, Filter
+    from m3rag.index import Filter, Store
     from m3rag.rerank import Reranker
 
 __all__ = ["HybridRetriever", "available_paths", "default_fusion", "holds_chunks"]
@@ -47,7 +47,7 @@ RECALL_PATHS = ("dense", "lexical", "bm25")
 _HEAD_OF = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
 
 
-def available_paths(collection: Collection, encoder: Encoder | None) -> tuple[str, ...]:
+def available_paths(collection: Store, encoder: Encoder | None) -> tuple[str, ...]:
     """Paths the collection stores and the encoder computes for queries (BM25 always)."""
     heads = set(collection.heads) & (set(encoder.heads) if encoder is not None else set())
     return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in heads)
@@ -64,7 +64,7 @@ def default_fusion(paths: Sequence[str]) -> FusionConfig:
     return FusionConfig(weights=dict.fromkeys(paths, 1.0), normalization="zscore")
 
 
-def holds_chunks(collection: Collection) -> bool:
+def holds_chunks(collection: Store) -> bool:
     """Whether the collection holds chunks (documents with ``parent_id`` metadata)."""
     return collection.has_metadata(PARENT_ID)
 
@@ -73,7 +73,8 @@ class HybridRetriever:
     """Recall on several paths, score every candidate on every path, fuse, rerank.
 
     Args:
-        collection: The [`Collection`][m3rag.Collection] to search.
+        collection: The [`Collection`][m3rag.Collection] to search, or any other store that
+            implements `m3rag.index.Store`.
         encoder: The query encoder; default ``collection.encoder``.
         reranker: An optional [`Reranker`][m3rag.Reranker] for the final order.
         fusion: How path scores are combined (default: `default_fusion`, every available
@@ -120,7 +121,7 @@ class HybridRetriever:
 
     def __init__(
         self,
-        collection: Collection,
+        collection: Store,
         *,
         encoder: Encoder | None = None,
         reranker: Reranker | None = None,

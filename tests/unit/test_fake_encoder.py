@@ -63,3 +63,13 @@ def test_a_whole_pipeline_runs_without_a_model(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_collection_is_a_store(tmp_path: Path) -> None:
+    from m3rag import Collection
+    from m3rag.index import Store, WritableStore
+
+    with Collection.create(tmp_path / "c", encoder=FakeEncoder()) as col:
+        assert isinstance(col, Store) and isinstance(col, WritableStore)
+    with Collection.open(tmp_path / "c", read_only=True) as reader:
+        assert isinstance(reader, Store)
