@@ -227,7 +227,9 @@ class LexicalIndex:
         q = self._tantivy.Query
         occur = self._tantivy.Occur
         keys = q.term_set_query(self.schema, "key", [int(k) for k in allowed])
-        return q.boolean_query([(occur.Must, query), (occur.Must, keys)])
+        # the key set only filters: scored 0, it leaves the query's scores as they are (a
+        # plain term-set clause adds 1.0 to every hit)
+        return q.boolean_query([(occur.Must, query), (occur.Must, q.const_score_query(keys, 0.0))])
 
     def lexical_query(self, weights: Mapping[int, float], max_bit: int = BITS - 1) -> Any:
         """The bit-plane query for query weights (``None`` if the query has no positive weight)."""
