@@ -10,10 +10,13 @@ matches. The retrieval is made exact by rescoring candidates with the full-preci
 (kept in the column store) and widening the candidate set until the quantisation error bound
 proves nothing outside it can reach the top ``k`` (see `LexicalIndex.candidates`).
 
-**BM25.** The text is indexed with an analyzer that is right for CJK as well as space-separated
-languages: Han, Hiragana and Katakana characters become one token each (a Chinese sentence never
-becomes one token), runs of letters and digits of other scripts become words, then lowercase,
-English stop words and the English stemmer. tantivy scores with BM25 (k1 = 1.2, b = 0.75).
+**BM25.** The text is analysed in Python by the pipeline of the document's language family
+(`m3rag.analysis`: normalisation, words and CJK/Thai bigrams, the language's stop words and
+Snowball stemmer) and indexed as whitespace-separated ``family:term`` tokens; a query is analysed
+once per family the collection holds. tantivy scores with BM25 (k1 = 1.2, b = 0.75).
+Collections made before m3rag recorded its analysis (no ``analysis`` in the manifest) keep the
+*legacy* analyzer they were built with: one token per Han/kana character, words elsewhere,
+English stop words and stemmer, run inside tantivy.
 
 Every document also carries its integer ``key`` (the row of the column stores) and the commit
 generation ``gen`` that wrote it, so documents written by an interrupted commit can be found and
@@ -32,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._optional import require
+from m3rag.analysis import pipeline, query_terms
 from m3rag.errors import IndexFormatError, M3RagError
 
 __all__ = ["BITS", "STEP", "LexicalIndex", "is_panic", "quantize_weights"]
@@ -45,7 +49,10 @@ BITS = 12
 _QMAX = 2**BITS - 1
 
 ANALYZER = "m3rag_multilingual"
-# One token per Han / Hiragana / Katakana character, else runs of letters, marks and digits.
+"""The tokenizer name of the legacy analyzer (collections without an ``analysis`` record)."""
+PRETOKENIZED = "m3rag_terms"
+"""The tokenizer name of the ``text`` field when Python analysed it (split on whitespace)."""
+# Legacy: one token per Han / Hiragana / Katakana character, else runs of letters and digits.
 TOKEN_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}]|[\p{L}\p{M}\p{N}]+"  # noqa: S105 - a regex
 
 
@@ -91,7 +98,7 @@ def tantivy_errors(folder: Path, doing: str) -> Iterator[None]:
 
 
 def build_analyzer() -> Any:
-    """The multilingual BM25 analyzer (a tantivy ``TextAnalyzer``)."""
+    """The legacy BM25 analyzer (a tantivy ``TextAnalyzer``): collections without analysis."""
     tantivy = require("tantivy", purpose="the m3rag index")
     return (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
@@ -102,13 +109,14 @@ def build_analyzer() -> Any:
     )
 
 
-def _schema() -> Any:
+def _schema(*, legacy: bool) -> Any:
     tantivy = require("tantivy", purpose="the m3rag index")
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field("key", stored=False, indexed=True, fast=True)
     builder.add_unsigned_field("gen", stored=False, indexed=True, fast=False)
     builder.add_text_field("lex", stored=False, tokenizer_name="whitespace", index_option="basic")
-    builder.add_text_field("text", stored=False, tokenizer_name=ANALYZER, index_option="freq")
+    tokenizer = ANALYZER if legacy else PRETOKENIZED
+    builder.add_text_field("text", stored=False, tokenizer_name=tokenizer, index_option="freq")
     return builder.build()
 
 
@@ -118,22 +126,35 @@ class LexicalIndex:
     Args:
         folder: The tantivy folder (created if missing).
         writable: Open an index writer (one per collection, guarded by the collection lock).
+        legacy: The ``text`` field uses the legacy in-tantivy analyzer (collections without an
+            ``analysis`` record); else it holds ``family:term`` tokens analysed in Python.
     """
 
-    def __init__(self, folder: Path, *, writable: bool) -> None:
+    def __init__(self, folder: Path, *, writable: bool, legacy: bool = False) -> None:
         self._tantivy = require("tantivy", purpose="the m3rag index")
         self.folder = folder
         self._writer: Any = None
         if writable:
             folder.mkdir(parents=True, exist_ok=True)
-        self.schema = _schema()
+        self.legacy = legacy
+        self.schema = _schema(legacy=legacy)
         with tantivy_errors(folder, "open the index"):
             if writable:
                 self.index = self._tantivy.Index(self.schema, path=str(folder), reuse=True)
             else:  # a reader never creates anything
                 self.index = self._tantivy.Index.open(str(folder))
-            self.analyzer = build_analyzer()
-            self.index.register_tokenizer(ANALYZER, self.analyzer)
+            if legacy:
+                self.analyzer = build_analyzer()
+                self.index.register_tokenizer(ANALYZER, self.analyzer)
+            else:
+                whitespace = self._tantivy.Tokenizer.whitespace()
+                # a term over 255 bytes is junk (a base64 blob), and tantivy refuses huge ones
+                terms = (
+                    self._tantivy.TextAnalyzerBuilder(whitespace)
+                    .filter(self._tantivy.Filter.remove_long(255))
+                    .build()
+                )
+                self.index.register_tokenizer(PRETOKENIZED, terms)
             if writable:
                 self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
 
@@ -160,8 +181,12 @@ class LexicalIndex:
         gen: int,
         lexical: Sequence[Mapping[int, float]] | None,
         texts: Sequence[str],
+        families: Sequence[str] | None = None,
     ) -> None:
-        """Stage documents; they become visible to tantivy at `commit`."""
+        """Stage documents; they become visible to tantivy at `commit`.
+
+        ``families`` (one analysis family per text) is required unless the index is legacy.
+        """
         doc_class = self._tantivy.Document
         for i, key in enumerate(keys):
             doc = doc_class()
@@ -169,7 +194,13 @@ class LexicalIndex:
             doc.add_unsigned("gen", int(gen))
             if lexical is not None:
                 doc.add_text("lex", self.lex_terms(lexical[i]))
-            doc.add_text("text", texts[i])
+            if self.legacy:
+                doc.add_text("text", texts[i])
+            else:
+                if families is None:  # pragma: no cover - a programming error
+                    msg = "families are required by an analysed (non-legacy) index"
+                    raise ValueError(msg)
+                doc.add_text("text", " ".join(pipeline(families[i]).terms(texts[i])))
             self._writer.add_document(doc)
 
     def delete_keys(self, keys: Sequence[int]) -> None:
@@ -211,9 +242,11 @@ class LexicalIndex:
             self.index.reload()
             return self.index.searcher()
 
-    def analyze(self, text: str) -> list[str]:
-        """The BM25 tokens of ``text``."""
-        return list(self.analyzer.analyze(text))
+    def analyze(self, text: str, families: Sequence[str] = ()) -> list[str]:
+        """The distinct BM25 terms of a query ``text``: legacy tokens, or ``family:term``."""
+        if self.legacy:
+            return list(dict.fromkeys(self.analyzer.analyze(text)))
+        return query_terms(text, families)
 
     def _keys(self, searcher: Any, hits: Sequence[tuple[float, Any]]) -> npt.NDArray[np.int64]:
         if not hits:
@@ -246,11 +279,11 @@ class LexicalIndex:
                 )
         return q.boolean_query(clauses) if clauses else None
 
-    def bm25_query(self, text: str) -> Any:
-        """A disjunction of the query's analysed terms, scored by BM25 (``None`` if no term)."""
+    def bm25_query(self, text: str, families: Sequence[str] = ()) -> Any:
+        """A disjunction of the query's terms in every family, scored by BM25 (``None``: none)."""
         q = self._tantivy.Query
         occur = self._tantivy.Occur
-        terms = list(dict.fromkeys(self.analyze(text)))
+        terms = self.analyze(text, families)
         if not terms:
             return None
         return q.boolean_query(
