@@ -27,7 +27,9 @@ from m3rag.cli._app import (
     app,
     check_device,
     check_dtype,
+    check_index_lang,
     check_index_path,
+    check_lang,
     err,
     fail,
     handled,
@@ -89,6 +91,14 @@ def eval_(
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
     ] = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            help="BM25 analysis language of documents without a 'lang' metadata field: an "
+            "ISO 639-1 code (en, zh, th ...) or auto (default: detect each document's).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate retrieval modes on a BEIR dataset: nDCG@k, Recall@k, MRR@k (pytrec_eval).
 
@@ -110,8 +120,10 @@ def eval_(
         raise fail(f"--k must be positive integers, got {k!r}", EXIT_USAGE)
     check_device(device)
     check_dtype(dtype)
+    check_lang(lang)
     if index is not None:
         check_index_path(index, must_exist=False)
+        check_index_lang(index, lang)
     if out_file is not None and out_file.is_dir():
         raise fail(f"--out {out_file} is a folder; give a file name", EXIT_USAGE)
     try:
@@ -140,7 +152,9 @@ def eval_(
         tmp = tempfile.TemporaryDirectory(prefix="m3rag-eval-")
         folder = Path(tmp.name) / "index"
     try:
-        report, tuned = _run(data, folder, encoder, mode_list, k_values, rr, tune, dataset)
+        report, tuned = _run(
+            data, folder, encoder, mode_list, k_values, rr, tune, dataset, lang or "auto"
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -177,6 +191,7 @@ def _run(
     rr: Any,
     tune: bool,
     dataset: Path,
+    lang: str,
 ) -> tuple[Any, dict[str, float] | None]:
     from m3rag.eval import evaluate, index_corpus, load_beir, tune_weights
     from m3rag.index import Collection
@@ -184,7 +199,9 @@ def _run(
     if (folder / "manifest.json").exists():
         col = open_collection(folder, encoder, read_only=False)
     else:
-        col = Collection.create(folder, encoder=encoder, heads=None if encoder is not None else ())
+        col = Collection.create(
+            folder, encoder=encoder, heads=None if encoder is not None else (), lang=lang
+        )
     try:
         with Progress(
             TextColumn("{task.description:<22}"),
