@@ -92,13 +92,10 @@ _ALIASES = {"nb": "no", "nn": "no", "iw": "he", "in": "id", "zh-hans": "zh", "zh
 _PERSIAN = frozenset({"fa", "ur", "ps"})
 GENERIC = "generic"
 
-# Scripts written without spaces between words: a run of them is split into bigrams.
-_NOSPACE_CLASS = (  # and the prolonged sound mark, whose script is Common
-    r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\x{30FC}"
-)
-TOKEN_PATTERN = rf"[{_NOSPACE_CLASS}]+|[[\p{{L}}\p{{M}}\p{{N}}]--[{_NOSPACE_CLASS}]]+"
-# The same scripts as Python ranges (the stdlib ``re`` has no \p{...}): a token starting with
-# one of these characters is a no-space run.
+TOKEN_PATTERN = r"[\p{L}\p{M}\p{N}]+"  # noqa: S105 - a regex
+"""tantivy's tokenizer of every family: runs of letters, combining marks and digits."""
+# Scripts written without spaces between words (the stdlib ``re`` has no \p{...}): a run of
+# them is split into bigrams before tantivy sees the text.
 _NOSPACE_RANGES = (
     "\u0e00-\u0eff"  # Thai, Lao
     "\u1000-\u109f"  # Myanmar
@@ -114,6 +111,7 @@ _NOSPACE_RANGES = (
     "\U00020000-\U0003134f"  # CJK extensions B-G
 )
 _NOSPACE = re.compile(f"[{_NOSPACE_RANGES}]")
+_RUN = re.compile(f"[{_NOSPACE_RANGES}]+")
 # Combining marks of the no-space scripts (Thai, Lao, Khmer and Myanmar vowel signs and tone
 # marks): a base letter and its marks are one unit of a bigram, as a reader sees them.
 _MARK_RANGES = (
@@ -204,40 +202,41 @@ class Pipeline:
             steps.append(f"{self.stemmer} Snowball stemmer")
         return ", ".join(steps)
 
-    @property
-    def _analyzer(self) -> Any:
+    def analyzer(self) -> Any:
+        """The tantivy ``TextAnalyzer`` of the family: tokenizer, stop words, stemmer.
+
+        It runs on `prepare`'s output: a collection registers it for the family's field, so
+        documents are analysed inside tantivy (Rust) as they are indexed.
+        """
         return _tantivy_analyzer(self.stemmer, self.stopwords)
 
-    def normalise(self, text: str) -> str:
-        """NFKC, case folding, and the family's script normalisation."""
+    def prepare(self, text: str) -> str:
+        """The Python half: NFKC, case folding, script normalisation, no-space runs to bigrams.
+
+        The bigrams are written space-separated, so tantivy's tokenizer sees each as a word.
+        """
         text = unicodedata.normalize("NFKC", text).casefold()
         if self.family == "ar":
             text = text.translate(_ARABIC)
         elif self.family == "fa":
             text = text.translate(_PERSIAN_MAP)
+        if _NOSPACE.search(text):
+            text = _RUN.sub(_bigrams, text)
         return text
 
     def tokens(self, text: str) -> list[str]:
-        """The BM25 terms of ``text`` (no family prefix), in order, repeats kept."""
-        text = self.normalise(text)
-        raw: list[str] = self._analyzer.analyze(text)
-        if not _NOSPACE.search(text):
-            return raw
-        out: list[str] = []
-        for token in raw:
-            if len(token) > 1 and _NOSPACE.match(token):
-                units = _UNITS.findall(token) if _MARKS.search(token) else token
-                out.extend(units[i] + units[i + 1] for i in range(len(units) - 1))
-                if len(units) == 1:
-                    out.append(token)
-            else:
-                out.append(token)
-        return out
+        """The BM25 terms of ``text``, in order, repeats kept."""
+        tokens: list[str] = self.analyzer().analyze(self.prepare(text))
+        return tokens
 
-    def terms(self, text: str) -> list[str]:
-        """The terms of ``text`` as a collection stores them: ``family:token``."""
-        prefix = self.family + ":"
-        return [prefix + t for t in self.tokens(text)]
+
+def _bigrams(match: re.Match[str]) -> str:
+    """A run of a no-space script as its overlapping bigrams (a lone unit as itself)."""
+    run = match.group()
+    units: Sequence[str] = _UNITS.findall(run) if _MARKS.search(run) else run
+    if len(units) == 1:
+        return f" {run} "
+    return " " + " ".join([units[i] + units[i + 1] for i in range(len(units) - 1)]) + " "
 
 
 @cache
@@ -295,24 +294,31 @@ _LATIN_DETECTABLE = (
     *("da", "de", "en", "es", "fi", "fr", "hu", "it", "nl", "no", "pt", "ro", "sv", "tr"),
     *("id", "vi", "pl", "cs", "ca", "hr", "sk", "sl", "et", "lv", "lt"),
 )
-_SAMPLE = 400  # characters read by detection: enough for a document's language, and fast
-_PERSIAN_LETTERS = frozenset("\u067e\u0686\u0698\u06af\u06a9\u06cc")
+_SAMPLE = 400  # characters whose script decides: enough for a document, and fast
+_LATIN_SAMPLE = 160  # characters py3langid reads (its time grows with the text; a query's worth)
+# py3langid's wrong guesses on SciFact abstracts score 0.1-0.3, and 0.55 on an English XQuAD
+# paragraph that opens with the Portuguese, Spanish and French names of the Amazon
+_MIN_PROBABILITY = 0.8
+_PERSIAN_LETTERS = re.compile("[\u067e\u0686\u0698\u06af\u06a9\u06cc]")
+_NONLATIN = re.compile("[\u0370-\U0003134f]")
+_LATIN_LETTER = re.compile("[A-Za-z\u00c0-\u024f]")
+
+
+def _block_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    ranges: dict[str, list[str]] = {}
+    for low, high, lang in _SCRIPT_BLOCKS:
+        ranges.setdefault(lang, []).append(f"{chr(low)}-{chr(high)}")
+    return tuple((lang, re.compile(f"[{''.join(r)}]")) for lang, r in ranges.items())
+
+
+_BLOCKS = _block_patterns()
 
 
 def _script_language(sample: str) -> str | None:
     """The language of the dominant non-Latin script of ``sample``; ``None`` if Latin wins."""
-    counts: dict[str, int] = {}
-    latin = 0
-    for ch in sample:
-        o = ord(ch)
-        if o < 0x0370:
-            if ch.isalpha():
-                latin += 1
-            continue
-        for low, high, lang in _SCRIPT_BLOCKS:
-            if low <= o <= high:
-                counts[lang] = counts.get(lang, 0) + 1
-                break
+    if sample.isascii() or not _NONLATIN.search(sample):
+        return None
+    counts = {lang: n for lang, pattern in _BLOCKS if (n := len(pattern.findall(sample)))}
     if not counts:
         return None
     if "ja" in counts and "zh" in counts:  # kanji with kana: Japanese
@@ -320,9 +326,9 @@ def _script_language(sample: str) -> str | None:
     lang, n = max(counts.items(), key=lambda kv: kv[1])
     # CJK characters carry a word each; an alphabet letter a fraction of one
     weight = 3 if lang in ("zh", "ja", "ko") else 1
-    if n * weight < latin:
+    if n * weight < len(_LATIN_LETTER.findall(sample)):
         return None
-    if lang == "ar" and any(ch in _PERSIAN_LETTERS for ch in sample):
+    if lang == "ar" and _PERSIAN_LETTERS.search(sample):
         return "fa"
     return lang
 
@@ -330,10 +336,10 @@ def _script_language(sample: str) -> str | None:
 @cache
 def _latin_identifier() -> Any:
     try:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier  # type: ignore[import-not-found,unused-ignore]
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     identifier.set_languages(list(_LATIN_DETECTABLE))
     return identifier
 
@@ -344,7 +350,9 @@ def detect_language(text: str, *, fallback: str = "en") -> str:
     The dominant script decides for non-Latin text (Han with kana is ``ja``, Hangul ``ko``,
     Cyrillic ``ru``, Arabic ``ar``, or ``fa`` with Persian letters ...). Latin-script text is
     classified by ``py3langid`` among Latin-script languages when ``m3rag[multilingual]`` is
-    installed, else it is ``fallback``. Only the first 400 characters are read.
+    installed, else it is ``fallback``; a guess under 80% probability is ``fallback`` too.
+    Only the first 400 characters are read, and py3langid (whose time grows with the text)
+    reads 160 of them unless unsure.
 
     Example:
         >>> detect_language("北京是中国的首都"), detect_language("東京タワーは高い")
@@ -359,8 +367,12 @@ def detect_language(text: str, *, fallback: str = "en") -> str:
     identifier = _latin_identifier()
     if identifier is None:
         return fallback
-    found: str = identifier.classify(sample)[0]
-    return found
+    found, probability = identifier.classify(sample[:_LATIN_SAMPLE])
+    if probability < _MIN_PROBABILITY and len(sample) > _LATIN_SAMPLE:
+        found, probability = identifier.classify(sample)  # unsure: read more
+    # an unsure guess would put a document in a family of its own (another stemmer, and one
+    # more analysis of every query): the fallback is the better bet
+    return str(found) if probability >= _MIN_PROBABILITY else fallback
 
 
 def detector_name() -> str:
@@ -368,14 +380,9 @@ def detector_name() -> str:
     return "script+py3langid" if _latin_identifier() is not None else "script"
 
 
-def families_of(langs: Iterable[str]) -> list[str]:
-    """The sorted distinct families of ``langs``."""
-    return sorted({family_of(lang) for lang in langs})
-
-
-def query_terms(text: str, families: Sequence[str]) -> list[str]:
-    """The distinct terms of a query analysed with every family in ``families``."""
-    terms: dict[str, None] = {}
+def query_terms(text: str, families: Iterable[str]) -> list[tuple[str, str]]:
+    """The distinct ``(family, term)`` pairs of a query analysed with every family given."""
+    terms: dict[tuple[str, str], None] = {}
     for family in families:
-        terms.update(dict.fromkeys(pipeline(family).terms(text)))
+        terms.update(dict.fromkeys((family, t) for t in pipeline(family).tokens(text)))
     return list(terms)

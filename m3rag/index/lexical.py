@@ -10,10 +10,12 @@ matches. The retrieval is made exact by rescoring candidates with the full-preci
 (kept in the column store) and widening the candidate set until the quantisation error bound
 proves nothing outside it can reach the top ``k`` (see `LexicalIndex.candidates`).
 
-**BM25.** The text is analysed in Python by the pipeline of the document's language family
-(`m3rag.analysis`: normalisation, words and CJK/Thai bigrams, the language's stop words and
-Snowball stemmer) and indexed as whitespace-separated ``family:term`` tokens; a query is analysed
-once per family the collection holds. tantivy scores with BM25 (k1 = 1.2, b = 0.75).
+**BM25.** Each analysis family (`m3rag.analysis`) has its own text field, ``bm25_{family}``,
+whose tantivy analyzer is the family's tokenizer, stop words and Snowball stemmer; a document's
+text is prepared in Python (normalisation, no-space scripts to bigrams) and written to the field
+of its language's family, where tantivy analyses it (in Rust) as it indexes. A query is analysed
+once per family the collection holds and matched against that family's field, so each document
+is scored against the query analysed as it was. tantivy scores with BM25 (k1 = 1.2, b = 0.75).
 Collections made before m3rag recorded its analysis (no ``analysis`` in the manifest) keep the
 *legacy* analyzer they were built with: one token per Han/kana character, words elsewhere,
 English stop words and stemmer, run inside tantivy.
@@ -35,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._optional import require
-from m3rag.analysis import pipeline, query_terms
+from m3rag.analysis import FAMILIES, pipeline, query_terms
 from m3rag.errors import IndexFormatError, M3RagError
 
 __all__ = ["BITS", "STEP", "LexicalIndex", "is_panic", "quantize_weights"]
@@ -50,8 +52,17 @@ _QMAX = 2**BITS - 1
 
 ANALYZER = "m3rag_multilingual"
 """The tokenizer name of the legacy analyzer (collections without an ``analysis`` record)."""
-PRETOKENIZED = "m3rag_terms"
-"""The tokenizer name of the ``text`` field when Python analysed it (split on whitespace)."""
+
+
+def family_field(family: str) -> str:
+    """The text field of an analysis family."""
+    return f"bm25_{family}"
+
+
+def _family_tokenizer(family: str) -> str:
+    return f"m3rag_{family}"
+
+
 # Legacy: one token per Han / Hiragana / Katakana character, else runs of letters and digits.
 TOKEN_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}]|[\p{L}\p{M}\p{N}]+"  # noqa: S105 - a regex
 
@@ -115,8 +126,16 @@ def _schema(*, legacy: bool) -> Any:
     builder.add_unsigned_field("key", stored=False, indexed=True, fast=True)
     builder.add_unsigned_field("gen", stored=False, indexed=True, fast=False)
     builder.add_text_field("lex", stored=False, tokenizer_name="whitespace", index_option="basic")
-    tokenizer = ANALYZER if legacy else PRETOKENIZED
-    builder.add_text_field("text", stored=False, tokenizer_name=tokenizer, index_option="freq")
+    if legacy:
+        builder.add_text_field("text", stored=False, tokenizer_name=ANALYZER, index_option="freq")
+    else:  # a field per family: its own analyzer, its own BM25 length statistics
+        for family in sorted(FAMILIES):
+            builder.add_text_field(
+                family_field(family),
+                stored=False,
+                tokenizer_name=_family_tokenizer(family),
+                index_option="freq",
+            )
     return builder.build()
 
 
@@ -147,14 +166,9 @@ class LexicalIndex:
                 self.analyzer = build_analyzer()
                 self.index.register_tokenizer(ANALYZER, self.analyzer)
             else:
-                whitespace = self._tantivy.Tokenizer.whitespace()
-                # a term over 255 bytes is junk (a base64 blob), and tantivy refuses huge ones
-                terms = (
-                    self._tantivy.TextAnalyzerBuilder(whitespace)
-                    .filter(self._tantivy.Filter.remove_long(255))
-                    .build()
-                )
-                self.index.register_tokenizer(PRETOKENIZED, terms)
+                for family in sorted(FAMILIES):
+                    analyzer = pipeline(family).analyzer()
+                    self.index.register_tokenizer(_family_tokenizer(family), analyzer)
             if writable:
                 self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
 
@@ -200,7 +214,8 @@ class LexicalIndex:
                 if families is None:  # pragma: no cover - a programming error
                     msg = "families are required by an analysed (non-legacy) index"
                     raise ValueError(msg)
-                doc.add_text("text", " ".join(pipeline(families[i]).terms(texts[i])))
+                family = families[i]
+                doc.add_text(family_field(family), pipeline(family).prepare(texts[i]))
             self._writer.add_document(doc)
 
     def delete_keys(self, keys: Sequence[int]) -> None:
@@ -246,7 +261,7 @@ class LexicalIndex:
         """The distinct BM25 terms of a query ``text``: legacy tokens, or ``family:term``."""
         if self.legacy:
             return list(dict.fromkeys(self.analyzer.analyze(text)))
-        return query_terms(text, families)
+        return [f"{family}:{term}" for family, term in query_terms(text, families)]
 
     def _keys(self, searcher: Any, hits: Sequence[tuple[float, Any]]) -> npt.NDArray[np.int64]:
         if not hits:
@@ -283,11 +298,14 @@ class LexicalIndex:
         """A disjunction of the query's terms in every family, scored by BM25 (``None``: none)."""
         q = self._tantivy.Query
         occur = self._tantivy.Occur
-        terms = self.analyze(text, families)
-        if not terms:
+        if self.legacy:
+            fields = [("text", t) for t in self.analyze(text)]
+        else:
+            fields = [(family_field(f), t) for f, t in query_terms(text, families)]
+        if not fields:
             return None
         return q.boolean_query(
-            [(occur.Should, q.term_query(self.schema, "text", t)) for t in terms]
+            [(occur.Should, q.term_query(self.schema, field, t)) for field, t in fields]
         )
 
     def search(

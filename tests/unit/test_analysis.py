@@ -132,7 +132,13 @@ def test_families() -> None:
 
 def test_query_terms_per_family_are_prefixed_and_distinct() -> None:
     terms = query_terms("running runs 北京", ["en", "generic"])
-    assert terms == ["en:run", "en:北京", "generic:running", "generic:runs", "generic:北京"]
+    assert terms == [
+        ("en", "run"),
+        ("en", "北京"),
+        ("generic", "running"),
+        ("generic", "runs"),
+        ("generic", "北京"),
+    ]
 
 
 @pytest.mark.parametrize(
