@@ -156,6 +156,9 @@ def test_query_terms_per_family_are_prefixed_and_distinct() -> None:
         ("تهران پایتخت ایران است", "fa"),
         ("Η Αθήνα είναι η πρωτεύουσα", "el"),
         ("Who wrote the Iliad? Homer (Ὅμηρος)", "en"),
+        ("Beijing (北京) is the capital of the People's Republic of China.", "en"),
+        # a Thai text full of Latin names is Thai
+        ("ทีมกีฬาอาชีพในแคลิฟอเนียใต้ประกอบด้วยทีมจาก NFL (Los Angeles Rams, San Diego) NBA", "th"),
     ],
 )
 def test_detection_by_script(text: str, lang: str) -> None:
