@@ -827,6 +827,7 @@ class Collection:
             EmbeddingMismatchError: ``embeddings`` do not fit: count, heads, sizes, NaN or
                 infinity, token ids outside ``[0, vocab_size)``, negative weights (the message
                 names the document, its id and the head).
+            UnknownLanguageError: A ``lang`` metadata value that is not a language code.
             TypeError: Wrong input types (a metadata entry that is not a dict, a non-str id).
             CollectionClosedError: The collection is closed.
             ReadOnlyError: The collection is open read-only.
@@ -846,7 +847,13 @@ class Collection:
         """Like [`add`][], but documents whose id exists replace the old version.
 
         Raises:
-            The errors of [`add`][] (but not [`DuplicateIdError`][] for existing ids).
+            DuplicateIdError: An id repeats within the call (ids that exist are replaced).
+            InvalidDocumentError: As in [`add`][].
+            EmbeddingMismatchError: As in [`add`][].
+            UnknownLanguageError: As in [`add`][].
+            TypeError: As in [`add`][].
+            CollectionClosedError: The collection is closed.
+            ReadOnlyError: The collection is open read-only.
         """
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=True)
 
