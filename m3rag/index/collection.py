@@ -765,15 +765,11 @@ class Collection:
             return [LEGACY] * len(texts)
         default = analysis["lang"]
         families = []
-        for i, (text, meta) in enumerate(zip(texts, metas, strict=True)):
-            lang = meta.get("lang", default)
-            if lang == AUTO:
-                lang = detect_language(text)
-            try:
-                families.append(family_of(lang))
-            except UnknownLanguageError as exc:
-                msg = f"document {i}: metadata 'lang' {exc}"
-                raise UnknownLanguageError(msg) from exc
+        for text, meta in zip(texts, metas, strict=True):
+            family = _metadata_family(meta.get("lang"))
+            if family is None:
+                family = family_of(detect_language(text) if default == AUTO else default)
+            families.append(family)
         return families
 
     def _query_families(self, lang: str | None) -> list[str]:
@@ -827,7 +823,6 @@ class Collection:
             EmbeddingMismatchError: ``embeddings`` do not fit: count, heads, sizes, NaN or
                 infinity, token ids outside ``[0, vocab_size)``, negative weights (the message
                 names the document, its id and the head).
-            UnknownLanguageError: A ``lang`` metadata value that is not a language code.
             TypeError: Wrong input types (a metadata entry that is not a dict, a non-str id).
             CollectionClosedError: The collection is closed.
             ReadOnlyError: The collection is open read-only.
@@ -850,7 +845,6 @@ class Collection:
             DuplicateIdError: An id repeats within the call (ids that exist are replaced).
             InvalidDocumentError: As in [`add`][].
             EmbeddingMismatchError: As in [`add`][].
-            UnknownLanguageError: As in [`add`][].
             TypeError: As in [`add`][].
             CollectionClosedError: The collection is closed.
             ReadOnlyError: The collection is open read-only.
@@ -1599,6 +1593,21 @@ class Collection:
         return self._colbert.matrices(
             keys, token_rows=lengths.get("colbert", 0), docs=len(self._alive)
         )
+
+
+def _metadata_family(lang: object) -> str | None:
+    """The family of a ``lang`` metadata value; ``None`` if it is not a language code.
+
+    ``lang`` is also an ordinary metadata field that users fill with their own labels
+    (``"x"``, ``"english"``): such a value is theirs to filter on, and analysis falls back to
+    the collection's language instead of refusing the document.
+    """
+    if not isinstance(lang, str) or lang == AUTO:
+        return None
+    try:
+        return family_of(lang)
+    except UnknownLanguageError:
+        return None
 
 
 def _check_analysis(manifest: Mapping[str, Any], folder: Path) -> None:

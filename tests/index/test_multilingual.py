@@ -80,9 +80,13 @@ def test_collection_lang_and_metadata_lang(tmp_path: Path) -> None:
     assert col.analysis == {"version": ANALYSIS_VERSION, "lang": "de", "families": ["de", "en"]}
     assert col.search_bm25("Haus", k=2).ids == ["a"]
     assert col.search_bm25("run", k=2).ids == ["b"]
-    with pytest.raises(UnknownLanguageError, match="document 0: metadata 'lang'"):
-        col.add(["x"], metadata=[{"lang": "klingon"}])
-    assert col.count() == 2  # nothing staged by the failed call
+    # 'lang' is also a user's own metadata field: a value that is not a language code is left
+    # to them, and the document is analysed in the collection's language
+    col.add(["Die Mäuse", "the mice"], ids=["c", "d"], metadata=[{"lang": "x"}, {"lang": 3}])
+    col.commit()
+    assert col.analysis is not None and col.analysis["families"] == ["de", "en"]
+    assert col.search_bm25("Maus", k=4).ids == ["c"]  # German stem of Mäuse
+    assert col.search_bm25("mice", k=4, filter={"lang": "x"}).ids == []
     col.close()
     with pytest.raises(UnknownLanguageError, match="'english' is not a language code"):
         Collection.create(tmp_path / "d", heads=(), lang="english")
