@@ -37,6 +37,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("reranker", ["bench_reranker.py"]),
     ("index", ["bench_index.py"]),
     ("bm25", ["bench_bm25.py"]),
+    ("bm25_analyzer", ["bench_bm25_analyzer.py"]),
     ("retriever", ["bench_retriever.py", "--sizes", "10000,100000"]),
     ("ingest", ["bench_ingest.py"]),
 ]

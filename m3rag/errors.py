@@ -10,6 +10,7 @@ working in code that does not know about m3rag::
     │   │   └── MissingHeadError                an M3 checkpoint lacks a head file
     │   ├── UnsupportedOutputError(ValueError)  a head the model cannot produce was asked for
     │   └── InputTooLongError(ValueError)       a length beyond the model's limit was asked for
+    ├── UnknownLanguageError(ValueError)        a ``lang`` that is not a language code
     └── CollectionError                         anything about a collection (index) on disk
         ├── CollectionNotFoundError(FileNotFoundError)  no collection at that path
         ├── CollectionExistsError(FileExistsError)  create() on a folder that already holds one
@@ -39,6 +40,7 @@ __all__ = [
     "MissingHeadError",
     "UnsupportedOutputError",
     "InputTooLongError",
+    "UnknownLanguageError",
     "CollectionError",
     "CollectionNotFoundError",
     "CollectionExistsError",
@@ -88,6 +90,10 @@ class UnsupportedOutputError(ModelError, ValueError):
 
 class InputTooLongError(ModelError, ValueError):
     """A maximum length beyond what the model's position embeddings support was asked for."""
+
+
+class UnknownLanguageError(M3RagError, ValueError):
+    """A ``lang`` (argument or metadata) that is not a language code or ``"auto"``."""
 
 
 class CollectionNotFoundError(CollectionError, FileNotFoundError):

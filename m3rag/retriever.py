@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from m3rag.analysis import family_of
 from m3rag.errors import UnsupportedOutputError
 from m3rag.fusion import PATHS, FusionConfig, fuse, normalize, ranks
 from m3rag.highlight import match_spans
@@ -103,6 +104,9 @@ class HybridRetriever:
         exact_dense: Dense recall from the collection's HNSW graph when it has one
             (``None``, the default; candidates approximate, scores exact) or always by the
             exact scan (``True``).
+        lang: Analyse BM25 queries as this language only (an ISO 639-1 code; only documents
+            of its analysis family match on the BM25 path); default ``None``: with every
+            analysis family the collection holds (see `m3rag.analysis`).
 
     Raises:
         ValueError: Bad sizes, unknown recall paths (the message lists the valid ones), a
@@ -135,8 +139,12 @@ class HybridRetriever:
         exact_dense: bool | None = None,
         mmr_lambda: float | None = None,
         expand: int = 0,
+        lang: str | None = None,
     ) -> None:
         self.collection = collection
+        if lang is not None:
+            family_of(lang)  # raises UnknownLanguageError naming the value
+        self.lang = lang
         self.encoder = encoder if encoder is not None else collection.encoder
         self.reranker = reranker
         for name, value in (("recall_k", recall_k), ("rerank_top_n", rerank_top_n)):
@@ -360,7 +368,7 @@ class HybridRetriever:
                 enc.lexical_weights[0], k=depth, filter=filter
             ).keys
         if "bm25" in self.recall:
-            recalled["bm25"] = col.search_bm25(query, k=depth, filter=filter).keys
+            recalled["bm25"] = col.search_bm25(query, k=depth, filter=filter, lang=self.lang).keys
         keys = np.array(
             list(dict.fromkeys(int(x) for v in recalled.values() for x in v.tolist())),
             dtype=np.int64,
@@ -464,7 +472,7 @@ class HybridRetriever:
                 raw["colbert"] = col.colbert_scores(
                     enc.colbert_vecs[0], keys, precision=self.colbert_precision
                 ).astype(np.float64)
-        raw["bm25"] = col.bm25_scores(query, keys).astype(np.float64)
+        raw["bm25"] = col.bm25_scores(query, keys, lang=self.lang).astype(np.float64)
         return raw
 
     def _hits(

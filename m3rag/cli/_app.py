@@ -180,6 +180,39 @@ def check_dtype(dtype: str | None) -> None:
         raise fail(msg, EXIT_USAGE)
 
 
+def check_lang(lang: str | None, *, auto: bool = True) -> None:
+    """``--lang`` must be a language code (or ``auto`` where detection is allowed)."""
+    from m3rag.analysis import AUTO, family_of
+    from m3rag.errors import UnknownLanguageError
+
+    if lang is None or (auto and lang == AUTO):
+        return
+    try:
+        family_of(lang)
+    except UnknownLanguageError as exc:
+        raise fail(f"--lang: {exc}", EXIT_USAGE) from exc
+
+
+def check_index_lang(index: Path, lang: str | None) -> None:
+    """An existing index keeps the ``lang`` it was built with: a different ``--lang`` is refused."""
+    import json
+
+    if lang is None or not (index / "manifest.json").exists():
+        return
+    try:
+        manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # reported by the open that follows
+    analysis = manifest.get("analysis") if isinstance(manifest, dict) else None
+    built = analysis.get("lang") if isinstance(analysis, dict) else "the legacy analyzer"
+    if built != lang:
+        msg = (
+            f"--lang {lang}: the index at {index} analyses documents with lang {built!r}; drop "
+            "--lang, give each document a 'lang' metadata field, or index into a new folder"
+        )
+        raise fail(msg, EXIT_USAGE)
+
+
 def check_index_path(index: Path, *, must_exist: bool) -> None:
     """``--index`` must be a folder (or, when it may be created, not exist yet)."""
     if index.exists() and not index.is_dir():

@@ -27,7 +27,9 @@ from m3rag.cli._app import (
     app,
     check_device,
     check_dtype,
+    check_index_lang,
     check_index_path,
+    check_lang,
     err,
     fail,
     handled,
@@ -96,6 +98,14 @@ def eval_(
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
     ] = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            help="BM25 analysis language of documents without a 'lang' metadata field: an "
+            "ISO 639-1 code (en, zh, th ...) or auto (default: detect each document's).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate retrieval modes on a BEIR dataset: nDCG@k, Recall@k, MRR@k (pytrec_eval).
 
@@ -119,8 +129,10 @@ def eval_(
         raise fail(f"--target-precision must be in (0, 1], got {target_precision}", EXIT_USAGE)
     check_device(device)
     check_dtype(dtype)
+    check_lang(lang)
     if index is not None:
         check_index_path(index, must_exist=False)
+        check_index_lang(index, lang)
     if out_file is not None and out_file.is_dir():
         raise fail(f"--out {out_file} is a folder; give a file name", EXIT_USAGE)
     try:
@@ -150,7 +162,16 @@ def eval_(
         folder = Path(tmp.name) / "index"
     try:
         report, tuned = _run(
-            data, folder, encoder, mode_list, k_values, rr, tune, dataset, target_precision
+            data,
+            folder,
+            encoder,
+            mode_list,
+            k_values,
+            rr,
+            tune,
+            dataset,
+            lang or "auto",
+            target_precision,
         )
     finally:
         if tmp is not None:
@@ -199,6 +220,7 @@ def _run(
     rr: Any,
     tune: bool,
     dataset: Path,
+    lang: str,
     target_precision: float | None = None,
 ) -> tuple[Any, dict[str, float] | None]:
     from m3rag.eval import evaluate, index_corpus, load_beir, tune_weights
@@ -207,7 +229,9 @@ def _run(
     if (folder / "manifest.json").exists():
         col = open_collection(folder, encoder, read_only=False)
     else:
-        col = Collection.create(folder, encoder=encoder, heads=None if encoder is not None else ())
+        col = Collection.create(
+            folder, encoder=encoder, heads=None if encoder is not None else (), lang=lang
+        )
     try:
         with Progress(
             TextColumn("{task.description:<22}"),

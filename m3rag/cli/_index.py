@@ -24,7 +24,9 @@ from m3rag.cli._app import (
     app,
     check_device,
     check_dtype,
+    check_index_lang,
     check_index_path,
+    check_lang,
     err,
     fail,
     handled,
@@ -72,6 +74,14 @@ def index(
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
     ] = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            help="BM25 analysis language of documents without a 'lang' metadata field: an "
+            "ISO 639-1 code (en, zh, th ...) or auto (default: detect each document's).",
+        ),
+    ] = None,
 ) -> None:
     """Index documents: chunk them, encode every chunk with all three heads, commit in batches.
 
@@ -94,6 +104,8 @@ def index(
     check_device(device)
     check_dtype(dtype)
     check_index_path(index, must_exist=False)
+    check_lang(lang)
+    check_index_lang(index, lang)
     files, problems = discover(paths)
     for problem in problems:
         _print_problem(problem)
@@ -113,7 +125,7 @@ def index(
     else:
         from m3rag.index import Collection
 
-        col = Collection.create(index, encoder=encoder)
+        col = Collection.create(index, encoder=encoder, lang=lang or "auto")
     try:
         with Progress(
             TextColumn("indexing"),

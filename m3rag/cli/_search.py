@@ -20,6 +20,7 @@ from m3rag.cli._app import (
     app,
     check_device,
     check_index_path,
+    check_lang,
     fail,
     handled,
     load_encoder,
@@ -72,7 +73,13 @@ def _open_for(index: Path, mode: str, model: str | None, device: str | None) -> 
 
 
 def build_retriever(
-    col: Any, encoder: Any, mode: str, reranker: Any, *, rollup: str | None = "auto"
+    col: Any,
+    encoder: Any,
+    mode: str,
+    reranker: Any,
+    *,
+    rollup: str | None = "auto",
+    lang: str | None = None,
 ) -> Any:
     """The retriever for a mode: ``hybrid`` is the library's defaults, a path mode that path."""
     from m3rag.eval import mode_config
@@ -80,7 +87,13 @@ def build_retriever(
     from m3rag.retriever import HybridRetriever, available_paths
 
     if mode == "hybrid":
-        return HybridRetriever(col, encoder=encoder, reranker=reranker, rollup=rollup)  # type: ignore[arg-type]
+        return HybridRetriever(
+            col,
+            encoder=encoder,
+            reranker=reranker,
+            rollup=rollup,  # type: ignore[arg-type]
+            lang=lang,
+        )
     recall, weights = mode_config(mode, available_paths(col, encoder))
     return HybridRetriever(
         col,
@@ -89,6 +102,7 @@ def build_retriever(
         fusion=FusionConfig(weights=weights),
         recall=recall,
         rollup=rollup,  # type: ignore[arg-type]
+        lang=lang,
     )
 
 
@@ -109,15 +123,26 @@ def search(
     ] = False,
     device: DeviceOption = None,
     min_score: MinScoreOption = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            help="Analyse the BM25 query as this language only (an ISO 639-1 code); default: "
+            "with every analysis the index holds.",
+        ),
+    ] = None,
 ) -> None:
     """Search an index: every path recalls, every candidate is scored on every path, fused."""
     _check_query(query, "query", k, mode)
+    check_lang(lang, auto=False)
     check_device(device)
     check_index_path(index, must_exist=True)
     encoder, col = _open_for(index, mode, model, device)
     try:
         rr = load_reranker(reranker, device) if rerank else None
-        results = build_retriever(col, encoder, mode, rr).retrieve(query, k=k, min_score=min_score)
+        results = build_retriever(col, encoder, mode, rr, lang=lang).retrieve(
+            query, k=k, min_score=min_score
+        )
     finally:
         col.close()
     if json_lines:
@@ -164,6 +189,7 @@ def info(index: IndexOption) -> None:
             ("tokenizer sha256", str(encoder.get("tokenizer_sha256"))[:16] + "…"),
             ("generation", str(manifest.get("generation"))),
             ("format version", str(manifest.get("format_version"))),
+            ("bm25 analysis", _describe_analysis(col.analysis)),
             ("size on disk", f"{size / 1e6:.1f} MB"),
         ]
         for name, value in rows:
@@ -197,6 +223,14 @@ def ask(
     ] = "gpt-4o-mini",
     device: DeviceOption = None,
     min_score: MinScoreOption = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            help="Analyse the BM25 query as this language only (an ISO 639-1 code); default: "
+            "with every analysis the index holds.",
+        ),
+    ] = None,
 ) -> None:
     """Answer a question from the index: the cited evidence, grouped by document.
 
@@ -205,6 +239,7 @@ def ask(
     endpoint writes a grounded answer citing those numbers.
     """
     _check_query(question, "question", k, mode)
+    check_lang(lang, auto=False)
     check_device(device)
     if llm is not None and not llm.startswith(("http://", "https://")):
         raise fail(f"--llm must be an http(s) URL, got {llm!r}", EXIT_USAGE)
@@ -212,9 +247,8 @@ def ask(
     encoder, col = _open_for(index, mode, model, device)
     try:
         rr = load_reranker(reranker, device) if rerank else None
-        results = build_retriever(col, encoder, mode, rr, rollup=None).retrieve(
-            question, k=k, min_score=min_score
-        )
+        retriever = build_retriever(col, encoder, mode, rr, rollup=None, lang=lang)
+        results = retriever.retrieve(question, k=k, min_score=min_score)
     finally:
         col.close()
     console = out()
@@ -238,6 +272,22 @@ def ask(
         answer = _llm_answer(llm, llm_model, question, list(results))
         console.print(Text("\nanswer", style="bold"))
         console.print(Text(answer))
+
+
+def _describe_analysis(analysis: dict[str, Any] | None) -> str:
+    """The ``info`` line of the BM25 analysis: default language and each family's pipeline."""
+    from m3rag.analysis import detector_name, pipeline
+
+    if analysis is None:
+        return (
+            "legacy (made before the analysis record): Han/kana characters, words, English stop "
+            "words and stemmer"
+        )
+    lang = analysis["lang"]
+    default = f"detect ({detector_name()})" if lang == "auto" else lang
+    lines = [f"version {analysis['version']}, lang {default}"]
+    lines += [f"{family}: {pipeline(family).describe()}" for family in analysis["families"]]
+    return "\n".join(lines)
 
 
 def _llm_answer(base_url: str, model: str, question: str, hits: list[Any]) -> str:

@@ -43,6 +43,7 @@ import numpy.typing as npt
 
 from m3rag._optional import require
 from m3rag._version import __version__
+from m3rag.analysis import ANALYSIS_VERSION, AUTO, FAMILIES, detect_language, family_of
 from m3rag.errors import (
     CollectionClosedError,
     CollectionExistsError,
@@ -54,6 +55,7 @@ from m3rag.errors import (
     InvalidDocumentError,
     ReadOnlyError,
     UnknownIdError,
+    UnknownLanguageError,
 )
 from m3rag.index import impacts
 from m3rag.index._files import Column, WriterLock, atomic_write_json, gather_rows
@@ -73,6 +75,8 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT_VERSION", "Collection", "Hits"]
 
 logger = logging.getLogger(__name__)
+
+LEGACY = "legacy"  # the family of every document of a collection without an analysis record
 
 _ID_CACHE = 262_144
 MAX_METADATA_DEPTH = 32
@@ -112,10 +116,11 @@ class _Pending:
     hashes: list[str]
     outputs: list[M3Output]
     tombstones: list[int]
+    families: list[str]
 
     @classmethod
     def empty(cls) -> _Pending:
-        return cls([], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [])
 
     def __bool__(self) -> bool:
         return bool(self.keys or self.tombstones)
@@ -188,7 +193,9 @@ class Collection:
             create=creating,
         )
         try:
-            self._tantivy = LexicalIndex(folder / "tantivy", writable=not read_only)
+            self._tantivy = LexicalIndex(
+                folder / "tantivy", writable=not read_only, legacy=manifest.get("analysis") is None
+            )
         except BaseException:
             self._docs.close()
             raise
@@ -267,6 +274,7 @@ class Collection:
         colbert_dtype: str = "float16",
         ann: bool | Mapping[str, Any] = False,
         vocab_size: int | None = None,
+        lang: str = AUTO,
     ) -> Collection:
         """Create a collection in a new (or empty) folder and open it for writing.
 
@@ -294,12 +302,19 @@ class Collection:
             vocab_size: Lexical token ids are below this (default: the encoder's vocabulary;
                 without an encoder, any id up to ``2**31 - 1``). Recorded in the manifest;
                 ``add()`` and lexical queries refuse ids outside it.
+            lang: The BM25 analysis language of documents without a ``lang`` metadata field:
+                an ISO 639-1 code (``"en"``, ``"zh"``, ``"th"`` ...) or ``"auto"`` (default)
+                to detect each document's language (`m3rag.analysis.detect_language`).
+                Recorded in the manifest.
 
         Raises:
             CollectionExistsError: The folder already holds a collection (or other files).
             ValueError: Bad heads, sizes or dtypes.
+            UnknownLanguageError: ``lang`` is not a language code or ``"auto"``.
         """
         folder = Path(path)
+        if lang != AUTO:
+            family_of(lang)  # raises UnknownLanguageError naming the value
         if (folder / MANIFEST).exists():
             msg = f"{folder} already holds a collection; use Collection.open({str(folder)!r})"
             raise CollectionExistsError(msg)
@@ -391,6 +406,7 @@ class Collection:
             "lexical": {"step": STEP, "bits": BITS, "max_error": 0.0, "max_bit": 0},
             "ann": ann_config,
             "vocab_size": vocab_size if "sparse" in chosen else None,
+            "analysis": {"version": ANALYSIS_VERSION, "lang": lang, "families": []},
         }
         try:
             atomic_write_json(folder / MANIFEST, manifest)
@@ -426,6 +442,7 @@ class Collection:
         """
         folder = Path(path)
         manifest = read_manifest(folder)
+        _check_analysis(manifest, folder)
         if encoder is not None:
             _check_encoder(manifest, encoder)
         lock = None
@@ -731,6 +748,36 @@ class Collection:
         )
         return self._check_embeddings(output, ids)
 
+    @property
+    def analysis(self) -> dict[str, Any] | None:
+        """The BM25 analysis record: ``version``, default ``lang``, the ``families`` held.
+
+        ``None`` for a collection made before m3rag recorded its analysis (it keeps its legacy
+        analyzer: Han/kana characters, words, English stop words and stemmer).
+        """
+        analysis = self._manifest.get("analysis")
+        return None if analysis is None else dict(analysis)
+
+    def _families(self, texts: Sequence[str], metas: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The analysis family of each document: ``lang`` metadata, collection lang, detected."""
+        analysis = self._manifest.get("analysis")
+        if analysis is None:
+            return [LEGACY] * len(texts)
+        default = analysis["lang"]
+        families = []
+        for text, meta in zip(texts, metas, strict=True):
+            family = _metadata_family(meta.get("lang"))
+            if family is None:
+                family = family_of(detect_language(text) if default == AUTO else default)
+            families.append(family)
+        return families
+
+    def _query_families(self, lang: str | None) -> list[str]:
+        if lang is not None:
+            return [family_of(lang)]
+        analysis = self._manifest.get("analysis")
+        return [] if analysis is None else list(analysis["families"])
+
     def _live_keys(self, ids: Sequence[str]) -> dict[str, int]:
         """Committed, not tombstoned (committed or pending) keys by id, plus pending adds."""
         pending_dead = set(self._pending.tombstones)
@@ -795,7 +842,12 @@ class Collection:
         """Like [`add`][], but documents whose id exists replace the old version.
 
         Raises:
-            The errors of [`add`][] (but not [`DuplicateIdError`][] for existing ids).
+            DuplicateIdError: An id repeats within the call (ids that exist are replaced).
+            InvalidDocumentError: As in [`add`][].
+            EmbeddingMismatchError: As in [`add`][].
+            TypeError: As in [`add`][].
+            CollectionClosedError: The collection is closed.
+            ReadOnlyError: The collection is open read-only.
         """
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=True)
 
@@ -826,6 +878,7 @@ class Collection:
             raise DuplicateIdError(msg)
         if not texts:
             return []
+        families = self._families(texts, metas)
         output = self._embed(texts, final_ids, embeddings)
         # everything is checked and computed: staging below cannot fail half-way
         start = int(self._manifest["next_key"]) + len(self._pending.keys)
@@ -836,6 +889,7 @@ class Collection:
         p.texts.extend(texts)
         p.metadata.extend(meta_json)
         p.hashes.extend(hashes)
+        p.families.extend(families)
         if output is not None:
             p.outputs.append(output)
         return final_ids
@@ -893,7 +947,11 @@ class Collection:
                 ]
             )
             self._tantivy.add(
-                p.keys, gen, output.lexical_weights if output is not None else None, p.texts
+                p.keys,
+                gen,
+                output.lexical_weights if output is not None else None,
+                p.texts,
+                p.families,
             )
             self._tantivy.commit()
             tomb = np.array(sorted(set(p.tombstones)), dtype=np.int64)
@@ -901,6 +959,10 @@ class Collection:
                 self._tombstones.append(tomb)
             lengths["tombstones"] = old.get("tombstones", 0) + len(tomb)
             manifest = dict(self._manifest)
+            if "analysis" in manifest:
+                analysis = dict(manifest["analysis"])
+                analysis["families"] = sorted({*analysis["families"], *p.families})
+                manifest["analysis"] = analysis
             manifest.update(
                 generation=gen,
                 next_key=n0 + len(p.keys),
@@ -1414,22 +1476,35 @@ class Collection:
         *,
         k: int = 10,
         filter: Mapping[str, Any] | Filter | None = None,
+        lang: str | None = None,
     ) -> Hits:
-        """Top-``k`` by BM25 over the text (multilingual analyzer), live documents only.
+        """Top-``k`` by BM25 over the text, live documents only.
+
+        The query is analysed once per analysis family the collection holds, so each document
+        is scored against the query analysed the way that document was (see `m3rag.analysis`).
+
+        Args:
+            query: The query text.
+            k: How many hits.
+            filter: A metadata filter.
+            lang: Analyse the query only as this language (an ISO 639-1 code): only documents
+                of its analysis family can match. Default: every family in the collection.
 
         Raises:
             ValueError: ``k`` not a positive int, or a bad filter.
+            UnknownLanguageError: ``lang`` is not a language code.
             TypeError: ``query`` is not a string.
             CollectionClosedError: The collection is closed.
         """
         self._check_open()
         k = _check_k(k)
         _check_text_query(query)
+        families = self._query_families(lang)
         mask = self.allowed(filter)
         k = min(k, int(np.count_nonzero(mask)))
         if k == 0:
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        tquery = self._tantivy.bm25_query(query)
+        tquery = self._tantivy.bm25_query(query, families)
         restrict = self._restriction(mask, filter)
         limit = max(2 * k, 32)
         while True:
@@ -1503,13 +1578,19 @@ class Collection:
             precision=precision,
         )
 
-    def bm25_scores(self, query: str, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """BM25 scores of ``query`` for the documents ``keys`` (0 where no term matches)."""
+    def bm25_scores(
+        self, query: str, keys: npt.NDArray[np.int64], *, lang: str | None = None
+    ) -> npt.NDArray[np.float32]:
+        """BM25 scores of ``query`` for the documents ``keys`` (0 where no term matches).
+
+        ``lang`` is as in [`search_bm25`][m3rag.Collection.search_bm25].
+        """
         self._check_open()
         _check_text_query(query)
+        families = self._query_families(lang)
         keys = self._check_keys(keys)
         out = np.zeros(len(keys), dtype=np.float32)
-        tquery = self._tantivy.bm25_query(query)
+        tquery = self._tantivy.bm25_query(query, families)
         if tquery is None or len(keys) == 0:
             return out
         found, scores = self._tantivy.search(self._searcher, tquery, len(keys), np.unique(keys))
@@ -1538,6 +1619,40 @@ class Collection:
         return self._colbert.matrices(
             keys, token_rows=lengths.get("colbert", 0), docs=len(self._alive)
         )
+
+
+def _metadata_family(lang: object) -> str | None:
+    """The family of a ``lang`` metadata value; ``None`` if it is not a language code.
+
+    ``lang`` is also an ordinary metadata field that users fill with their own labels
+    (``"x"``, ``"english"``): such a value is theirs to filter on, and analysis falls back to
+    the collection's language instead of refusing the document.
+    """
+    if not isinstance(lang, str) or lang == AUTO:
+        return None
+    try:
+        return family_of(lang)
+    except UnknownLanguageError:
+        return None
+
+
+def _check_analysis(manifest: Mapping[str, Any], folder: Path) -> None:
+    """Refuse a manifest whose analysis this m3rag cannot reproduce (never mix tokens)."""
+    analysis = manifest.get("analysis")
+    if analysis is None:
+        return  # made before the analysis record: the legacy analyzer, kept as it was
+    version = analysis.get("version")
+    unknown = sorted(f for f in analysis.get("families", ()) if f not in FAMILIES)
+    if version != ANALYSIS_VERSION or unknown:
+        what = f"analysis version {version!r}" if version != ANALYSIS_VERSION else ""
+        what = what or f"analysis families {unknown} unknown to this m3rag"
+        msg = (
+            f"{folder} was indexed with {what}; this m3rag {__version__} analyses BM25 text "
+            f"with version {ANALYSIS_VERSION}, and mixing the two would silently mismatch "
+            "query and document terms: rebuild the collection into a new folder (re-add its "
+            "documents, e.g. with `m3rag index`) or use the m3rag that built it"
+        )
+        raise IndexFormatError(msg)
 
 
 def _check_k(k: object) -> int:

@@ -10,10 +10,15 @@ matches. The retrieval is made exact by rescoring candidates with the full-preci
 (kept in the column store) and widening the candidate set until the quantisation error bound
 proves nothing outside it can reach the top ``k`` (see `LexicalIndex.candidates`).
 
-**BM25.** The text is indexed with an analyzer that is right for CJK as well as space-separated
-languages: Han, Hiragana and Katakana characters become one token each (a Chinese sentence never
-becomes one token), runs of letters and digits of other scripts become words, then lowercase,
-English stop words and the English stemmer. tantivy scores with BM25 (k1 = 1.2, b = 0.75).
+**BM25.** Each analysis family (`m3rag.analysis`) has its own text field, ``bm25_{family}``,
+whose tantivy analyzer is the family's tokenizer, stop words and Snowball stemmer; a document's
+text is prepared in Python (normalisation, no-space scripts to bigrams) and written to the field
+of its language's family, where tantivy analyses it (in Rust) as it indexes. A query is analysed
+once per family the collection holds and matched against that family's field, so each document
+is scored against the query analysed as it was. tantivy scores with BM25 (k1 = 1.2, b = 0.75).
+Collections made before m3rag recorded its analysis (no ``analysis`` in the manifest) keep the
+*legacy* analyzer they were built with: one token per Han/kana character, words elsewhere,
+English stop words and stemmer, run inside tantivy.
 
 Every document also carries its integer ``key`` (the row of the column stores) and the commit
 generation ``gen`` that wrote it, so documents written by an interrupted commit can be found and
@@ -32,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._optional import require
+from m3rag.analysis import FAMILIES, pipeline, query_terms
 from m3rag.errors import IndexFormatError, M3RagError
 
 __all__ = ["BITS", "STEP", "LexicalIndex", "is_panic", "quantize_weights"]
@@ -45,7 +51,19 @@ BITS = 12
 _QMAX = 2**BITS - 1
 
 ANALYZER = "m3rag_multilingual"
-# One token per Han / Hiragana / Katakana character, else runs of letters, marks and digits.
+"""The tokenizer name of the legacy analyzer (collections without an ``analysis`` record)."""
+
+
+def family_field(family: str) -> str:
+    """The text field of an analysis family."""
+    return f"bm25_{family}"
+
+
+def _family_tokenizer(family: str) -> str:
+    return f"m3rag_{family}"
+
+
+# Legacy: one token per Han / Hiragana / Katakana character, else runs of letters and digits.
 TOKEN_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}]|[\p{L}\p{M}\p{N}]+"  # noqa: S105 - a regex
 
 
@@ -91,7 +109,7 @@ def tantivy_errors(folder: Path, doing: str) -> Iterator[None]:
 
 
 def build_analyzer() -> Any:
-    """The multilingual BM25 analyzer (a tantivy ``TextAnalyzer``)."""
+    """The legacy BM25 analyzer (a tantivy ``TextAnalyzer``): collections without analysis."""
     tantivy = require("tantivy", purpose="the m3rag index")
     return (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
@@ -102,13 +120,22 @@ def build_analyzer() -> Any:
     )
 
 
-def _schema() -> Any:
+def _schema(*, legacy: bool) -> Any:
     tantivy = require("tantivy", purpose="the m3rag index")
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field("key", stored=False, indexed=True, fast=True)
     builder.add_unsigned_field("gen", stored=False, indexed=True, fast=False)
     builder.add_text_field("lex", stored=False, tokenizer_name="whitespace", index_option="basic")
-    builder.add_text_field("text", stored=False, tokenizer_name=ANALYZER, index_option="freq")
+    if legacy:
+        builder.add_text_field("text", stored=False, tokenizer_name=ANALYZER, index_option="freq")
+    else:  # a field per family: its own analyzer, its own BM25 length statistics
+        for family in sorted(FAMILIES):
+            builder.add_text_field(
+                family_field(family),
+                stored=False,
+                tokenizer_name=_family_tokenizer(family),
+                index_option="freq",
+            )
     return builder.build()
 
 
@@ -118,22 +145,30 @@ class LexicalIndex:
     Args:
         folder: The tantivy folder (created if missing).
         writable: Open an index writer (one per collection, guarded by the collection lock).
+        legacy: The ``text`` field uses the legacy in-tantivy analyzer (collections without an
+            ``analysis`` record); else it holds ``family:term`` tokens analysed in Python.
     """
 
-    def __init__(self, folder: Path, *, writable: bool) -> None:
+    def __init__(self, folder: Path, *, writable: bool, legacy: bool = False) -> None:
         self._tantivy = require("tantivy", purpose="the m3rag index")
         self.folder = folder
         self._writer: Any = None
         if writable:
             folder.mkdir(parents=True, exist_ok=True)
-        self.schema = _schema()
+        self.legacy = legacy
+        self.schema = _schema(legacy=legacy)
         with tantivy_errors(folder, "open the index"):
             if writable:
                 self.index = self._tantivy.Index(self.schema, path=str(folder), reuse=True)
             else:  # a reader never creates anything
                 self.index = self._tantivy.Index.open(str(folder))
-            self.analyzer = build_analyzer()
-            self.index.register_tokenizer(ANALYZER, self.analyzer)
+            if legacy:
+                self.analyzer = build_analyzer()
+                self.index.register_tokenizer(ANALYZER, self.analyzer)
+            else:
+                for family in sorted(FAMILIES):
+                    analyzer = pipeline(family).analyzer()
+                    self.index.register_tokenizer(_family_tokenizer(family), analyzer)
             if writable:
                 self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
 
@@ -160,8 +195,12 @@ class LexicalIndex:
         gen: int,
         lexical: Sequence[Mapping[int, float]] | None,
         texts: Sequence[str],
+        families: Sequence[str] | None = None,
     ) -> None:
-        """Stage documents; they become visible to tantivy at `commit`."""
+        """Stage documents; they become visible to tantivy at `commit`.
+
+        ``families`` (one analysis family per text) is required unless the index is legacy.
+        """
         doc_class = self._tantivy.Document
         for i, key in enumerate(keys):
             doc = doc_class()
@@ -169,7 +208,14 @@ class LexicalIndex:
             doc.add_unsigned("gen", int(gen))
             if lexical is not None:
                 doc.add_text("lex", self.lex_terms(lexical[i]))
-            doc.add_text("text", texts[i])
+            if self.legacy:
+                doc.add_text("text", texts[i])
+            else:
+                if families is None:  # pragma: no cover - a programming error
+                    msg = "families are required by an analysed (non-legacy) index"
+                    raise ValueError(msg)
+                family = families[i]
+                doc.add_text(family_field(family), pipeline(family).prepare(texts[i]))
             self._writer.add_document(doc)
 
     def delete_keys(self, keys: Sequence[int]) -> None:
@@ -211,9 +257,11 @@ class LexicalIndex:
             self.index.reload()
             return self.index.searcher()
 
-    def analyze(self, text: str) -> list[str]:
-        """The BM25 tokens of ``text``."""
-        return list(self.analyzer.analyze(text))
+    def analyze(self, text: str, families: Sequence[str] = ()) -> list[str]:
+        """The distinct BM25 terms of a query ``text``: legacy tokens, or ``family:term``."""
+        if self.legacy:
+            return list(dict.fromkeys(self.analyzer.analyze(text)))
+        return [f"{family}:{term}" for family, term in query_terms(text, families)]
 
     def _keys(self, searcher: Any, hits: Sequence[tuple[float, Any]]) -> npt.NDArray[np.int64]:
         if not hits:
@@ -227,7 +275,9 @@ class LexicalIndex:
         q = self._tantivy.Query
         occur = self._tantivy.Occur
         keys = q.term_set_query(self.schema, "key", [int(k) for k in allowed])
-        return q.boolean_query([(occur.Must, query), (occur.Must, keys)])
+        # the key set only filters: scored 0, it leaves the query's scores as they are (a
+        # plain term-set clause adds 1.0 to every hit)
+        return q.boolean_query([(occur.Must, query), (occur.Must, q.const_score_query(keys, 0.0))])
 
     def lexical_query(self, weights: Mapping[int, float], max_bit: int = BITS - 1) -> Any:
         """The bit-plane query for query weights (``None`` if the query has no positive weight)."""
@@ -244,15 +294,18 @@ class LexicalIndex:
                 )
         return q.boolean_query(clauses) if clauses else None
 
-    def bm25_query(self, text: str) -> Any:
-        """A disjunction of the query's analysed terms, scored by BM25 (``None`` if no term)."""
+    def bm25_query(self, text: str, families: Sequence[str] = ()) -> Any:
+        """A disjunction of the query's terms in every family, scored by BM25 (``None``: none)."""
         q = self._tantivy.Query
         occur = self._tantivy.Occur
-        terms = list(dict.fromkeys(self.analyze(text)))
-        if not terms:
+        if self.legacy:
+            fields = [("text", t) for t in self.analyze(text)]
+        else:
+            fields = [(family_field(f), t) for f, t in query_terms(text, families)]
+        if not fields:
             return None
         return q.boolean_query(
-            [(occur.Should, q.term_query(self.schema, "text", t)) for t in terms]
+            [(occur.Should, q.term_query(self.schema, field, t)) for field, t in fields]
         )
 
     def search(

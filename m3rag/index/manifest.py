@@ -52,6 +52,8 @@ class Manifest:
         dim: Dense size (when ``dense`` is stored).
         colbert_dim: ColBERT size (when ``colbert`` is stored).
         vocab_size: Token ids of lexical weights are below this, when recorded.
+        analysis: The BM25 analysis record (``version``, ``lang``, ``families``); ``None`` for
+            a collection made before it was recorded (the legacy analyzer).
     """
 
     generation: int
@@ -61,6 +63,7 @@ class Manifest:
     dim: int | None
     colbert_dim: int | None
     vocab_size: int | None
+    analysis: dict[str, Any] | None = None
 
     @classmethod
     def check(cls, data: object, path: Path) -> Manifest:
@@ -97,6 +100,7 @@ class Manifest:
             dim=data.get("dim") if "dense" in heads else None,
             colbert_dim=data.get("colbert_dim") if "colbert" in heads else None,
             vocab_size=data.get("vocab_size"),
+            analysis=data.get("analysis"),
         )
 
 
@@ -151,8 +155,27 @@ def _field_problem(data: dict[str, Any]) -> tuple[str, str] | None:
         ("vocab_size", vocab is None or _is_int(vocab, 1), "a positive int or null"),
         ("ann", isinstance(data.get("ann"), (dict, type(None))), "a dict or null"),
         ("encoder", isinstance(data.get("encoder"), (dict, type(None))), "a dict or null"),
+        (
+            "analysis",
+            _analysis_ok(data.get("analysis")),
+            "null or a dict of an int version, a str lang and a list of str families",
+        ),
     ]
     return next(((field, want) for field, ok, want in wanted if not ok), None)
+
+
+def _analysis_ok(analysis: object) -> bool:
+    if analysis is None:
+        return True
+    if not isinstance(analysis, dict):
+        return False
+    families = analysis.get("families")
+    return (
+        _is_int(analysis.get("version"), 1)
+        and isinstance(analysis.get("lang"), str)
+        and isinstance(families, list)
+        and all(isinstance(f, str) for f in families)
+    )
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -65,8 +65,10 @@ class Store(Protocol):
         """Top ``k`` by BGE-M3's lexical matching score."""
         ...
 
-    def search_bm25(self, query: str, *, k: int = 10, filter: FilterSpec = None) -> Hits:
-        """Top ``k`` by BM25."""
+    def search_bm25(
+        self, query: str, *, k: int = 10, filter: FilterSpec = None, lang: str | None = None
+    ) -> Hits:
+        """Top ``k`` by BM25 (``lang``: analyse the query as that language only)."""
         ...
 
     # -- exact scores of given keys on every path ----------------------------------------------
@@ -89,7 +91,9 @@ class Store(Protocol):
         """ColBERT MaxSim of ``keys``."""
         ...
 
-    def bm25_scores(self, query: str, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    def bm25_scores(
+        self, query: str, keys: npt.NDArray[np.int64], *, lang: str | None = None
+    ) -> npt.NDArray[np.float32]:
         """BM25 scores of ``keys``."""
         ...
 

@@ -486,3 +486,34 @@ def test_pdf_files_are_indexed(tmp_path: Path, tiny_m3_path: Path) -> None:
     )
     hit = json.loads(out.stdout.splitlines()[0])
     assert hit["id"] == "report.pdf" and "Lisbon" in hit["text"]
+
+
+def test_lang_in_index_search_info_and_eval(
+    corpus: Path, tmp_path: Path, tiny_m3_path: Path
+) -> None:
+    index = tmp_path / "idx"
+    assert _index(corpus, index, tiny_m3_path, "--lang", "english").exit_code == 2
+    assert not (index / "manifest.json").exists()  # refused before anything was built
+    result = _index(corpus, index, tiny_m3_path, "--lang", "en")
+    assert result.exit_code == 0, result.output
+    info = runner.invoke(app, ["info", "--index", str(index)])
+    assert info.exit_code == 0, info.output
+    # every document without 'lang' metadata is English; the Cairo record says Arabic
+    assert "lang en" in flat(info.output) and "english Snowball stemmer" in flat(info.output)
+    assert "ar: " in info.output
+    refused = _index(corpus, index, tiny_m3_path, "--lang", "zh")
+    assert refused.exit_code == 2 and "analyses documents with lang 'en'" in flat(refused.output)
+    cairo = ["search", "القاهرة", "--index", str(index), "--mode", "bm25", "--k", "1", "--json"]
+    hits = runner.invoke(app, cairo).stdout.splitlines()
+    assert json.loads(hits[0])["id"] == "cairo"
+    hits = runner.invoke(app, [*cairo, "--lang", "ar"]).stdout.splitlines()
+    assert json.loads(hits[0])["id"] == "cairo"
+    # restricted to the English analysis, only documents analysed as English can match
+    assert runner.invoke(app, [*cairo, "--lang", "en"]).stdout.strip() == ""
+    assert runner.invoke(app, [*cairo, "--lang", "xx1"]).exit_code == 2
+
+    data = _beir(tmp_path / "beir")
+    for lang in ("auto", "en"):
+        out = runner.invoke(app, ["eval", str(data), "--modes", "bm25", "--lang", lang])
+        assert out.exit_code == 0, out.output
+    assert runner.invoke(app, ["eval", str(data), "--modes", "bm25", "--lang", "??"]).exit_code == 2

@@ -267,10 +267,32 @@ def test_with_a_real_encoder(tiny_encoder, tmp_path: Path) -> None:  # type: ign
 
 def test_bm25_analyzer_splits_cjk_and_stems_english(tmp_path: Path) -> None:
     col = Collection.create(tmp_path / "c", heads=("dense",), dim=16)
-    tokens = col._tantivy.analyze("北京是中国的首都 Running models, 東京タワー")
-    assert "北京是中国的首都" not in tokens
-    assert tokens[:8] == ["北", "京", "是", "中", "国", "的", "首", "都"]
-    assert "run" in tokens and "model" in tokens
+    tokens = col._tantivy.analyze("北京是中国的首都 Running models, 東京タワー", ["en"])
+    assert "en:北京是中国的首都" not in tokens
+    assert tokens[:7] == [
+        "en:北京",
+        "en:京是",
+        "en:是中",
+        "en:中国",
+        "en:国的",
+        "en:的首",
+        "en:首都",
+    ]
+    assert "en:run" in tokens and "en:model" in tokens
+    col.close()
+
+
+def test_bm25_scores_are_not_shifted_by_a_key_restriction(tmp_path: Path) -> None:
+    """Restricting to a key set (a filter, or rescoring given keys) leaves BM25 scores as is."""
+    col = Collection.create(tmp_path / "c", heads=())
+    texts = ["the river flows", "a river and a lake", "mountains"]
+    col.add(texts, ids=["a", "b", "c"], metadata=[{"x": 1}, {"x": 1}, {"x": 2}])
+    col.commit()
+    hits = col.search_bm25("river", k=3)
+    filtered = col.search_bm25("river", k=3, filter={"x": 1})
+    rescored = col.bm25_scores("river", np.array([0, 1, 2]))
+    assert filtered.scores.tolist() == hits.scores.tolist()
+    assert rescored.tolist() == pytest.approx([*hits.scores.tolist(), 0.0])
     col.close()
 
 
