@@ -795,7 +795,8 @@ class Collection:
         """Like [`add`][], but documents whose id exists replace the old version.
 
         Raises:
-            The errors of [`add`][] (but not [`DuplicateIdError`][] for existing ids).
+            M3RagError: The errors of [`add`][] (but not [`DuplicateIdError`][] for existing
+                ids).
         """
         return self._write(texts_or_documents, ids, metadata, embeddings, replace=True)
 

@@ -2,7 +2,7 @@
 
 The app needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client), imported only when an
 app is made: ``import m3rag.serve`` stays cheap and works without it. The remote client
-([`m3rag.serve.client`][]) needs nothing beyond the standard library.
+(``m3rag.serve.client``) needs nothing beyond the standard library.
 
 Example:
     ```python
@@ -39,7 +39,19 @@ def create_app(
     collection: Any | None = None,
     config: ServeConfig | None = None,
 ) -> FastAPI:
-    """The ASGI app (see [`m3rag.serve.app.create_app`][]).
+    """The ASGI app serving the routes of `m3rag serve` (see the "Serve over HTTP" page).
+
+    Encoding goes through a ``DynamicBatcher``; reranking, search
+    and writes run on one more worker thread; the app's lifespan stops both.
+
+    Args:
+        encoder: An [`M3Encoder`][m3rag.M3Encoder].
+        reranker: A [`Reranker`][m3rag.Reranker] for ``/rerank`` and reranked searches.
+        collection: A [`Collection`][m3rag.Collection] for ``/search`` and ``/documents``.
+        config: Limits, batching and security (default ``ServeConfig()``).
+
+    Returns:
+        A FastAPI app; run it with uvicorn (or ``m3rag.serve.run``).
 
     Raises:
         MissingDependencyError: The ``serve`` extra is not installed.
