@@ -442,3 +442,18 @@ def test_public_surface_and_lazy_imports() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_wait_ms": -1}, "max_wait_ms"),
+        ({"max_batch_tokens": 0}, "max_batch_tokens"),
+        ({"max_queued_texts": True}, "max_queued_texts"),
+        ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"api_key": "  "}, "api_key is empty"),
+    ],
+)
+def test_config_refuses_bad_values(kwargs, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=match):
+        ServeConfig(**kwargs)
