@@ -39,6 +39,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("bm25", ["bench_bm25.py"]),
     ("retriever", ["bench_retriever.py", "--sizes", "10000,100000"]),
     ("ingest", ["bench_ingest.py"]),
+    ("serve", ["bench_serve.py"]),
 ]
 LARGE: list[tuple[str, list[str]]] = [
     (

@@ -77,7 +77,10 @@ def serve(
         ),
     ] = None,
     max_batch_tokens: Annotated[
-        int, typer.Option(help="Estimated tokens per shared batch.")
+        int,
+        typer.Option(
+            help="Tokens per shared batch and per forward pass (lower it on CPUs: less padding)."
+        ),
     ] = 16384,
     max_wait_ms: Annotated[
         float, typer.Option(help="How long a batch waits for more requests.")
@@ -116,6 +119,8 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
     )
     encoder = load_encoder(name, device, None)
+    # one budget for both cuts: what the batcher gathers and what one forward pass holds
+    encoder.max_batch_tokens = max_batch_tokens
     rr = load_reranker(reranker, device) if reranker else None
     col = open_collection(index, encoder, read_only=not allow_writes) if index else None
     try:
