@@ -203,6 +203,10 @@ def create_app(
         message = "invalid request: " + "; ".join(problems)
         return _error(request, ApiError(status, message))
 
+    def known(path: str) -> str:
+        # a metric label per route, never per raw path: arbitrary paths would grow the registry
+        return path if path in {getattr(r, "path", None) for r in app.routes} else "other"
+
     @app.middleware("http")
     async def guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -224,7 +228,7 @@ def create_app(
                         headers={"WWW-Authenticate": "Bearer"},
                     ),
                 )
-                metrics.requests.labels(path, "401").inc()
+                metrics.requests.labels(known(path), "401").inc()
                 return response
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
@@ -232,7 +236,7 @@ def create_app(
                 f"the request body is {length} bytes; the limit is {cfg.max_request_bytes} "
                 "(--max-request-bytes): split the request"
             )
-            metrics.requests.labels(path, "413").inc()
+            metrics.requests.labels(known(path), "413").inc()
             return _error(request, ApiError(413, msg))
         response = await call_next(request)
         route = request.scope.get("route")

@@ -283,6 +283,10 @@ def test_api_key_is_enforced(live, tiny_encoder, caplog) -> None:  # type: ignor
     assert httpx.get(server.url + "/metrics").status_code == 401
     ok = post(server, "/embed", {"inputs": ["x"]}, headers={"Authorization": f"Bearer {secret}"})
     assert ok.status_code == 200
+    httpx.post(server.url + "/no-such-route-123")  # refused: no key
+    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {secret}"})
+    assert 'm3rag_requests_total{route="/embed",status="401"} 3.0' in metrics.text
+    assert "no-such-route" not in metrics.text  # labels are routes, never raw paths
     assert secret not in repr(ServeConfig(api_key=secret))
     assert secret not in caplog.text
 
