@@ -267,6 +267,7 @@ def main() -> None:
             child.terminate()
             child.wait(30)
 
+    results["load_average"] = list(os.getloadavg())  # the machine may be shared: say how busy
     batched = results["servers"]["m3rag serve (dynamic batching)"]["/embed_all"]
     one, many = batched[0], batched[-1]
     offline_rps = results["offline"]["texts_per_s"]
