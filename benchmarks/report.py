@@ -624,7 +624,85 @@ def section_bm25(r: Report) -> str:
     return "\n".join(out)
 
 
-DEFAULT_STEPS = ("encoder", "reranker", "index", "bm25", "retriever", "ingest")
+def section_serve(r: Report) -> str:
+    res = r.load("serve")
+    if res is None:
+        return "## Serving\n\nNo results yet: `python benchmarks/bench_serve.py`.\n"
+    inproc, search = res["in_process_call"], res["in_process_search"]
+    out = [
+        "## Serving: `m3rag serve` vs a plain per-request endpoint",
+        "",
+        "`python benchmarks/bench_serve.py` — one text per request to `/embed_all` (all three "
+        "heads, ColBERT as base64) and one query per request to `/search`, "
+        f"{res['requests_per_cell']} requests per cell at 1, 8 and 32 concurrent clients over "
+        "loopback, against `m3rag serve` (dynamic batching) and the same model behind a plain "
+        "FastAPI endpoint that encodes each request on its own; a random mid-size checkpoint in "
+        "the BGE-M3 layout (6 layers, hidden 384). In the same run: offline `encode_corpus` on "
+        f"all the texts, {res['offline']['texts_per_s']:.1f} texts/s; the in-process call per "
+        f"text, p50 {ms(inproc['p50_ms'])}, p95 {ms(inproc['p95_ms'])}; in-process "
+        f"`retrieve`, p50 {ms(search['p50_ms'])}, p95 {ms(search['p95_ms'])}.",
+        "",
+    ]
+    rows = [
+        [
+            server,
+            f"`{path}`",
+            str(cell["clients"]),
+            f"{cell['rps']:.1f}",
+            ms(cell["p50_ms"]),
+            ms(cell["p95_ms"]),
+            str(cell["errors"]),
+        ]
+        for server, cells in res["servers"].items()
+        for path, runs in cells.items()
+        for cell in runs
+    ]
+    out += [
+        table(["server", "route", "clients", "req/s", "p50", "p95", "errors"], rows, "llrrrrr"),
+        "",
+    ]
+    one = res["servers"]["m3rag serve (dynamic batching)"]["/embed_all"][0]
+    load = res.get("load_average")
+    if load is not None:
+        shown = ", ".join(f"{x:.1f}" for x in load)
+        out += [f"Load average at the end of the run (1, 5, 15 min): {shown}.", ""]
+    if one["p50_ms"] < inproc["p50_ms"]:
+        out += [
+            "**Read with care**: the served call at one client came out faster than the same "
+            "call in-process, which cannot be a real effect — the in-process baselines were "
+            "measured while the machine (2 cores, shared with other jobs) was busier. The "
+            "verdicts measured against them are not proven by this run.",
+            "",
+        ]
+    if res["targets"]["x32_vs_1_client"] < 3:
+        out += [
+            "Why the 3× target is missed here (our reading; this run does not isolate it): on a CPU a forward pass already keeps the cores busy at "
+            "one text, so packing texts into one pass gains little, and the plain endpoint runs "
+            "several passes at once on its thread pool, each with torch's own threads, taking a "
+            "larger share of a shared CPU than the batcher's one model thread. Dynamic batching "
+            "pays where a batch costs little more than one text, on a GPU; none was available here.",
+            "",
+        ]
+    t = res["targets"]
+    r.target(
+        "serve: 32 clients ≥ 3× one client (`/embed_all`)",
+        ratio(t["x32_vs_1_client"]),
+        t["x32_vs_1_client"] >= 3,
+    )
+    r.target(
+        "serve: 32 clients ≥ 80% of offline encode",
+        f"{t['x32_vs_offline']:.0%}",
+        t["x32_vs_offline"] >= 0.8,
+    )
+    r.target(
+        "serve: p95 at 1 client ≤ 1.5× the in-process call",
+        ratio(t["p95_1_client_vs_in_process"]),
+        t["p95_1_client_vs_in_process"] <= 1.5,
+    )
+    return "\n".join(out)
+
+
+DEFAULT_STEPS = ("encoder", "reranker", "index", "bm25", "retriever", "ingest", "serve")
 """The steps ``run_all.py`` runs without ``--large``."""
 
 PEERS = (
@@ -953,6 +1031,7 @@ def render(*, quick: bool = False, page: Path | None = None) -> Path:
         section_bm25(r),
         section_e2e(r),
         section_ingest(r),
+        section_serve(r),
     ]
     targets = table(
         ["target", "measured", "verdict"],

@@ -40,6 +40,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("bm25_analyzer", ["bench_bm25_analyzer.py"]),
     ("retriever", ["bench_retriever.py", "--sizes", "10000,100000"]),
     ("ingest", ["bench_ingest.py"]),
+    ("serve", ["bench_serve.py"]),
 ]
 LARGE: list[tuple[str, list[str]]] = [
     (

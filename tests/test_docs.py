@@ -39,6 +39,8 @@ SKIPPED_COMMANDS = {
     "pip install": "installs packages from the network",
     "scripts/install": "creates .venv and installs into it from the network",
     ".venv/bin/python -m pytest": "the test suite, which this test is part of",
+    "m3rag serve --index": "a server that runs until stopped; tests/serve starts one on a free port",
+    "curl": "talks to a running m3rag serve (tests/serve checks every route)",
 }
 M3RAG = ("m3rag", ".venv/bin/m3rag")
 PYTHON = ("python", ".venv/bin/python")

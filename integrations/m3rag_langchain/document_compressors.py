@@ -7,9 +7,10 @@ from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from m3rag import Reranker
+from m3rag.serve.client import RemoteReranker
 from m3rag_langchain._validation import check_documents, check_positive_int, check_text
 
 __all__ = ["M3Reranker"]
@@ -26,17 +27,32 @@ class M3Reranker(BaseDocumentCompressor):
         ```python
         compressor = M3Reranker(reranker=Reranker("BAAI/bge-reranker-v2-m3"), top_n=3)
         compressor.compress_documents(docs, "What is BGE M3?")
+        remote = M3Reranker(base_url="http://127.0.0.1:8000")  # `m3rag serve --reranker`
         ```
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    reranker: Reranker = Field(exclude=True)
-    """The cross-encoder."""
+    reranker: Reranker | RemoteReranker | None = Field(default=None, exclude=True)
+    """The cross-encoder (or give ``base_url``)."""
+    base_url: str | None = None
+    """An ``m3rag serve --reranker`` server to rerank on instead of a local model."""
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    """The server's API key (default: the ``M3RAG_API_KEY`` environment variable)."""
     top_n: int = 3
     """Documents kept."""
     normalize: bool = False
     """Report sigmoid probabilities instead of logits."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> M3Reranker:
+        if (self.reranker is None) == (self.base_url is None):
+            msg = "give either reranker= (in-process) or base_url= (an m3rag serve server)"
+            raise ValueError(msg)
+        if self.reranker is None:
+            assert self.base_url is not None  # noqa: S101 - checked just above
+            self.reranker = RemoteReranker(self.base_url, api_key=self.api_key)
+        return self
 
     @field_validator("top_n", mode="before")
     @classmethod
@@ -54,6 +70,7 @@ class M3Reranker(BaseDocumentCompressor):
         check_text(query, "query")
         if not documents:
             return []
+        assert self.reranker is not None  # noqa: S101 - set by the validator
         result = self.reranker.rerank(
             query, [d.page_content for d in documents], top_n=self.top_n, normalize=self.normalize
         )

@@ -6,9 +6,10 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from m3rag import M3Encoder
+from m3rag.serve.client import RemoteEncoder
 from m3rag_langchain._validation import check_text, check_texts
 
 __all__ = ["M3Embeddings", "M3SparseEmbeddings"]
@@ -25,14 +26,29 @@ class _EncoderModel(BaseModel):
     """Extra keyword arguments for [`m3rag.M3Encoder`][] (``device``, ``dtype``, ...)."""
     encoder: M3Encoder | None = Field(default=None, exclude=True)
     """An already loaded encoder to share (its model is used instead of loading another)."""
+    base_url: str | None = None
+    """An ``m3rag serve`` server to encode on (e.g. ``"http://127.0.0.1:8000"``) instead of a
+    local model; the results are the same."""
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    """The server's API key (default: the ``M3RAG_API_KEY`` environment variable)."""
 
-    _encoder: M3Encoder | None = PrivateAttr(default=None)
+    _encoder: M3Encoder | RemoteEncoder | None = PrivateAttr(default=None)
 
-    def _get_encoder(self) -> M3Encoder:
+    @model_validator(mode="after")
+    def _one_source(self) -> _EncoderModel:
+        if self.base_url is not None and (self.encoder is not None or self.encoder_kwargs):
+            msg = "give encoder=/encoder_kwargs= (in-process) or base_url= (a server), not both"
+            raise ValueError(msg)
+        return self
+
+    def _get_encoder(self) -> M3Encoder | RemoteEncoder:
         if self.encoder is not None:
             return self.encoder
         if self._encoder is None:
-            self._encoder = M3Encoder(self.model_name_or_path, **self.encoder_kwargs)
+            if self.base_url is not None:
+                self._encoder = RemoteEncoder(self.base_url, api_key=self.api_key)
+            else:
+                self._encoder = M3Encoder(self.model_name_or_path, **self.encoder_kwargs)
         return self._encoder
 
 
@@ -44,6 +60,7 @@ class M3Embeddings(_EncoderModel, Embeddings):
         from m3rag_langchain import M3Embeddings
         embeddings = M3Embeddings(model_name_or_path="BAAI/bge-m3")
         vector = embeddings.embed_query("What is BGE M3?")
+        remote = M3Embeddings(base_url="http://127.0.0.1:8000")  # an `m3rag serve` server
         ```
     """
 

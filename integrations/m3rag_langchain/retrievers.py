@@ -10,9 +10,10 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from m3rag import HybridRetriever, SearchResults
+from m3rag.serve.client import RemoteRetriever
 from m3rag_langchain._validation import check_positive_int
 
 __all__ = ["M3Retriever"]
@@ -44,17 +45,36 @@ class M3Retriever(BaseRetriever):
         ```python
         retriever = M3Retriever(retriever=HybridRetriever(collection), k=5)
         retriever.invoke("What is BGE M3?", k=3, filter={"lang": "en"})
+        remote = M3Retriever(base_url="http://127.0.0.1:8000", k=5)  # `m3rag serve --index`
         ```
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    retriever: HybridRetriever = Field(exclude=True)
-    """The m3rag hybrid retriever to query."""
+    retriever: HybridRetriever | RemoteRetriever | None = Field(default=None, exclude=True)
+    """The m3rag hybrid retriever to query (or give ``base_url``)."""
+    base_url: str | None = None
+    """An ``m3rag serve --index`` server to search instead of a local retriever."""
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    """The server's API key (default: the ``M3RAG_API_KEY`` environment variable)."""
     k: int = 4
     """Documents returned (overridable per call: ``invoke(query, k=...)``)."""
     filter: dict[str, Any] | None = None
     """Metadata filter applied on every path (overridable per call)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> M3Retriever:
+        if (self.retriever is None) == (self.base_url is None):
+            msg = "give either retriever= (in-process) or base_url= (an m3rag serve server)"
+            raise ValueError(msg)
+        if self.retriever is None:
+            assert self.base_url is not None  # noqa: S101 - checked just above
+            self.retriever = RemoteRetriever(self.base_url, api_key=self.api_key)
+        return self
+
+    def _source(self) -> HybridRetriever | RemoteRetriever:
+        assert self.retriever is not None  # noqa: S101 - set by the validator
+        return self.retriever
 
     @field_validator("k", mode="before")
     @classmethod
@@ -70,7 +90,7 @@ class M3Retriever(BaseRetriever):
         filter: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        results = self.retriever.retrieve(
+        results = self._source().retrieve(
             query,
             k=k if k is not None else self.k,
             filter=filter if filter is not None else self.filter,
@@ -86,7 +106,7 @@ class M3Retriever(BaseRetriever):
         filter: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        results = await self.retriever.aretrieve(
+        results = await self._source().aretrieve(
             query,
             k=k if k is not None else self.k,
             filter=filter if filter is not None else self.filter,

@@ -10,9 +10,26 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.embeddings import BaseEmbedding
 
 from m3rag import M3Encoder
+from m3rag.serve.client import RemoteEncoder
 from m3rag_llamaindex._validation import check_text, check_texts
 
 __all__ = ["M3Embedding", "M3SparseEmbedding"]
+
+
+def _encoder(
+    model_name: str,
+    encoder: M3Encoder | None,
+    encoder_kwargs: dict[str, Any] | None,
+    base_url: str | None,
+    api_key: str | None,
+) -> M3Encoder | RemoteEncoder:
+    """The local encoder, or a client of the ``m3rag serve`` server at ``base_url``."""
+    if base_url is not None:
+        if encoder is not None or encoder_kwargs:
+            msg = "give encoder=/encoder_kwargs= (in-process) or base_url= (a server), not both"
+            raise ValueError(msg)
+        return RemoteEncoder(base_url, api_key=api_key)
+    return encoder or M3Encoder(model_name, **(encoder_kwargs or {}))
 
 
 class M3Embedding(BaseEmbedding):
@@ -25,10 +42,11 @@ class M3Embedding(BaseEmbedding):
         ```python
         from m3rag_llamaindex import M3Embedding
         embed_model = M3Embedding(model_name="BAAI/bge-m3", embed_batch_size=64)
+        remote = M3Embedding(base_url="http://127.0.0.1:8000")  # an `m3rag serve` server
         ```
     """
 
-    _encoder: M3Encoder = PrivateAttr()
+    _encoder: M3Encoder | RemoteEncoder = PrivateAttr()
 
     def __init__(
         self,
@@ -37,10 +55,12 @@ class M3Embedding(BaseEmbedding):
         encoder: M3Encoder | None = None,
         embed_batch_size: int = 64,
         encoder_kwargs: dict[str, Any] | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name=model_name, embed_batch_size=embed_batch_size, **kwargs)
-        self._encoder = encoder or M3Encoder(model_name, **(encoder_kwargs or {}))
+        self._encoder = _encoder(model_name, encoder, encoder_kwargs, base_url, api_key)
 
     @classmethod
     def class_name(cls) -> str:
@@ -101,7 +121,7 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         ```
     """
 
-    _encoder: M3Encoder = PrivateAttr()
+    _encoder: M3Encoder | RemoteEncoder = PrivateAttr()
 
     def __init__(
         self,
@@ -110,10 +130,12 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         encoder: M3Encoder | None = None,
         embed_batch_size: int = 64,
         encoder_kwargs: dict[str, Any] | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name=model_name, embed_batch_size=embed_batch_size, **kwargs)
-        self._encoder = encoder or M3Encoder(model_name, **(encoder_kwargs or {}))
+        self._encoder = _encoder(model_name, encoder, encoder_kwargs, base_url, api_key)
 
     @classmethod
     def class_name(cls) -> str:

@@ -10,6 +10,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from m3rag import Reranker
+from m3rag.serve.client import RemoteReranker
 from m3rag_llamaindex._validation import check_nodes, check_positive_int, check_text
 
 __all__ = ["M3Reranker"]
@@ -27,13 +28,14 @@ class M3Reranker(BaseNodePostprocessor):
         ```python
         postprocessor = M3Reranker(model="BAAI/bge-reranker-v2-m3", top_n=3)
         engine = RetrieverQueryEngine.from_args(retriever, node_postprocessors=[postprocessor])
+        remote = M3Reranker(base_url="http://127.0.0.1:8000")  # `m3rag serve --reranker`
         ```
     """
 
     model: str = Field(default="BAAI/bge-reranker-v2-m3", description="Reranker hub id or folder.")
     top_n: int = Field(default=3, description="Nodes kept.")
 
-    _reranker: Reranker = PrivateAttr()
+    _reranker: Reranker | RemoteReranker = PrivateAttr()
 
     def __init__(
         self,
@@ -41,10 +43,18 @@ class M3Reranker(BaseNodePostprocessor):
         *,
         top_n: int = 3,
         reranker: Reranker | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         check_positive_int(top_n, "top_n")
+        if reranker is not None and base_url is not None:
+            msg = "give reranker= (in-process) or base_url= (an m3rag serve server), not both"
+            raise ValueError(msg)
         super().__init__(model=model, top_n=top_n)  # type: ignore[call-arg]  # pydantic fields
-        self._reranker = reranker or Reranker(model)
+        if base_url is not None:
+            self._reranker = RemoteReranker(base_url, api_key=api_key)
+        else:
+            self._reranker = reranker or Reranker(model)
 
     @classmethod
     def class_name(cls) -> str:

@@ -17,6 +17,7 @@ from llama_index.core.vector_stores.types import (
 
 from m3rag import Collection, FusionConfig, HybridRetriever, Reranker, SearchResults
 from m3rag.index.filters import Filter
+from m3rag.serve.client import RemoteRetriever
 from m3rag_llamaindex._validation import check_positive_int
 
 __all__ = ["M3Retriever", "to_m3rag_filter"]
@@ -99,25 +100,33 @@ class M3Retriever(BaseRetriever):
         ```python
         retriever = M3Retriever.from_defaults("my-index", similarity_top_k=5)
         engine = RetrieverQueryEngine.from_args(retriever, llm=llm)
+        remote = M3Retriever(base_url="http://127.0.0.1:8000")  # `m3rag serve --index`
         ```
     """
 
     def __init__(
         self,
-        retriever: HybridRetriever,
+        retriever: HybridRetriever | None = None,
         *,
+        base_url: str | None = None,
+        api_key: str | None = None,
         similarity_top_k: int = 10,
         filters: MetadataFilters | Mapping[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        if not isinstance(retriever, HybridRetriever):
+        if (retriever is None) == (base_url is None):
+            msg = "give either retriever= (in-process) or base_url= (an m3rag serve server)"
+            raise ValueError(msg)
+        if retriever is not None and not isinstance(retriever, HybridRetriever):
             msg = (
                 f"retriever must be an m3rag HybridRetriever, got {type(retriever).__name__}; "
                 "use M3Retriever.from_defaults(index_path) to open an index folder"
             )
             raise TypeError(msg)
-        self._retriever = retriever
+        self._retriever: HybridRetriever | RemoteRetriever = (
+            retriever if retriever is not None else RemoteRetriever(base_url, api_key=api_key)  # type: ignore[arg-type]
+        )
         self.similarity_top_k = check_positive_int(similarity_top_k, "similarity_top_k")
         self._filter = to_m3rag_filter(filters)
         super().__init__(callback_manager=callback_manager, verbose=verbose)

@@ -11,9 +11,9 @@ error (a bug: please report it) · 130 interrupted.
 
 from __future__ import annotations
 
-from m3rag.cli import _eval, _index, _search
+from m3rag.cli import _eval, _index, _search, _serve
 from m3rag.cli._app import app, main
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (_index, _search, _eval)  # importing them registers their commands on the app
+_COMMANDS = (_index, _search, _eval, _serve)  # importing them registers their commands on the app

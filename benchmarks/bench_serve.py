@@ -1,0 +1,301 @@
+"""`m3rag serve` under load: dynamic batching vs a plain per-request endpoint, same model, same run.
+
+A load generator (asyncio + httpx, loopback only, bounded in requests and seconds) sends one
+text per request to ``/embed_all`` (all three heads, ColBERT as base64) and one query per
+request to ``/search`` at 1, 8 and 32 concurrent clients, against:
+
+* ``m3rag serve`` (its dynamic batcher), started as a process;
+* a plain endpoint: the same model and routes, each request encoded on its own in a worker
+  thread (``asyncio.to_thread``), no batching -- what a hand-written FastAPI wrapper does.
+
+Also measured in the same run: offline ``encode_corpus`` on all the texts in one call
+(throughput ceiling) and the in-process call per text (latency floor). The checkpoint is a
+random mid-size model in the BGE-M3 layout (6 layers, hidden 384); texts 5-120 words.
+
+Targets (issue #17): at 32 clients, /embed_all throughput >= 3x one client sending the same
+requests one by one, and >= 80% of offline throughput; p95 at 1 client within 1.5x of the
+in-process call.
+
+Run: ``.venv/bin/python benchmarks/bench_serve.py [--quick] [--out results.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import machine, percentiles
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONCURRENCY = (1, 8, 32)
+# Tokens per forward pass, on every side: on CPUs a small budget pads less (texts of 14 to 800
+# tokens; the encoder's default of 16384 suits GPUs).
+FORWARD_TOKENS = 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the plain endpoint (run as its own process with --plain-server) -------------------------------
+
+
+def plain_server(model: str, index: str, port: int) -> None:
+    """The same model behind FastAPI, one forward pass per request (no batching)."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from m3rag import Collection, HybridRetriever, M3Encoder
+    from m3rag.serve.wire import output_to_json, results_to_json
+
+    encoder = M3Encoder(model, device="cpu", max_batch_tokens=FORWARD_TOKENS)
+    collection = Collection.open(index, encoder=encoder, read_only=True)
+    retriever = HybridRetriever(collection, encoder=encoder)
+    app = FastAPI()
+
+    @app.post("/embed_all")
+    async def embed_all(body: dict[str, Any]) -> dict[str, Any]:
+        out = await asyncio.to_thread(encoder.encode_corpus, body["inputs"])
+        return {"data": output_to_json(out, colbert_format=body.get("colbert_format", "json"))}
+
+    @app.post("/search")
+    async def search(body: dict[str, Any]) -> dict[str, Any]:
+        results = await asyncio.to_thread(retriever.retrieve, body["query"], k=body.get("k", 10))
+        return results_to_json(results)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# -- load generation --------------------------------------------------------------------------------
+
+
+def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
+    import httpx
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "integrations")])
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            msg = f"the server exited with {child.returncode}: {' '.join(cmd)}"
+            raise RuntimeError(msg)
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return child
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    child.kill()
+    msg = "the server did not come up in 120 s"
+    raise RuntimeError(msg)
+
+
+async def load(
+    url: str, path: str, bodies: list[dict[str, Any]], clients: int, budget_s: float
+) -> dict[str, Any]:
+    """``clients`` concurrent clients share ``bodies`` (each sent once) within ``budget_s``."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    stop_at = time.perf_counter() + budget_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while not queue.empty() and time.perf_counter() < stop_at:
+            body = queue.get_nowait()
+            t0 = time.perf_counter()
+            r = await http.post(path, json=body)
+            if r.status_code != 200:
+                errors += 1
+                continue
+            r.json()
+            latencies.append(time.perf_counter() - t0)
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        await http.post(path, json=bodies[0])  # warm the connection and the route
+        start_t = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        seconds = time.perf_counter() - start_t
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": seconds,
+        "rps": len(latencies) / seconds if seconds > 0 else 0.0,
+        **percentiles(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few requests, short budgets")
+    parser.add_argument("--requests", type=int, default=128, help="requests per cell")
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds per cell at most")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
+    parser.add_argument("--plain-server", nargs=3, metavar=("MODEL", "INDEX", "PORT"))
+    args = parser.parse_args()
+    if args.plain_server:
+        model, index, port = args.plain_server
+        plain_server(model, index, int(port))
+        return
+    if args.quick and args.out == parser.get_default("out"):
+        args.out = args.out.with_name(f"{args.out.stem}-quick.json")
+    n_requests = 16 if args.quick else args.requests
+    budget = 10.0 if args.quick else args.budget
+
+    import torch
+
+    from m3rag import Collection, HybridRetriever, M3Encoder
+    from m3rag.testing import build_m3_checkpoint, multilingual_corpus
+
+    torch.manual_seed(0)
+    tmp = tempfile.TemporaryDirectory(prefix="m3rag-bench-serve-")
+    ckpt = build_m3_checkpoint(
+        Path(tmp.name) / "mid-m3", hidden_size=384, num_layers=6, num_heads=6, vocab_size=4000
+    )
+    texts = multilingual_corpus(n_requests, seed=11, min_words=5, max_words=120)
+    queries = multilingual_corpus(n_requests, seed=12, min_words=3, max_words=12)
+    corpus = multilingual_corpus(100 if args.quick else 300, seed=13, min_words=10, max_words=120)
+
+    encoder = M3Encoder(ckpt, device="cpu", max_batch_tokens=FORWARD_TOKENS)
+    index = Path(tmp.name) / "index"
+    col = Collection.create(index, encoder=encoder)
+    col.add(corpus, ids=[f"d{i}" for i in range(len(corpus))])
+    col.commit()
+    retriever = HybridRetriever(col, encoder=encoder)
+
+    # in-process: search first, then the collection is closed (its writer's threads must not
+    # compete with the encoder), then the throughput ceiling (one call on every text) and the
+    # latency floor (one call per text)
+    retriever.retrieve(queries[0], k=10)
+    search_calls = []
+    for q in queries:
+        t1 = time.perf_counter()
+        retriever.retrieve(q, k=10)
+        search_calls.append(time.perf_counter() - t1)
+    col.close()
+    encoder.encode_corpus(texts[:8])
+    t0 = time.perf_counter()
+    encoder.encode_corpus(texts)
+    offline_s = time.perf_counter() - t0
+    per_call = []
+    for t in texts:
+        t1 = time.perf_counter()
+        encoder.encode_corpus([t])
+        per_call.append(time.perf_counter() - t1)
+    del encoder, retriever
+
+    embed_bodies = [{"inputs": [t], "colbert_format": "base64"} for t in texts]
+    search_bodies = [{"query": q, "k": 10} for q in queries]
+    results: dict[str, Any] = {
+        "benchmark": "serve",
+        "machine": machine(),
+        "checkpoint": {"hidden": 384, "layers": 6, "heads": 6},
+        "requests_per_cell": n_requests,
+        "budget_s": budget,
+        "offline": {
+            "texts": len(texts),
+            "seconds": offline_s,
+            "texts_per_s": len(texts) / offline_s,
+        },
+        "in_process_call": percentiles(per_call),
+        "in_process_search": percentiles(search_calls),
+        "servers": {},
+    }
+    py = sys.executable
+    servers = {
+        "m3rag serve (dynamic batching)": [
+            py,
+            "-m",
+            "m3rag",
+            "serve",
+            "--model",
+            str(ckpt),
+            "--index",
+            str(index),
+            "--max-wait-ms",
+            "2",
+            "--max-batch-tokens",
+            str(FORWARD_TOKENS),
+        ],
+        "plain per-request endpoint": [
+            py,
+            str(Path(__file__).resolve()),
+            "--plain-server",
+            str(ckpt),
+            str(index),
+        ],
+    }
+    for name, cmd in servers.items():
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [*cmd, "--port", str(port)] if "serve" in cmd else [*cmd, str(port)]
+        child = start(cmd, url)
+        try:
+            cells: dict[str, list[dict[str, Any]]] = {"/embed_all": [], "/search": []}
+            for path, bodies in (("/embed_all", embed_bodies), ("/search", search_bodies)):
+                for clients in CONCURRENCY:
+                    cell = asyncio.run(load(url, path, bodies, clients, budget))
+                    cells[path].append(cell)
+                    print(
+                        f"{name:32s} {path:10s} {clients:3d} clients: {cell['rps']:7.1f} req/s "
+                        f"p50 {cell['p50_ms']:7.1f} ms p95 {cell['p95_ms']:7.1f} ms"
+                        f" ({cell['requests']} ok, {cell['errors']} errors)",
+                        flush=True,
+                    )
+            results["servers"][name] = cells
+        finally:
+            child.terminate()
+            child.wait(30)
+
+    results["load_average"] = list(os.getloadavg())  # the machine may be shared: say how busy
+    batched = results["servers"]["m3rag serve (dynamic batching)"]["/embed_all"]
+    one, many = batched[0], batched[-1]
+    offline_rps = results["offline"]["texts_per_s"]
+    results["targets"] = {
+        "x32_vs_1_client": many["rps"] / one["rps"],
+        "x32_vs_offline": many["rps"] / offline_rps,
+        "p95_1_client_vs_in_process": one["p95_ms"] / results["in_process_call"]["p95_ms"],
+    }
+    results["targets_met"] = {
+        "x32_vs_1_client>=3": results["targets"]["x32_vs_1_client"] >= 3,
+        "x32_vs_offline>=0.8": results["targets"]["x32_vs_offline"] >= 0.8,
+        "p95_1_client<=1.5x": results["targets"]["p95_1_client_vs_in_process"] <= 1.5,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"offline encode_corpus: {offline_rps:.1f} texts/s; in-process call p50 "
+        f"{results['in_process_call']['p50_ms']:.1f} ms p95 {results['in_process_call']['p95_ms']:.1f} ms"
+    )
+    for (k, v), met in zip(
+        results["targets"].items(), results["targets_met"].values(), strict=True
+    ):
+        print(f"{k}: {v:.2f} ({'met' if met else 'NOT met'})")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

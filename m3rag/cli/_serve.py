@@ -1,0 +1,136 @@
+"""``m3rag serve``: embeddings, reranking and hybrid search over HTTP."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from m3rag.cli._app import (
+    DEFAULT_MODEL,
+    EXIT_USAGE,
+    app,
+    check_device,
+    check_index_path,
+    fail,
+    handled,
+    load_encoder,
+    load_reranker,
+    note,
+    open_collection,
+    stored_model,
+)
+
+
+def _check_host(host: str, *, public: bool) -> None:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise fail(f"--host must be an IP address or localhost, got {host!r}", EXIT_USAGE) from None
+    if not loopback and not public:
+        msg = (
+            f"--host {host} would expose the server beyond this machine; add --public to mean "
+            "it (and --api-key, or M3RAG_API_KEY, to require a key)"
+        )
+        raise fail(msg, EXIT_USAGE)
+
+
+@app.command()
+@handled
+def serve(
+    index: Annotated[
+        Path | None, typer.Option("--index", help="An index folder to serve /search from.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Encoder hub id or folder (default: the index's model)."),
+    ] = None,
+    reranker: Annotated[
+        str | None,
+        typer.Option("--reranker", help="Reranker hub id or folder (serves /rerank)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    public: Annotated[
+        bool, typer.Option("--public", help="Allow a --host other than loopback.")
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="M3RAG_API_KEY",
+            help="Require `Authorization: Bearer KEY` (or set M3RAG_API_KEY). Never logged.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_writes: Annotated[
+        bool, typer.Option("--allow-writes", help="Serve /documents writes to the index.")
+    ] = False,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin", help="Allow this origin by CORS (repeatable; off by default)."
+        ),
+    ] = None,
+    max_batch_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Tokens per shared batch and per forward pass (lower it on CPUs: less padding)."
+        ),
+    ] = 16384,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for more requests.")
+    ] = 5.0,
+    max_queued_texts: Annotated[
+        int, typer.Option(help="Texts allowed to wait; more get 429 + Retry-After.")
+    ] = 4096,
+    max_client_batch_size: Annotated[int, typer.Option(help="Texts per request.")] = 256,
+    max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may wait.")] = 60.0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+) -> None:
+    """Serve embeddings (OpenAI and text-embeddings-inference shapes), reranking and search."""
+    from m3rag.serve import ServeConfig, _require_extra, create_app, run
+
+    _require_extra()
+    check_device(device)
+    _check_host(host, public=public)
+    if not 0 < port < 65536:
+        raise fail(f"--port must be in 1..65535, got {port}", EXIT_USAGE)
+    if allow_writes and index is None:
+        raise fail("--allow-writes needs --index DIR", EXIT_USAGE)
+    if index is not None:
+        check_index_path(index, must_exist=True)
+    name = model or (stored_model(index) if index is not None else None) or DEFAULT_MODEL
+    config = ServeConfig(
+        model_name=name,
+        max_batch_tokens=max_batch_tokens,
+        max_wait_ms=max_wait_ms,
+        max_queued_texts=max_queued_texts,
+        max_client_batch_size=max_client_batch_size,
+        max_request_bytes=max_request_bytes,
+        request_timeout_s=timeout,
+        api_key=api_key,
+        allow_writes=allow_writes,
+        cors_origins=tuple(cors_origin or ()),
+    )
+    encoder = load_encoder(name, device, None)
+    # one budget for both cuts: what the batcher gathers and what one forward pass holds
+    encoder.max_batch_tokens = max_batch_tokens
+    rr = load_reranker(reranker, device) if reranker else None
+    col = open_collection(index, encoder, read_only=not allow_writes) if index else None
+    try:
+        note(
+            f"serving {name} on http://{host}:{port}"
+            + (f" with the index {index}" if index else "")
+            + (" (writes on)" if allow_writes else "")
+            + (" (API key required)" if api_key else "")
+        )
+        run(create_app(encoder, reranker=rr, collection=col, config=config), host=host, port=port)
+    finally:
+        if col is not None:
+            col.close()

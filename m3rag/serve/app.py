@@ -1,0 +1,571 @@
+"""The ASGI app of ``m3rag serve`` (FastAPI): routes, auth, limits, metrics.
+
+Every model call leaves the event loop: encoding goes through the
+[`DynamicBatcher`][m3rag.serve.batching.DynamicBatcher] (one thread owns the encoder), and
+reranking, searching and writing run on one more worker thread (the reranker's and the index's
+owner; fast tokenizers must not be shared between threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from m3rag._version import __version__
+from m3rag.errors import M3RagError, ReadOnlyError, UnknownIdError
+from m3rag.serve.batching import DynamicBatcher, QueueFullError
+from m3rag.serve.config import ServeConfig
+from m3rag.serve.errors import ApiError, error_body
+from m3rag.serve.page import PAGE
+from m3rag.serve.schemas import (
+    DeleteRequest,
+    DocumentsRequest,
+    EmbedAllRequest,
+    EmbedRequest,
+    EmbedSparseRequest,
+    OpenAIEmbeddingsRequest,
+    RerankRequest,
+    SearchRequest,
+)
+from m3rag.serve.wire import output_to_json, results_to_json
+from m3rag.types import M3Output
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Probes and the page answer without a key (the page asks for one and sends it with searches).
+OPEN_PATHS = frozenset({"/", "/health", "/ready"})
+
+
+class _Metrics:
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "m3rag_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "m3rag_request_seconds",
+            "Request latency by route.",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.batch_texts = Histogram(
+            "m3rag_batch_texts",
+            "Texts per shared encoder batch.",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        self.batch_seconds = Histogram(
+            "m3rag_batch_seconds",
+            "Seconds per shared encoder batch.",
+            registry=self.registry,
+        )
+        queued = Gauge(
+            "m3rag_queued_texts", "Texts waiting for the encoder.", registry=self.registry
+        )
+        queued.set_function(lambda: batcher.queued_texts)
+        self.rejected = Counter(
+            "m3rag_rejected", "Requests refused because the queue was full.", registry=self.registry
+        )
+
+    def on_batch(self, texts: int, seconds: float) -> None:
+        self.batch_texts.observe(texts)
+        self.batch_seconds.observe(seconds)
+
+
+def _texts(value: Any, name: str, limit: int) -> list[str]:
+    items = [value] if isinstance(value, str) else list(value)
+    if not items:
+        msg = f"`{name}` cannot be empty; send at least one text"
+        raise ApiError(422, msg, param=name)
+    if len(items) > limit:
+        msg = (
+            f"`{name}` holds {len(items)} texts; this server accepts at most {limit} per request "
+            "(--max-client-batch-size): split the request"
+        )
+        raise ApiError(413, msg, param=name)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            msg = f"`{name}[{i}]` must be a string, got {type(t).__name__}"
+            raise ApiError(422, msg, param=name)
+    return items
+
+
+def create_app(
+    encoder: Any,
+    *,
+    reranker: Any | None = None,
+    collection: Any | None = None,
+    config: ServeConfig | None = None,
+) -> FastAPI:
+    """The ASGI app serving ``encoder`` (and optionally a reranker and a collection).
+
+    Args:
+        encoder: An [`M3Encoder`][m3rag.M3Encoder].
+        reranker: A [`Reranker`][m3rag.Reranker] for ``/rerank`` and reranked searches.
+        collection: A [`Collection`][m3rag.Collection] for ``/search`` and ``/documents``.
+        config: Limits, batching and security (default [`ServeConfig()`][m3rag.serve.ServeConfig]).
+
+    Returns:
+        A FastAPI app; run it with uvicorn. Its lifespan starts and stops the batcher.
+    """
+    cfg = config if config is not None else ServeConfig()
+    batcher_box: dict[str, DynamicBatcher] = {}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3rag-worker")
+    key = cfg.api_key.encode("utf-8") if cfg.api_key is not None else None
+
+    batcher = DynamicBatcher(
+        encoder,
+        max_batch_tokens=cfg.max_batch_tokens,
+        max_wait_ms=cfg.max_wait_ms,
+        max_queued_texts=cfg.max_queued_texts,
+    )
+    batcher_box["b"] = batcher
+    metrics = _Metrics(batcher)
+    batcher.on_batch = metrics.on_batch
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+        pool.shutdown(wait=True)
+
+    app = FastAPI(
+        title="m3rag",
+        version=__version__,
+        description=(
+            "BGE-M3 dense, lexical and ColBERT embeddings, reranking and hybrid search. "
+            "`/v1/embeddings` speaks OpenAI's shape; `/embed`, `/embed_sparse` and `/rerank` "
+            "speak text-embeddings-inference's."
+        ),
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.batcher = batcher
+    app.state.config = cfg
+
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    def _error(request: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(
+            error_body(request.url.path, err.status, err.message, err.param),
+            status_code=err.status,
+            headers=err.headers,
+        )
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            problems.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        message = "invalid request: " + "; ".join(problems)
+        return _error(request, ApiError(status, message))
+
+    def known(path: str) -> str:
+        # a metric label per route, never per raw path: arbitrary paths would grow the registry
+        return path if path in {getattr(r, "path", None) for r in app.routes} else "other"
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        path = request.url.path
+        start = time.perf_counter()
+        if key is not None and path not in OPEN_PATHS and request.method != "OPTIONS":
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                token.strip().encode("utf-8"), key
+            )
+            if not ok:
+                response: Response = _error(
+                    request,
+                    ApiError(
+                        401,
+                        "missing or wrong API key: send `Authorization: Bearer <key>`",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    ),
+                )
+                metrics.requests.labels(known(path), "401").inc()
+                return response
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
+            msg = (
+                f"the request body is {length} bytes; the limit is {cfg.max_request_bytes} "
+                "(--max-request-bytes): split the request"
+            )
+            metrics.requests.labels(known(path), "413").inc()
+            return _error(request, ApiError(413, msg))
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "other")
+        metrics.requests.labels(label, str(response.status_code)).inc()
+        metrics.latency.labels(label).observe(time.perf_counter() - start)
+        return response
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def encode(texts: list[str], *, kind: str, **heads: bool) -> M3Output:
+        try:
+            return await batcher.encode(
+                texts,
+                kind=kind,  # type: ignore[arg-type]
+                timeout=cfg.request_timeout_s,
+                dense=heads.get("dense", False),
+                sparse=heads.get("sparse", False),
+                colbert=heads.get("colbert", False),
+            )
+        except QueueFullError as exc:
+            metrics.rejected.inc()
+            raise ApiError(429, str(exc), headers={"Retry-After": "1"}) from exc
+        except asyncio.TimeoutError as exc:
+            msg = f"no result within {cfg.request_timeout_s:g} s; the server is overloaded"
+            raise ApiError(503, msg, headers={"Retry-After": "5"}) from exc
+        except (ValueError, TypeError, M3RagError) as exc:
+            raise ApiError(422, str(exc)) from exc
+
+    async def in_worker(func: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(pool, func), timeout=cfg.request_timeout_s
+            )
+        except asyncio.TimeoutError as exc:
+            msg = f"no result within {cfg.request_timeout_s:g} s; the server is overloaded"
+            raise ApiError(503, msg, headers={"Retry-After": "5"}) from exc
+
+    def check_heads(**wanted: bool) -> None:
+        for head, on in wanted.items():
+            if on and head not in encoder.heads:
+                msg = f"the served model {cfg.model_name!r} has no {head} head"
+                raise ApiError(424, msg)
+
+    def refuse_truncated(out: M3Output, *, truncate: bool | None, what: str) -> None:
+        if not truncate and bool(out.truncated.any()):
+            i = int(np.flatnonzero(out.truncated)[0])
+            msg = (
+                f"Input validation error: `{what}[{i}]` is longer than the "
+                f"{encoder.passage_max_length} tokens the model accepts; send `truncate: true`"
+                " or a shorter text"
+            )
+            raise ApiError(413, msg, param=what)
+
+    # -- probes, page, metrics -------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    @app.get("/health", summary="The process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="The models are loaded and the queue has room")
+    async def ready() -> JSONResponse:
+        full = batcher.queued_texts >= cfg.max_queued_texts
+        body = {
+            "status": "overloaded" if full else "ready",
+            "model": cfg.model_name,
+            "heads": list(encoder.heads),
+            "reranker": reranker is not None,
+            "index": collection is not None,
+            "writes": cfg.allow_writes and collection is not None,
+            "queued_texts": batcher.queued_texts,
+        }
+        return JSONResponse(body, status_code=503 if full else 200)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/info", summary="What the server serves")
+    async def info() -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if collection is not None:
+            fields = {
+                "count": await in_worker(collection.count),
+                "paths": list(_paths()),
+            }
+        return {
+            "model": cfg.model_name,
+            "heads": list(encoder.heads),
+            "dim": encoder.dim,
+            "colbert_dim": encoder.colbert_dim,
+            "query_max_length": encoder.query_max_length,
+            "passage_max_length": encoder.passage_max_length,
+            "reranker": reranker is not None,
+            "index": fields or None,
+            "writes": cfg.allow_writes and collection is not None,
+            "version": __version__,
+        }
+
+    # -- OpenAI ----------------------------------------------------------------------------
+
+    @app.post("/v1/embeddings", summary="Dense embeddings in OpenAI's shape")
+    async def openai_embeddings(body: OpenAIEmbeddingsRequest) -> dict[str, Any]:
+        raw = body.input
+        if isinstance(raw, list) and raw and not isinstance(raw[0], str):
+            msg = (
+                "token-id input is not supported: send text (LangChain's OpenAIEmbeddings: "
+                "check_embedding_ctx_length=False)"
+            )
+            raise ApiError(400, msg, param="input")
+        texts = _texts(raw, "input", cfg.max_client_batch_size)
+        if body.dimensions is not None and body.dimensions != encoder.dim:
+            msg = f"dimensions={body.dimensions} is not supported; this model gives {encoder.dim}"
+            raise ApiError(400, msg, param="dimensions")
+        out = await encode(texts, kind="passage", dense=True)
+        assert out.dense_vecs is not None  # noqa: S101 - dense was requested
+        data = []
+        for i, vec in enumerate(out.dense_vecs):
+            embedding: Any = (
+                base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode("ascii")
+                if body.encoding_format == "base64"
+                else vec.tolist()
+            )
+            data.append({"object": "embedding", "embedding": embedding, "index": i})
+        tokens = int(out.token_counts.sum())
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.model or cfg.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    @app.get("/v1/models", summary="The served model, in OpenAI's shape")
+    async def openai_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": cfg.model_name, "object": "model", "owned_by": "m3rag"}],
+        }
+
+    # -- text-embeddings-inference ---------------------------------------------------------
+
+    @app.post("/embed", summary="Dense embeddings (text-embeddings-inference)")
+    async def tei_embed(body: EmbedRequest) -> list[list[float]]:
+        texts = _texts(body.inputs, "inputs", cfg.max_client_batch_size)
+        if body.normalize is False:
+            msg = "normalize=false is not supported: BGE-M3's dense vectors are normalised"
+            raise ApiError(422, msg, param="normalize")
+        out = await encode(texts, kind="passage", dense=True)
+        refuse_truncated(out, truncate=body.truncate, what="inputs")
+        assert out.dense_vecs is not None  # noqa: S101 - dense was requested
+        return out.dense_vecs.tolist()  # type: ignore[no-any-return]
+
+    @app.post("/embed_sparse", summary="Lexical weights (text-embeddings-inference)")
+    async def tei_embed_sparse(body: EmbedSparseRequest) -> list[list[dict[str, Any]]]:
+        texts = _texts(body.inputs, "inputs", cfg.max_client_batch_size)
+        check_heads(sparse=True)
+        out = await encode(texts, kind="passage", sparse=True)
+        refuse_truncated(out, truncate=body.truncate, what="inputs")
+        assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
+        return [
+            [{"index": int(k), "value": float(v)} for k, v in sorted(d.items())]
+            for d in out.lexical_weights
+        ]
+
+    @app.post("/rerank", summary="Cross-encoder reranking (text-embeddings-inference)")
+    async def tei_rerank(body: RerankRequest) -> list[dict[str, Any]]:
+        if reranker is None:
+            msg = "this server has no reranker; start it with --reranker MODEL"
+            raise ApiError(424, msg)
+        texts = _texts(body.texts, "texts", cfg.max_client_batch_size)
+        if not body.query.strip():
+            raise ApiError(422, "`query` cannot be empty", param="query")
+        query = body.query
+
+        def run() -> Any:
+            return reranker.rerank(query, texts, normalize=not body.raw_scores)
+
+        try:
+            result = await in_worker(run)
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, str(exc)) from exc
+        if not body.truncate and result.truncated_indices:
+            i = result.truncated_indices[0]
+            msg = (
+                f"Input validation error: the pair of `query` and `texts[{i}]` is longer than "
+                "the reranker accepts; send `truncate: true` or shorter texts"
+            )
+            raise ApiError(413, msg, param="texts")
+        rows = []
+        for r in result:
+            row: dict[str, Any] = {"index": r.index, "score": r.score}
+            if body.return_text:
+                row["text"] = r.passage
+            rows.append(row)
+        return rows
+
+    # -- m3rag -----------------------------------------------------------------------------
+
+    @app.post("/embed_all", summary="Dense, lexical and ColBERT in one pass")
+    async def embed_all(body: EmbedAllRequest) -> dict[str, Any]:
+        texts = _texts(body.inputs, "inputs", cfg.max_client_batch_size)
+        if not (body.dense or body.sparse or body.colbert):
+            raise ApiError(422, "ask for at least one of dense, sparse, colbert")
+        check_heads(dense=body.dense, sparse=body.sparse, colbert=body.colbert)
+        out = await encode(
+            texts, kind=body.kind, dense=body.dense, sparse=body.sparse, colbert=body.colbert
+        )
+        return {
+            "model": cfg.model_name,
+            "data": output_to_json(out, colbert_format=body.colbert_format),
+        }
+
+    def _need_index() -> Any:
+        if collection is None:
+            msg = "this server has no index; start it with --index DIR"
+            raise ApiError(404, msg)
+        return collection
+
+    def _paths() -> tuple[str, ...]:
+        from m3rag.retriever import available_paths
+
+        return available_paths(_need_index(), encoder)
+
+    @app.post("/search", summary="Hybrid search: recall, fusion, rerank, per-path scores")
+    async def search(body: SearchRequest) -> dict[str, Any]:
+        col = _need_index()
+        from m3rag.fusion import FusionConfig
+        from m3rag.retriever import HybridRetriever
+
+        if not body.query.strip():
+            raise ApiError(422, "`query` cannot be empty", param="query")
+        if body.k > cfg.max_k:
+            raise ApiError(422, f"k={body.k} exceeds the limit of {cfg.max_k}", param="k")
+        if body.rerank and reranker is None:
+            raise ApiError(424, "rerank=true but this server has no reranker (--reranker)")
+        use_reranker = reranker if (body.rerank is None or body.rerank) else None
+        try:
+            fusion = FusionConfig(**body.fusion) if body.fusion is not None else None
+            retriever = HybridRetriever(
+                col,
+                encoder=encoder,
+                reranker=use_reranker,
+                fusion=fusion,
+                recall_k=body.recall_k or 100,
+            )
+        except (ValueError, TypeError, M3RagError) as exc:
+            raise ApiError(422, str(exc), param="fusion") from exc
+        heads = dict.fromkeys(encoder.heads, True)
+        enc = await encode([body.query], kind="query", **heads)
+
+        def run() -> Any:
+            return retriever.retrieve(
+                body.query, k=body.k, filter=body.filter, query_embeddings=enc
+            )
+
+        try:
+            results = await in_worker(run)
+        except (ValueError, TypeError, KeyError, M3RagError) as exc:
+            raise ApiError(422, str(exc), param="filter") from exc
+        spans = None
+        if body.highlight:
+            from m3rag.highlight import match_spans
+
+            spans = [match_spans(h.text, body.query) for h in results]
+        return results_to_json(results, spans=spans)
+
+    @app.post("/documents", summary="Add or upsert documents (when writes are enabled)")
+    async def documents(body: DocumentsRequest) -> dict[str, Any]:
+        col = _writable()
+        if not body.documents:
+            raise ApiError(422, "`documents` cannot be empty", param="documents")
+        if len(body.documents) > cfg.max_client_batch_size:
+            msg = (
+                f"{len(body.documents)} documents; at most {cfg.max_client_batch_size} per "
+                "request: split it"
+            )
+            raise ApiError(413, msg, param="documents")
+        from m3rag.types import Document
+
+        try:
+            docs = [Document(d.text, d.id, d.metadata) for d in body.documents]
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, str(exc), param="documents") from exc
+        heads = dict.fromkeys(encoder.heads, True)
+        out = await encode([d.text for d in docs], kind="passage", **heads)
+
+        def run() -> tuple[list[str], int]:
+            write = col.add if body.mode == "add" else col.upsert
+            ids = write(docs, embeddings=out)
+            col.commit()
+            return list(ids), col.count()
+
+        try:
+            ids, count = await in_worker(run)
+        except ReadOnlyError as exc:
+            raise ApiError(403, str(exc)) from exc
+        except (ValueError, TypeError, M3RagError) as exc:
+            await in_worker(col.rollback)
+            raise ApiError(422, str(exc), param="documents") from exc
+        return {"ids": ids, "count": count}
+
+    @app.post("/documents/delete", summary="Delete documents by id (when writes are enabled)")
+    async def delete_documents(body: DeleteRequest) -> dict[str, Any]:
+        col = _writable()
+        if not body.ids:
+            raise ApiError(422, "`ids` cannot be empty", param="ids")
+
+        def run() -> int:
+            col.delete(body.ids)
+            col.commit()
+            return int(col.count())
+
+        try:
+            count = await in_worker(run)
+        except UnknownIdError as exc:
+            await in_worker(col.rollback)
+            raise ApiError(404, str(exc).strip("\"'"), param="ids") from exc
+        return {"deleted": len(body.ids), "count": count}
+
+    def _writable() -> Any:
+        col = _need_index()
+        if not cfg.allow_writes:
+            msg = "writes are disabled on this server; start it with --allow-writes"
+            raise ApiError(403, msg)
+        return col
+
+    return app

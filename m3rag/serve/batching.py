@@ -1,0 +1,285 @@
+"""Dynamic batching: texts from concurrent requests packed into token-budgeted forward passes.
+
+One worker thread owns the model. Requests put jobs (a list of texts, query or passage
+truncation, the heads wanted) on a bounded queue and await a future; the worker takes the oldest
+job, then keeps taking jobs while the batch stays under ``max_batch_tokens`` (estimated) and
+``max_wait_ms`` has not passed since the first one arrived, and encodes them together: one
+[`M3Encoder.encode`][m3rag.M3Encoder.encode] call per truncation length, whose own length-sorted
+token budgeting (``m3rag._batching``) cuts the forward passes. Each job gets its rows back.
+
+Why a thread and not the event loop: a forward pass holds the GIL only between torch ops, so the
+loop keeps accepting requests (and filling the next batch) while the model runs. Why a bound on
+queued texts: without one a burst grows memory without limit; with one the server answers 503
+with ``Retry-After`` and the client backs off (text-embeddings-inference answers 429 the same way).
+
+The batch cut uses a cheap estimate (``len(text) // 3 + 2`` tokens, capped at the truncation
+length) rather than tokenising twice; the encoder's own budget is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from m3rag.errors import M3RagError
+from m3rag.types import M3Output
+
+__all__ = ["BatcherStats", "DynamicBatcher", "QueueFullError", "estimate_tokens"]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["query", "passage"]
+
+
+class QueueFullError(M3RagError, RuntimeError):
+    """The batcher's queue holds ``max_queued_texts`` texts already; retry after a moment."""
+
+
+def estimate_tokens(text: str, max_length: int) -> int:
+    """A cheap upper-ish estimate of a text's token count, specials included, for batch cuts."""
+    return min(max_length, len(text) // 3 + 2)
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    kind: Kind
+    heads: tuple[bool, bool, bool]
+    tokens: int
+    done: Callable[[M3Output | None, BaseException | None], None]
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+
+@dataclass
+class BatcherStats:
+    """Counters the metrics endpoint reads (updated by the worker thread only)."""
+
+    batches: int = 0
+    texts: int = 0
+    jobs: int = 0
+    batch_sizes: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=1000)
+    )
+
+
+class DynamicBatcher:
+    """Packs concurrent encode requests into shared batches on one worker thread.
+
+    Args:
+        encoder: The [`M3Encoder`][m3rag.M3Encoder] (only the worker thread calls it).
+        max_batch_tokens: Estimated tokens per gathered batch (the encoder cuts forward passes
+            by its own ``max_batch_tokens`` inside it).
+        max_wait_ms: How long the first job of a batch waits for others to join it.
+        max_queued_texts: Texts allowed to wait; beyond it [`submit`][] raises `QueueFullError`.
+        on_batch: Called by the worker after each batch with ``(texts, seconds)``.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        *,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 5.0,
+        max_queued_texts: int = 4096,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_batch_tokens", max_batch_tokens),
+            ("max_queued_texts", max_queued_texts),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                msg = f"{name} must be a positive int, got {value!r}"
+                raise ValueError(msg)
+        if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms <= 10_000):
+            msg = f"max_wait_ms must be a number in [0, 10000], got {max_wait_ms!r}"
+            raise ValueError(msg)
+        self.encoder = encoder
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self.max_queued_texts = max_queued_texts
+        self.on_batch = on_batch
+        self.stats = BatcherStats()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queued_texts = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="m3rag-batcher", daemon=True)
+        self._thread.start()
+
+    # -- producer side ------------------------------------------------------------------------
+
+    @property
+    def queued_texts(self) -> int:
+        """Texts waiting for the model."""
+        return self._queued_texts
+
+    def submit(
+        self,
+        texts: list[str],
+        *,
+        kind: Kind,
+        dense: bool,
+        sparse: bool,
+        colbert: bool,
+        done: Callable[[M3Output | None, BaseException | None], None],
+    ) -> _Job:
+        """Queue ``texts``; ``done(output, error)`` is called from the worker thread.
+
+        Raises:
+            QueueFullError: The queue is full (the caller answers 503 with ``Retry-After``).
+            RuntimeError: The batcher is closed.
+        """
+        length = (
+            self.encoder.query_max_length if kind == "query" else self.encoder.passage_max_length
+        )
+        tokens = sum(estimate_tokens(t, length) for t in texts)
+        job = _Job(list(texts), kind, (dense, sparse, colbert), tokens, done)
+        with self._cond:
+            if self._closed:
+                msg = "the batcher is closed"
+                raise RuntimeError(msg)
+            if self._queued_texts + len(texts) > self.max_queued_texts and self._queue:
+                msg = (
+                    f"{self._queued_texts} texts are already waiting for the model "
+                    f"(limit {self.max_queued_texts}); retry shortly"
+                )
+                raise QueueFullError(msg)
+            self._queue.append(job)
+            self._queued_texts += len(texts)
+            self._cond.notify()
+        return job
+
+    async def encode(
+        self,
+        texts: list[str],
+        *,
+        kind: Kind,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        timeout: float | None = None,
+    ) -> M3Output:
+        """Encode ``texts`` in the next shared batch, awaiting the result without blocking.
+
+        Raises:
+            QueueFullError: The queue is full.
+            TimeoutError: No result within ``timeout`` seconds (the job is dropped if it has
+                not started).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[M3Output] = loop.create_future()
+
+        def settle(out: M3Output | None, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(out)  # type: ignore[arg-type]
+
+        def done(out: M3Output | None, exc: BaseException | None) -> None:
+            loop.call_soon_threadsafe(settle, out, exc)
+
+        job = self.submit(texts, kind=kind, dense=dense, sparse=sparse, colbert=colbert, done=done)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            job.cancelled = True
+            raise
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker after the jobs already queued."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # -- worker side --------------------------------------------------------------------------
+
+    def _gather(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            jobs, tokens = [first], first.tokens
+            deadline = first.enqueued + self.max_wait_s
+            while tokens < self.max_batch_tokens:
+                if self._queue:
+                    nxt = self._queue[0]
+                    if tokens + nxt.tokens > self.max_batch_tokens:
+                        break
+                    jobs.append(self._queue.popleft())
+                    tokens += nxt.tokens
+                    continue
+                left = deadline - time.perf_counter()
+                if left <= 0 or self._closed:
+                    break
+                self._cond.wait(left)
+            self._queued_texts -= sum(len(j.texts) for j in jobs)
+            return jobs
+
+    def _work(self) -> None:
+        while True:
+            jobs = self._gather()
+            if jobs is None:
+                return
+            live = [j for j in jobs if not j.cancelled]
+            if not live:
+                continue
+            start = time.perf_counter()
+            for kind in ("query", "passage"):
+                group = [j for j in live if j.kind == kind]
+                if group:
+                    self._run(group, kind)
+            seconds = time.perf_counter() - start
+            n = sum(len(j.texts) for j in live)
+            self.stats.batches += 1
+            self.stats.jobs += len(live)
+            self.stats.texts += n
+            self.stats.batch_sizes.append(n)
+            if self.on_batch is not None:
+                self.on_batch(n, seconds)
+
+    def _run(self, jobs: list[_Job], kind: Kind) -> None:
+        # One call for the group, with the union of the heads asked for: an extra head costs a
+        # small linear layer on hidden states the backbone computes anyway.
+        dense = any(j.heads[0] for j in jobs)
+        sparse = any(j.heads[1] for j in jobs)
+        colbert = any(j.heads[2] for j in jobs)
+        texts = [t for j in jobs for t in j.texts]
+        encode = self.encoder.encode_queries if kind == "query" else self.encoder.encode_corpus
+        try:
+            out: M3Output = encode(texts, dense=dense, sparse=sparse, colbert=colbert)
+        except BaseException as exc:  # every waiter must hear about it, whatever it is
+            logger.exception("encoding a batch of %d texts failed", len(texts))
+            for j in jobs:
+                j.done(None, exc)
+            return
+        start = 0
+        for j in jobs:
+            stop = start + len(j.texts)
+            part = out[np.arange(start, stop)]
+            j.done(_only(part, j.heads), None)
+            start = stop
+
+
+def _only(out: M3Output, heads: tuple[bool, bool, bool]) -> M3Output:
+    """``out`` without the heads its job did not ask for."""
+    return M3Output(
+        out.dense_vecs if heads[0] else None,
+        out.lexical_weights if heads[1] else None,
+        out.colbert_vecs if heads[2] else None,
+        out.token_counts,
+        out.truncated,
+    )

@@ -1,0 +1,79 @@
+"""The server's settings: one frozen object that validates itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServeConfig"]
+
+
+def _positive(name: str, value: object, *, allow_float: bool = False) -> None:
+    kinds = (int, float) if allow_float else (int,)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        what = "a positive number" if allow_float else "a positive int"
+        msg = f"{name} must be {what}, got {value!r}"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `m3rag serve` batches, limits and protects.
+
+    Args:
+        model_name: The name reported in responses (``"model"`` of the OpenAI shape).
+        max_batch_tokens: Estimated tokens the batcher packs into one shared batch.
+        max_wait_ms: How long the first request of a batch waits for others.
+        max_queued_texts: Texts allowed to wait for the model; beyond it requests get 429
+            with ``Retry-After``.
+        max_client_batch_size: Texts (or rerank passages) allowed in one request.
+        max_request_bytes: Largest request body (``Content-Length``) accepted; larger get 413.
+        request_timeout_s: Seconds a request may wait for the model before a 503.
+        max_k: The largest ``k`` a search may ask for.
+        api_key: When set, every route but ``/``, ``/health`` and ``/ready`` needs
+            ``Authorization: Bearer <key>`` (compared in constant time, never logged).
+        allow_writes: Serve ``/documents`` writes (off unless asked).
+        cors_origins: Origins allowed by CORS; empty (the default) adds no CORS headers.
+    """
+
+    model_name: str = "bge-m3"
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    max_queued_texts: int = 4096
+    max_client_batch_size: int = 256
+    max_request_bytes: int = 8 * 1024 * 1024
+    request_timeout_s: float = 60.0
+    max_k: int = 1000
+    api_key: str | None = None
+    allow_writes: bool = False
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batch_tokens",
+            "max_queued_texts",
+            "max_client_batch_size",
+            "max_request_bytes",
+            "max_k",
+        ):
+            _positive(name, getattr(self, name))
+        _positive("request_timeout_s", self.request_timeout_s, allow_float=True)
+        if (
+            isinstance(self.max_wait_ms, bool)
+            or not isinstance(self.max_wait_ms, (int, float))
+            or not 0 <= self.max_wait_ms <= 10_000
+        ):
+            msg = f"max_wait_ms must be a number in [0, 10000], got {self.max_wait_ms!r}"
+            raise ValueError(msg)
+        if self.api_key is not None and not self.api_key.strip():
+            msg = "api_key is empty; give a non-empty key or none"
+            raise ValueError(msg)
+
+    def __repr__(self) -> str:
+        # the key never appears in logs or tracebacks
+        key = None if self.api_key is None else "'***'"
+        return (
+            f"ServeConfig(model_name={self.model_name!r}, max_batch_tokens="
+            f"{self.max_batch_tokens}, max_wait_ms={self.max_wait_ms}, max_queued_texts="
+            f"{self.max_queued_texts}, api_key={key}, allow_writes={self.allow_writes}, "
+            f"cors_origins={list(self.cors_origins)})"
+        )

@@ -1,0 +1,104 @@
+"""``m3rag serve`` as a process: loopback by default, the key from the environment, never logged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "integrations")])
+    env.update(extra)
+    return env
+
+
+def test_serve_process_with_index_reranker_and_env_key(
+    tiny_m3_path, tiny_reranker_path, tiny_encoder, tmp_path, port
+) -> None:  # type: ignore[no-untyped-def]
+    from m3rag import Collection
+
+    index = tmp_path / "idx"
+    col = Collection.create(index, encoder=tiny_encoder)
+    col.add(["Paris is the capital of France.", "Berlin is in Germany."], ids=["p", "b"])
+    col.commit()
+    col.close()
+    key = "env-key-" + "x" * 20
+    cmd = [
+        sys.executable,
+        "-m",
+        "m3rag",
+        "serve",
+        "--index",
+        str(index),
+        "--model",
+        str(tiny_m3_path),
+        "--reranker",
+        str(tiny_reranker_path),
+        "--port",
+        str(port),
+    ]
+    child = subprocess.Popen(
+        cmd, env=_env(M3RAG_API_KEY=key), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        assert httpx.post(url + "/search", json={"query": "capital of France"}).status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        r = httpx.post(
+            url + "/search", json={"query": "capital of France", "k": 2}, headers=auth, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert {h["id"] for h in hits} == {"p", "b"} and hits[0]["rerank_score"] is not None
+        r = httpx.post(url + "/documents", json={"documents": [{"text": "x"}]}, headers=auth)
+        assert r.status_code == 403
+    finally:
+        child.terminate()
+        out, err = child.communicate(timeout=30)
+    assert key not in out and key not in err
+    assert f"serving {tiny_m3_path}" in err and "API key required" in err
+
+
+def test_serve_refuses_a_public_host_without_public(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    done = subprocess.run(
+        [sys.executable, "-m", "m3rag", "serve", "--model", str(tiny_m3_path), "--host", "0.0.0.0"],  # noqa: S104 - refused
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--public" in done.stderr
+
+
+def test_allow_writes_needs_an_index(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    done = subprocess.run(
+        [sys.executable, "-m", "m3rag", "serve", "--model", str(tiny_m3_path), "--allow-writes"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--index" in done.stderr
