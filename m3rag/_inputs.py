@@ -42,7 +42,7 @@ def as_list(value: object, name: str, what: str) -> list[Any]:
 def check_strings(value: object, name: str = "texts") -> list[str]:
     """A list (or any non-string iterable) of strings UTF-8 can encode, as a list.
 
-    Unlike :func:`validate_texts`, a bare string is refused rather than taken as one text.
+    Unlike `validate_texts`, a bare string is refused rather than taken as one text.
 
     Raises:
         TypeError: A bare string, a non-iterable, or an item that is not a string (named by

@@ -18,7 +18,7 @@ The contract, one key per fact:
 ========================  ==========================================================
 
 A parent document read from a PDF carries ``page_offsets`` (where each page starts in its text);
-:func:`chunk_metadata` turns them into each chunk's pages and leaves them out of the chunk.
+`chunk_metadata` turns them into each chunk's pages and leaves them out of the chunk.
 
 The parent's own metadata (``source``, ``title``, ``lang``, ...) is copied into every chunk, so
 filters on it apply to chunks.
@@ -99,7 +99,7 @@ def chunk_metadata(
     sha256: str,
     parent_text: str | None = None,
 ) -> dict[str, Any]:
-    """A chunk's metadata: its parent's, plus the fields of :data:`CHUNK_FIELDS`.
+    """A chunk's metadata: its parent's, plus the fields of `CHUNK_FIELDS`.
 
     Args:
         chunk: The chunk (from [`Chunker`][m3rag.Chunker]).
