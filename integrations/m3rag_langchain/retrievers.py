@@ -61,6 +61,9 @@ class M3Retriever(BaseRetriever):
     """Documents returned (overridable per call: ``invoke(query, k=...)``)."""
     filter: dict[str, Any] | None = None
     """Metadata filter applied on every path (overridable per call)."""
+    min_score: float | None = None
+    """Relevance cutoff: the reranker's probability with a reranker, else the fused score
+    (overridable per call)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> M3Retriever:
@@ -88,12 +91,14 @@ class M3Retriever(BaseRetriever):
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         filter: dict[str, Any] | None = None,
+        min_score: float | None = None,
         **kwargs: Any,
     ) -> list[Document]:
         results = self._source().retrieve(
             query,
             k=k if k is not None else self.k,
             filter=filter if filter is not None else self.filter,
+            min_score=min_score if min_score is not None else self.min_score,
         )
         return _to_documents(results)
 
@@ -104,11 +109,13 @@ class M3Retriever(BaseRetriever):
         run_manager: AsyncCallbackManagerForRetrieverRun,
         k: int | None = None,
         filter: dict[str, Any] | None = None,
+        min_score: float | None = None,
         **kwargs: Any,
     ) -> list[Document]:
         results = await self._source().aretrieve(
             query,
             k=k if k is not None else self.k,
             filter=filter if filter is not None else self.filter,
+            min_score=min_score if min_score is not None else self.min_score,
         )
         return _to_documents(results)

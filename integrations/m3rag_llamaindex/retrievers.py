@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import (
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
 from llama_index.core.vector_stores.types import (
     FilterCondition,
     FilterOperator,
@@ -17,6 +24,7 @@ from llama_index.core.vector_stores.types import (
 
 from m3rag import Collection, FusionConfig, HybridRetriever, Reranker, SearchResults
 from m3rag.index.filters import Filter
+from m3rag.rollup import CHUNK_FIELDS, PARENT_ID
 from m3rag.serve.client import RemoteRetriever
 from m3rag_llamaindex._validation import check_positive_int
 
@@ -112,6 +120,7 @@ class M3Retriever(BaseRetriever):
         api_key: str | None = None,
         similarity_top_k: int = 10,
         filters: MetadataFilters | Mapping[str, Any] | None = None,
+        min_score: float | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -129,6 +138,14 @@ class M3Retriever(BaseRetriever):
         )
         self.similarity_top_k = check_positive_int(similarity_top_k, "similarity_top_k")
         self._filter = to_m3rag_filter(filters)
+        if min_score is not None and (
+            isinstance(min_score, bool)
+            or not isinstance(min_score, (int, float))
+            or not math.isfinite(min_score)
+        ):
+            msg = f"min_score must be None or a finite number, got {min_score!r}"
+            raise ValueError(msg)
+        self.min_score = min_score
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -141,6 +158,7 @@ class M3Retriever(BaseRetriever):
         similarity_top_k: int = 10,
         filters: MetadataFilters | Mapping[str, Any] | None = None,
         fusion: FusionConfig | None = None,
+        min_score: float | None = None,
         **retriever_kwargs: Any,
     ) -> M3Retriever:
         """Open an m3rag index folder read-only and retrieve from it.
@@ -152,6 +170,7 @@ class M3Retriever(BaseRetriever):
             similarity_top_k: Nodes returned.
             filters: LlamaIndex metadata filters, or an m3rag filter dict.
             fusion: Fusion settings (default: the retriever's, z-score over every path).
+            min_score: Relevance cutoff (the reranker's probability, else the fused score).
             **retriever_kwargs: More [`m3rag.HybridRetriever`][m3rag.HybridRetriever] options.
         """
         from m3rag import M3Encoder
@@ -165,7 +184,7 @@ class M3Retriever(BaseRetriever):
         collection = Collection.open(index_path, encoder=encoder, read_only=True)
         reranker = Reranker(reranker_model) if reranker_model else None
         hybrid = HybridRetriever(collection, reranker=reranker, fusion=fusion, **retriever_kwargs)
-        return cls(hybrid, similarity_top_k=similarity_top_k, filters=filters)
+        return cls(hybrid, similarity_top_k=similarity_top_k, filters=filters, min_score=min_score)
 
     def _nodes(self, results: SearchResults) -> list[NodeWithScore]:
         out = []
@@ -177,19 +196,25 @@ class M3Retriever(BaseRetriever):
             meta["path_scores"] = {p: s.raw for p, s in hit.paths.items()}
             meta["path_ranks"] = {p: s.rank for p, s in hit.paths.items()}
             node = TextNode(id_=hit.id, text=hit.text, metadata=meta)
-            # scores and paths are for the caller, not for the LLM prompt
-            node.excluded_llm_metadata_keys = [
-                "fused_score",
-                "rerank_score",
-                "path_scores",
-                "path_ranks",
-            ]
+            parent = hit.parent_id or meta.get(PARENT_ID)
+            if parent is not None:
+                # a chunk's source document: node.ref_doc_id, as LlamaIndex's own nodes have
+                node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(parent))
+            # scores, paths and internal chunk bookkeeping are for the caller, not for the
+            # LLM prompt or an embedding model
+            hidden = ["fused_score", "rerank_score", "path_scores", "path_ranks"]
+            hidden += [key for key in (*CHUNK_FIELDS, "source") if key in meta]
+            node.excluded_llm_metadata_keys = list(hidden)
+            node.excluded_embed_metadata_keys = list(hidden)
             out.append(NodeWithScore(node=node, score=hit.score))
         return out
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         results = self._retriever.retrieve(
-            query_bundle.query_str, k=self.similarity_top_k, filter=self._filter
+            query_bundle.query_str,
+            k=self.similarity_top_k,
+            filter=self._filter,
+            min_score=self.min_score,
         )
         return self._nodes(results)
 

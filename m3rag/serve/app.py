@@ -494,7 +494,11 @@ def create_app(
 
         def run() -> Any:
             return retriever.retrieve(
-                body.query, k=body.k, filter=body.filter, query_embeddings=enc
+                body.query,
+                k=body.k,
+                filter=body.filter,
+                query_embeddings=enc,
+                min_score=body.min_score,
             )
 
         try:

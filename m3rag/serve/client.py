@@ -242,12 +242,19 @@ class RemoteRetriever(_Client):
         self.fusion = dict(fusion) if fusion is not None else None
 
     def retrieve(
-        self, query: str, *, k: int = 10, filter: Mapping[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> SearchResults:
         """The top ``k`` hits for ``query`` from the server's index."""
         body: dict[str, Any] = {"query": query, "k": k, "highlight": False}
         if filter is not None:
             body["filter"] = dict(filter)
+        if min_score is not None:
+            body["min_score"] = min_score
         if self.rerank is not None:
             body["rerank"] = self.rerank
         if self.fusion is not None:
@@ -255,7 +262,14 @@ class RemoteRetriever(_Client):
         return results_from_json(self.post("/search", body))
 
     async def aretrieve(
-        self, query: str, *, k: int = 10, filter: Mapping[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> SearchResults:
         """[`retrieve`][] in a worker thread."""
-        return await asyncio.to_thread(self.retrieve, query, k=k, filter=filter)
+        return await asyncio.to_thread(
+            self.retrieve, query, k=k, filter=filter, min_score=min_score
+        )

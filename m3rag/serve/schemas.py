@@ -98,6 +98,9 @@ class SearchRequest(BaseModel):
         None, description="FusionConfig fields: method, weights, normalization, rrf_k"
     )
     recall_k: int | None = Field(None, gt=0)
+    min_score: float | None = Field(
+        None, description="drop hits below it: the reranker's probability, else the fused score"
+    )
     highlight: bool = True
 
 

@@ -159,6 +159,17 @@ def test_search_equals_hybrid_retriever(server, collection, tiny_encoder, rerank
             assert all(h["metadata"]["lang"] == "x" for h in got["hits"])
 
 
+def test_search_min_score_equals_in_process(server, collection, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    local = HybridRetriever(collection, encoder=tiny_encoder, reranker=None)
+    every = local.retrieve(QUERY, k=8)
+    cut = (every[0].score + every[-1].score) / 2
+    want = local.retrieve(QUERY, k=8, min_score=cut)
+    r = post(server, "/search", {"query": QUERY, "k": 8, "rerank": False, "min_score": cut})
+    assert r.status_code == 200, r.text
+    assert [h["id"] for h in r.json()["hits"]] == want.ids
+    assert 0 < len(want) < len(every)
+
+
 def test_fusion_per_request(server, collection, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
     from m3rag import FusionConfig
 
