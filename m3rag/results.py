@@ -2,7 +2,8 @@
 
 Like Vespa's match-features: a hit says why it is where it is. ``SearchResults`` is a sequence of
 [`Hit`][] (iterate, index, slice, unpack) with ``ids`` / ``scores`` shortcuts and a readable
-table as its ``str``.
+table as its ``str``. [`Hits`][m3rag.Hits] is what one path's search returns: ids, scores and
+the store's keys, before fusion.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
 
-__all__ = ["Hit", "PathScore", "SearchResults"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Hit", "Hits", "PathScore", "SearchResults"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +176,24 @@ class SearchResults(Sequence[Hit]):
 
     def __str__(self) -> str:
         return self.to_table()
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Search results of one path, best first.
+
+    Attributes:
+        ids: Document ids.
+        scores: float32 scores.
+        keys: Internal document keys (rows of the stores), for rescoring.
+    """
+
+    ids: list[str]
+    scores: npt.NDArray[np.float32]
+    keys: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        return iter(zip(self.ids, self.scores.tolist(), strict=True))

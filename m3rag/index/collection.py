@@ -67,6 +67,7 @@ from m3rag.index.impacts import HeadImpacts, head_of
 from m3rag.index.lexical import BITS, STEP, LexicalIndex, is_panic, quantization_error
 from m3rag.index.manifest import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest
 from m3rag.index.stores import COLBERT_DTYPES, ColbertStore, DenseStore, LexicalStore, topk
+from m3rag.results import Hits
 from m3rag.types import HEADS, Document, Head, M3Output
 
 if TYPE_CHECKING:
@@ -84,27 +85,6 @@ MAX_METADATA_DEPTH = 32
 MAX_TOKEN_ID = 2**31 - 1
 """Lexical token ids are stored as int32: the bound when no vocabulary size is recorded."""
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-@dataclass(frozen=True)
-class Hits:
-    """Search results of one path, best first.
-
-    Attributes:
-        ids: Document ids.
-        scores: float32 scores.
-        keys: Internal document keys (rows of the stores), for rescoring.
-    """
-
-    ids: list[str]
-    scores: npt.NDArray[np.float32]
-    keys: npt.NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Any:
-        return iter(zip(self.ids, self.scores.tolist(), strict=True))
 
 
 @dataclass

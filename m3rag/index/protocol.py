@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from m3rag.encoder import Encoder
-    from m3rag.index.collection import Hits
     from m3rag.index.filters import Filter
+    from m3rag.results import Hits
     from m3rag.types import Document, Head, M3Output
 
     FilterSpec = Mapping[str, Any] | Filter | None
