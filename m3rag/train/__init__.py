@@ -27,21 +27,33 @@ from m3rag.train.data import (
 from m3rag.train.loss import LOSS_MODES, LossConfig
 
 if TYPE_CHECKING:
+    from m3rag.train.mine import mine_hard_negatives
     from m3rag.train.model import M3TrainModel
+    from m3rag.train.trainer import TrainConfig, TrainResult, finetune, latest_checkpoint
 
 __all__ = [
     "LOSS_MODES",
     "Group",
     "LossConfig",
     "M3TrainModel",
+    "TrainConfig",
     "TrainExample",
+    "TrainResult",
+    "finetune",
+    "latest_checkpoint",
     "load_training_data",
+    "mine_hard_negatives",
     "read_jsonl",
     "sample_group",
     "write_jsonl",
 ]
 
 _LAZY = {
+    "TrainConfig": "m3rag.train.trainer",
+    "TrainResult": "m3rag.train.trainer",
+    "finetune": "m3rag.train.trainer",
+    "latest_checkpoint": "m3rag.train.trainer",
+    "mine_hard_negatives": "m3rag.train.mine",
     "M3TrainModel": "m3rag.train.model",
 }
 
