@@ -133,10 +133,14 @@ def finetune_(
     data: Annotated[
         Path, typer.Argument(help="Training data: BGE-M3 JSONL, or a BEIR folder with qrels.")
     ],
-    model: Annotated[
-        str, typer.Option("--model", help="Base model: a BGE-M3 checkpoint or a dense-only one.")
-    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the result.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Base model: a BGE-M3 checkpoint or a dense-only sentence-transformers one.",
+        ),
+    ] = DEFAULT_MODEL,
     mode: Annotated[str, typer.Option(help="unified, dense, sparse or colbert.")] = "unified",
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     max_steps: Annotated[int | None, typer.Option(help="Steps (replaces --epochs).")] = None,
