@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from m3rag.train.loss import LossConfig, UnifiedLoss  # noqa: E402
+from m3rag.train.loss import LossConfig, M3Reps, UnifiedLoss  # noqa: E402
 from m3rag.train.model import M3TrainModel  # noqa: E402
 
 QUERIES = ["what is bge m3", "北京是哪个国家的首都", "tiny models for tests"]
@@ -174,3 +174,37 @@ def test_training_scores_equal_inference_scores(train_model, tiny_encoder):
         expected = tiny_encoder.compute_score([(query, passage)])
         want = (expected.dense[0], expected.sparse[0], expected.colbert[0])
         assert got == pytest.approx([float(x) for x in want], abs=1e-5)
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("kd", [None, "m3_kd_loss", "kl_div"])
+def test_cross_device_negatives_match_flagembedding(train_model, process_group, kd):
+    """One rank only (a CPU test), but through the gathering code path of both sides."""
+    config = LossConfig(negatives_cross_device=True, **({"kd_loss_type": kd} if kd else {}))
+    kwargs = {"negatives_cross_device": True, "use_self_distill": True}
+    teacher = None
+    if kd is not None:
+        kwargs["kd_loss_type"] = kd
+        teacher = torch.tensor([[3.0, 1.0, 0.5], [2.0, 2.5, -1.0], [0.1, 0.0, 0.2]])
+    ref = _reference(train_model, **kwargs)
+    q, p = _batch(train_model.tokenizer)
+    theirs = ref(q, p, teacher_scores=None if teacher is None else teacher.flatten().tolist())
+    theirs.loss.backward()
+    loss, grads = _ours(train_model, config, teacher)
+    torch.testing.assert_close(loss, theirs.loss.detach(), atol=1e-5, rtol=1e-5)
+    _assert_grads_close(grads, _ref_grads(ref))
+
+
+def test_cross_device_negatives_need_a_process_group():
+    reps = M3Reps(torch.eye(2), None, None, torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=r"torch\.distributed"):
+        UnifiedLoss(LossConfig(mode="dense", negatives_cross_device=True))(reps, reps)
