@@ -44,9 +44,9 @@ SKIPPED_COMMANDS = {
 }
 M3RAG = ("m3rag", ".venv/bin/m3rag")
 PYTHON = ("python", ".venv/bin/python")
-# Subcommands that load the real encoder unless given --model (search, ask and info use the
-# model the index was built with).
-NEEDS_MODEL = {"index", "eval"}
+# Subcommands that load the real encoder unless given --model (search, ask, info and mine use
+# the model the index was built with).
+NEEDS_MODEL = {"index", "eval", "finetune"}
 # Examples that load the encoder, and those that also rerank.
 EXAMPLE_MODEL = (
     "examples/encode.py",

@@ -1,4 +1,4 @@
-"""The ``m3rag`` command line: index folders, search them, ask, describe an index, evaluate.
+"""The ``m3rag`` command line: index, search, ask, describe, evaluate, mine, fine-tune.
 
 Results go to stdout, progress and messages to stderr. Every error ends in one line and a
 documented exit code (a traceback only with ``--debug``):
@@ -11,9 +11,10 @@ error (a bug: please report it) · 130 interrupted.
 
 from __future__ import annotations
 
-from m3rag.cli import _eval, _index, _search, _serve
+from m3rag.cli import _eval, _index, _search, _serve, _train
 from m3rag.cli._app import app, main
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (_index, _search, _eval, _serve)  # importing them registers their commands on the app
+# importing them registers their commands on the app
+_COMMANDS = (_index, _search, _eval, _serve, _train)

@@ -1,6 +1,8 @@
 """What kind of checkpoint a folder holds, read from its files (never guessed from its name).
 
-* **M3**: both ``colbert_linear.pt`` and ``sparse_linear.pt`` present -> three heads, CLS pooling.
+* **M3**: both ``colbert_linear.pt`` and ``sparse_linear.pt`` present -> three heads, CLS pooling
+  unless a sentence-transformers ``modules.json`` declares another (a fine-tuned MiniLM pools by
+  mean).
 * **Dense-only**: neither head file, but a sentence-transformers ``modules.json`` with a Pooling
   module -> dense vectors with the pooling its ``1_Pooling/config.json`` declares (CLS or mean).
 * Anything else is an error: one head file without the other, or no head files and no declared
@@ -100,7 +102,9 @@ def inspect_checkpoint(folder: Path) -> CheckpointInfo:
     limit = min(usable, max_seq) if max_seq else usable
 
     if has_colbert and has_sparse:
-        return CheckpointInfo(folder, "m3", "cls", model_type, hidden, usable, config)
+        # BGE-M3 pools by CLS; a three-head model fine-tuned from a mean-pooling
+        # sentence-transformers model (m3rag.train) keeps the pooling its metadata declares.
+        return CheckpointInfo(folder, "m3", pooling or "cls", model_type, hidden, limit, config)
     if has_colbert or has_sparse:
         missing = SPARSE_FILE if has_colbert else COLBERT_FILE
         msg = (

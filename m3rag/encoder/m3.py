@@ -117,6 +117,50 @@ def _check_length(value: int, name: str) -> int:
     return value
 
 
+def head_outputs(
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    heads: Sequence[Head],
+    *,
+    pooling: str,
+    sparse_linear: torch.nn.Module | None,
+    colbert_linear: torch.nn.Module | None,
+) -> dict[str, torch.Tensor]:
+    """The three heads on a backbone's last hidden state ``hidden`` [B, L, h].
+
+    Shared by inference ([`M3Encoder`][]) and training (`m3rag.train`), so a fine-tuned model
+    scores exactly as it was trained. Returns padded tensors: ``dense`` [B, d] (L2-normalised),
+    ``sparse`` [B, L] token weights (``relu``, not yet keyed by token id), ``colbert``
+    [B, L-1, d] (L2-normalised, zero rows at pads).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out: dict[str, torch.Tensor] = {}
+    if "dense" in heads:
+        if pooling == "cls":
+            vec = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            vec = (hidden * weights).sum(1) / torch.clamp(weights.sum(1), min=1e-9)
+        out["dense"] = F.normalize(vec, dim=-1)
+    if "sparse" in heads:
+        if sparse_linear is None:
+            msg = "the sparse head was requested but the model has none"
+            raise UnsupportedOutputError(msg)
+        out["sparse"] = torch.relu(sparse_linear(hidden)).squeeze(-1)
+    if "colbert" in heads:
+        if colbert_linear is None:
+            msg = "the colbert head was requested but the model has none"
+            raise UnsupportedOutputError(msg)
+        vecs = colbert_linear(hidden[:, 1:])
+        # fp32 mask as the reference: in fp16 this promotes ColBERT to fp32 before the
+        # normalisation, which keeps zero pad rows from turning into NaN.
+        vecs = vecs * mask[:, 1:, None].float()
+        out["colbert"] = F.normalize(vecs, dim=-1)
+    return out
+
+
 class M3Encoder(BatchedModel):
     """BGE-M3 encoder producing dense, lexical and ColBERT representations in one pass.
 
@@ -441,29 +485,15 @@ class M3Encoder(BatchedModel):
         Returns padded tensors: ``dense`` [B, d], ``sparse`` [B, L] token weights, ``colbert``
         [B, L-1, d] with zero rows at pads.
         """
-        import torch
-        import torch.nn.functional as F
-
         hidden = self._model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
-        out: dict[str, torch.Tensor] = {}
-        if "dense" in heads:
-            if self._info.pooling == "cls":
-                vec = hidden[:, 0]
-            else:
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                vec = (hidden * weights).sum(1) / torch.clamp(weights.sum(1), min=1e-9)
-            out["dense"] = F.normalize(vec, dim=-1)
-        if "sparse" in heads:
-            assert self._sparse is not None  # noqa: S101 - guaranteed by _select_heads
-            out["sparse"] = torch.relu(self._sparse(hidden)).squeeze(-1)
-        if "colbert" in heads:
-            assert self._colbert is not None  # noqa: S101 - guaranteed by _select_heads
-            vecs = self._colbert(hidden[:, 1:])
-            # fp32 mask as the reference: in fp16 this promotes ColBERT to fp32 before the
-            # normalisation, which keeps zero pad rows from turning into NaN.
-            vecs = vecs * mask[:, 1:, None].float()
-            out["colbert"] = F.normalize(vecs, dim=-1)
-        return out
+        return head_outputs(
+            hidden,
+            mask,
+            heads,
+            pooling=self._info.pooling,
+            sparse_linear=self._sparse,
+            colbert_linear=self._colbert,
+        )
 
     def _encode_ids(
         self, rows: list[list[int]], truncated: np.ndarray, heads: tuple[Head, ...]

@@ -1,0 +1,258 @@
+"""``m3rag finetune`` and ``m3rag mine``: BGE-M3's unified fine-tuning and hard-negative mining."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from m3rag.cli._app import (
+    DEFAULT_MODEL,
+    EXIT_USAGE,
+    app,
+    check_device,
+    check_index_path,
+    fail,
+    handled,
+    load_encoder,
+    loading,
+    note,
+    open_collection,
+    out,
+    stored_model,
+)
+
+
+def _window(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split("-"))
+    except ValueError as exc:
+        raise fail(f"--range must look like 10-100, got {text!r}", EXIT_USAGE) from exc
+    if not 0 <= lo < hi:
+        raise fail(f"--range {text!r}: the start must be >= 0 and below the end", EXIT_USAGE)
+    return lo, hi
+
+
+def _load_data(data: Path, split: str) -> list[object]:
+    from m3rag.train import load_training_data
+
+    try:
+        return list(load_training_data(data, split=split))
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+
+
+@app.command("mine")
+@handled
+def mine(
+    data: Annotated[
+        Path, typer.Argument(help="Training data: BGE-M3 JSONL, or a BEIR folder with qrels.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The mined JSONL file.")],
+    index: Annotated[
+        Path,
+        typer.Option(
+            "--index",
+            help="The collection to mine from; for BEIR data it is built from the corpus when "
+            "it does not exist.",
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Query encoder (default: the index's model)."),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="dense, lexical, colbert, bm25, or hybrid (the fused score).")
+    ] = "dense",
+    range_: Annotated[
+        str, typer.Option("--range", help="Ranks to sample from, start-end (0-based).")
+    ] = "10-100",
+    negatives: Annotated[int, typer.Option(help="Hard negatives per query.")] = 15,
+    split: Annotated[str, typer.Option(help="The qrels split of BEIR data.")] = "train",
+    seed: Annotated[int, typer.Option(help="Seed of the random draw.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+) -> None:
+    """Mine hard negatives from a collection and write them in the training format.
+
+    Each query is searched as ``m3rag eval`` would; ``--negatives`` hits are drawn from ranks
+    ``--range`` minus the query's positives (by id for BEIR data, by text otherwise).
+    """
+    from m3rag.train import mine_hard_negatives, write_jsonl
+
+    window = _window(range_)
+    if negatives < 1:
+        raise fail(f"--negatives must be >= 1, got {negatives}", EXIT_USAGE)
+    check_device(device)
+    check_index_path(index, must_exist=False)
+    if output.is_dir():
+        raise fail(f"--output {output} is a folder; give a .jsonl file name", EXIT_USAGE)
+    examples = _load_data(data, split)
+    exists = (index / "manifest.json").exists()
+    if not exists and not (data / "corpus.jsonl").is_file():
+        raise fail(
+            f"no collection at {index}; index your corpus first (m3rag index) or give a BEIR "
+            "folder, whose corpus is indexed for you",
+            EXIT_USAGE,
+        )
+    name = model or (stored_model(index) if exists else None) or DEFAULT_MODEL
+    encoder = None if mode == "bm25" else load_encoder(name, device, None)
+    if exists:
+        col = open_collection(index, encoder, read_only=True)
+    else:
+        from m3rag.eval import index_corpus, load_beir
+        from m3rag.index import Collection
+
+        col = Collection.create(index, encoder=encoder, heads=None if encoder else ())
+        with col:
+            note(f"indexing the corpus of {data} into {index}")
+            index_corpus(load_beir(data, split=split), col)
+        col = open_collection(index, encoder, read_only=True)
+    with col:
+        mined = mine_hard_negatives(
+            examples,  # type: ignore[arg-type]
+            col,
+            encoder=encoder,
+            mode=mode,
+            window=window,
+            negatives=negatives,
+            seed=seed,
+        )
+    n = write_jsonl(mined, output)
+    short = sum(len(e.neg) < negatives for e in mined)
+    note(
+        f"{n} queries written to {output}"
+        + (f" ({short} with fewer than {negatives} negatives in the window)" if short else "")
+    )
+
+
+@app.command("finetune")
+@handled
+def finetune_(
+    data: Annotated[
+        Path, typer.Argument(help="Training data: BGE-M3 JSONL, or a BEIR folder with qrels.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the result.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Base model: a BGE-M3 checkpoint or a dense-only sentence-transformers one.",
+        ),
+    ] = DEFAULT_MODEL,
+    mode: Annotated[str, typer.Option(help="unified, dense, sparse or colbert.")] = "unified",
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
+    max_steps: Annotated[int | None, typer.Option(help="Steps (replaces --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Queries per forward pass.")] = 8,
+    group_size: Annotated[int, typer.Option(help="Passages per query (1 positive).")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Forward passes per optimiser step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-5,
+    head_lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the two heads (default --lr).")
+    ] = None,
+    warmup: Annotated[float, typer.Option(help="Warm-up share of the steps.")] = 0.1,
+    schedule: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
+    temperature: Annotated[float, typer.Option(help="Score temperature.")] = 0.02,
+    self_distill: Annotated[
+        bool, typer.Option("--self-distill/--no-self-distill", help="Self-distillation.")
+    ] = True,
+    teacher_scores: Annotated[
+        bool, typer.Option(help="Distil from pos_scores/neg_scores in the data.")
+    ] = False,
+    kd_loss: Annotated[str, typer.Option(help="m3_kd_loss or kl_div.")] = "m3_kd_loss",
+    query_max_length: Annotated[int, typer.Option(help="Query truncation (tokens).")] = 64,
+    passage_max_length: Annotated[int, typer.Option(help="Passage truncation (tokens).")] = 256,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 autocast.")] = "fp32",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations (less memory).")
+    ] = False,
+    dev: Annotated[
+        Path | None, typer.Option(help="A BEIR folder evaluated every --eval-steps.")
+    ] = None,
+    dev_split: Annotated[str, typer.Option(help="The qrels split of --dev.")] = "dev",
+    eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Stop after N evaluations without improvement.")
+    ] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in --output.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+) -> None:
+    """Fine-tune a BGE-M3 (or dense-only) model with BGE-M3's unified loss.
+
+    The result in --output has the BGE-M3 file layout, loadable by M3Encoder and FlagEmbedding.
+    """
+    from m3rag.train import LossConfig, TrainConfig, finetune, latest_checkpoint
+
+    check_device(device)
+    if output.exists() and not output.is_dir():
+        raise fail(f"--output {output} is a file; give a folder", EXIT_USAGE)
+    try:
+        config = TrainConfig(
+            loss=LossConfig(
+                mode=mode,  # type: ignore[arg-type]
+                temperature=temperature,
+                self_distill=self_distill,
+                kd_loss_type=kd_loss,  # type: ignore[arg-type]
+            ),
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            group_size=group_size,
+            gradient_accumulation_steps=grad_accum,
+            learning_rate=lr,
+            head_learning_rate=head_lr,
+            warmup_ratio=warmup,
+            schedule=schedule,  # type: ignore[arg-type]
+            query_max_length=query_max_length,
+            passage_max_length=passage_max_length,
+            precision=precision,  # type: ignore[arg-type]
+            gradient_checkpointing=gradient_checkpointing,
+            teacher_scores=teacher_scores,
+            eval_steps=eval_steps,
+            early_stopping_patience=patience,
+            save_steps=save_steps,
+            seed=seed,
+            device=device,
+            show_progress=True,
+        )
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    examples = _load_data(data, "train")
+    dev_data = None
+    if dev is not None:
+        from m3rag.eval import load_beir
+
+        try:
+            dev_data = load_beir(dev, split=dev_split)
+        except (FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc), EXIT_USAGE) from exc
+    resume_from = latest_checkpoint(output) if resume else None
+    if resume and resume_from is None:
+        raise fail(f"--resume: no checkpoint-<step> folder in {output}", EXIT_USAGE)
+    with loading(model):
+        from m3rag.train.model import M3TrainModel
+
+        M3TrainModel(model)  # load errors (exit 3) before any work; cheap next to training
+    result = finetune(
+        examples,  # type: ignore[arg-type]
+        model,
+        output,
+        config,
+        dev=dev_data,
+        resume_from=resume_from,
+    )
+    summary = {
+        "output": str(result.output),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "best_step": result.best_step,
+        "best_metric": result.best_metric,
+        "stopped_early": result.stopped_early,
+    }
+    out().print_json(json.dumps(summary))
