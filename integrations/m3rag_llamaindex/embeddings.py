@@ -11,6 +11,7 @@ from llama_index.core.embeddings import BaseEmbedding
 
 from m3rag import M3Encoder
 from m3rag.serve.client import RemoteEncoder
+from m3rag_llamaindex._passes import remember
 from m3rag_llamaindex._validation import check_text, check_texts
 
 __all__ = ["M3Embedding", "M3SparseEmbedding"]
@@ -87,8 +88,13 @@ class M3Embedding(BaseEmbedding):
 
     def _dense(self, texts: list[str], *, query: bool) -> list[list[float]]:
         texts = check_texts(texts)
-        encode = self._encoder.encode_queries if query else self._encoder.encode_corpus
-        out = encode(texts, dense=True, sparse=False, colbert=False)
+        if not query and isinstance(self._encoder, M3Encoder):
+            # every head in the same pass, kept for M3VectorStore.add (see _passes)
+            out = self._encoder.encode_corpus(texts)
+            remember(self._encoder, texts, out)
+        else:
+            encode = self._encoder.encode_queries if query else self._encoder.encode_corpus
+            out = encode(texts, dense=True, sparse=False, colbert=False)
         assert out.dense_vecs is not None  # noqa: S101 - dense was requested
         return out.dense_vecs.tolist()  # type: ignore[no-any-return]
 

@@ -10,8 +10,9 @@ index = VectorStoreIndex.from_documents(
 engine = index.as_query_engine(vector_store_query_mode="hybrid", alpha=0.5)
 ```
 
-The store keeps the text (``stores_text=True``) and encodes every node with all of the
-collection's heads when it is added, so every query mode has what it needs:
+The store keeps the text (``stores_text=True``) and has every node encoded with all of the
+collection's heads -- in the same pass `M3Embedding` made when the index embedded the nodes (it
+keeps every head), else in one of its own -- so every query mode has what it needs:
 
 ==================  ============================================================================
 query mode          what runs
@@ -50,6 +51,7 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_
 
 from m3rag import Collection, FusionConfig, HybridRetriever, M3Output, Reranker
 from m3rag.rollup import CHUNK_FIELDS
+from m3rag_llamaindex._passes import recall
 from m3rag_llamaindex._validation import check_positive_int
 from m3rag_llamaindex.retrievers import to_m3rag_filter
 
@@ -115,7 +117,7 @@ class M3VectorStore(BasePydanticVectorStore):
             raise TypeError(msg)
         if not nodes:
             return []
-        texts, ids, metas = [], [], []
+        texts, embed_texts, ids, metas = [], [], [], []
         for i, node in enumerate(nodes):
             if not isinstance(node, BaseNode):
                 msg = f"nodes[{i}] must be a llama_index node, got {type(node).__name__}"
@@ -125,11 +127,24 @@ class M3VectorStore(BasePydanticVectorStore):
                 msg = f"nodes[{i}] ({node.node_id}) has no text; the store indexes text"
                 raise ValueError(msg)
             texts.append(text)
+            embed_texts.append(node.get_content(metadata_mode=MetadataMode.EMBED))
             ids.append(node.node_id)
             metas.append(node_to_metadata_dict(node, remove_text=True, flat_metadata=False))
-        self._collection.upsert(texts, ids=ids, metadata=metas)
+        self._collection.upsert(texts, ids=ids, metadata=metas, embeddings=self._embed(embed_texts))
         self._collection.commit()
         return ids
+
+    def _embed(self, embed_texts: list[str]) -> M3Output | None:
+        """Every head of the nodes' embedding text, from M3Embedding's pass when it kept it.
+
+        The vectors are of the text LlamaIndex embeds (with the metadata it shows the embed
+        model); the stored text, which BM25 reads, is the node's own.
+        """
+        encoder = self._collection.encoder
+        if encoder is None:
+            return None  # the collection says what it needs (it refuses writes without one)
+        kept = recall(encoder, embed_texts, self._collection.heads)
+        return kept if kept is not None else encoder.encode_corpus(embed_texts)
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node of the document ``ref_doc_id``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("llama_index.core")
@@ -115,3 +116,36 @@ def test_deletes_gets_clear_and_async(index) -> None:  # type: ignore[no-untyped
     assert store.get_nodes() == [] and store.collection.count() == 0
     with pytest.raises(TypeError):
         store.add("not nodes")  # type: ignore[arg-type]
+
+
+def test_one_encoder_pass_for_an_ingestion(tmp_path: Path, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    calls: list[tuple[int, tuple[str, ...]]] = []
+    real = tiny_encoder.encode_corpus
+
+    def counting(texts, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(texts, **kwargs)
+        calls.append((len(texts), out.heads))
+        return out
+
+    col = Collection.create(tmp_path / "c", encoder=tiny_encoder)
+    store = M3VectorStore(col)
+    tiny_encoder.encode_corpus = counting
+    try:
+        VectorStoreIndex.from_documents(
+            DOCS,
+            storage_context=StorageContext.from_defaults(vector_store=store),
+            embed_model=M3Embedding(encoder=tiny_encoder),
+        )
+    finally:
+        del tiny_encoder.encode_corpus
+    # M3Embedding's pass computed every head; the store added without encoding again
+    assert sum(n for n, _ in calls) == len(DOCS)
+    assert all(set(heads) == {"dense", "sparse", "colbert"} for _, heads in calls)
+    assert col.count() == len(DOCS)
+    # and what was stored is what a pass of the store's own gives
+    node = store.get_nodes()[0]
+    text = node.get_content(metadata_mode=MetadataMode.EMBED)
+    fresh = tiny_encoder.encode_corpus([text])
+    key = np.array([col.ids().index(node.node_id)], dtype=np.int64)
+    np.testing.assert_allclose(col.dense_vecs(key)[0], fresh.dense_vecs[0], atol=1e-3)
+    col.close()
