@@ -46,6 +46,14 @@ ModeOption = Annotated[
 ]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")]
 RerankerOption = Annotated[str, typer.Option(help="Reranker hub id or folder.")]
+LangOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lang",
+        help="Analyse the BM25 query as this language only (an ISO 639-1 code); default: "
+        "with every analysis the index holds.",
+    ),
+]
 MinScoreOption = Annotated[
     float | None,
     typer.Option(
@@ -123,14 +131,7 @@ def search(
     ] = False,
     device: DeviceOption = None,
     min_score: MinScoreOption = None,
-    lang: Annotated[
-        str | None,
-        typer.Option(
-            "--lang",
-            help="Analyse the BM25 query as this language only (an ISO 639-1 code); default: "
-            "with every analysis the index holds.",
-        ),
-    ] = None,
+    lang: LangOption = None,
 ) -> None:
     """Search an index: every path recalls, every candidate is scored on every path, fused."""
     _check_query(query, "query", k, mode)
@@ -223,14 +224,7 @@ def ask(
     ] = "gpt-4o-mini",
     device: DeviceOption = None,
     min_score: MinScoreOption = None,
-    lang: Annotated[
-        str | None,
-        typer.Option(
-            "--lang",
-            help="Analyse the BM25 query as this language only (an ISO 639-1 code); default: "
-            "with every analysis the index holds.",
-        ),
-    ] = None,
+    lang: LangOption = None,
 ) -> None:
     """Answer a question from the index: the cited evidence, grouped by document.
 
