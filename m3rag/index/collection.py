@@ -180,6 +180,7 @@ class Collection:
             self._docs.close()
             raise
         self._impacts: HeadImpacts | None = None
+        self._has_field: dict[str, bool] = {}  # has_metadata answers for this snapshot
         self._impacts_docs = -1  # the snapshot size _impacts was made for
         # committed keys are never reused, so their ids can be cached for the searches
         self._id_cache: dict[int, str] = {}
@@ -502,6 +503,7 @@ class Collection:
         return {k: int(v) for k, v in self._manifest.get("lengths", {}).items()}
 
     def _load_snapshot(self) -> None:
+        self._has_field = {}
         n = int(self._manifest["next_key"])
         lengths = self._lengths()
         tomb = self._tombstones.read(lengths.get("tombstones", 0))
@@ -1105,7 +1107,9 @@ class Collection:
     def has_metadata(self, field: str) -> bool:
         """Whether any live committed document has the metadata ``field`` (e.g. ``parent_id``).
 
-        Cheaper than ``bool(metadata_values(field))``: it stops at the first such document.
+        Cheaper than ``bool(metadata_values(field))``: it stops at the first such document, and
+        the answer is kept until the next commit or refresh (a retriever asks on every
+        construction, e.g. once per request in `m3rag serve`).
         """
         self._check_open()
         if not isinstance(field, str) or not field:
@@ -1113,7 +1117,9 @@ class Collection:
             raise TypeError(msg)
         if not _utf8(field) or "\x00" in field:
             return False
-        return self._docs.has_field(field, self._alive)
+        if field not in self._has_field:
+            self._has_field[field] = self._docs.has_field(field, self._alive)
+        return self._has_field[field]
 
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
         """Documents by internal key (as in `Hits`).
