@@ -8,6 +8,7 @@ boundaries only ("is" does not match inside "misses").
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["match_spans", "query_terms"]
@@ -27,9 +28,11 @@ def query_terms(query: str) -> list[str]:
     return sorted(terms, key=lambda w: (-len(w), w))
 
 
-def _pattern(terms: list[str]) -> re.Pattern[str] | None:
+@functools.lru_cache(maxsize=256)
+def _pattern(query: str) -> re.Pattern[str] | None:
+    """The query's terms as one compiled pattern (kept: every hit of a query asks for it)."""
     parts = []
-    for term in terms:
+    for term in query_terms(query):
         escaped = re.escape(term)
         # CJK has no spaces between words: match anywhere; elsewhere only whole words
         parts.append(escaped if _CJK.fullmatch(term) else rf"(?<!\w){escaped}(?!\w)")
@@ -38,7 +41,7 @@ def _pattern(terms: list[str]) -> re.Pattern[str] | None:
 
 def match_spans(text: str, query: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every query term in ``text``, left to right, not overlapping."""
-    pattern = _pattern(query_terms(query))
+    pattern = _pattern(query)
     if pattern is None:
         return []
     return [m.span() for m in pattern.finditer(text) if m.end() > m.start()]

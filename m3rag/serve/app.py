@@ -505,11 +505,8 @@ def create_app(
             results = await in_worker(run)
         except (ValueError, TypeError, KeyError, M3RagError) as exc:
             raise ApiError(422, str(exc), param="filter") from exc
-        spans = None
-        if body.highlight:
-            from m3rag.highlight import match_spans
-
-            spans = [match_spans(h.text, body.query) for h in results]
+        # every hit carries the query terms' spans already (HybridRetriever computes them)
+        spans = [list(h.spans) for h in results] if body.highlight else None
         return results_to_json(results, spans=spans)
 
     @app.post("/documents", summary="Add or upsert documents (when writes are enabled)")
