@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,7 +40,13 @@ if TYPE_CHECKING:
     from m3rag.index import Filter, Store
     from m3rag.rerank import Reranker
 
-__all__ = ["HybridRetriever", "available_paths", "default_fusion", "holds_chunks"]
+__all__ = [
+    "HybridRetriever",
+    "available_paths",
+    "default_fusion",
+    "holds_chunks",
+    "paths_of_heads",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +54,17 @@ RECALL_PATHS = ("dense", "lexical", "bm25")
 _HEAD_OF = {"dense": "dense", "lexical": "sparse", "colbert": "colbert"}
 
 
+def paths_of_heads(heads: Iterable[str]) -> tuple[str, ...]:
+    """The retrieval paths these heads serve, in `PATHS` order (BM25 always)."""
+    have = set(heads)
+    return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in have)
+
+
 def available_paths(collection: Store, encoder: Encoder | None) -> tuple[str, ...]:
     """Paths the collection stores and the encoder computes for queries (BM25 always)."""
-    heads = set(collection.heads) & (set(encoder.heads) if encoder is not None else set())
-    return tuple(p for p in PATHS if p == "bm25" or _HEAD_OF[p] in heads)
+    return paths_of_heads(
+        set(collection.heads) & (set(encoder.heads) if encoder is not None else set())
+    )
 
 
 def default_fusion(paths: Sequence[str]) -> FusionConfig:

@@ -42,6 +42,21 @@ DEFAULT_MODEL = "BAAI/bge-m3"
 DEFAULT_RERANKER = "BAAI/bge-reranker-v2-m3"
 
 
+# Options several commands share, defined once
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")]
+DtypeOption = Annotated[
+    str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
+]
+IndexLangOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lang",
+        help="BM25 analysis language of documents without a 'lang' metadata field: an "
+        "ISO 639-1 code (en, zh, th ...) or auto (default: detect each document's).",
+    ),
+]
+
+
 class _State:
     verbose = False
     debug = False
@@ -193,17 +208,27 @@ def check_lang(lang: str | None, *, auto: bool = True) -> None:
         raise fail(f"--lang: {exc}", EXIT_USAGE) from exc
 
 
-def check_index_lang(index: Path, lang: str | None) -> None:
-    """An existing index keeps the ``lang`` it was built with: a different ``--lang`` is refused."""
+def peek_manifest(index: Path) -> dict[str, Any] | None:
+    """An index's manifest as JSON, for the checks made before a model loads.
+
+    ``None`` when there is none or it cannot be read: opening the collection, which follows,
+    reports that damage with its own error and exit code.
+    """
     import json
 
-    if lang is None or not (index / "manifest.json").exists():
-        return
     try:
         manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return  # reported by the open that follows
-    analysis = manifest.get("analysis") if isinstance(manifest, dict) else None
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def check_index_lang(index: Path, lang: str | None) -> None:
+    """An existing index keeps the ``lang`` it was built with: a different ``--lang`` is refused."""
+    manifest = peek_manifest(index) if lang is not None else None
+    if manifest is None:
+        return
+    analysis = manifest.get("analysis")
     built = analysis.get("lang") if isinstance(analysis, dict) else "the legacy analyzer"
     if built != lang:
         msg = (
@@ -271,13 +296,8 @@ def load_reranker(model: str, device: str | None) -> Any:
 
 def stored_model(index: Path) -> str | None:
     """The model an index was built with, from its manifest (``None`` if unknown)."""
-    import json
-
-    try:
-        manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    encoder = manifest.get("encoder") if isinstance(manifest, dict) else None
+    manifest = peek_manifest(index)
+    encoder = manifest.get("encoder") if manifest is not None else None
     model = encoder.get("model") if isinstance(encoder, dict) else None
     return str(model) if model else None
 

@@ -24,6 +24,9 @@ from m3rag.cli._app import (
     DEFAULT_MODEL,
     DEFAULT_RERANKER,
     EXIT_USAGE,
+    DeviceOption,
+    DtypeOption,
+    IndexLangOption,
     app,
     check_device,
     check_dtype,
@@ -38,9 +41,8 @@ from m3rag.cli._app import (
     note,
     open_collection,
     out,
+    peek_manifest,
 )
-
-_PATH_OF_HEAD = {"dense": "dense", "sparse": "lexical", "colbert": "colbert"}
 
 
 class _StageProgress:
@@ -94,18 +96,9 @@ def eval_(
             "(0-1), per mode, and report what it keeps on the test queries."
         ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
-    ] = None,
-    lang: Annotated[
-        str | None,
-        typer.Option(
-            "--lang",
-            help="BM25 analysis language of documents without a 'lang' metadata field: an "
-            "ISO 639-1 code (en, zh, th ...) or auto (default: detect each document's).",
-        ),
-    ] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    lang: IndexLangOption = None,
 ) -> None:
     """Evaluate retrieval modes on a BEIR dataset: nDCG@k, Recall@k, MRR@k (pytrec_eval).
 
@@ -114,6 +107,7 @@ def eval_(
     modes are checked against the model before anything is indexed; BM25 alone loads no model.
     """
     from m3rag.eval import MODES, check_modes, load_beir
+    from m3rag.retriever import paths_of_heads
 
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = [m for m in mode_list if m not in MODES]
@@ -143,15 +137,10 @@ def eval_(
     encoder = load_encoder(model or DEFAULT_MODEL, device, dtype) if needs_model else None
     # the modes must fit the model (and a kept index) before anything is indexed
     heads = set(encoder.heads) if encoder is not None else set()
-    kept = index is not None and (index / "manifest.json").exists()
-    if kept:
-        assert index is not None  # noqa: S101 - for mypy
-        col_heads = set(json.loads((index / "manifest.json").read_text("utf-8")).get("heads", ()))
-        heads &= col_heads
-    paths = {_PATH_OF_HEAD[h] for h in heads}
-    available = tuple(
-        p for p in ("dense", "lexical", "colbert", "bm25") if p == "bm25" or p in paths
-    )
+    kept = peek_manifest(index) if index is not None else None
+    if kept is not None:
+        heads &= set(kept.get("heads", ()))
+    available = paths_of_heads(heads)
     check_modes(mode_list, available, reranker="hybrid+rerank" in mode_list)
     rr = load_reranker(reranker, device) if "hybrid+rerank" in mode_list else None
 

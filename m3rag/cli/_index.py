@@ -21,6 +21,9 @@ from m3rag.cli._app import (
     DEFAULT_MODEL,
     EXIT_NOTHING,
     EXIT_USAGE,
+    DeviceOption,
+    DtypeOption,
+    IndexLangOption,
     app,
     check_device,
     check_dtype,
@@ -68,20 +71,9 @@ def index(
     commit_every: Annotated[
         int, typer.Option(help="Documents per commit (an interrupted run keeps them).")
     ] = 32,
-    device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="float32, float16 or bfloat16 (default: auto).")
-    ] = None,
-    lang: Annotated[
-        str | None,
-        typer.Option(
-            "--lang",
-            help="BM25 analysis language of documents without a 'lang' metadata field: an "
-            "ISO 639-1 code (en, zh, th ...) or auto (default: detect each document's).",
-        ),
-    ] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    lang: IndexLangOption = None,
 ) -> None:
     """Index documents: chunk them, encode every chunk with all three heads, commit in batches.
 

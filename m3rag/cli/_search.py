@@ -17,6 +17,7 @@ from m3rag.cli._app import (
     EXIT_MODEL,
     EXIT_NOTHING,
     EXIT_USAGE,
+    DeviceOption,
     app,
     check_device,
     check_index_path,
@@ -44,7 +45,6 @@ ModeOption = Annotated[
     str,
     typer.Option(help="hybrid (every path, fused), dense, lexical or bm25 (no model needed)."),
 ]
-DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")]
 RerankerOption = Annotated[str, typer.Option(help="Reranker hub id or folder.")]
 LangOption = Annotated[
     str | None,

@@ -11,6 +11,7 @@ import typer
 from m3rag.cli._app import (
     DEFAULT_MODEL,
     EXIT_USAGE,
+    DeviceOption,
     app,
     check_device,
     check_index_path,
@@ -91,7 +92,7 @@ def serve(
     max_client_batch_size: Annotated[int, typer.Option(help="Texts per request.")] = 256,
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
     timeout: Annotated[float, typer.Option(help="Seconds a request may wait.")] = 60.0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Serve embeddings (OpenAI and text-embeddings-inference shapes), reranking and search."""
     from m3rag.serve import ServeConfig, _require_extra, create_app, run

@@ -11,6 +11,7 @@ import typer
 from m3rag.cli._app import (
     DEFAULT_MODEL,
     EXIT_USAGE,
+    DeviceOption,
     app,
     check_device,
     check_index_path,
@@ -72,7 +73,7 @@ def mine(
     negatives: Annotated[int, typer.Option(help="Hard negatives per query.")] = 15,
     split: Annotated[str, typer.Option(help="The qrels split of BEIR data.")] = "train",
     seed: Annotated[int, typer.Option(help="Seed of the random draw.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Mine hard negatives from a collection and write them in the training format.
 
@@ -180,7 +181,7 @@ def finetune_(
         bool, typer.Option(help="Continue from the newest checkpoint in --output.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ... (default: auto).")] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Fine-tune a BGE-M3 (or dense-only) model with BGE-M3's unified loss.
 
