@@ -347,6 +347,7 @@ def evaluate(
     on_progress: Progress | None = None,
     target_precision: float | None = None,
     dev_queries: Mapping[str, str] | None = None,
+    query_embeddings: M3Output | None = None,
 ) -> EvalReport:
     """Evaluate retrieval modes on a BEIR dataset already indexed in ``collection``.
 
@@ -369,6 +370,8 @@ def evaluate(
             ([`threshold_for_precision`][m3rag.eval.threshold_for_precision]), and what it
             keeps on the evaluated queries, in ``settings["thresholds"]``.
         dev_queries: Judged queries (in ``dataset.qrels``) to find the cutoff on.
+        query_embeddings: The queries already encoded, in the order of ``queries``, with
+            every head the modes use (as `encode_queries` gives them); default: encoded here.
 
     Raises:
         ValueError: Unknown mode, a mode the model cannot serve, or ``hybrid+rerank`` without a
@@ -382,11 +385,12 @@ def evaluate(
     qs = dict(queries) if queries is not None else dataset.queries
     depth = max(int(k) for k in k_values)
     heads = [h for p, h in _HEADS if p in available]
-    encoded = (
-        encode_queries(encoder, list(qs.values()), heads, on_progress=on_progress)
-        if encoder is not None and heads and qs
-        else None
-    )
+    encoded = query_embeddings
+    if encoded is not None and len(encoded) != len(qs):
+        msg = f"query_embeddings hold {len(encoded)} queries for {len(qs)} queries"
+        raise ValueError(msg)
+    if encoded is None and encoder is not None and heads and qs:
+        encoded = encode_queries(encoder, list(qs.values()), heads, on_progress=on_progress)
     metrics: dict[str, dict[str, float]] = {}
     settings: dict[str, Any] = {
         "model": None if encoder is None else str(encoder.model_name_or_path),
@@ -459,6 +463,13 @@ def tune_weights(
     from m3rag.retriever import available_paths
 
     available = available_paths(collection, encoder)
+    heads = [h for p, h in _HEADS if p in available]
+    # the dev queries are encoded once, not once per weight combination
+    encoded = (
+        encode_queries(encoder, list(dev_queries.values()), heads)
+        if encoder is not None and heads and dev_queries
+        else None
+    )
     best: tuple[dict[str, float], float] = ({}, -1.0)
     for combo in itertools.product(grid, repeat=len(available)):
         if not any(combo):
@@ -472,6 +483,7 @@ def tune_weights(
             k_values=(int(metric.split("@")[1]),),
             weights=weights,
             queries=dev_queries,
+            query_embeddings=encoded,
         )
         score = report.metrics["hybrid"][metric]
         if score > best[1]:
