@@ -24,7 +24,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from m3rag.errors import M3RagError
+from m3rag._optional import require
+from m3rag.errors import M3RagError, MissingDependencyError
 from m3rag.rollup import CONTENT_SHA, PAGE_OFFSETS, PARENT_ID, chunk_metadata
 from m3rag.types import Document
 
@@ -42,11 +43,15 @@ __all__ = [
     "discover",
     "document_sha256",
     "index_files",
+    "chunk_document",
+    "make_chunker",
     "read_documents",
+    "read_file",
+    "record_document",
 ]
 
 
-SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
+SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -165,39 +170,55 @@ def read_documents(
 ) -> Iterator[tuple[Document | None, Problem | None]]:
     """Read each file into documents; problems are yielded, never raised."""
     for path, root in files:
-        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".jsonl":
-                yield from _read_jsonl(path, rel)
-                continue
-            page_offsets: list[int] = []
-            if suffix == ".pdf":
-                text, page_offsets = _read_pdf(path)
-                title = ""
+        yield from read_file(path, root)
+
+
+def read_file(path: Path, root: Path) -> Iterator[tuple[Document | None, Problem | None]]:
+    """Read one file (found under ``root``) into documents; problems are yielded, never raised.
+
+    A text, Markdown, HTML or PDF file is one document whose id is its path relative to
+    ``root``; a jsonl or parquet file holds one record per line or row (`record_document`).
+    This is what `read_documents` does per file, and what a distributed reader runs per task.
+    """
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            yield from _read_jsonl(path, rel)
+            return
+        if suffix == ".parquet":
+            yield from _read_parquet(path, rel)
+            return
+        page_offsets: list[int] = []
+        if suffix == ".pdf":
+            text, page_offsets = _read_pdf(path)
+            title = ""
+        else:
+            raw = path.read_text(encoding="utf-8")
+            if suffix in (".html", ".htm"):
+                parser = _TextExtractor()
+                parser.feed(raw)
+                text, title = parser.text(), parser.title.strip()
             else:
-                raw = path.read_text(encoding="utf-8")
-                if suffix in (".html", ".htm"):
-                    parser = _TextExtractor()
-                    parser.feed(raw)
-                    text, title = parser.text(), parser.title.strip()
-                else:
-                    text, title = raw, ""
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            yield None, Problem(path, f"unreadable ({type(exc).__name__}: {exc})")
-            continue
-        except Exception as exc:  # PDF parsers raise their own types on damaged files
-            yield None, Problem(path, f"unreadable ({type(exc).__name__}: {exc})")
-            continue
-        if not text.strip():
-            yield None, Problem(path, "no text")
-            continue
-        meta: dict[str, Any] = {"source": str(path)}
-        if title:
-            meta["title"] = title
-        if page_offsets:
-            meta[PAGE_OFFSETS] = page_offsets
-        yield Document(text, rel, meta), None
+                text, title = raw, ""
+    except MissingDependencyError as exc:
+        yield None, Problem(path, str(exc))
+        return
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        yield None, Problem(path, f"unreadable ({type(exc).__name__}: {exc})")
+        return
+    except Exception as exc:  # PDF and parquet readers raise their own types on damaged files
+        yield None, Problem(path, f"unreadable ({type(exc).__name__}: {exc})")
+        return
+    if not text.strip():
+        yield None, Problem(path, "no text")
+        return
+    meta: dict[str, Any] = {"source": str(path)}
+    if title:
+        meta["title"] = title
+    if page_offsets:
+        meta[PAGE_OFFSETS] = page_offsets
+    yield Document(text, rel, meta), None
 
 
 def _reject_constant(name: str) -> float:
@@ -235,48 +256,144 @@ def _read_jsonl(path: Path, rel: str) -> Iterator[tuple[Document | None, Problem
             except ValueError as exc:
                 yield None, Problem(path, f"not JSON ({exc})", n)
                 continue
-            text_value = row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text_value, str) or not text_value.strip():
-                yield None, Problem(path, 'a record needs a non-empty "text" string', n)
-                continue
-            doc_id = row.get("id", row.get("_id"))
-            meta = row.get("metadata") or {}
-            if not isinstance(meta, dict):
-                yield None, Problem(path, '"metadata" must be an object', n)
-                continue
-            title = row.get("title")
-            text = (
-                f"{title} {text_value}".strip() if isinstance(title, str) and title else text_value
-            )
-            problem = _record_problem(text, meta, doc_id)
-            if problem is not None:
-                yield None, Problem(path, problem, n)
-                continue
-            record_id = str(doc_id) if doc_id is not None else f"{rel}:{n}"
-            yield Document(text, record_id, {**meta, "source": str(path)}), None
+            yield record_document(row, path, rel, n)
+
+
+def _read_parquet(path: Path, rel: str) -> Iterator[tuple[Document | None, Problem | None]]:
+    """Rows of a parquet file as records (``id``, ``text``, ``title``, ``metadata`` columns).
+
+    A ``metadata`` column may hold structs or JSON strings; rows are numbered from 1 like
+    jsonl lines, so a record without an id is ``"{file}:{row}"``.
+    """
+    pq = require("pyarrow.parquet", extra="ray", purpose="reading .parquet files")
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            meta = row.get("metadata")
+            if isinstance(meta, str):
+                try:
+                    row["metadata"] = json.loads(meta, parse_constant=_reject_constant)
+                except (ValueError, RecursionError) as exc:
+                    yield None, Problem(path, f'"metadata" is not JSON ({exc})', n)
+                    continue
+            yield record_document(row, path, rel, n)
+
+
+def record_document(
+    row: object, path: Path, rel: str, line: int
+) -> tuple[Document | None, Problem | None]:
+    """A record (``{"id", "text", "title", "metadata"}``) as a document, or why it is not one.
+
+    Args:
+        row: The parsed record (a jsonl line or a parquet row).
+        path: The file it was read from (the ``source`` metadata).
+        rel: The file's path relative to where it was found (ids of records without one).
+        line: The record's line or row number, from 1.
+    """
+    text_value = row.get("text") if isinstance(row, dict) else None
+    if not isinstance(row, dict) or not isinstance(text_value, str) or not text_value.strip():
+        return None, Problem(path, 'a record needs a non-empty "text" string', line)
+    doc_id = row.get("id", row.get("_id"))
+    meta = row.get("metadata") or {}
+    if not isinstance(meta, dict):
+        return None, Problem(path, '"metadata" must be an object', line)
+    title = row.get("title")
+    text = f"{title} {text_value}".strip() if isinstance(title, str) and title else text_value
+    problem = _record_problem(text, meta, doc_id)
+    if problem is not None:
+        return None, Problem(path, problem, line)
+    record_id = str(doc_id) if doc_id is not None else f"{rel}:{line}"
+    return Document(text, record_id, {**meta, "source": str(path)}), None
 
 
 def count_documents(files: Sequence[tuple[Path, Path]]) -> int:
     """How many documents `read_documents` will yield at most (a progress total).
 
-    A jsonl file counts its non-blank lines, any other file one; nothing is parsed.
+    A jsonl file counts its non-blank lines, a parquet file the rows its footer declares, any
+    other file one; nothing is parsed.
     """
     total = 0
     for path, _root in files:
-        if path.suffix.lower() == ".jsonl":
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
             try:
                 with path.open("rb") as fh:
                     total += sum(1 for line in fh if line.strip())
             except OSError:
                 total += 1
+        elif suffix == ".parquet":
+            total += _parquet_rows(path)
         else:
             total += 1
     return total
 
 
+def _parquet_rows(path: Path) -> int:
+    """Rows a parquet file declares in its footer (1 if it cannot be read)."""
+    try:
+        pq = require("pyarrow.parquet", extra="ray", purpose="reading .parquet files")
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception:  # a damaged file is reported when read; here it counts as one
+        return 1
+
+
 def default_overlap(chunk_tokens: int) -> int:
     """The overlap used when none is given: an eighth of the chunk (64 tokens at 512)."""
     return max(0, chunk_tokens // 8)
+
+
+def make_chunker(
+    tokenizer: Any, max_length: int, *, chunk_tokens: int = 512, overlap: int | None = None
+) -> Chunker:
+    """The [`Chunker`][m3rag.Chunker] `index_files` cuts documents with.
+
+    Args:
+        tokenizer: The encoder's tokenizer.
+        max_length: The encoder's longest input; ``chunk_tokens`` is capped at it.
+        chunk_tokens: Chunk size in tokens, specials included.
+        overlap: Tokens shared by consecutive chunks (default `default_overlap`).
+    """
+    from m3rag.chunking import Chunker
+
+    size = chunk_tokens
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = min(size, max_length)
+    return Chunker(
+        tokenizer, max_tokens=size, overlap=default_overlap(size) if overlap is None else overlap
+    )
+
+
+def chunk_document(
+    doc: Document, chunker: Chunker, *, sha256: str | None = None
+) -> tuple[list[Document], Problem | None]:
+    """Cut a document into chunk documents whose metadata follows `m3rag.rollup`.
+
+    Args:
+        doc: The parent document (its id is the chunks' ``parent_id``).
+        chunker: How to cut it (`make_chunker`).
+        sha256: The parent's `document_sha256`, if already computed.
+
+    Returns:
+        The chunks (ids ``"{parent_id}#{n}"``) and ``None``, or no chunks and the `Problem`
+        (the text cannot be chunked, or holds no tokens).
+    """
+    source = Path(str(doc.metadata.get("source", "")))
+    parent = str(doc.id)
+    try:
+        pieces = chunker.split(doc.text, parent_id=parent)
+    except (ValueError, TypeError) as exc:
+        return [], Problem(source, f"{parent}: cannot be chunked ({exc})")
+    if not pieces:
+        return [], Problem(source, f"{parent}: no text")
+    sha = document_sha256(doc) if sha256 is None else sha256
+    chunks = [
+        Document(
+            c.text, c.id, chunk_metadata(c, parent, doc.metadata, sha256=sha, parent_text=doc.text)
+        )
+        for c in pieces
+    ]
+    return chunks, None
 
 
 @dataclass(frozen=True)
@@ -377,8 +494,6 @@ def index_files(
         print(report)  # indexed 12 documents (40 chunks), skipped 0 ...
         ```
     """
-    from m3rag.chunking import Chunker
-
     if isinstance(paths, (str, Path)):
         msg = "paths must be a list of files or folders, e.g. [path]"
         raise TypeError(msg)
@@ -391,13 +506,8 @@ def index_files(
         if encoder is None:
             msg = "index_files needs a collection with an encoder (to chunk), or a chunker"
             raise ValueError(msg)
-        size = chunk_tokens
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = min(size, encoder.max_length)
-        chunker = Chunker(
-            encoder.tokenizer,
-            max_tokens=size,
-            overlap=default_overlap(size) if overlap is None else overlap,
+        chunker = make_chunker(
+            encoder.tokenizer, encoder.max_length, chunk_tokens=chunk_tokens, overlap=overlap
         )
     run = _IndexRun(collection, chunker, batch_size, commit_every, on_problem)
     files, missing = discover([Path(p) for p in paths])
@@ -461,26 +571,14 @@ class _IndexRun:
         if sha in self.indexed_shas:
             self.skipped += 1
             return
-        try:
-            pieces = self.chunker.split(doc.text, parent_id=parent)
-        except (ValueError, TypeError) as exc:
-            self.problem(Problem(Path(source), f"{parent}: cannot be chunked ({exc})"))
-            return
-        if not pieces:
-            self.problem(Problem(Path(source), f"{parent}: no text"))
+        chunks, problem = chunk_document(doc, self.chunker, sha256=sha)
+        if problem is not None:
+            self.problem(problem)
             return
         if parent in self.known_parents:  # content changed: replace the old chunks
             self.flush()
             self.collection.delete(self.collection.ids_matching({PARENT_ID: parent}))
             self.replaced += 1
-        chunks = [
-            Document(
-                c.text,
-                c.id,
-                chunk_metadata(c, parent, doc.metadata, sha256=sha, parent_text=doc.text),
-            )
-            for c in pieces
-        ]
         self.buffer.append((doc, chunks))
         self.indexed_shas.add(sha)
         self.known_parents.add(parent)
