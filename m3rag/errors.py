@@ -11,6 +11,7 @@ working in code that does not know about m3rag::
     │   ├── UnsupportedOutputError(ValueError)  a head the model cannot produce was asked for
     │   └── InputTooLongError(ValueError)       a length beyond the model's limit was asked for
     ├── UnknownLanguageError(ValueError)        a ``lang`` that is not a language code
+    ├── DistributedError(RuntimeError)          a Ray cluster cannot be reached, a stage failed
     └── CollectionError                         anything about a collection (index) on disk
         ├── CollectionNotFoundError(FileNotFoundError)  no collection at that path
         ├── CollectionExistsError(FileExistsError)  create() on a folder that already holds one
@@ -54,6 +55,7 @@ __all__ = [
     "UnknownIdError",
     "InvalidDocumentError",
     "EmbeddingMismatchError",
+    "DistributedError",
 ]
 
 
@@ -149,3 +151,7 @@ class InvalidDocumentError(CollectionError, ValueError):
 
 class EmbeddingMismatchError(CollectionError, ValueError):
     """Precomputed embeddings do not fit: wrong count, missing heads, or wrong dimensions."""
+
+
+class DistributedError(M3RagError, RuntimeError):
+    """A Ray cluster cannot be started or reached, or a stage of a distributed pipeline failed."""
