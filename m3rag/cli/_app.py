@@ -308,7 +308,30 @@ def open_collection(index: Path, encoder: Any, *, read_only: bool) -> Any:
     return Collection.open(index, encoder=encoder, read_only=read_only)
 
 
+# An option whose value may be left out, and what it means then (typer has no such option)
+# A Ray address: a local cluster, the running one, or a Ray Client or GCS address.
+RAY_ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
+OPTIONAL_VALUES = {"--ray": ("local", RAY_ADDRESS)}
+
+
+def optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` alone (last, before another option, or before a path) becomes ``--ray local``.
+
+    A value counts as the option's only when it looks like one (``auto``, ``ray://...``,
+    ``HOST:PORT``); anything else is left to be the next argument.
+    """
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES:
+            default, looks_like = OPTIONAL_VALUES[arg]
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or not looks_like.match(following):
+                out.append(default)
+    return out
+
+
 def main() -> None:
     """Entry point of the ``m3rag`` script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    app(args=optional_values(sys.argv[1:]))

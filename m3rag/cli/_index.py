@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -21,6 +22,7 @@ from m3rag.cli._app import (
     DEFAULT_MODEL,
     EXIT_NOTHING,
     EXIT_USAGE,
+    RAY_ADDRESS,
     DeviceOption,
     DtypeOption,
     IndexLangOption,
@@ -51,7 +53,9 @@ def index(
     paths: Annotated[
         list[Path], typer.Argument(help="Files and folders (.txt .md .html .pdf .jsonl).")
     ],
-    index: Annotated[Path, typer.Option("--index", help="The index folder.")],
+    index: Annotated[
+        Path | None, typer.Option("--index", help="The index folder (or give --store).")
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -74,15 +78,34 @@ def index(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     lang: IndexLangOption = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            metavar="URI",
+            help="Where to write instead of --index: an index folder (more store kinds to come).",
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Read, chunk and encode on a Ray cluster (pip install 'm3rag[ray]'): alone, a "
+            "local cluster; or auto, ray://HOST:PORT, HOST:PORT.",
+        ),
+    ] = None,
 ) -> None:
     """Index documents: chunk them, encode every chunk with all three heads, commit in batches.
 
     Re-running skips documents already indexed (same text and metadata); a document whose
     content changed replaces its old chunks. Unreadable files and bad records are reported and
-    skipped.
+    skipped. With --ray, the same runs on a Ray cluster: encoder actors on its GPUs (or CPUs),
+    the writes from this process.
     """
     from m3rag.ingest import IndexProgress, Problem, default_overlap, discover, index_files
 
+    index = _target(index, store)
     # every option is checked before the model loads
     if chunk_tokens < MIN_CHUNK_TOKENS:
         raise fail(f"--chunk-tokens must be at least {MIN_CHUNK_TOKENS}, got {chunk_tokens}", 2)
@@ -95,6 +118,8 @@ def index(
             raise fail(f"{name} must be positive, got {value}", EXIT_USAGE)
     check_device(device)
     check_dtype(dtype)
+    if ray is not None:
+        _check_ray(ray)
     check_index_path(index, must_exist=False)
     check_lang(lang)
     check_index_lang(index, lang)
@@ -106,9 +131,9 @@ def index(
         raise fail(msg, EXIT_NOTHING)
 
     exists = (index / "manifest.json").exists()
-    encoder = load_encoder(
-        model or (stored_model(index) if exists else None) or DEFAULT_MODEL, device, dtype
-    )
+    name = model or (stored_model(index) if exists else None) or DEFAULT_MODEL
+    # with --ray this process only records the model in the index: the actors encode
+    encoder = load_encoder(name, "cpu" if ray is not None else device, dtype)
     if chunk_tokens > encoder.max_length:
         note(f"--chunk-tokens {chunk_tokens} is capped at the model's {encoder.max_length}")
         chunk_tokens = encoder.max_length
@@ -143,7 +168,8 @@ def index(
             def on_problem(p: Problem) -> None:
                 progress.console.print(Text("skipped ", style="yellow") + Text(str(p)))
 
-            report = index_files(
+            run = functools.partial(
+                index_files if ray is None else _ray_index(ray, encoder, device, dtype),
                 col,
                 paths,
                 chunk_tokens=chunk_tokens,
@@ -154,11 +180,54 @@ def index(
                 # the paths' own problems were printed above, before the model loaded
                 on_problem=lambda p: None if p in problems else on_problem(p),
             )
+            report = run()
     finally:
         col.close()
     out().print(Text(f"{report} -> {index}"))
     if report.documents == 0 and report.skipped == 0:
         raise typer.Exit(EXIT_NOTHING)
+
+
+def _check_ray(address: str) -> None:
+    if not RAY_ADDRESS.match(address):
+        msg = (
+            f"--ray takes local, auto, ray://HOST:PORT or HOST:PORT, got {address!r}; write "
+            "--ray alone for a local cluster (after the paths, or before another option)"
+        )
+        raise fail(msg, EXIT_USAGE)
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise fail('--ray needs Ray: pip install "m3rag[ray]"', EXIT_USAGE) from None
+
+
+def _ray_index(address: str, encoder: Any, device: str | None, dtype: str | None) -> Any:
+    """`index_with_ray` on the cluster at ``address``, with the CLI's model, device and dtype."""
+    from m3rag.distributed import index_with_ray
+
+    return functools.partial(
+        index_with_ray,
+        model_name_or_path=encoder.model_name_or_path,
+        address=address,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _target(index: Path | None, store: str | None) -> Path:
+    """The index folder, from ``--index`` or ``--store``.
+
+    A ``--store`` URI of another kind (``milvus://HOST:PORT/NAME``) is resolved by the store
+    opener once m3rag has one; a folder is an index folder.
+    """
+    if (index is None) == (store is None):
+        raise fail("give either --index DIR or --store URI", EXIT_USAGE)
+    if store is None:
+        return index  # type: ignore[return-value]  # one of the two is given
+    if "://" in store:
+        msg = f"--store {store}: only index folders are supported by this version"
+        raise fail(msg, EXIT_USAGE)
+    return Path(store)
 
 
 def _print_problem(problem: object) -> None:

@@ -207,7 +207,7 @@ def test_cli_index_ray(
     argv = ["index", str(corpus), "--model", str(tiny_m3_path), "--chunk-tokens", "64"]
     out = CliRunner().invoke(app, [*argv, "--store", str(index), "--ray", "local"])
     assert out.exit_code == 0, out.output
-    assert "indexed 7 documents" in out.output
+    assert "indexed 8 documents" in out.output
     again = CliRunner().invoke(app, [*argv, "--index", str(index), "--ray", "local"])
     assert again.exit_code == 0, again.output
-    assert "skipped 7 already indexed" in again.output
+    assert "skipped 8 already indexed" in again.output
