@@ -4,9 +4,9 @@ Results go to stdout, progress and messages to stderr. Every error ends in one l
 documented exit code (a traceback only with ``--debug``):
 
 0 success · 1 nothing to do (no files, nothing indexed, no evidence) · 2 bad usage or input, or
-no index at the path · 3 the model (or the LLM endpoint) cannot be loaded or reached · 4 the
-index is locked, damaged, built with another model, or cannot be written · 70 an unexpected
-error (a bug: please report it) · 130 interrupted.
+no index at the path · 3 the model (or the LLM endpoint, or the Ray cluster) cannot be loaded or
+reached · 4 the index is locked, damaged, built with another model, or cannot be written · 70 an
+unexpected error (a bug: please report it) · 130 interrupted.
 """
 
 from __future__ import annotations

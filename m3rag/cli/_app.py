@@ -19,6 +19,7 @@ from rich.text import Text
 from m3rag.errors import (
     CollectionError,
     CollectionNotFoundError,
+    DistributedError,
     EncoderMismatchError,
     InputTooLongError,
     ModelError,
@@ -131,7 +132,7 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(exc, EncoderMismatchError):
         return EXIT_INDEX
-    if isinstance(exc, ModelError):
+    if isinstance(exc, (ModelError, DistributedError)):
         return EXIT_MODEL
     if isinstance(exc, CollectionError):
         return EXIT_INDEX
