@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Probes and the page answer without a key (the page asks for one and sends it with searches).
+# Probes and the page answer GETs without a key (the page asks for one and sends it with
+# searches); ``POST /`` encodes, as text-embeddings-inference's root route does, and needs it.
 OPEN_PATHS = frozenset({"/", "/health", "/ready"})
 
 
@@ -213,7 +214,8 @@ def create_app(
     ) -> Response:
         path = request.url.path
         start = time.perf_counter()
-        if key is not None and path not in OPEN_PATHS and request.method != "OPTIONS":
+        open_read = path in OPEN_PATHS and request.method in ("GET", "HEAD")
+        if key is not None and not open_read and request.method != "OPTIONS":
             given = request.headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
             ok = scheme.lower() == "bearer" and hmac.compare_digest(
@@ -383,6 +385,9 @@ def create_app(
 
     # -- text-embeddings-inference ---------------------------------------------------------
 
+    # TEI serves its model's main task at ``POST /`` too; Hugging Face's InferenceClient
+    # (``feature_extraction`` with ``base_url=``) posts there.
+    @app.post("/", summary="Dense embeddings (text-embeddings-inference's route for its task)")
     @app.post("/embed", summary="Dense embeddings (text-embeddings-inference)")
     async def tei_embed(body: EmbedRequest) -> list[list[float]]:
         texts = _texts(body.inputs, "inputs", cfg.max_client_batch_size)

@@ -292,6 +292,8 @@ def test_api_key_is_enforced(live, tiny_encoder, caplog) -> None:  # type: ignor
     r = post(server, "/v1/embeddings", {"input": "x"})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     assert httpx.get(server.url + "/metrics").status_code == 401
+    assert httpx.get(server.url + "/").status_code == 200  # the page asks for the key itself
+    assert post(server, "/", {"inputs": ["x"]}).status_code == 401  # TEI's route encodes: keyed
     ok = post(server, "/embed", {"inputs": ["x"]}, headers={"Authorization": f"Bearer {secret}"})
     assert ok.status_code == 200
     httpx.post(server.url + "/no-such-route-123")  # refused: no key
