@@ -23,8 +23,10 @@ working in code that does not know about m3rag::
         ├── DuplicateIdError(ValueError)            an id twice in one call, or add() of a held id
         ├── UnknownIdError(KeyError)                get()/delete() of ids the collection lacks
         ├── InvalidDocumentError(ValueError)        empty text, or metadata JSON cannot hold
-        └── EmbeddingMismatchError(ValueError)      precomputed embeddings of wrong count, heads,
-                                                    size, or non-finite/out-of-range values
+        ├── EmbeddingMismatchError(ValueError)      precomputed embeddings of wrong count, heads,
+        │                                           size, or non-finite/out-of-range values
+        └── RemoteStoreError(OSError)               a vector database (Milvus) failed or refused
+                                                    a call; the message names the operation
 
 Catch a family (``except CollectionError``) or a built-in (``except ValueError``); the command
 line maps the families to its exit codes.
@@ -54,6 +56,7 @@ __all__ = [
     "UnknownIdError",
     "InvalidDocumentError",
     "EmbeddingMismatchError",
+    "RemoteStoreError",
 ]
 
 
@@ -149,3 +152,11 @@ class InvalidDocumentError(CollectionError, ValueError):
 
 class EmbeddingMismatchError(CollectionError, ValueError):
     """Precomputed embeddings do not fit: wrong count, missing heads, or wrong dimensions."""
+
+
+class RemoteStoreError(CollectionError, OSError):
+    """A store on a server (e.g. [`MilvusStore`][m3rag.MilvusStore]) failed or refused a call.
+
+    The message names the operation and the server's answer; the server's own exception is
+    chained (``__cause__``).
+    """
