@@ -391,6 +391,8 @@ class MilvusStore:
             side.add_field("vec", DataType.FLOAT_VECTOR, dim=colbert_dim)
             side_index = self._client.prepare_index_params()
             side_index.add_index("vec", index_type="FLAT", metric_type="IP")
+            # fetching a document's rows filters on ``doc``: an inverted index, not a scan
+            side_index.add_index("doc", index_type="INVERTED")
             self._call(
                 "create_collection",
                 lambda: self._client.create_collection(
