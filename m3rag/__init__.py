@@ -27,11 +27,12 @@ from m3rag.errors import (
     ModelError,
     ModelLoadError,
     ReadOnlyError,
+    RemoteStoreError,
     UnknownIdError,
     UnsupportedOutputError,
 )
 from m3rag.fusion import FusionConfig
-from m3rag.index import Collection, Filter, Hits
+from m3rag.index import Collection, Filter, Hits, MilvusStore, open_store
 from m3rag.ingest import IndexReport, index_files
 from m3rag.rerank import RankedPassage, Reranker, RerankResult, RerankScores
 from m3rag.results import Hit, PathScore, SearchResults
@@ -58,6 +59,8 @@ __all__ = [
     "Document",
     "Filter",
     "Hits",
+    "MilvusStore",
+    "open_store",
     "index_files",
     "IndexReport",
     # retrieval
@@ -100,4 +103,5 @@ __all__ = [
     "UnknownIdError",
     "InvalidDocumentError",
     "EmbeddingMismatchError",
+    "RemoteStoreError",
 ]

@@ -24,8 +24,10 @@ working in code that does not know about m3rag::
         ├── DuplicateIdError(ValueError)            an id twice in one call, or add() of a held id
         ├── UnknownIdError(KeyError)                get()/delete() of ids the collection lacks
         ├── InvalidDocumentError(ValueError)        empty text, or metadata JSON cannot hold
-        └── EmbeddingMismatchError(ValueError)      precomputed embeddings of wrong count, heads,
-                                                    size, or non-finite/out-of-range values
+        ├── EmbeddingMismatchError(ValueError)      precomputed embeddings of wrong count, heads,
+        │                                           size, or non-finite/out-of-range values
+        └── RemoteStoreError(OSError)               a vector database (Milvus) failed or refused
+                                                    a call; the message names the operation
 
 Catch a family (``except CollectionError``) or a built-in (``except ValueError``); the command
 line maps the families to its exit codes.
@@ -56,6 +58,7 @@ __all__ = [
     "InvalidDocumentError",
     "EmbeddingMismatchError",
     "DistributedError",
+    "RemoteStoreError",
 ]
 
 
@@ -155,3 +158,11 @@ class EmbeddingMismatchError(CollectionError, ValueError):
 
 class DistributedError(M3RagError, RuntimeError):
     """A Ray cluster cannot be started or reached, or a stage of a distributed pipeline failed."""
+
+
+class RemoteStoreError(CollectionError, OSError):
+    """A store on a server (e.g. [`MilvusStore`][m3rag.MilvusStore]) failed or refused a call.
+
+    The message names the operation and the server's answer; the server's own exception is
+    chained (``__cause__``).
+    """

@@ -51,6 +51,9 @@ EXPECTED = {
     "UnknownIdError",
     "InvalidDocumentError",
     "EmbeddingMismatchError",
+    "RemoteStoreError",
+    "MilvusStore",
+    "open_store",
 }
 
 
