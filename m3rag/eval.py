@@ -23,7 +23,7 @@ from m3rag._optional import require
 if TYPE_CHECKING:
     from m3rag.encoder import Encoder
     from m3rag.fusion import FusionConfig
-    from m3rag.index import Collection
+    from m3rag.index import Store, WritableStore
     from m3rag.rerank import Reranker
     from m3rag.retriever import HybridRetriever
     from m3rag.types import M3Output
@@ -268,7 +268,7 @@ def _run(
 
 def index_corpus(
     dataset: BeirDataset,
-    collection: Collection,
+    collection: WritableStore,
     *,
     batch: int = 256,
     on_progress: Progress | None = None,
@@ -336,7 +336,7 @@ _HEADS = (("dense", "dense"), ("lexical", "sparse"), ("colbert", "colbert"))
 
 def evaluate(
     dataset: BeirDataset,
-    collection: Collection,
+    collection: Store,
     *,
     encoder: Encoder | None = None,
     modes: Sequence[str] = ("hybrid",),
@@ -446,7 +446,7 @@ def evaluate(
 
 def tune_weights(
     dataset: BeirDataset,
-    collection: Collection,
+    collection: Store,
     *,
     encoder: Encoder | None,
     dev_queries: Mapping[str, str],

@@ -16,6 +16,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from m3rag import Collection, HybridRetriever, M3Output, UnknownIdError
+from m3rag.index import WritableStore
 from m3rag_langchain._validation import (
     check_documents,
     check_ids,
@@ -34,7 +35,10 @@ __all__ = ["M3VectorStore"]
 
 
 class M3VectorStore(VectorStore):
-    """LangChain ``VectorStore`` backed by an embedded m3rag [`Collection`][m3rag.Collection].
+    """LangChain ``VectorStore`` backed by an m3rag store.
+
+    The store is an embedded [`Collection`][m3rag.Collection] or any other
+    [`WritableStore`][m3rag.index.WritableStore], e.g. a [`MilvusStore`][m3rag.MilvusStore].
 
     Two ways to build it:
 
@@ -72,12 +76,15 @@ class M3VectorStore(VectorStore):
 
     def __init__(
         self,
-        collection: Collection | None = None,
+        collection: WritableStore | None = None,
         *,
         embedding: Embeddings | None = None,
         path: str | os.PathLike[str] | None = None,
         search_mode: Literal["dense", "hybrid"] = "dense",
     ) -> None:
+        if collection is not None and not isinstance(collection, WritableStore):
+            msg = f"collection must be an m3rag store, got {type(collection).__name__}"
+            raise TypeError(msg)
         if collection is None and (embedding is None or path is None):
             msg = "pass a Collection, or an embedding= and a path= to create one"
             raise ValueError(msg)
@@ -106,13 +113,13 @@ class M3VectorStore(VectorStore):
         return self._embedding
 
     @property
-    def collection(self) -> Collection | None:
-        """The underlying collection (``None`` until the first write in embedding= mode)."""
+    def collection(self) -> WritableStore | None:
+        """The underlying store (``None`` until the first write in embedding= mode)."""
         return self._collection
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _ensure(self, dim: int) -> Collection:
+    def _ensure(self, dim: int) -> WritableStore:
         if self._collection is None:
             assert self._path is not None  # noqa: S101 - checked in __init__
             path = os.fspath(self._path)

@@ -49,7 +49,8 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from m3rag import Collection, FusionConfig, HybridRetriever, M3Output, Reranker
+from m3rag import FusionConfig, HybridRetriever, M3Output, Reranker
+from m3rag.index import WritableStore
 from m3rag.rollup import CHUNK_FIELDS
 from m3rag_llamaindex._passes import recall
 from m3rag_llamaindex._validation import check_positive_int
@@ -64,11 +65,12 @@ _REF = "ref_doc_id"
 
 
 class M3VectorStore(BasePydanticVectorStore):
-    """A LlamaIndex vector store backed by an m3rag [`Collection`][m3rag.Collection].
+    """A LlamaIndex vector store backed by an m3rag store.
 
     Args:
-        collection: A writable collection with an encoder (to add nodes and encode queries);
-            read-only works for querying.
+        collection: An embedded [`Collection`][m3rag.Collection] or any other
+            [`WritableStore`][m3rag.index.WritableStore] (e.g. [`MilvusStore`][m3rag.MilvusStore])
+            with an encoder (to add nodes and encode queries); read-only works for querying.
         reranker: A [`Reranker`][m3rag.Reranker] for the ``semantic_hybrid`` (m3rag) mode.
         recall_k: Candidates each recall path contributes.
 
@@ -79,14 +81,17 @@ class M3VectorStore(BasePydanticVectorStore):
     is_embedding_query: bool = True
     recall_k: int = 100
 
-    _collection: Collection = PrivateAttr()
+    _collection: WritableStore = PrivateAttr()
     _reranker: Reranker | None = PrivateAttr(default=None)
 
     def __init__(
-        self, collection: Collection, *, reranker: Reranker | None = None, recall_k: int = 100
+        self, collection: WritableStore, *, reranker: Reranker | None = None, recall_k: int = 100
     ) -> None:
-        if not isinstance(collection, Collection):
-            msg = f"collection must be an m3rag Collection, got {type(collection).__name__}"
+        if not isinstance(collection, WritableStore):
+            msg = (
+                "collection must be an m3rag Collection or another m3rag store, "
+                f"got {type(collection).__name__}"
+            )
             raise TypeError(msg)
         check_positive_int(recall_k, "recall_k")
         super().__init__(recall_k=recall_k)  # type: ignore[call-arg]  # a field of ours
@@ -99,13 +104,13 @@ class M3VectorStore(BasePydanticVectorStore):
         return "M3VectorStore"
 
     @property
-    def client(self) -> Collection:
-        """The m3rag collection."""
+    def client(self) -> WritableStore:
+        """The m3rag store."""
         return self._collection
 
     @property
-    def collection(self) -> Collection:
-        """The m3rag collection."""
+    def collection(self) -> WritableStore:
+        """The m3rag store."""
         return self._collection
 
     # -- writes ---------------------------------------------------------------------------------

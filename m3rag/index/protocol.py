@@ -161,3 +161,7 @@ class WritableStore(Store, Protocol):
     def commit(self) -> int:
         """Make the staged changes visible; returns the new generation."""
         ...
+
+    def rollback(self) -> None:
+        """Drop the staged changes (a failed batch of writes leaves the store as it was)."""
+        ...
