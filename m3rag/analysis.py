@@ -210,6 +210,11 @@ class Pipeline:
         """
         return _tantivy_analyzer(self.stemmer, self.stopwords)
 
+    @property
+    def preparation(self) -> str:
+        """Which `prepare` this family uses: pipelines with the same one prepare alike."""
+        return self.family if self.family in ("ar", "fa") else ""
+
     def prepare(self, text: str) -> str:
         """The Python half: NFKC, case folding, script normalisation, no-space runs to bigrams.
 
@@ -223,6 +228,14 @@ class Pipeline:
         if _NOSPACE.search(text):
             text = _RUN.sub(_bigrams, text)
         return text
+
+    def term(self, word: str) -> str | None:
+        """The term of one word (a token of `TOKEN_PATTERN`), ``None`` for a stop word.
+
+        Stop words and stemming act on one word at a time, so a word analyses alone exactly as
+        it does in a sentence; the answers are cached (a query's words are Zipfian).
+        """
+        return _term(self, word)
 
     def tokens(self, text: str) -> list[str]:
         """The BM25 terms of ``text``, in order, repeats kept."""
@@ -385,7 +398,72 @@ def detector_name() -> str:
 
 def query_terms(text: str, families: Iterable[str]) -> list[tuple[str, str]]:
     """The distinct ``(family, term)`` pairs of a query analysed with every family given."""
-    terms: dict[tuple[str, str], None] = {}
+    return [(family, t) for family, terms in analyse_query(text, families) for t in terms]
+
+
+_TOKEN_CACHE = 65_536  # words per family; cleared when full (a query's words are Zipfian)
+_MISSING: Any = object()
+
+
+def analyse_query(text: str, families: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """Each family given with the distinct terms of ``text`` analysed by its pipeline.
+
+    The same terms as `Pipeline.tokens` (deduplicated), computed for many families at once:
+    see `query_words` and `Pipeline.term`.
+    """
+    words = QueryWords(text)
+    out = []
     for family in families:
-        terms.update(dict.fromkeys((family, t) for t in pipeline(family).tokens(text)))
-    return list(terms)
+        pipe = pipeline(family)
+        terms = (pipe.term(word) for word in words.of(pipe))
+        out.append((family, list(dict.fromkeys(t for t in terms if t is not None))))
+    return out
+
+
+class QueryWords:
+    """A query's distinct words (tokenised, before stop words and stemming), per preparation.
+
+    The text is prepared once per distinct `Pipeline.preparation` (only Arabic and Persian
+    differ) and tokenised once in tantivy, however many families analyse it; each family then
+    maps the words to its terms with `Pipeline.term`.
+    """
+
+    __slots__ = ("_text", "_words")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._words: dict[str, list[str]] = {}
+
+    def of(self, pipe: Pipeline) -> list[str]:
+        """The distinct words of the text prepared for ``pipe``, in order."""
+        kind = pipe.preparation
+        words = self._words.get(kind)
+        if words is None:
+            words = list(dict.fromkeys(_tokenizer().analyze(pipe.prepare(self._text))))
+            self._words[kind] = words
+        return words
+
+
+@cache
+def _tokenizer() -> Any:
+    """The tokenizer of every family alone (tantivy): the words before stop words and stems."""
+    tantivy = require("tantivy", purpose="the m3rag index")
+    return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN)).build()
+
+
+@cache
+def _word_cache(stemmer: str | None, stopwords: str | None) -> dict[str, str | None]:
+    """Word -> term (``None``: a stop word) of the filters ``stemmer`` and ``stopwords``."""
+    return {}
+
+
+def _term(pipe: Pipeline, word: str) -> str | None:
+    cache = _word_cache(pipe.stemmer, pipe.stopwords)
+    term = cache.get(word, _MISSING)
+    if term is _MISSING:
+        found = pipe.analyzer().analyze(word)
+        term = found[0] if found else None
+        if len(cache) >= _TOKEN_CACHE:
+            cache.clear()
+        cache[word] = term
+    return term  # type: ignore[no-any-return]

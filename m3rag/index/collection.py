@@ -510,9 +510,12 @@ class Collection:
         alive = np.ones(n, dtype=np.bool_)
         alive[np.asarray(tomb, dtype=np.int64)] = False
         self._alive = alive
+        self._live = int(np.count_nonzero(alive))
         self._dense_matrix = self._dense.matrix(n) if self._dense is not None else None
         self._dense_scan = self._dense.scan_view(n) if self._dense is not None else None
         self._searcher = self._tantivy.searcher()
+        self._num_docs = int(self._searcher.num_docs)
+        self._terms = self._tantivy.terms(self._searcher)
         if self._ann is not None and self._dense_matrix is not None and len(self._ann) < n:
             if self.read_only:
                 # a reader searches the keys the graph does not cover exactly
@@ -533,7 +536,10 @@ class Collection:
             return False
         # keep answering from the snapshot this handle had if the new one cannot be loaded
         # (reloading would not do: tantivy would see the newer segments)
-        names = ("_manifest", "_alive", "_dense_matrix", "_dense_scan", "_searcher", "_ann_upto")
+        names = (
+            *("_manifest", "_alive", "_live", "_dense_matrix", "_dense_scan", "_searcher"),
+            *("_num_docs", "_terms", "_ann_upto"),
+        )
         kept = {name: getattr(self, name) for name in names}
         self._manifest = manifest
         try:
@@ -1145,7 +1151,8 @@ class Collection:
         return mask & self._alive
 
     def _hits(self, keys: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]) -> Hits:
-        return Hits(self._ids_of(keys.tolist()), scores.astype(np.float32), keys)
+        # every caller passes arrays of its own (no copy when they are float32 already)
+        return Hits(self._ids_of(keys.tolist()), scores.astype(np.float32, copy=False), keys)
 
     def _ids_of(self, keys: list[int]) -> list[str]:
         """Ids of committed keys, through a bounded cache (a key's id never changes)."""
@@ -1486,17 +1493,37 @@ class Collection:
         k = _check_k(k)
         _check_text_query(query)
         families = self._query_families(lang)
-        mask = self.allowed(filter)
-        k = min(k, int(np.count_nonzero(mask)))
-        if k == 0:
+        flt = Filter.parse(filter)
+        if flt is None:
+            mask, live = self._alive, self._live
+        else:
+            mask = self.allowed(flt)
+            live = int(np.count_nonzero(mask))
+        k = min(k, live)
+        tquery = self._tantivy.bm25_query(query, families, self._terms) if k else None
+        if tquery is None:
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        tquery = self._tantivy.bm25_query(query, families)
-        restrict = self._restriction(mask, filter)
-        limit = max(2 * k, 32)
+        restrict = self._restriction(mask, flt)
+        if restrict is not None:
+            limit = k  # tantivy returns allowed live documents only
+        elif flt is None:
+            # tantivy holds every live document, and at most num_docs - live others (deleted
+            # or replaced ones it has not dropped yet, or a commit's in flight): the best
+            # k + that many hold the best k live ones
+            limit = k + max(0, self._num_docs - live)
+        else:
+            limit = max(2 * k, 32)
         while True:
-            keys, scores = self._tantivy.search(self._searcher, tquery, limit, restrict)
-            keep = keys < len(mask)
-            keep[keep] = mask[keys[keep]]
+            keys, scores = self._tantivy.search(
+                self._searcher, tquery, limit, restrict, num_docs=self._num_docs
+            )
+            if len(keys) and int(keys.max()) < len(mask):
+                keep = mask[keys]
+            else:
+                keep = keys < len(mask)
+                keep[keep] = mask[keys[keep]]
+            if keep.all() and len(keys) >= k:  # the common case: every hit is visible
+                return self._hits(keys[:k], scores[:k])
             if keep.sum() >= k or len(keys) < limit:
                 idx = np.flatnonzero(keep)[:k]
                 return self._hits(keys[idx], scores[idx])
@@ -1576,7 +1603,7 @@ class Collection:
         families = self._query_families(lang)
         keys = self._check_keys(keys)
         out = np.zeros(len(keys), dtype=np.float32)
-        tquery = self._tantivy.bm25_query(query, families)
+        tquery = self._tantivy.bm25_query(query, families, self._terms)
         if tquery is None or len(keys) == 0:
             return out
         found, scores = self._tantivy.search(self._searcher, tquery, len(keys), np.unique(keys))

@@ -71,6 +71,25 @@ def test_bm25_scores_follow_the_query_analysis(tmp_path: Path) -> None:
     col.close()
 
 
+def test_terms_no_document_holds_are_left_out_and_scores_unchanged(tmp_path: Path) -> None:
+    col = _mixed(tmp_path / "c")
+    tantivy = col._tantivy
+    families = col._query_families(None)
+    queries = ["北京 capital running", "Москва столица", "alten Häusern", "xyzzy", "the a"]
+    for text in queries:
+        full = tantivy.bm25_query(text, families)  # every family's every term
+        pruned = tantivy.bm25_query(text, families, col._terms)
+        if pruned is None:  # no term is in any document
+            assert len(tantivy.search(col._searcher, full, 10)[0]) == 0
+            continue
+        keys, scores = tantivy.search(col._searcher, full, 10)
+        keys2, scores2 = tantivy.search(col._searcher, pruned, 10)
+        assert keys.tolist() == keys2.tolist() and scores.tolist() == scores2.tolist()
+    # 'xyzzy' is in no family: no search at all, no hits
+    assert col.search_bm25("xyzzy", k=3).ids == []
+    col.close()
+
+
 def test_collection_lang_and_metadata_lang(tmp_path: Path) -> None:
     col = Collection.create(tmp_path / "c", heads=(), lang="de")
     col.add(
