@@ -43,7 +43,14 @@ import numpy.typing as npt
 
 from m3rag._optional import require
 from m3rag._version import __version__
-from m3rag.analysis import ANALYSIS_VERSION, AUTO, FAMILIES, detect_language, family_of
+from m3rag.analysis import (
+    ANALYSIS_VERSION,
+    ANALYSIS_VERSIONS,
+    AUTO,
+    FAMILIES,
+    detect_language,
+    family_of,
+)
 from m3rag.errors import (
     CollectionClosedError,
     CollectionExistsError,
@@ -173,8 +180,12 @@ class Collection:
             create=creating,
         )
         try:
+            analysis = manifest.get("analysis")
             self._tantivy = LexicalIndex(
-                folder / "tantivy", writable=not read_only, legacy=manifest.get("analysis") is None
+                folder / "tantivy",
+                writable=not read_only,
+                legacy=analysis is None,
+                version=ANALYSIS_VERSION if analysis is None else int(analysis["version"]),
             )
         except BaseException:
             self._docs.close()
@@ -1656,14 +1667,15 @@ def _check_analysis(manifest: Mapping[str, Any], folder: Path) -> None:
         return  # made before the analysis record: the legacy analyzer, kept as it was
     version = analysis.get("version")
     unknown = sorted(f for f in analysis.get("families", ()) if f not in FAMILIES)
-    if version != ANALYSIS_VERSION or unknown:
-        what = f"analysis version {version!r}" if version != ANALYSIS_VERSION else ""
+    known = not isinstance(version, bool) and version in ANALYSIS_VERSIONS
+    if not known or unknown:
+        what = "" if known else f"analysis version {version!r}"
         what = what or f"analysis families {unknown} unknown to this m3rag"
         msg = (
             f"{folder} was indexed with {what}; this m3rag {__version__} analyses BM25 text "
-            f"with version {ANALYSIS_VERSION}, and mixing the two would silently mismatch "
-            "query and document terms: rebuild the collection into a new folder (re-add its "
-            "documents, e.g. with `m3rag index`) or use the m3rag that built it"
+            f"with versions {sorted(ANALYSIS_VERSIONS)} only, and another would silently "
+            "mismatch query and document terms: rebuild the collection into a new folder "
+            "(re-add its documents, e.g. with `m3rag index`) or use the m3rag that built it"
         )
         raise IndexFormatError(msg)
 

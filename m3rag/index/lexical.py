@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._optional import require
-from m3rag.analysis import FAMILIES, QueryWords, pipeline, query_terms
+from m3rag.analysis import ANALYSIS_VERSION, FAMILIES, Pipeline, QueryWords, pipeline, query_terms
 from m3rag.errors import IndexFormatError, M3RagError
 
 __all__ = ["BITS", "STEP", "LexicalIndex", "is_panic", "quantize_weights"]
@@ -146,16 +146,26 @@ class LexicalIndex:
         folder: The tantivy folder (created if missing).
         writable: Open an index writer (one per collection, guarded by the collection lock).
         legacy: The ``text`` field uses the legacy in-tantivy analyzer (collections without an
-            ``analysis`` record); else it holds ``family:term`` tokens analysed in Python.
+            ``analysis`` record); else a field per family holds its pipeline's terms.
+        version: The analysis version (`m3rag.analysis.ANALYSIS_VERSIONS`) the pipelines
+            follow: the one the collection was built with.
     """
 
-    def __init__(self, folder: Path, *, writable: bool, legacy: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        writable: bool,
+        legacy: bool = False,
+        version: int = ANALYSIS_VERSION,
+    ) -> None:
         self._tantivy = require("tantivy", purpose="the m3rag index")
         self.folder = folder
         self._writer: Any = None
         if writable:
             folder.mkdir(parents=True, exist_ok=True)
         self.legacy = legacy
+        self.version = version
         self.schema = _schema(legacy=legacy)
         with tantivy_errors(folder, "open the index"):
             if writable:
@@ -167,10 +177,14 @@ class LexicalIndex:
                 self.index.register_tokenizer(ANALYZER, self.analyzer)
             else:
                 for family in sorted(FAMILIES):
-                    analyzer = pipeline(family).analyzer()
+                    analyzer = self.pipeline(family).analyzer()
                     self.index.register_tokenizer(_family_tokenizer(family), analyzer)
             if writable:
                 self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+
+    def pipeline(self, family: str) -> Pipeline:
+        """The pipeline of ``family`` in this index's analysis version."""
+        return pipeline(family, self.version)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -215,7 +229,7 @@ class LexicalIndex:
                     msg = "families are required by an analysed (non-legacy) index"
                     raise ValueError(msg)
                 family = families[i]
-                doc.add_text(family_field(family), pipeline(family).prepare(texts[i]))
+                doc.add_text(family_field(family), self.pipeline(family).prepare(texts[i]))
             self._writer.add_document(doc)
 
     def delete_keys(self, keys: Sequence[int]) -> None:
@@ -261,7 +275,8 @@ class LexicalIndex:
         """The distinct BM25 terms of a query ``text``: legacy tokens, or ``family:term``."""
         if self.legacy:
             return list(dict.fromkeys(self.analyzer.analyze(text)))
-        return [f"{family}:{term}" for family, term in query_terms(text, families)]
+        pairs = query_terms(text, families, self.version)
+        return [f"{family}:{term}" for family, term in pairs]
 
     def _keys(self, searcher: Any, hits: Sequence[tuple[float, Any]]) -> npt.NDArray[np.int64]:
         if not hits:
@@ -315,7 +330,8 @@ class LexicalIndex:
             clauses = [(occur.Should, query) for query in terms.queries(text, families)]
             return q.boolean_query(clauses) if clauses else None
         else:
-            fields = [(family_field(f), t) for f, t in query_terms(text, families)]
+            pairs = query_terms(text, families, self.version)
+            fields = [(family_field(f), t) for f, t in pairs]
         if not fields:
             return None
         return q.boolean_query(
@@ -373,6 +389,7 @@ class TermQueries:
 
     def __init__(self, index: LexicalIndex, searcher: Any) -> None:
         self._schema = index.schema
+        self._pipeline = index.pipeline
         self._term_query = index._tantivy.Query.term_query
         self._searcher = searcher
         # (family, word) -> ((field, term), term query), or None: a stop word, or no document
@@ -385,7 +402,7 @@ class TermQueries:
         cache = self._words
         out: dict[tuple[str, str], Any] = {}  # one clause per term (words with one stem)
         for family in families:
-            pipe = pipeline(family)
+            pipe = self._pipeline(family)
             for word in words.of(pipe):
                 found = cache.get((family, word), _MISSING)
                 if found is _MISSING:
