@@ -1255,10 +1255,11 @@ class Collection:
         if restrict is not None:
             limit = k  # tantivy returns allowed live documents only
         elif flt is None:
-            # tantivy holds every live document, and at most num_docs - live others (deleted
-            # or replaced ones it has not dropped yet, or a commit's in flight): the best
-            # k + that many hold the best k live ones
-            limit = k + max(0, snap.num_docs - live)
+            # tantivy holds every live document, and num_docs - live others (deleted or
+            # replaced ones it has not dropped yet, or a commit's in flight): the best k + that
+            # many hold the best k live ones (if that is many, widen step by step instead)
+            extra = max(0, snap.num_docs - live)
+            limit = k + extra if extra <= 4 * k + 64 else max(2 * k, 32)
         else:
             limit = max(2 * k, 32)
         while True:
