@@ -53,7 +53,9 @@ __all__ = [
     "SNOWBALL",
     "STOPWORDS",
     "Pipeline",
+    "QueryWords",
     "UnknownLanguageError",
+    "analyse_query",
     "detect_language",
     "family_of",
     "pipeline",
@@ -456,7 +458,7 @@ def analyse_query(
     """Each family given with the distinct terms of ``text`` analysed by its pipeline.
 
     The same terms as `Pipeline.tokens` (deduplicated), computed for many families at once:
-    see `query_words` and `Pipeline.term`.
+    see `QueryWords` and `Pipeline.term`.
     """
     words = QueryWords(text)
     out = []
