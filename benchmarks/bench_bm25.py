@@ -298,6 +298,7 @@ def main() -> None:
             docs=args.docs or len(corpus),
             n_queries=args.queries or len(queries),
         )
+    load_start = list(os.getloadavg())  # the machine may be shared: say how busy
     work = Path(tempfile.mkdtemp(prefix="m3rag-bench-bm25-"))
     rows: dict[str, dict[str, Any]] = {}
     try:
@@ -339,6 +340,8 @@ def main() -> None:
         "passes": args.passes,
         "quick": args.quick,
         "rows": list(rows.values()),
+        "load_average_start": load_start,
+        "load_average": list(os.getloadavg()),
         "ratios": ratios,
         "targets": targets(rows),
     }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -267,12 +268,20 @@ def main() -> None:
     if not folders:
         print(f"no datasets found under {DATA}; pass BEIR folders as arguments")
         return
+    load_start = list(os.getloadavg())  # the machine may be shared: say how busy
     rows = []
     for folder in folders:
         rows += run_dataset(
             folder, n_queries=200 if args.quick else None, passes=1 if args.quick else args.passes
         )
-    result = {"benchmark": "bm25_analyzer", "machine": machine(), "quick": args.quick, "rows": rows}
+    result = {
+        "benchmark": "bm25_analyzer",
+        "machine": machine(),
+        "quick": args.quick,
+        "load_average_start": load_start,
+        "load_average": list(os.getloadavg()),
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print("| dataset | system | nDCG@10 | Recall@100 | query p50 ms | build docs/s |")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -577,6 +578,29 @@ def section_bm25(r: Report) -> str:
     ]
     m3, bm25s = rows[0], next((row for row in rows if row["system"] == "bm25s"), None)
     rank = next((row for row in rows if row["system"] == "rank_bm25"), None)
+    runs = bm.get("runs") or []
+    if runs:  # the script run several times: latency moves with the machine's load
+        ours = sorted(run["m3rag_p50_ms"] for run in runs)
+        theirs = sorted(run["bm25s_p50_ms"] for run in runs)
+        loads = ", ".join(f"{run['load_average_start'][0]:.1f}" for run in runs)
+        out += [
+            f"Query p50 in each of {len(runs)} runs of the script: m3rag "
+            f"{', '.join(ms(x) for x in ours)} (median {ms(statistics.median(ours))}), bm25s "
+            f"{', '.join(ms(x) for x in theirs)} (median {ms(statistics.median(theirs))}); the "
+            f"table is the median run. Load average (1 min) at the start of each run: {loads} "
+            "(2 cores shared with other jobs).",
+            "",
+        ]
+    if "load_average" in bm and not runs:
+        shown = ", ".join(f"{x:.1f}" for x in bm["load_average"])
+        out += [f"Load average at the end of the run (1, 5, 15 min): {shown}.", ""]
+    m3_p50 = statistics.median(run["m3rag_p50_ms"] for run in runs) if runs else p50(m3["query"])
+    if m3_p50 is not None:
+        r.target(
+            "BM25 p50 on SciFact ≤ 0.107 ms (1.5× the one-analyzer 0.071 ms at rest)",
+            ms(m3_p50),
+            m3_p50 <= 0.107,
+        )
     if bm25s:
         fast = p50(m3["query"]) <= p50(bm25s["query"])  # type: ignore[operator]
         good = m3["ndcg@10"] >= bm25s["ndcg@10"] - 5e-4
@@ -1015,6 +1039,14 @@ def bm25_analyzer_section(r: Report, ana: Any) -> list[str]:
         "detection (queries)",
     ]
     lines += [table(header, body, "lrrrlrrrll"), ""]
+    if isinstance(ana, dict) and "load_average" in ana:
+        start = ana.get("load_average_start") or ana["load_average"]
+        lines += [
+            f"Load average (1 min) at the start and end of the run: {start[0]:.1f}, "
+            f"{ana['load_average'][0]:.1f} (2 cores shared with other jobs: the absolute times "
+            "are inflated, the ratios within a row less so).",
+            "",
+        ]
     return lines
 
 

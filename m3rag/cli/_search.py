@@ -280,7 +280,8 @@ def _describe_analysis(analysis: dict[str, Any] | None) -> str:
     lang = analysis["lang"]
     default = f"detect ({detector_name()})" if lang == "auto" else lang
     lines = [f"version {analysis['version']}, lang {default}"]
-    lines += [f"{family}: {pipeline(family).describe()}" for family in analysis["families"]]
+    version = analysis["version"]
+    lines += [f"{f}: {pipeline(f, version).describe()}" for f in analysis["families"]]
     return "\n".join(lines)
 
 

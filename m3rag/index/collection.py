@@ -27,10 +27,8 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import sqlite3
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,30 +41,63 @@ import numpy.typing as npt
 
 from m3rag._optional import require
 from m3rag._version import __version__
-from m3rag.analysis import ANALYSIS_VERSION, AUTO, FAMILIES, detect_language, family_of
+from m3rag.analysis import (
+    ANALYSIS_VERSION,
+    ANALYSIS_VERSIONS,
+    AUTO,
+    FAMILIES,
+    detect_language,
+    family_of,
+)
 from m3rag.errors import (
     CollectionClosedError,
     CollectionExistsError,
     CommitError,
     DuplicateIdError,
-    EmbeddingMismatchError,
     EncoderMismatchError,
     IndexFormatError,
-    InvalidDocumentError,
     ReadOnlyError,
     UnknownIdError,
     UnknownLanguageError,
 )
-from m3rag.index import impacts
+from m3rag.index import lexical_topk
 from m3rag.index._files import Column, WriterLock, atomic_write_json, gather_rows
 from m3rag.index.ann import AnnIndex
 from m3rag.index.ann import check_dtype as check_ann_dtype
 from m3rag.index.docstore import DocStore
 from m3rag.index.filters import Filter, dumps_metadata
-from m3rag.index.impacts import HeadImpacts, head_of
-from m3rag.index.lexical import BITS, STEP, LexicalIndex, is_panic, quantization_error
+from m3rag.index.impacts import HeadImpacts
+from m3rag.index.lexical import (
+    BITS,
+    STEP,
+    LexicalIndex,
+    TermQueries,
+    is_panic,
+    quantization_error,
+)
 from m3rag.index.manifest import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest
-from m3rag.index.stores import COLBERT_DTYPES, ColbertStore, DenseStore, LexicalStore, topk
+from m3rag.index.snapshot import Snapshot
+from m3rag.index.stores import COLBERT_DTYPES, ColbertStore, DenseStore, LexicalStore
+from m3rag.index.validation import (
+    F32_MAX,
+    check_embeddings,
+    check_k,
+    check_keys,
+    check_text_query,
+    colbert_query,
+    dense_query,
+    finite32,
+    id_list,
+    lexical_query,
+    metadata_json,
+    metadata_problem,
+    normalise,
+    token_problem,
+    utf8,
+    weight_problem,
+)
+from m3rag.index.validation import MAX_METADATA_DEPTH as MAX_METADATA_DEPTH
+from m3rag.index.validation import MAX_TOKEN_ID as MAX_TOKEN_ID
 from m3rag.results import Hits
 from m3rag.types import HEADS, Document, Head, M3Output
 
@@ -80,11 +111,18 @@ logger = logging.getLogger(__name__)
 LEGACY = "legacy"  # the family of every document of a collection without an analysis record
 
 _ID_CACHE = 262_144
-MAX_METADATA_DEPTH = 32
-"""Metadata nested deeper than this (dicts and lists within each other) is refused."""
-MAX_TOKEN_ID = 2**31 - 1
-"""Lexical token ids are stored as int32: the bound when no vocabulary size is recorded."""
-_F32_MAX = float(np.finfo(np.float32).max)
+
+# the input checks' former names here, for code that imports them from this module
+_check_k = check_k
+_check_text_query = check_text_query
+_id_list = id_list
+_utf8 = utf8
+_finite32 = finite32
+_token_problem = token_problem
+_weight_problem = weight_problem
+_metadata_json = metadata_json
+_metadata_problem = metadata_problem
+_F32_MAX = F32_MAX
 
 
 @dataclass
@@ -139,7 +177,6 @@ class Collection:
         self.encoder = encoder
         self.read_only = read_only
         self._lock = lock
-        self._manifest = manifest
         self._closed = True  # until every store is open: close() then has nothing to release
         self.heads: tuple[Head, ...] = tuple(manifest["heads"])
         self.dim: int | None = manifest.get("dim")
@@ -161,7 +198,7 @@ class Collection:
         self._lexstore = LexicalStore(folder) if "sparse" in self.heads else None
         self._tombstones = Column(folder / "tombstones.int64", np.int64)
         if not creating:
-            self._check_stores()
+            self._check_stores(manifest)
         ann = manifest.get("ann")
         self._ann = (
             AnnIndex(folder, self._dense.dim, **ann) if ann and self._dense is not None else None
@@ -173,35 +210,36 @@ class Collection:
             create=creating,
         )
         try:
+            analysis = manifest.get("analysis")
             self._tantivy = LexicalIndex(
-                folder / "tantivy", writable=not read_only, legacy=manifest.get("analysis") is None
+                folder / "tantivy",
+                writable=not read_only,
+                legacy=analysis is None,
+                version=ANALYSIS_VERSION if analysis is None else int(analysis["version"]),
             )
         except BaseException:
             self._docs.close()
             raise
-        self._impacts: HeadImpacts | None = None
-        self._has_field: dict[str, bool] = {}  # has_metadata answers for this snapshot
-        self._impacts_docs = -1  # the snapshot size _impacts was made for
+        self._impacts = lexical_topk.ImpactCache()
         # committed keys are never reused, so their ids can be cached for the searches
         self._id_cache: dict[int, str] = {}
-        self._impacts_lock = threading.Lock()
         self._pending = _Pending.empty()
         self._pending_max_norm = float(manifest.get("dense_max_norm", 0.0))
         self._closed = False
         try:
             if not read_only:
-                self._recover()
-            self._load_snapshot()
+                self._recover(manifest)
+            self._snap = self._load_snapshot(manifest)
         except BaseException:
             self._tantivy.close()
             self._docs.close()
             self._closed = True
             raise
 
-    def _committed_columns(self) -> list[tuple[Column, int]]:
-        """Every column file and the rows the manifest says it holds."""
-        lengths = self._lengths()
-        n = int(self._manifest["next_key"])
+    def _committed_columns(self, manifest: Mapping[str, Any]) -> list[tuple[Column, int]]:
+        """Every column file and the rows ``manifest`` says it holds."""
+        lengths = {k: int(v) for k, v in manifest.get("lengths", {}).items()}
+        n = int(manifest["next_key"])
         columns: list[tuple[Column, int]] = [(self._tombstones, lengths.get("tombstones", 0))]
         if self._dense is not None:
             columns += [(column, n) for column in self._dense.columns()]
@@ -219,7 +257,7 @@ class Collection:
             ]
         return columns
 
-    def _check_stores(self) -> None:
+    def _check_stores(self, manifest: Mapping[str, Any]) -> None:
         """Every store the manifest counts on is there and holds its committed rows.
 
         A missing or short store is damage, reported (never recreated empty): a recreated
@@ -230,7 +268,7 @@ class Collection:
             if not (self.path / name).is_file():
                 msg = f"{self.path / name} is missing: the collection is damaged; {fix}"
                 raise IndexFormatError(msg)
-        for column, rows in self._committed_columns():
+        for column, rows in self._committed_columns(manifest):
             if rows and column.rows_on_disk() < rows:
                 state = "is missing" if not column.path.exists() else "is too short"
                 msg = (
@@ -499,217 +537,88 @@ class Collection:
 
     # -- snapshot -----------------------------------------------------------------------------
 
-    def _lengths(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self._manifest.get("lengths", {}).items()}
+    @property
+    def _manifest(self) -> Mapping[str, Any]:
+        """The committed manifest of the snapshot this handle reads."""
+        return self._snap.manifest
 
-    def _load_snapshot(self) -> None:
-        self._has_field = {}
-        n = int(self._manifest["next_key"])
-        lengths = self._lengths()
+    @property
+    def _alive(self) -> npt.NDArray[np.bool_]:
+        return self._snap.alive
+
+    @property
+    def _searcher(self) -> Any:
+        return self._snap.searcher
+
+    @property
+    def _terms(self) -> TermQueries:
+        return self._snap.terms
+
+    def _lengths(self) -> dict[str, int]:
+        return self._snap.lengths()
+
+    def _load_snapshot(self, manifest: Mapping[str, Any]) -> Snapshot:
+        """The snapshot of the committed ``manifest``; the handle's own is left as it is."""
+        n = int(manifest["next_key"])
+        lengths = {k: int(v) for k, v in manifest.get("lengths", {}).items()}
         tomb = self._tombstones.read(lengths.get("tombstones", 0))
         alive = np.ones(n, dtype=np.bool_)
         alive[np.asarray(tomb, dtype=np.int64)] = False
-        self._alive = alive
-        self._dense_matrix = self._dense.matrix(n) if self._dense is not None else None
-        self._dense_scan = self._dense.scan_view(n) if self._dense is not None else None
-        self._searcher = self._tantivy.searcher()
-        if self._ann is not None and self._dense_matrix is not None and len(self._ann) < n:
+        dense_matrix = self._dense.matrix(n) if self._dense is not None else None
+        dense_scan = self._dense.scan_view(n) if self._dense is not None else None
+        searcher = self._tantivy.searcher()
+        ann_upto = n
+        if self._ann is not None and dense_matrix is not None and len(self._ann) < n:
             if self.read_only:
                 # a reader searches the keys the graph does not cover exactly
-                self._ann_upto = len(self._ann)
+                ann_upto = len(self._ann)
             else:
                 missing = np.arange(len(self._ann), n, dtype=np.int64)
-                self._ann.add(missing, self._dense_matrix[len(self._ann) :])
+                self._ann.add(missing, dense_matrix[len(self._ann) :])
                 self._ann.save()
-                self._ann_upto = n
-        else:
-            self._ann_upto = n
+        return Snapshot(
+            manifest=manifest,
+            alive=alive,
+            live=int(np.count_nonzero(alive)),
+            searcher=searcher,
+            num_docs=int(searcher.num_docs),
+            terms=self._tantivy.terms(searcher),
+            dense_matrix=dense_matrix,
+            dense_scan=dense_scan,
+            ann_upto=ann_upto,
+        )
 
     def refresh(self) -> bool:
         """Re-read the manifest to see commits made since opening; returns whether it changed."""
         self._check_open()
         manifest = read_manifest(self.path)
-        if manifest["generation"] == self._manifest["generation"]:
+        if manifest["generation"] == self._snap.generation:
             return False
-        # keep answering from the snapshot this handle had if the new one cannot be loaded
-        # (reloading would not do: tantivy would see the newer segments)
-        names = ("_manifest", "_alive", "_dense_matrix", "_dense_scan", "_searcher", "_ann_upto")
-        kept = {name: getattr(self, name) for name in names}
-        self._manifest = manifest
-        try:
-            self._check_stores()
-            self._load_snapshot()
-        except BaseException:
-            for name, value in kept.items():
-                setattr(self, name, value)
-            raise
+        # the handle keeps answering from its snapshot if the new one cannot be loaded
+        self._check_stores(manifest)
+        self._snap = self._load_snapshot(manifest)
         return True
 
-    def _recover(self) -> None:
-        """Cut off whatever an interrupted commit wrote past the committed state."""
-        n = int(self._manifest["next_key"])
-        for column, rows in self._committed_columns():
+    def _recover(self, manifest: Mapping[str, Any]) -> None:
+        """Cut off whatever an interrupted commit wrote past the committed ``manifest``."""
+        n = int(manifest["next_key"])
+        for column, rows in self._committed_columns(manifest):
             column.truncate(rows)
         self._docs.drop_from(n)
-        self._tantivy.purge_after(self.generation)
+        self._tantivy.purge_after(int(manifest["generation"]))
         self._tantivy.commit()
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _normalise(
-        self,
-        texts_or_documents: str | Document | Iterable[str | Document],
-        ids: Sequence[str] | None,
-        metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None,
-    ) -> tuple[list[str], list[str | None], list[Mapping[str, Any]]]:
-        if isinstance(texts_or_documents, (str, Document)):
-            items: list[Any] = [texts_or_documents]
-        elif isinstance(texts_or_documents, Iterable) and not isinstance(
-            texts_or_documents, (bytes, Mapping)
-        ):
-            items = list(texts_or_documents)
-        else:
-            msg = (
-                "texts_or_documents must be a string, a Document, or a list of them, "
-                f"got {type(texts_or_documents).__name__}"
-            )
-            raise TypeError(msg)
-        n = len(items)
-        if ids is not None and (isinstance(ids, str) or len(ids) != n):
-            got = 1 if isinstance(ids, str) else len(ids)
-            msg = f"ids must be a list with one id per document ({n}), got {got}"
-            raise ValueError(msg)
-        metas: list[Mapping[str, Any] | None]
-        if metadata is None:
-            metas = [None] * n
-        elif isinstance(metadata, Mapping):
-            metas = [metadata] * n
-        else:
-            metas = list(metadata)
-            if len(metas) != n:
-                msg = f"metadata must have one entry per document ({n}), got {len(metas)}"
-                raise ValueError(msg)
-        texts: list[str] = []
-        out_ids: list[str | None] = []
-        out_meta: list[Mapping[str, Any]] = []
-        for i, entry in enumerate(metas):
-            if entry is not None and not isinstance(entry, Mapping):
-                msg = (
-                    f"metadata[{i}] must be a dict (or None), got {type(entry).__name__}; pass "
-                    "one dict per document"
-                )
-                raise TypeError(msg)
-        for i, item in enumerate(items):
-            if isinstance(item, Document):
-                text, doc_id, meta = item.text, item.id, dict(item.metadata)
-                if ids is not None and ids[i] is not None:
-                    doc_id = ids[i]
-                if metas[i] is not None:
-                    meta = {**meta, **dict(metas[i] or {})}
-            elif isinstance(item, str):
-                text, doc_id, meta = (
-                    item,
-                    (ids[i] if ids is not None else None),
-                    dict(metas[i] or {}),
-                )
-            else:
-                kind = type(item).__name__
-                msg = f"texts_or_documents[{i}] must be a string or a Document, got {kind}"
-                raise TypeError(msg)
-            if not isinstance(text, str) or not text.strip():
-                msg = f"document {i} has empty text; empty documents cannot be indexed"
-                raise InvalidDocumentError(msg)
-            if not _utf8(text):
-                msg = (
-                    f"document {i} has text that is not valid Unicode (a lone surrogate such as "
-                    "'\\ud800'); decode it with errors='replace' before indexing"
-                )
-                raise InvalidDocumentError(msg)
-            if doc_id is not None and (not isinstance(doc_id, str) or not doc_id):
-                msg = f"ids[{i}] must be a non-empty string, got {doc_id!r}"
-                raise TypeError(msg)
-            if doc_id is not None and not _utf8(doc_id):
-                msg = f"ids[{i}] = {doc_id!r} is not valid Unicode (a lone surrogate)"
-                raise InvalidDocumentError(msg)
-            if not isinstance(meta, Mapping):
-                msg = f"metadata[{i}] must be a dict, got {type(meta).__name__}"
-                raise TypeError(msg)
-            texts.append(text)
-            out_ids.append(doc_id)
-            out_meta.append(meta)
-        return texts, out_ids, out_meta
-
     def _check_embeddings(self, embeddings: M3Output, ids: Sequence[str]) -> M3Output:
-        """Every head of every document fits: count, heads, sizes, finite, ids in vocabulary.
-
-        Checked before anything is staged: a NaN ColBERT vector or an out-of-vocabulary token
-        id would otherwise be committed and break every later search, or every later commit.
-        """
-        n = len(ids)
-        if not isinstance(embeddings, M3Output):
-            msg = f"embeddings must be an M3Output, got {type(embeddings).__name__}"
-            raise TypeError(msg)
-        if len(embeddings) != n:
-            msg = f"embeddings hold {len(embeddings)} texts for {n} documents"
-            raise EmbeddingMismatchError(msg)
-        missing = [h for h in self.heads if h not in embeddings.heads]
-        if missing:
-            msg = f"embeddings lack the heads {missing} this collection stores ({list(self.heads)})"
-            raise EmbeddingMismatchError(msg)
-
-        def bad(i: int, head: str, problem: str) -> EmbeddingMismatchError:
-            return EmbeddingMismatchError(
-                f"embeddings of document {i} (id {ids[i]!r}), {head} head: {problem}; "
-                "nothing was staged"
-            )
-
-        if "dense" in self.heads and embeddings.dense_vecs is not None:
-            if embeddings.dim != self.dim:
-                msg = f"dense vectors have {embeddings.dim} dimensions, the collection {self.dim}"
-                raise EmbeddingMismatchError(msg)
-            rows = ~_finite32(embeddings.dense_vecs).all(axis=1)
-            if rows.any():
-                raise bad(int(np.flatnonzero(rows)[0]), "dense", "NaN or infinity (as float32)")
-        if "colbert" in self.heads and embeddings.colbert_vecs is not None:
-            for i, m in enumerate(embeddings.colbert_vecs):
-                shape = getattr(m, "shape", None)
-                if not isinstance(m, np.ndarray) or m.ndim != 2 or m.shape[1] != self.colbert_dim:
-                    expected = f"[t, {self.colbert_dim}]"
-                    raise bad(i, "colbert", f"shape {shape}, expected {expected}")
-                if not _finite32(m).all():
-                    raise bad(i, "colbert", "NaN or infinity (as float32)")
-        if "sparse" in self.heads and embeddings.lexical_weights is not None:
-            self._check_lexical_docs(embeddings.lexical_weights, bad)
-        return embeddings
-
-    def _check_lexical_docs(self, weights: Sequence[Any], bad: Any) -> None:
-        """Token ids ints in ``[0, vocab_size)``, weights finite and non-negative (as float32)."""
-        limit = self._vocab_size
-        total = 0
-        for i, d in enumerate(weights):
-            if not isinstance(d, Mapping):
-                raise bad(i, "sparse", f"a {type(d).__name__}, expected a dict of id -> weight")
-            total += len(d)
-        try:  # the common case, vectorised; any doubt goes to the exact check below
-            tokens = np.fromiter((t for d in weights for t in d), dtype=np.int64, count=total)
-            values = np.fromiter(
-                (w for d in weights for w in d.values()), dtype=np.float64, count=total
-            )
-            ok = total == 0 or (
-                int(tokens.min()) >= 0
-                and int(tokens.max()) < limit
-                and bool(_finite32(values).all())
-                and float(values.min()) >= 0
-            )
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if ok:
-            return
-        for i, d in enumerate(weights):
-            for token, weight in d.items():
-                problem = _token_problem(token, limit) or _weight_problem(weight)
-                if problem:
-                    raise bad(i, "sparse", problem)
+        return check_embeddings(
+            embeddings,
+            ids,
+            heads=self.heads,
+            dim=self.dim,
+            colbert_dim=self.colbert_dim,
+            vocab_size=self._vocab_size,
+        )
 
     def _embed(
         self, texts: list[str], ids: list[str], embeddings: M3Output | None
@@ -763,7 +672,7 @@ class Collection:
     def _live_keys(self, ids: Sequence[str]) -> dict[str, int]:
         """Committed, not tombstoned (committed or pending) keys by id, plus pending adds."""
         pending_dead = set(self._pending.tombstones)
-        storable = [i for i in ids if _utf8(i)]  # no stored id holds a lone surrogate
+        storable = [i for i in ids if utf8(i)]  # no stored id holds a lone surrogate
         committed = self._docs.keys_for_ids(storable, int(self._manifest["next_key"]))
         found = {
             doc_id: key for doc_id, key in committed if self._alive[key] and key not in pending_dead
@@ -843,13 +752,13 @@ class Collection:
         replace: bool,
     ) -> list[str]:
         self._check_open(write=True)
-        texts, doc_ids, metas = self._normalise(texts_or_documents, ids, metadata)
+        texts, doc_ids, metas = normalise(texts_or_documents, ids, metadata)
         final_ids = [i if i is not None else uuid.uuid4().hex for i in doc_ids]
         dupes = sorted(i for i, n in Counter(final_ids).items() if n > 1)
         if dupes:
             msg = f"ids repeat within one call: {dupes[:10]}"
             raise DuplicateIdError(msg)
-        meta_json = [_metadata_json(i, meta) for i, meta in enumerate(metas)]
+        meta_json = [metadata_json(i, meta) for i, meta in enumerate(metas)]
         hashes = [content_hash(t, m) for t, m in zip(texts, meta_json, strict=True)]
         existing = self._live_keys(final_ids)
         if existing and not replace:
@@ -883,7 +792,7 @@ class Collection:
             UnknownIdError: Some ids are not in the collection (nothing is deleted then).
         """
         self._check_open(write=True)
-        wanted = _id_list(ids)
+        wanted = id_list(ids)
         found = self._live_keys(wanted)
         missing = [i for i in dict.fromkeys(wanted) if i not in found]
         if missing:
@@ -963,7 +872,7 @@ class Collection:
             try:
                 with contextlib.suppress(Exception):
                     self._tantivy.rollback()
-                self._recover()
+                self._recover(self._manifest)
             except Exception as again:  # reported in the message
                 undo = (
                     f" Cutting the stores back also failed ({again}); the next Collection.open "
@@ -977,7 +886,7 @@ class Collection:
                 f"again, or rollback() to drop them.{undo}"
             )
             raise CommitError(errno.ENOSPC if nospace else errno.EIO, msg) from exc
-        self._manifest = manifest
+        self._snap = self._snap.with_manifest(manifest)  # committed, whatever happens next
         self._pending = _Pending.empty()
         if self._ann is not None and output is not None and output.dense_vecs is not None:
             try:  # derived data: completed from the matrix at the next open if this fails
@@ -994,7 +903,7 @@ class Collection:
                 if not (isinstance(exc, Exception) or is_panic(exc)):
                     raise
                 logger.warning("could not remove deleted documents from tantivy", exc_info=True)
-        self._load_snapshot()
+        self._snap = self._load_snapshot(manifest)
         return gen
 
     def _append_vectors(
@@ -1041,7 +950,7 @@ class Collection:
             UnknownIdError: Some ids are not in the collection.
         """
         self._check_open()
-        wanted = _id_list(ids)
+        wanted = id_list(ids)
         found = self._live_keys(wanted)
         missing = [i for i in dict.fromkeys(wanted) if i not in found]
         if missing:
@@ -1100,7 +1009,7 @@ class Collection:
         if not isinstance(field, str) or not field:
             msg = f"field must be a non-empty string, got {field!r}"
             raise TypeError(msg)
-        if not _utf8(field) or "\x00" in field:
+        if not utf8(field) or "\x00" in field:
             return set()  # no stored field name holds a lone surrogate or NUL
         return {v for k, v in self._docs.field_values(field, len(self._alive)) if self._alive[k]}
 
@@ -1115,11 +1024,11 @@ class Collection:
         if not isinstance(field, str) or not field:
             msg = f"field must be a non-empty string, got {field!r}"
             raise TypeError(msg)
-        if not _utf8(field) or "\x00" in field:
+        if not utf8(field) or "\x00" in field:
             return False
-        if field not in self._has_field:
-            self._has_field[field] = self._docs.has_field(field, self._alive)
-        return self._has_field[field]
+        if field not in self._snap.has_field:
+            self._snap.has_field[field] = self._docs.has_field(field, self._alive)
+        return self._snap.has_field[field]
 
     def documents(self, keys: npt.NDArray[np.int64]) -> list[Document]:
         """Documents by internal key (as in `Hits`).
@@ -1137,15 +1046,19 @@ class Collection:
     def allowed(self, filter: Mapping[str, Any] | Filter | None = None) -> npt.NDArray[np.bool_]:
         """Boolean mask over keys: live documents matching ``filter``."""
         self._check_open()
-        flt = Filter.parse(filter)
+        return self._mask(self._snap, Filter.parse(filter))
+
+    def _mask(self, snap: Snapshot, flt: Filter | None) -> npt.NDArray[np.bool_]:
+        """The keys of ``snap`` that are live and match ``flt``."""
         if flt is None:
-            return self._alive
-        mask = np.zeros(len(self._alive), dtype=np.bool_)
-        mask[self._docs.matching(flt, len(self._alive))] = True
-        return mask & self._alive
+            return snap.alive
+        mask = np.zeros(len(snap.alive), dtype=np.bool_)
+        mask[self._docs.matching(flt, len(snap.alive))] = True
+        return mask & snap.alive
 
     def _hits(self, keys: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]) -> Hits:
-        return Hits(self._ids_of(keys.tolist()), scores.astype(np.float32), keys)
+        # every caller passes arrays of its own (no copy when they are float32 already)
+        return Hits(self._ids_of(keys.tolist()), scores.astype(np.float32, copy=False), keys)
 
     def _ids_of(self, keys: list[int]) -> list[str]:
         """Ids of committed keys, through a bounded cache (a key's id never changes)."""
@@ -1165,66 +1078,16 @@ class Collection:
 
     def _check_keys(self, keys: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """``keys`` as int64, each a committed document's key (as `Hits` gives)."""
-        arr = np.asarray(keys)
-        if arr.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        if arr.ndim != 1 or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-            msg = f"keys must be a 1-d array of ints (Hits.keys), got {arr.dtype} {arr.shape}"
-            raise ValueError(msg)
-        n = len(self._alive)
-        if int(arr.min()) < 0 or int(arr.max()) >= n:
-            msg = (
-                f"keys must be committed document keys in [0, {n}), got {int(arr.min())}.."
-                f"{int(arr.max())}; take them from Hits.keys"
-            )
-            raise ValueError(msg)
-        return arr.astype(np.int64, copy=False)
+        return check_keys(keys, len(self._alive))
 
     def _dense_query(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """A dense query vector of the collection's size, finite as float32."""
-        try:
-            with np.errstate(all="ignore"):
-                q = np.asarray(query, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            msg = f"the dense query must be a vector of {self.dim} floats: {exc}"
-            raise ValueError(msg) from exc
-        if q.shape[0] != self.dim:
-            msg = f"query vector has {q.shape[0]} dimensions, the collection {self.dim}"
-            raise ValueError(msg)
-        if not np.isfinite(q).all():
-            msg = "the dense query vector contains NaN or infinity (as float32); pass finite values"
-            raise ValueError(msg)
-        return q
+        return dense_query(query, self.dim)
 
     def _lexical_query(self, query: Mapping[int, float]) -> dict[int, float]:
-        """Query lexical weights: int token ids in the vocabulary, finite non-negative weights."""
-        if not isinstance(query, Mapping):
-            msg = f"the lexical query must be a dict of token id -> weight, got {query!r:.80}"
-            raise TypeError(msg)
-        out: dict[int, float] = {}
-        for token, weight in query.items():
-            problem = _token_problem(token, self._vocab_size) or _weight_problem(weight)
-            if problem:
-                msg = f"the lexical query is invalid: {problem}"
-                raise ValueError(msg)
-            out[int(token)] = float(weight)
-        return out
+        return lexical_query(query, self._vocab_size)
 
     def _colbert_query(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """A ColBERT query ``[t, colbert_dim]``, finite as float32."""
-        try:
-            with np.errstate(all="ignore"):
-                q = np.asarray(query, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            msg = f"the ColBERT query must be a [t, {self.colbert_dim}] array: {exc}"
-            raise ValueError(msg) from exc
-        if q.ndim != 2 or q.shape[1] != self.colbert_dim:
-            msg = f"the ColBERT query has shape {q.shape}, expected [t, {self.colbert_dim}]"
-            raise ValueError(msg)
-        if not np.isfinite(q).all():
-            msg = "the ColBERT query contains NaN or infinity (as float32); pass finite values"
-            raise ValueError(msg)
-        return q
+        return colbert_query(query, self.colbert_dim)
 
     def search_dense(
         self,
@@ -1247,25 +1110,25 @@ class Collection:
             CollectionClosedError: The collection is closed.
         """
         self._require("dense")
-        k = _check_k(k)
+        k = check_k(k)
         q = self._dense_query(query)
         mask = self.allowed(filter)
         # a k beyond the live documents returns them all (and allocates nothing for the rest)
         k = min(k, int(np.count_nonzero(mask)))
         if k == 0:
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        assert self._dense_matrix is not None  # noqa: S101 - dense is stored
+        assert self._snap.dense_matrix is not None  # noqa: S101 - dense is stored
         if self._ann is not None and exact is not True:
             hits = self._search_ann(q, k, mask)
             if hits is not None:
                 return hits
         keys, scores = DenseStore.search(
-            self._dense_matrix,
+            self._snap.dense_matrix,
             q,
             k,
             mask,
             float(self._manifest.get("dense_max_norm", 1.0)),
-            self._dense_scan,
+            self._snap.dense_scan,
         )
         return self._hits(keys, scores)
 
@@ -1273,11 +1136,11 @@ class Collection:
         self, q: npt.NDArray[np.float32], k: int, mask: npt.NDArray[np.bool_]
     ) -> Hits | None:
         assert self._ann is not None  # noqa: S101
-        assert self._dense_matrix is not None  # noqa: S101
+        assert self._snap.dense_matrix is not None  # noqa: S101
         allowed = int(mask.sum())
         if allowed == 0:
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        covered = self._ann_upto
+        covered = self._snap.ann_upto
         # over-fetch in proportion to how selective the filter is
         count = min(covered, max(4 * k, 64) * max(1, len(mask) // allowed))
         keys = self._ann.search(q, count)
@@ -1287,7 +1150,7 @@ class Collection:
         keys = np.concatenate([keys, tail[mask[tail]]])
         if len(keys) < min(k, allowed):
             return None  # too few allowed candidates: the caller scans exactly
-        scores = DenseStore.scores_for(self._dense_matrix, q, keys)
+        scores = DenseStore.scores_for(self._snap.dense_matrix, q, keys)
         order = np.lexsort((keys, -scores))[:k]
         return self._hits(keys[order], scores[order])
 
@@ -1313,147 +1176,41 @@ class Collection:
             CollectionClosedError: The collection is closed.
         """
         self._require("sparse")
-        k = _check_k(k)
+        k = check_k(k)
         weights = {t: w for t, w in self._lexical_query(query).items() if w > 0}
         mask = self.allowed(filter)
         k = min(k, int(np.count_nonzero(mask)))
         if not weights or k == 0:
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        lex = self._manifest["lexical"]
-        restrict = self._restriction(mask, filter)
         table = self._head_impacts()
-        head: dict[int, float] = {}
-        if table is not None:
-            head, tail = head_of(weights, table)
-        if table is not None and head:
-            return self._search_lexical_split(table, weights, head, tail, k, mask, restrict)
-        tquery = self._tantivy.lexical_query(weights, max_bit=int(lex["max_bit"]))
-        bound = sum(weights.values()) * float(lex["max_error"]) * (1 + 1e-4) + 1e-6
-        limit = max(4 * k, 64)
-        while True:
-            keys, approx = self._tantivy.search(self._searcher, tquery, limit, restrict)
-            exhausted = len(keys) < limit
-            visible = keys[(keys < len(mask))]
-            visible = visible[mask[visible]]
-            exact = self._lexical_exact(weights, visible)
-            order = np.lexsort((visible, -exact))[:k]
-            if exhausted:
-                break
-            if len(order) == k and exact[order[-1]] > float(approx[-1]) + bound:
-                break
-            limit *= 4
-        return self._hits(visible[order], exact[order])
-
-    def _search_lexical_split(
-        self,
-        table: HeadImpacts,
-        weights: dict[int, float],
-        head: dict[int, float],
-        tail: dict[int, float],
-        k: int,
-        mask: npt.NDArray[np.bool_],
-        restrict: npt.NDArray[np.int64] | None,
-    ) -> Hits:
-        """Exact lexical top-``k`` with the head tokens scored from the impact table.
-
-        Every document gets an approximate head score from the table; tantivy returns the
-        ``depth`` documents with the best approximate tail score (tail tokens only), so every
-        other document's tail score is at most the last of them (``tail_last``; zero once
-        tantivy has returned every match). The best ``k`` by the combined approximation are
-        rescored exactly; the ``k``-th of those, ``L``, is a lower bound of the true ``k``-th.
-        A document can only be in the top ``k`` if its upper bound, approximate head (+ tail
-        if listed, else ``tail_last``) + the quantisation bounds of both, reaches ``L``: all
-        of those are rescored exactly. If there are too many, the tail list deepens.
-        """
-        n = len(mask)
-        approx_head, head_error = table.scores(head, n)
-        if not mask.all():
-            approx_head[~mask] = -np.inf
-        lex = self._manifest["lexical"]
-        tail_query = (
-            self._tantivy.lexical_query(tail, max_bit=int(lex["max_bit"])) if tail else None
+        keys, scores = lexical_topk.search(
+            self._lexical_view(),
+            weights,
+            k,
+            mask,
+            lexical_topk.restriction(mask, Filter.parse(filter)),
+            table,
         )
-        margin = (head_error + sum(tail.values()) * float(lex["max_error"])) * (1 + 1e-4) + 1e-6
-        depth = impacts.tail_depth(n, k)
-        while True:
-            tail_keys = np.zeros(0, np.int64)
-            tail_approx = np.zeros(0, np.float32)
-            tail_last = 0.0
-            if tail_query is not None:
-                tail_keys, tail_approx = self._tantivy.search(
-                    self._searcher, tail_query, depth, restrict
-                )
-                if len(tail_keys) == depth:
-                    tail_last = float(tail_approx[-1])
-                listed = tail_keys < n
-                tail_keys, tail_approx = tail_keys[listed], tail_approx[listed]
-                listed = mask[tail_keys]
-                tail_keys, tail_approx = tail_keys[listed], tail_approx[listed]
-            combined = approx_head.copy()
-            combined[tail_keys] += tail_approx
-            first = topk(combined, k)
-            if len(first) == 0:
-                return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-            exact = self._lexical_exact(weights, first)
-            lower = float(np.sort(exact)[-k]) if len(first) == k else -np.inf
-            # upper bounds: unlisted documents may still hold up to tail_last of tail score
-            combined[tail_keys] -= tail_last
-            need = np.flatnonzero(combined + (tail_last + margin) >= lower)
-            need = need[mask[need]]
-            if len(need) <= max(64 * k, impacts.RESCORE_CAP) or tail_last == 0.0:
-                break
-            depth *= 4
-        exact = self._lexical_exact(weights, need)
-        # only documents sharing a token with the query are results
-        matched = exact > 0
-        need, exact = need[matched], exact[matched]
-        order = np.lexsort((need, -exact))[:k]
-        return self._hits(need[order], exact[order])
+        return self._hits(keys, scores)
 
     def _head_impacts(self) -> HeadImpacts | None:
         """The impact table of the head tokens, built or extended to the snapshot."""
         if self._lexstore is None:
             return None
-        n = len(self._alive)
-        if self._impacts_docs == n:
-            return self._impacts
-        with self._impacts_lock:
-            table = self._impacts
-            if self._impacts_docs == n:
-                return table
-            # the columns themselves: the table reads them a chunk at a time, unmapped
-            ids, lweights = self._lexstore.ids, self._lexstore.weights
-            offsets = self._lexstore.offsets
-            # a new head once the collection doubled (the frequent tokens may have changed)
-            if (
-                table is None
-                or table.docs < n // 2
-                or n < table.docs
-                or not table.extend(ids, lweights, offsets, n)
-            ):
-                table = HeadImpacts.choose(ids, lweights, offsets, n)
-            self._impacts = table
-            self._impacts_docs = n  # also when there is no head: not chosen again until n moves
-            return table
+        return self._impacts.table(self._lexstore, len(self._alive))
 
-    def _restriction(
-        self,
-        mask: npt.NDArray[np.bool_],
-        filter: Mapping[str, Any] | Filter | None,
-    ) -> npt.NDArray[np.int64] | None:
-        """Keys to restrict a tantivy query to, when a filter is selective enough."""
-        if Filter.parse(filter) is None:
-            return None
-        allowed = np.flatnonzero(mask)
-        return allowed if len(allowed) <= 50_000 else None
-
-    def _lexical_exact(
-        self, weights: Mapping[int, float], keys: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.float32]:
+    def _lexical_view(self) -> lexical_topk.LexicalView:
+        """What the lexical search reads of the snapshot (the sparse head is stored)."""
         assert self._lexstore is not None  # noqa: S101 - sparse is stored
-        lengths = self._lengths()
-        return self._lexstore.scores(
-            weights, keys, entries=lengths.get("lexical", 0), docs=len(self._alive)
+        lex = self._manifest["lexical"]
+        return lexical_topk.LexicalView(
+            self._tantivy,
+            self._searcher,
+            self._lexstore,
+            entries=self._lengths().get("lexical", 0),
+            docs=len(self._alive),
+            max_bit=int(lex["max_bit"]),
+            max_error=float(lex["max_error"]),
         )
 
     def search_bm25(
@@ -1483,20 +1240,39 @@ class Collection:
             CollectionClosedError: The collection is closed.
         """
         self._check_open()
-        k = _check_k(k)
-        _check_text_query(query)
+        k = check_k(k)
+        check_text_query(query)
         families = self._query_families(lang)
-        mask = self.allowed(filter)
-        k = min(k, int(np.count_nonzero(mask)))
-        if k == 0:
+        flt = Filter.parse(filter)
+        snap = self._snap  # one snapshot throughout, whatever a refresh does meanwhile
+        mask = self._mask(snap, flt)
+        live = snap.live if flt is None else int(np.count_nonzero(mask))
+        k = min(k, live)
+        tquery = self._tantivy.bm25_query(query, families, snap.terms) if k else None
+        if tquery is None:
             return self._hits(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        tquery = self._tantivy.bm25_query(query, families)
-        restrict = self._restriction(mask, filter)
-        limit = max(2 * k, 32)
+        restrict = lexical_topk.restriction(mask, flt)
+        if restrict is not None:
+            limit = k  # tantivy returns allowed live documents only
+        elif flt is None:
+            # tantivy holds every live document, and num_docs - live others (deleted or
+            # replaced ones it has not dropped yet, or a commit's in flight): the best k + that
+            # many hold the best k live ones (if that is many, widen step by step instead)
+            extra = max(0, snap.num_docs - live)
+            limit = k + extra if extra <= 4 * k + 64 else max(2 * k, 32)
+        else:
+            limit = max(2 * k, 32)
         while True:
-            keys, scores = self._tantivy.search(self._searcher, tquery, limit, restrict)
-            keep = keys < len(mask)
-            keep[keep] = mask[keys[keep]]
+            keys, scores = self._tantivy.search(
+                snap.searcher, tquery, limit, restrict, num_docs=snap.num_docs
+            )
+            if len(keys) and int(keys.max()) < len(mask):
+                keep = mask[keys]
+            else:
+                keep = keys < len(mask)
+                keep[keep] = mask[keys[keep]]
+            if keep.all() and len(keys) >= k:  # the common case: every hit is visible
+                return self._hits(keys[:k], scores[:k])
             if keep.sum() >= k or len(keys) < limit:
                 idx = np.flatnonzero(keep)[:k]
                 return self._hits(keys[idx], scores[idx])
@@ -1514,9 +1290,9 @@ class Collection:
                 keys.
         """
         self._require("dense")
-        assert self._dense_matrix is not None  # noqa: S101
+        assert self._snap.dense_matrix is not None  # noqa: S101
         q = self._dense_query(query)
-        return DenseStore.scores_for(self._dense_matrix, q, self._check_keys(keys))
+        return DenseStore.scores_for(self._snap.dense_matrix, q, self._check_keys(keys))
 
     def lexical_scores(
         self, query: Mapping[int, float], keys: npt.NDArray[np.int64]
@@ -1528,7 +1304,7 @@ class Collection:
                 weight, or ``keys`` that are not committed keys.
         """
         self._require("sparse")
-        return self._lexical_exact(self._lexical_query(query), self._check_keys(keys))
+        return self._lexical_view().exact(self._lexical_query(query), self._check_keys(keys))
 
     def colbert_scores(
         self,
@@ -1572,11 +1348,11 @@ class Collection:
         ``lang`` is as in [`search_bm25`][m3rag.Collection.search_bm25].
         """
         self._check_open()
-        _check_text_query(query)
+        check_text_query(query)
         families = self._query_families(lang)
         keys = self._check_keys(keys)
         out = np.zeros(len(keys), dtype=np.float32)
-        tquery = self._tantivy.bm25_query(query, families)
+        tquery = self._tantivy.bm25_query(query, families, self._terms)
         if tquery is None or len(keys) == 0:
             return out
         found, scores = self._tantivy.search(self._searcher, tquery, len(keys), np.unique(keys))
@@ -1590,11 +1366,11 @@ class Collection:
             ValueError: ``keys`` that are not committed keys.
         """
         self._require("dense")
-        assert self._dense_matrix is not None  # noqa: S101
+        assert self._snap.dense_matrix is not None  # noqa: S101
         keys = self._check_keys(keys)
         if len(keys) == 0:
             return np.zeros((0, int(self.dim or 0)), dtype=np.float32)
-        return np.asarray(gather_rows(self._dense_matrix, keys), dtype=np.float32)
+        return np.asarray(gather_rows(self._snap.dense_matrix, keys), dtype=np.float32)
 
     def colbert_vecs(self, keys: npt.NDArray[np.int64]) -> list[npt.NDArray[np.float32]]:
         """Stored ColBERT matrices of ``keys`` (dequantised to float32)."""
@@ -1629,122 +1405,17 @@ def _check_analysis(manifest: Mapping[str, Any], folder: Path) -> None:
         return  # made before the analysis record: the legacy analyzer, kept as it was
     version = analysis.get("version")
     unknown = sorted(f for f in analysis.get("families", ()) if f not in FAMILIES)
-    if version != ANALYSIS_VERSION or unknown:
-        what = f"analysis version {version!r}" if version != ANALYSIS_VERSION else ""
+    known = not isinstance(version, bool) and version in ANALYSIS_VERSIONS
+    if not known or unknown:
+        what = "" if known else f"analysis version {version!r}"
         what = what or f"analysis families {unknown} unknown to this m3rag"
         msg = (
             f"{folder} was indexed with {what}; this m3rag {__version__} analyses BM25 text "
-            f"with version {ANALYSIS_VERSION}, and mixing the two would silently mismatch "
-            "query and document terms: rebuild the collection into a new folder (re-add its "
-            "documents, e.g. with `m3rag index`) or use the m3rag that built it"
+            f"with versions {sorted(ANALYSIS_VERSIONS)} only, and another would silently "
+            "mismatch query and document terms: rebuild the collection into a new folder "
+            "(re-add its documents, e.g. with `m3rag index`) or use the m3rag that built it"
         )
         raise IndexFormatError(msg)
-
-
-def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        msg = f"k must be a positive int, got {k!r}"
-        raise ValueError(msg)
-    return k
-
-
-def _check_text_query(query: object) -> None:
-    if not isinstance(query, str):
-        msg = f"query must be a string, got {type(query).__name__}"
-        raise TypeError(msg)
-    if not _utf8(query):
-        msg = "query is not valid Unicode (a lone surrogate); decode it with errors='replace'"
-        raise ValueError(msg)
-
-
-def _id_list(ids: str | Sequence[str]) -> list[str]:
-    wanted = [ids] if isinstance(ids, str) else list(ids)
-    for i, doc_id in enumerate(wanted):
-        if not isinstance(doc_id, str):
-            msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
-            raise TypeError(msg)
-    return wanted
-
-
-def _utf8(text: str) -> bool:
-    """Whether ``text`` can be stored (UTF-8 cannot encode lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _finite32(values: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-    """Elementwise: finite once stored as float32 (1e39 is finite in float64, not float32)."""
-    with np.errstate(all="ignore"):
-        return np.isfinite(np.asarray(values, dtype=np.float32))
-
-
-def _token_problem(token: object, limit: int) -> str | None:
-    if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
-        return f"token id {token!r} is not an int"
-    if not 0 <= int(token) < limit:
-        return f"token id {int(token)} is outside the vocabulary [0, {limit})"
-    return None
-
-
-def _weight_problem(weight: object) -> str | None:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
-        return f"weight {weight!r} is not a number"
-    try:
-        value = float(weight)
-    except OverflowError:
-        value = math.inf
-    if not (math.isfinite(value) and abs(value) <= _F32_MAX) or value < 0:
-        return f"weight {weight!r} is not a finite non-negative float32"
-    return None
-
-
-def _metadata_json(i: int, meta: Mapping[str, Any]) -> str:
-    """The JSON of one document's metadata, or an ``InvalidDocumentError`` naming it."""
-    problem = _metadata_problem(meta)
-    if problem is None:
-        try:
-            text = dumps_metadata(meta)
-        except (TypeError, ValueError) as exc:
-            problem = str(exc)
-        else:
-            if _utf8(text):
-                return text
-            problem = "a string is not valid Unicode (a lone surrogate)"
-    msg = f"metadata[{i}] cannot be stored as JSON: {problem}"
-    raise InvalidDocumentError(msg)
-
-
-def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
-    """Non-string keys, or nesting deeper than `MAX_METADATA_DEPTH`, found iteratively.
-
-    ``json.dumps`` would recurse (a ``RecursionError`` thousands of levels deep) and turn
-    int keys into strings silently.
-    """
-    if any("\x00" in key for key in meta if isinstance(key, str)):
-        return "a field name holds NUL ('\\x00'), which SQLite's JSON functions cut short"
-    stack: list[tuple[Any, int]] = [(meta, 1)]
-    seen = 0
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, Mapping):
-            children: Iterable[Any] = value.values()
-            bad = next((k for k in value if not isinstance(k, str)), None)
-            if bad is not None:
-                return f"key {bad!r} is not a string"
-        elif isinstance(value, (list, tuple)):
-            children = value
-        else:
-            continue
-        if depth > MAX_METADATA_DEPTH:
-            return f"it is nested more than {MAX_METADATA_DEPTH} levels deep"
-        seen += 1
-        if seen > 1_000_000:
-            return "it holds more than a million nested containers"
-        stack.extend((child, depth + 1) for child in children)
-    return None
 
 
 def _open_docs(path: Path, *, read_only: bool, next_key: int, create: bool) -> DocStore:

@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._optional import require
-from m3rag.analysis import FAMILIES, pipeline, query_terms
+from m3rag.analysis import ANALYSIS_VERSION, FAMILIES, Pipeline, QueryWords, pipeline, query_terms
 from m3rag.errors import IndexFormatError, M3RagError
 
 __all__ = ["BITS", "STEP", "LexicalIndex", "is_panic", "quantize_weights"]
@@ -146,16 +146,26 @@ class LexicalIndex:
         folder: The tantivy folder (created if missing).
         writable: Open an index writer (one per collection, guarded by the collection lock).
         legacy: The ``text`` field uses the legacy in-tantivy analyzer (collections without an
-            ``analysis`` record); else it holds ``family:term`` tokens analysed in Python.
+            ``analysis`` record); else a field per family holds its pipeline's terms.
+        version: The analysis version (`m3rag.analysis.ANALYSIS_VERSIONS`) the pipelines
+            follow: the one the collection was built with.
     """
 
-    def __init__(self, folder: Path, *, writable: bool, legacy: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        writable: bool,
+        legacy: bool = False,
+        version: int = ANALYSIS_VERSION,
+    ) -> None:
         self._tantivy = require("tantivy", purpose="the m3rag index")
         self.folder = folder
         self._writer: Any = None
         if writable:
             folder.mkdir(parents=True, exist_ok=True)
         self.legacy = legacy
+        self.version = version
         self.schema = _schema(legacy=legacy)
         with tantivy_errors(folder, "open the index"):
             if writable:
@@ -167,10 +177,14 @@ class LexicalIndex:
                 self.index.register_tokenizer(ANALYZER, self.analyzer)
             else:
                 for family in sorted(FAMILIES):
-                    analyzer = pipeline(family).analyzer()
+                    analyzer = self.pipeline(family).analyzer()
                     self.index.register_tokenizer(_family_tokenizer(family), analyzer)
             if writable:
                 self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+
+    def pipeline(self, family: str) -> Pipeline:
+        """The pipeline of ``family`` in this index's analysis version."""
+        return pipeline(family, self.version)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -215,7 +229,7 @@ class LexicalIndex:
                     msg = "families are required by an analysed (non-legacy) index"
                     raise ValueError(msg)
                 family = families[i]
-                doc.add_text(family_field(family), pipeline(family).prepare(texts[i]))
+                doc.add_text(family_field(family), self.pipeline(family).prepare(texts[i]))
             self._writer.add_document(doc)
 
     def delete_keys(self, keys: Sequence[int]) -> None:
@@ -261,7 +275,8 @@ class LexicalIndex:
         """The distinct BM25 terms of a query ``text``: legacy tokens, or ``family:term``."""
         if self.legacy:
             return list(dict.fromkeys(self.analyzer.analyze(text)))
-        return [f"{family}:{term}" for family, term in query_terms(text, families)]
+        pairs = query_terms(text, families, self.version)
+        return [f"{family}:{term}" for family, term in pairs]
 
     def _keys(self, searcher: Any, hits: Sequence[tuple[float, Any]]) -> npt.NDArray[np.int64]:
         if not hits:
@@ -294,14 +309,29 @@ class LexicalIndex:
                 )
         return q.boolean_query(clauses) if clauses else None
 
-    def bm25_query(self, text: str, families: Sequence[str] = ()) -> Any:
-        """A disjunction of the query's terms in every family, scored by BM25 (``None``: none)."""
+    def terms(self, searcher: Any) -> TermQueries:
+        """The BM25 term queries of ``searcher``'s snapshot (see `TermQueries`)."""
+        return TermQueries(self, searcher)
+
+    def bm25_query(
+        self, text: str, families: Sequence[str] = (), terms: TermQueries | None = None
+    ) -> Any:
+        """A disjunction of the query's terms in every family, scored by BM25 (``None``: none).
+
+        With ``terms`` (the snapshot's `TermQueries`), terms no document of the snapshot holds
+        are left out: they match nothing and add nothing to any score, so the ranking is the
+        same, and a family none of whose terms occur costs nothing at search time.
+        """
         q = self._tantivy.Query
         occur = self._tantivy.Occur
         if self.legacy:
             fields = [("text", t) for t in self.analyze(text)]
+        elif terms is not None:
+            clauses = [(occur.Should, query) for query in terms.queries(text, families)]
+            return q.boolean_query(clauses) if clauses else None
         else:
-            fields = [(family_field(f), t) for f, t in query_terms(text, families)]
+            pairs = query_terms(text, families, self.version)
+            fields = [(family_field(f), t) for f, t in pairs]
         if not fields:
             return None
         return q.boolean_query(
@@ -314,16 +344,84 @@ class LexicalIndex:
         query: Any,
         limit: int,
         allowed: npt.NDArray[np.int64] | None = None,
+        *,
+        num_docs: int | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Top ``limit`` documents of a query: ``(keys, scores)``, best first."""
+        """Top ``limit`` documents of a query: ``(keys, scores)``, best first.
+
+        ``num_docs`` is ``searcher.num_docs`` when the caller knows it (one call less).
+        """
         # tantivy allocates ``limit`` result slots up front (k=10**9 is 32 GB, and sys.maxsize
         # panics): never ask for more than the index holds
-        limit = min(limit, int(searcher.num_docs))
+        limit = min(limit, int(searcher.num_docs) if num_docs is None else num_docs)
         if query is None or limit <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        with tantivy_errors(self.folder, "search"):
-            result = searcher.search(self._restrict(query, allowed), limit=limit, count=False)
-            hits = result.hits
+        if allowed is not None:
+            query = self._restrict(query, allowed)
+        try:  # as tantivy_errors(), inline: this is every BM25 and lexical query's path
+            hits = searcher.search(query, limit=limit, count=False).hits
             keys = self._keys(searcher, hits)
+        except BaseException as exc:
+            if not (isinstance(exc, Exception) or is_panic(exc)):
+                raise
+            with tantivy_errors(self.folder, "search"):
+                raise
         scores = np.array([score for score, _ in hits], dtype=np.float32)
         return keys, scores
+
+
+class TermQueries:
+    """The BM25 term queries of one searcher's snapshot: a query's words to term queries.
+
+    A query is analysed once per family a collection holds, but a family usually holds few of
+    the query's terms (the one German abstract among English ones): a term whose document
+    frequency is zero in the snapshot matches nothing and adds nothing to any score, so it is
+    left out of the query, and the ranking is the same. Each ``(family, word)`` is analysed and
+    looked up once per snapshot (`Pipeline.term`, then tantivy's ``doc_freq``, a term
+    dictionary lookup) and its term query kept, in a bounded cache cleared when full.
+
+    Args:
+        index: The lexical index.
+        searcher: The snapshot's searcher; the answers hold for it alone.
+    """
+
+    _LIMIT = 262_144
+
+    def __init__(self, index: LexicalIndex, searcher: Any) -> None:
+        self._schema = index.schema
+        self._pipeline = index.pipeline
+        self._term_query = index._tantivy.Query.term_query
+        self._searcher = searcher
+        # (family, word) -> ((field, term), term query), or None: a stop word, or no document
+        # holds the term
+        self._words: dict[tuple[str, str], Any] = {}
+
+    def queries(self, text: str, families: Sequence[str]) -> list[Any]:
+        """The distinct term queries of ``text`` analysed by each family, in the snapshot."""
+        words = QueryWords(text)
+        cache = self._words
+        out: dict[tuple[str, str], Any] = {}  # one clause per term (words with one stem)
+        for family in families:
+            pipe = self._pipeline(family)
+            for word in words.of(pipe):
+                found = cache.get((family, word), _MISSING)
+                if found is _MISSING:
+                    found = self._lookup(family, pipe.term(word))
+                    if len(cache) >= self._LIMIT:
+                        cache.clear()
+                    cache[family, word] = found
+                if found is not None:
+                    out[found[0]] = found[1]
+        return list(out.values())
+
+    def _lookup(self, family: str, term: str | None) -> tuple[tuple[str, str], Any] | None:
+        """``((field, term), term query)`` if a document holds the term, else ``None``."""
+        if term is None:
+            return None
+        field = family_field(family)
+        if self._searcher.doc_freq(field, term) == 0:
+            return None
+        return (field, term), self._term_query(self._schema, field, term)
+
+
+_MISSING: Any = object()

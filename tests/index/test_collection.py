@@ -314,3 +314,24 @@ def test_has_metadata_sees_only_live_documents(tmp_path: Path) -> None:
     col.close()
     with pytest.raises(CollectionClosedError):
         col.has_metadata("parent_id")
+
+
+@pytest.mark.parametrize("deleted", [3, 200])
+def test_bm25_skips_deleted_documents_tantivy_still_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleted: int
+) -> None:
+    """tantivy drops deleted documents best effort: the top k live ones come back regardless."""
+    col = Collection.create(tmp_path / "c", heads=())
+    texts = [" ".join(["apple"] * (1 + i % 7) + ["pear"] * (i % 3)) for i in range(300)]
+    col.add(texts, ids=[f"d{i}" for i in range(300)])
+    col.commit()
+    reference = list(col.search_bm25("apple pear", k=300))
+    monkeypatch.setattr(col._tantivy, "delete_keys", lambda keys: None)  # the drop fails
+    gone = [doc_id for doc_id, _ in reference[:deleted]]
+    col.delete(gone)
+    col.commit()
+    assert col._snap.num_docs - col._snap.live == deleted  # tantivy still holds them
+    for k in (1, 10, 50):
+        hits = list(col.search_bm25("apple pear", k=k))
+        assert hits == reference[deleted : deleted + k]
+    col.close()

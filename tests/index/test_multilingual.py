@@ -13,6 +13,7 @@ from m3rag.analysis import ANALYSIS_VERSION
 from m3rag.errors import UnknownLanguageError
 
 LEGACY = Path(__file__).parent / "data" / "legacy-bm25"
+V1 = Path(__file__).parent / "data" / "analysis-v1"  # built by m3rag with analysis version 1
 
 DOCS = {
     "zh-capital": ("北京是中华人民共和国的首都，也是全国的政治中心。", None),
@@ -68,6 +69,25 @@ def test_bm25_scores_follow_the_query_analysis(tmp_path: Path) -> None:
     for doc_id, score in hits:
         assert by_id[doc_id] == pytest.approx(score, rel=1e-6)
     assert by_id["ru-capital"] == 0.0
+    col.close()
+
+
+def test_terms_no_document_holds_are_left_out_and_scores_unchanged(tmp_path: Path) -> None:
+    col = _mixed(tmp_path / "c")
+    tantivy = col._tantivy
+    families = col._query_families(None)
+    queries = ["北京 capital running", "Москва столица", "alten Häusern", "xyzzy", "the a"]
+    for text in queries:
+        full = tantivy.bm25_query(text, families)  # every family's every term
+        pruned = tantivy.bm25_query(text, families, col._terms)
+        if pruned is None:  # no term is in any document
+            assert len(tantivy.search(col._searcher, full, 10)[0]) == 0
+            continue
+        keys, scores = tantivy.search(col._searcher, full, 10)
+        keys2, scores2 = tantivy.search(col._searcher, pruned, 10)
+        assert keys.tolist() == keys2.tolist() and scores.tolist() == scores2.tolist()
+    # 'xyzzy' is in no family: no search at all, no hits
+    assert col.search_bm25("xyzzy", k=3).ids == []
     col.close()
 
 
@@ -154,6 +174,32 @@ def test_old_collections_open_and_keep_their_analyzer(tmp_path: Path) -> None:
     col = Collection.open(tmp_path / "old", read_only=True)
     assert col.search_bm25("東京", k=1).ids == ["new"]
     assert "analysis" not in col.manifest
+    col.close()
+
+
+def test_english_takes_the_snowball_stop_words(tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "c", heads=(), lang="en")
+    col.add(["Which of these rivers would flow through London?", "The cat sat"], ids=["a", "b"])
+    col.commit()
+    assert col.search_bm25("which would", k=2).ids == []  # Snowball's, not in Lucene's 33
+    assert col.search_bm25("which rivers", k=2).ids == ["a"]
+    col.close()
+
+
+def test_version_1_collections_keep_their_analysis(tmp_path: Path) -> None:
+    """A collection built with analysis version 1 (a committed fixture) is analysed as built."""
+    shutil.copytree(V1, tmp_path / "v1")
+    reader = Collection.open(tmp_path / "v1", read_only=True)
+    assert reader.analysis is not None and reader.analysis["version"] == 1
+    # version 1's English stop words are Lucene's 33: 'which' and 'would' are terms
+    assert reader.search_bm25("which would", k=3).ids == ["en-which"]
+    assert reader.search_bm25("Häuser", k=3).ids == ["de-houses"]
+    reader.close()
+    with Collection.open(tmp_path / "v1") as col:  # new documents get version 1 too
+        col.add(["What about the river?"], ids=["new"], metadata={"lang": "en"})
+    col = Collection.open(tmp_path / "v1", read_only=True)
+    assert col.search_bm25("about", k=3).ids == ["new"]
+    assert col.analysis is not None and col.analysis["version"] == 1
     col.close()
 
 

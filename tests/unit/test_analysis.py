@@ -9,6 +9,7 @@ import pytest
 from m3rag.analysis import (
     AUTO,
     SNOWBALL,
+    analyse_query,
     detect_language,
     family_of,
     pipeline,
@@ -139,6 +140,20 @@ def test_query_terms_per_family_are_prefixed_and_distinct() -> None:
         ("generic", "runs"),
         ("generic", "北京"),
     ]
+
+
+def test_query_analysis_equals_each_pipeline_on_the_sentence() -> None:
+    """Tokenised once and mapped word by word (cached), a query gets each pipeline's terms."""
+    texts = [
+        "The runners were running; the runner's runs. Die Häuser, Москва, 北京是首都",
+        "كَتَبَ الطالب كتابي  كتاب",
+        "ภาษาไทยเขียนติดกัน ＦＵＬＬ width STRASSE Straße and the AND",
+    ]
+    families = ["ar", "de", "en", "fa", "generic", "ru"]
+    for text in texts * 2:  # the second time from the word cache
+        expected = [(f, list(dict.fromkeys(pipeline(f).tokens(text)))) for f in families]
+        assert analyse_query(text, families) == expected
+    assert pipeline("en").term("the") is None and pipeline("en").term("running") == "run"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,394 @@
+"""Input checks of a collection: documents, embeddings, queries, keys, metadata.
+
+Every check runs before anything is staged or searched, and raises an m3rag error (or the
+matching built-in) that names the bad value and says what to do: a collection never stores what
+a later search or commit would choke on (a NaN vector, an out-of-vocabulary token id, metadata
+JSON cannot hold).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from m3rag.errors import EmbeddingMismatchError, InvalidDocumentError
+from m3rag.index.filters import dumps_metadata
+from m3rag.types import Document, M3Output
+
+__all__ = [
+    "MAX_METADATA_DEPTH",
+    "MAX_TOKEN_ID",
+    "check_embeddings",
+    "check_k",
+    "check_keys",
+    "check_lexical_docs",
+    "check_text_query",
+    "colbert_query",
+    "dense_query",
+    "finite32",
+    "id_list",
+    "lexical_query",
+    "metadata_json",
+    "metadata_problem",
+    "normalise",
+    "token_problem",
+    "utf8",
+    "weight_problem",
+]
+
+MAX_METADATA_DEPTH = 32
+"""Metadata nested deeper than this (dicts and lists within each other) is refused."""
+MAX_TOKEN_ID = 2**31 - 1
+"""Lexical token ids are stored as int32: the bound when no vocabulary size is recorded."""
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def normalise(
+    texts_or_documents: str | Document | Iterable[str | Document],
+    ids: Sequence[str] | None,
+    metadata: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None,
+) -> tuple[list[str], list[str | None], list[Mapping[str, Any]]]:
+    """Texts, ids (``None``: to draw) and metadata dicts of an `add` call's arguments.
+
+    Raises:
+        TypeError: Wrong types. ValueError: Lengths that differ.
+        InvalidDocumentError: Empty text, or a text or id UTF-8 cannot encode.
+    """
+    if isinstance(texts_or_documents, (str, Document)):
+        items: list[Any] = [texts_or_documents]
+    elif isinstance(texts_or_documents, Iterable) and not isinstance(
+        texts_or_documents, (bytes, Mapping)
+    ):
+        items = list(texts_or_documents)
+    else:
+        msg = (
+            "texts_or_documents must be a string, a Document, or a list of them, "
+            f"got {type(texts_or_documents).__name__}"
+        )
+        raise TypeError(msg)
+    n = len(items)
+    if ids is not None and (isinstance(ids, str) or len(ids) != n):
+        got = 1 if isinstance(ids, str) else len(ids)
+        msg = f"ids must be a list with one id per document ({n}), got {got}"
+        raise ValueError(msg)
+    metas: list[Mapping[str, Any] | None]
+    if metadata is None:
+        metas = [None] * n
+    elif isinstance(metadata, Mapping):
+        metas = [metadata] * n
+    else:
+        metas = list(metadata)
+        if len(metas) != n:
+            msg = f"metadata must have one entry per document ({n}), got {len(metas)}"
+            raise ValueError(msg)
+    texts: list[str] = []
+    out_ids: list[str | None] = []
+    out_meta: list[Mapping[str, Any]] = []
+    for i, entry in enumerate(metas):
+        if entry is not None and not isinstance(entry, Mapping):
+            msg = (
+                f"metadata[{i}] must be a dict (or None), got {type(entry).__name__}; pass "
+                "one dict per document"
+            )
+            raise TypeError(msg)
+    for i, item in enumerate(items):
+        if isinstance(item, Document):
+            text, doc_id, meta = item.text, item.id, dict(item.metadata)
+            if ids is not None and ids[i] is not None:
+                doc_id = ids[i]
+            if metas[i] is not None:
+                meta = {**meta, **dict(metas[i] or {})}
+        elif isinstance(item, str):
+            text, doc_id, meta = (
+                item,
+                (ids[i] if ids is not None else None),
+                dict(metas[i] or {}),
+            )
+        else:
+            kind = type(item).__name__
+            msg = f"texts_or_documents[{i}] must be a string or a Document, got {kind}"
+            raise TypeError(msg)
+        if not isinstance(text, str) or not text.strip():
+            msg = f"document {i} has empty text; empty documents cannot be indexed"
+            raise InvalidDocumentError(msg)
+        if not utf8(text):
+            msg = (
+                f"document {i} has text that is not valid Unicode (a lone surrogate such as "
+                "'\\ud800'); decode it with errors='replace' before indexing"
+            )
+            raise InvalidDocumentError(msg)
+        if doc_id is not None and (not isinstance(doc_id, str) or not doc_id):
+            msg = f"ids[{i}] must be a non-empty string, got {doc_id!r}"
+            raise TypeError(msg)
+        if doc_id is not None and not utf8(doc_id):
+            msg = f"ids[{i}] = {doc_id!r} is not valid Unicode (a lone surrogate)"
+            raise InvalidDocumentError(msg)
+        if not isinstance(meta, Mapping):
+            msg = f"metadata[{i}] must be a dict, got {type(meta).__name__}"
+            raise TypeError(msg)
+        texts.append(text)
+        out_ids.append(doc_id)
+        out_meta.append(meta)
+    return texts, out_ids, out_meta
+
+
+def check_embeddings(
+    embeddings: M3Output,
+    ids: Sequence[str],
+    *,
+    heads: Sequence[str],
+    dim: int | None,
+    colbert_dim: int | None,
+    vocab_size: int,
+) -> M3Output:
+    """Every head of every document fits: count, heads, sizes, finite, ids in vocabulary.
+
+    Checked before anything is staged: a NaN ColBERT vector or an out-of-vocabulary token
+    id would otherwise be committed and break every later search, or every later commit.
+    """
+    n = len(ids)
+    if not isinstance(embeddings, M3Output):
+        msg = f"embeddings must be an M3Output, got {type(embeddings).__name__}"
+        raise TypeError(msg)
+    if len(embeddings) != n:
+        msg = f"embeddings hold {len(embeddings)} texts for {n} documents"
+        raise EmbeddingMismatchError(msg)
+    missing = [h for h in heads if h not in embeddings.heads]
+    if missing:
+        msg = f"embeddings lack the heads {missing} this collection stores ({list(heads)})"
+        raise EmbeddingMismatchError(msg)
+
+    def bad(i: int, head: str, problem: str) -> EmbeddingMismatchError:
+        return EmbeddingMismatchError(
+            f"embeddings of document {i} (id {ids[i]!r}), {head} head: {problem}; "
+            "nothing was staged"
+        )
+
+    if "dense" in heads and embeddings.dense_vecs is not None:
+        if embeddings.dim != dim:
+            msg = f"dense vectors have {embeddings.dim} dimensions, the collection {dim}"
+            raise EmbeddingMismatchError(msg)
+        rows = ~finite32(embeddings.dense_vecs).all(axis=1)
+        if rows.any():
+            raise bad(int(np.flatnonzero(rows)[0]), "dense", "NaN or infinity (as float32)")
+    if "colbert" in heads and embeddings.colbert_vecs is not None:
+        for i, m in enumerate(embeddings.colbert_vecs):
+            shape = getattr(m, "shape", None)
+            if not isinstance(m, np.ndarray) or m.ndim != 2 or m.shape[1] != colbert_dim:
+                expected = f"[t, {colbert_dim}]"
+                raise bad(i, "colbert", f"shape {shape}, expected {expected}")
+            if not finite32(m).all():
+                raise bad(i, "colbert", "NaN or infinity (as float32)")
+    if "sparse" in heads and embeddings.lexical_weights is not None:
+        check_lexical_docs(embeddings.lexical_weights, bad, vocab_size)
+    return embeddings
+
+
+def check_lexical_docs(weights: Sequence[Any], bad: Any, limit: int) -> None:
+    """Token ids ints in ``[0, vocab_size)``, weights finite and non-negative (as float32)."""
+    total = 0
+    for i, d in enumerate(weights):
+        if not isinstance(d, Mapping):
+            raise bad(i, "sparse", f"a {type(d).__name__}, expected a dict of id -> weight")
+        total += len(d)
+    try:  # the common case, vectorised; any doubt goes to the exact check below
+        tokens = np.fromiter((t for d in weights for t in d), dtype=np.int64, count=total)
+        values = np.fromiter(
+            (w for d in weights for w in d.values()), dtype=np.float64, count=total
+        )
+        ok = total == 0 or (
+            int(tokens.min()) >= 0
+            and int(tokens.max()) < limit
+            and bool(finite32(values).all())
+            and float(values.min()) >= 0
+        )
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if ok:
+        return
+    for i, d in enumerate(weights):
+        for token, weight in d.items():
+            problem = token_problem(token, limit) or weight_problem(weight)
+            if problem:
+                raise bad(i, "sparse", problem)
+
+
+def check_keys(keys: npt.ArrayLike, n: int) -> npt.NDArray[np.int64]:
+    """``keys`` as int64, each a committed document's key (as `Hits` gives)."""
+    arr = np.asarray(keys)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        msg = f"keys must be a 1-d array of ints (Hits.keys), got {arr.dtype} {arr.shape}"
+        raise ValueError(msg)
+    if int(arr.min()) < 0 or int(arr.max()) >= n:
+        msg = (
+            f"keys must be committed document keys in [0, {n}), got {int(arr.min())}.."
+            f"{int(arr.max())}; take them from Hits.keys"
+        )
+        raise ValueError(msg)
+    return arr.astype(np.int64, copy=False)
+
+
+def dense_query(query: npt.ArrayLike, dim: int | None) -> npt.NDArray[np.float32]:
+    """A dense query vector of the collection's size, finite as float32."""
+    try:
+        with np.errstate(all="ignore"):
+            q = np.asarray(query, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        msg = f"the dense query must be a vector of {dim} floats: {exc}"
+        raise ValueError(msg) from exc
+    if q.shape[0] != dim:
+        msg = f"query vector has {q.shape[0]} dimensions, the collection {dim}"
+        raise ValueError(msg)
+    if not np.isfinite(q).all():
+        msg = "the dense query vector contains NaN or infinity (as float32); pass finite values"
+        raise ValueError(msg)
+    return q
+
+
+def lexical_query(query: Mapping[int, float], vocab_size: int) -> dict[int, float]:
+    """Query lexical weights: int token ids in the vocabulary, finite non-negative weights."""
+    if not isinstance(query, Mapping):
+        msg = f"the lexical query must be a dict of token id -> weight, got {query!r:.80}"
+        raise TypeError(msg)
+    out: dict[int, float] = {}
+    for token, weight in query.items():
+        problem = token_problem(token, vocab_size) or weight_problem(weight)
+        if problem:
+            msg = f"the lexical query is invalid: {problem}"
+            raise ValueError(msg)
+        out[int(token)] = float(weight)
+    return out
+
+
+def colbert_query(query: npt.ArrayLike, colbert_dim: int | None) -> npt.NDArray[np.float32]:
+    """A ColBERT query ``[t, colbert_dim]``, finite as float32."""
+    try:
+        with np.errstate(all="ignore"):
+            q = np.asarray(query, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        msg = f"the ColBERT query must be a [t, {colbert_dim}] array: {exc}"
+        raise ValueError(msg) from exc
+    if q.ndim != 2 or q.shape[1] != colbert_dim:
+        msg = f"the ColBERT query has shape {q.shape}, expected [t, {colbert_dim}]"
+        raise ValueError(msg)
+    if not np.isfinite(q).all():
+        msg = "the ColBERT query contains NaN or infinity (as float32); pass finite values"
+        raise ValueError(msg)
+    return q
+
+
+def check_k(k: object) -> int:
+    """``k`` if it is a positive int (not a bool), else a ``ValueError``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        msg = f"k must be a positive int, got {k!r}"
+        raise ValueError(msg)
+    return k
+
+
+def check_text_query(query: object) -> None:
+    """A text query is a string UTF-8 can encode (``TypeError`` / ``ValueError``)."""
+    if not isinstance(query, str):
+        msg = f"query must be a string, got {type(query).__name__}"
+        raise TypeError(msg)
+    if not utf8(query):
+        msg = "query is not valid Unicode (a lone surrogate); decode it with errors='replace'"
+        raise ValueError(msg)
+
+
+def id_list(ids: str | Sequence[str]) -> list[str]:
+    """One id or a sequence of them as a list of strings (``TypeError`` otherwise)."""
+    wanted = [ids] if isinstance(ids, str) else list(ids)
+    for i, doc_id in enumerate(wanted):
+        if not isinstance(doc_id, str):
+            msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
+            raise TypeError(msg)
+    return wanted
+
+
+def utf8(text: str) -> bool:
+    """Whether ``text`` can be stored (UTF-8 cannot encode lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def finite32(values: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Elementwise: finite once stored as float32 (1e39 is finite in float64, not float32)."""
+    with np.errstate(all="ignore"):
+        return np.isfinite(np.asarray(values, dtype=np.float32))
+
+
+def token_problem(token: object, limit: int) -> str | None:
+    """What is wrong with a lexical token id (an int in ``[0, limit)``), or ``None``."""
+    if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+        return f"token id {token!r} is not an int"
+    if not 0 <= int(token) < limit:
+        return f"token id {int(token)} is outside the vocabulary [0, {limit})"
+    return None
+
+
+def weight_problem(weight: object) -> str | None:
+    """What is wrong with a lexical weight (finite, non-negative as float32), or ``None``."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        return f"weight {weight!r} is not a number"
+    try:
+        value = float(weight)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and abs(value) <= F32_MAX) or value < 0:
+        return f"weight {weight!r} is not a finite non-negative float32"
+    return None
+
+
+def metadata_json(i: int, meta: Mapping[str, Any]) -> str:
+    """The JSON of one document's metadata, or an ``InvalidDocumentError`` naming it."""
+    problem = metadata_problem(meta)
+    if problem is None:
+        try:
+            text = dumps_metadata(meta)
+        except (TypeError, ValueError) as exc:
+            problem = str(exc)
+        else:
+            if utf8(text):
+                return text
+            problem = "a string is not valid Unicode (a lone surrogate)"
+    msg = f"metadata[{i}] cannot be stored as JSON: {problem}"
+    raise InvalidDocumentError(msg)
+
+
+def metadata_problem(meta: Mapping[str, Any]) -> str | None:
+    """Non-string keys, or nesting deeper than `MAX_METADATA_DEPTH`, found iteratively.
+
+    ``json.dumps`` would recurse (a ``RecursionError`` thousands of levels deep) and turn
+    int keys into strings silently.
+    """
+    if any("\x00" in key for key in meta if isinstance(key, str)):
+        return "a field name holds NUL ('\\x00'), which SQLite's JSON functions cut short"
+    stack: list[tuple[Any, int]] = [(meta, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Iterable[Any] = value.values()
+            bad = next((k for k in value if not isinstance(k, str)), None)
+            if bad is not None:
+                return f"key {bad!r} is not a string"
+        elif isinstance(value, (list, tuple)):
+            children = value
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            return f"it is nested more than {MAX_METADATA_DEPTH} levels deep"
+        seen += 1
+        if seen > 1_000_000:
+            return "it holds more than a million nested containers"
+        stack.extend((child, depth + 1) for child in children)
+    return None
