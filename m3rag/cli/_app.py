@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -209,12 +210,69 @@ def check_lang(lang: str | None, *, auto: bool = True) -> None:
         raise fail(f"--lang: {exc}", EXIT_USAGE) from exc
 
 
-def peek_manifest(index: Path) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class StoreURI:
+    """A ``--store`` URI naming a store on a server (``milvus://HOST:PORT/NAME``)."""
+
+    spec: str
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+Target = Path | StoreURI
+"""Where a command reads or writes: an index folder, or a store URI."""
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="URI",
+        help="A store instead of --index: milvus://HOST:PORT/NAME (pip install "
+        "'m3rag[milvus]'; a token comes from M3RAG_MILVUS_TOKEN), or an index folder.",
+    ),
+]
+
+
+def resolve_target(
+    index: Path | None, store: str | None, *, required: bool = True
+) -> Target | None:
+    """``--index DIR`` or ``--store URI`` (one of them; a URI is checked, not yet opened)."""
+    if index is not None and store is not None:
+        raise fail("give either --index DIR or --store URI, not both", EXIT_USAGE)
+    if store is None:
+        if index is None and required:
+            raise fail("give --index DIR (or --store URI)", EXIT_USAGE)
+        return index
+    if "://" not in store or store.startswith("file://"):
+        return Path(store.removeprefix("file://"))
+    from m3rag.index.uri import parse_milvus_uri
+
+    try:
+        parse_milvus_uri(store)
+    except ValueError as exc:
+        raise fail(f"--store: {exc}", EXIT_USAGE) from exc
+    return StoreURI(store)
+
+
+def peek_manifest(index: Target) -> dict[str, Any] | None:
     """An index's manifest as JSON, for the checks made before a model loads.
 
     ``None`` when there is none or it cannot be read: opening the collection, which follows,
-    reports that damage with its own error and exit code.
+    reports that damage with its own error and exit code. A store URI is asked for its
+    recorded configuration (one call to the server, no model).
     """
+    if isinstance(index, StoreURI):
+        from m3rag.errors import M3RagError
+
+        try:
+            store = open_collection(index, None, read_only=True)
+        except (M3RagError, ValueError, TypeError):
+            return None
+        try:
+            return dict(store.manifest)
+        finally:
+            store.close()
     import json
 
     try:
@@ -224,13 +282,22 @@ def peek_manifest(index: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def check_index_lang(index: Path, lang: str | None) -> None:
+def built_lang(manifest: dict[str, Any]) -> str:
+    """The ``lang`` an index analyses documents with, from its manifest."""
+    analysis = manifest.get("analysis")
+    if isinstance(analysis, dict):
+        return str(analysis.get("lang"))
+    if "lang" in manifest:  # a store on a server records it at the top
+        return str(manifest["lang"])
+    return "the legacy analyzer"
+
+
+def check_index_lang(index: Target, lang: str | None) -> None:
     """An existing index keeps the ``lang`` it was built with: a different ``--lang`` is refused."""
     manifest = peek_manifest(index) if lang is not None else None
     if manifest is None:
         return
-    analysis = manifest.get("analysis")
-    built = analysis.get("lang") if isinstance(analysis, dict) else "the legacy analyzer"
+    built = built_lang(manifest)
     if built != lang:
         msg = (
             f"--lang {lang}: the index at {index} analyses documents with lang {built!r}; drop "
@@ -239,8 +306,13 @@ def check_index_lang(index: Path, lang: str | None) -> None:
         raise fail(msg, EXIT_USAGE)
 
 
-def check_index_path(index: Path, *, must_exist: bool) -> None:
-    """``--index`` must be a folder (or, when it may be created, not exist yet)."""
+def check_index_path(index: Target, *, must_exist: bool) -> None:
+    """``--index`` must be a folder (or, when it may be created, not exist yet).
+
+    A store URI was checked by `resolve_target`; whether it exists is the server's to say.
+    """
+    if isinstance(index, StoreURI):
+        return
     if index.exists() and not index.is_dir():
         msg = f"--index {index} is a file; give a folder for the index"
         raise fail(msg, EXIT_USAGE)
@@ -260,6 +332,8 @@ def quiet_third_party() -> None:
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     disable_progress_bars()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # pymilvus warns on every paged read from milvus-lite ("failed to get mvccTs")
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -295,7 +369,7 @@ def load_reranker(model: str, device: str | None) -> Any:
         return Reranker(model, device=device)
 
 
-def stored_model(index: Path) -> str | None:
+def stored_model(index: Target) -> str | None:
     """The model an index was built with, from its manifest (``None`` if unknown)."""
     manifest = peek_manifest(index)
     encoder = manifest.get("encoder") if manifest is not None else None
@@ -303,9 +377,20 @@ def stored_model(index: Path) -> str | None:
     return str(model) if model else None
 
 
-def open_collection(index: Path, encoder: Any, *, read_only: bool) -> Any:
+def open_collection(
+    index: Target, encoder: Any, *, read_only: bool, create: bool = False, **options: Any
+) -> Any:
+    """The store at ``index``: a `Collection` folder, or a store URI through `open_store`."""
+    if isinstance(index, StoreURI):
+        from m3rag.index.uri import open_store
+
+        return open_store(
+            index.spec, encoder=encoder, read_only=read_only, create=create, **options
+        )
     from m3rag.index import Collection
 
+    if create and not (index / "manifest.json").exists():
+        return Collection.create(index, encoder=encoder, **options)
     return Collection.open(index, encoder=encoder, read_only=read_only)
 
 

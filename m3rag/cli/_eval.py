@@ -27,6 +27,9 @@ from m3rag.cli._app import (
     DeviceOption,
     DtypeOption,
     IndexLangOption,
+    StoreOption,
+    StoreURI,
+    Target,
     app,
     check_device,
     check_dtype,
@@ -42,6 +45,7 @@ from m3rag.cli._app import (
     open_collection,
     out,
     peek_manifest,
+    resolve_target,
 )
 
 
@@ -99,6 +103,7 @@ def eval_(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     lang: IndexLangOption = None,
+    store: StoreOption = None,
 ) -> None:
     """Evaluate retrieval modes on a BEIR dataset: nDCG@k, Recall@k, MRR@k (pytrec_eval).
 
@@ -124,9 +129,13 @@ def eval_(
     check_device(device)
     check_dtype(dtype)
     check_lang(lang)
-    if index is not None:
-        check_index_path(index, must_exist=False)
-        check_index_lang(index, lang)
+    target = resolve_target(index, store, required=False)
+    if isinstance(target, StoreURI) and lang == "auto":
+        msg = "--lang auto (per-document detection) is not available on Milvus; give a language"
+        raise fail(msg, EXIT_USAGE)
+    if target is not None:
+        check_index_path(target, must_exist=False)
+        check_index_lang(target, lang)
     if out_file is not None and out_file.is_dir():
         raise fail(f"--out {out_file} is a folder; give a file name", EXIT_USAGE)
     try:
@@ -137,7 +146,7 @@ def eval_(
     encoder = load_encoder(model or DEFAULT_MODEL, device, dtype) if needs_model else None
     # the modes must fit the model (and a kept index) before anything is indexed
     heads = set(encoder.heads) if encoder is not None else set()
-    kept = peek_manifest(index) if index is not None else None
+    kept = peek_manifest(target) if target is not None else None
     if kept is not None:
         heads &= set(kept.get("heads", ()))
     available = paths_of_heads(heads)
@@ -145,7 +154,7 @@ def eval_(
     rr = load_reranker(reranker, device) if "hybrid+rerank" in mode_list else None
 
     tmp = None
-    folder = index
+    folder = target
     if folder is None:
         tmp = tempfile.TemporaryDirectory(prefix="m3rag-eval-")
         folder = Path(tmp.name) / "index"
@@ -159,7 +168,7 @@ def eval_(
             rr,
             tune,
             dataset,
-            lang or "auto",
+            lang or ("en" if isinstance(folder, StoreURI) else "auto"),
             target_precision,
         )
     finally:
@@ -202,7 +211,7 @@ def eval_(
 
 def _run(
     data: Any,
-    folder: Path,
+    folder: Target,
     encoder: Any,
     mode_list: list[str],
     k_values: list[int],
@@ -213,14 +222,15 @@ def _run(
     target_precision: float | None = None,
 ) -> tuple[Any, dict[str, float] | None]:
     from m3rag.eval import evaluate, index_corpus, load_beir, tune_weights
-    from m3rag.index import Collection
 
-    if (folder / "manifest.json").exists():
-        col = open_collection(folder, encoder, read_only=False)
-    else:
-        col = Collection.create(
-            folder, encoder=encoder, heads=None if encoder is not None else (), lang=lang
-        )
+    col = open_collection(
+        folder,
+        encoder,
+        read_only=False,
+        create=True,
+        heads=None if encoder is not None else (),
+        lang=lang,
+    )
     try:
         with Progress(
             TextColumn("{task.description:<22}"),

@@ -26,6 +26,8 @@ from m3rag.cli._app import (
     DeviceOption,
     DtypeOption,
     IndexLangOption,
+    StoreOption,
+    StoreURI,
     app,
     check_device,
     check_dtype,
@@ -39,6 +41,8 @@ from m3rag.cli._app import (
     note,
     open_collection,
     out,
+    peek_manifest,
+    resolve_target,
     stored_model,
 )
 
@@ -78,14 +82,7 @@ def index(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     lang: IndexLangOption = None,
-    store: Annotated[
-        str | None,
-        typer.Option(
-            "--store",
-            metavar="URI",
-            help="Where to write instead of --index: an index folder (more store kinds to come).",
-        ),
-    ] = None,
+    store: StoreOption = None,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -105,7 +102,8 @@ def index(
     """
     from m3rag.ingest import IndexProgress, Problem, default_overlap, discover, index_files
 
-    index = _target(index, store)
+    target = resolve_target(index, store)
+    assert target is not None  # noqa: S101 - required=True
     # every option is checked before the model loads
     if chunk_tokens < MIN_CHUNK_TOKENS:
         raise fail(f"--chunk-tokens must be at least {MIN_CHUNK_TOKENS}, got {chunk_tokens}", 2)
@@ -120,9 +118,12 @@ def index(
     check_dtype(dtype)
     if ray is not None:
         _check_ray(ray)
-    check_index_path(index, must_exist=False)
+    check_index_path(target, must_exist=False)
     check_lang(lang)
-    check_index_lang(index, lang)
+    if isinstance(target, StoreURI) and lang == "auto":
+        msg = "--lang auto (per-document detection) is not available on Milvus; give a language"
+        raise fail(msg, EXIT_USAGE)
+    check_index_lang(target, lang)
     files, problems = discover(paths)
     for problem in problems:
         _print_problem(problem)
@@ -130,19 +131,17 @@ def index(
         msg = "no .txt, .md, .html, .pdf or .jsonl files found in the given paths"
         raise fail(msg, EXIT_NOTHING)
 
-    exists = (index / "manifest.json").exists()
-    name = model or (stored_model(index) if exists else None) or DEFAULT_MODEL
+    kept = peek_manifest(target)
+    name = model or (stored_model(target) if kept is not None else None) or DEFAULT_MODEL
     # with --ray this process only records the model in the index: the actors encode
     encoder = load_encoder(name, "cpu" if ray is not None else device, dtype)
     if chunk_tokens > encoder.max_length:
         note(f"--chunk-tokens {chunk_tokens} is capped at the model's {encoder.max_length}")
         chunk_tokens = encoder.max_length
-    if exists:
-        col = open_collection(index, encoder, read_only=False)
-    else:
-        from m3rag.index import Collection
-
-        col = Collection.create(index, encoder=encoder, lang=lang or "auto")
+    if kept is None and isinstance(target, StoreURI) and lang is None:
+        note(f"BM25 on {target} analyses documents as English; give --lang for another language")
+    default_lang = "en" if isinstance(target, StoreURI) else "auto"
+    col = open_collection(target, encoder, read_only=False, create=True, lang=lang or default_lang)
     try:
         with Progress(
             TextColumn("indexing"),
@@ -183,7 +182,7 @@ def index(
             report = run()
     finally:
         col.close()
-    out().print(Text(f"{report} -> {index}"))
+    out().print(Text(f"{report} -> {target}"))
     if report.documents == 0 and report.skipped == 0:
         raise typer.Exit(EXIT_NOTHING)
 
@@ -212,22 +211,6 @@ def _ray_index(address: str, encoder: Any, device: str | None, dtype: str | None
         device=device,
         dtype=dtype,
     )
-
-
-def _target(index: Path | None, store: str | None) -> Path:
-    """The index folder, from ``--index`` or ``--store``.
-
-    A ``--store`` URI of another kind (``milvus://HOST:PORT/NAME``) is resolved by the store
-    opener once m3rag has one; a folder is an index folder.
-    """
-    if (index is None) == (store is None):
-        raise fail("give either --index DIR or --store URI", EXIT_USAGE)
-    if store is None:
-        return index  # type: ignore[return-value]  # one of the two is given
-    if "://" in store:
-        msg = f"--store {store}: only index folders are supported by this version"
-        raise fail(msg, EXIT_USAGE)
-    return Path(store)
 
 
 def _print_problem(problem: object) -> None:

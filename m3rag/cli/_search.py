@@ -18,6 +18,8 @@ from m3rag.cli._app import (
     EXIT_NOTHING,
     EXIT_USAGE,
     DeviceOption,
+    StoreOption,
+    Target,
     app,
     check_device,
     check_index_path,
@@ -28,13 +30,16 @@ from m3rag.cli._app import (
     load_reranker,
     open_collection,
     out,
+    resolve_target,
     stored_model,
 )
 from m3rag.cli._output import highlight, results_table
 
 MODES = ("hybrid", "dense", "lexical", "bm25")
 
-IndexOption = Annotated[Path, typer.Option("--index", help="The index folder.")]
+IndexOption = Annotated[
+    Path | None, typer.Option("--index", help="The index folder (or give --store).")
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(
@@ -72,7 +77,7 @@ def _check_query(text: str, what: str, k: int, mode: str) -> None:
         raise fail(f"the {what} is empty", EXIT_USAGE)
 
 
-def _open_for(index: Path, mode: str, model: str | None, device: str | None) -> tuple[Any, Any]:
+def _open_for(index: Target, mode: str, model: str | None, device: str | None) -> tuple[Any, Any]:
     """The encoder (``None`` for bm25, which needs no model) and the collection, read-only."""
     encoder = None
     if mode != "bm25":
@@ -118,7 +123,7 @@ def build_retriever(
 @handled
 def search(
     query: Annotated[str, typer.Argument(help="The question or keywords.")],
-    index: IndexOption,
+    index: IndexOption = None,
     k: Annotated[int, typer.Option("--k", "-k", help="How many results.")] = 10,
     mode: ModeOption = "hybrid",
     rerank: Annotated[
@@ -132,13 +137,14 @@ def search(
     device: DeviceOption = None,
     min_score: MinScoreOption = None,
     lang: LangOption = None,
+    store: StoreOption = None,
 ) -> None:
     """Search an index: every path recalls, every candidate is scored on every path, fused."""
     _check_query(query, "query", k, mode)
     check_lang(lang, auto=False)
     check_device(device)
-    check_index_path(index, must_exist=True)
-    encoder, col = _open_for(index, mode, model, device)
+    target = _target(index, store)
+    encoder, col = _open_for(target, mode, model, device)
     try:
         rr = load_reranker(reranker, device) if rerank else None
         results = build_retriever(col, encoder, mode, rr, lang=lang).retrieve(
@@ -169,16 +175,20 @@ def search(
 
 @app.command()
 @handled
-def info(index: IndexOption) -> None:
+def info(index: IndexOption = None, store: StoreOption = None) -> None:
     """Describe an index: documents, chunks, model fingerprint, sizes, format version."""
-    check_index_path(index, must_exist=True)
-    col = open_collection(index, None, read_only=True)
+    target = _target(index, store)
+    col = open_collection(target, None, read_only=True)
     try:
         manifest = col.manifest
         encoder = manifest.get("encoder") or {}
         chunks = col.count()
         parents = col.metadata_values("parent_id")
-        size = sum(f.stat().st_size for f in index.rglob("*") if f.is_file())
+        size = (
+            f"{sum(f.stat().st_size for f in target.rglob('*') if f.is_file()) / 1e6:.1f} MB"
+            if isinstance(target, Path)
+            else f"on the server ({target})"
+        )
         table = Table(show_header=False)
         rows = [
             ("documents", str(len(parents) if parents else chunks)),
@@ -188,10 +198,10 @@ def info(index: IndexOption) -> None:
             ("dense dim", str(manifest.get("dim"))),
             ("colbert dim", f"{manifest.get('colbert_dim')} ({manifest.get('colbert_dtype')})"),
             ("tokenizer sha256", str(encoder.get("tokenizer_sha256"))[:16] + "…"),
-            ("generation", str(manifest.get("generation"))),
-            ("format version", str(manifest.get("format_version"))),
-            ("bm25 analysis", _describe_analysis(col.analysis)),
-            ("size on disk", f"{size / 1e6:.1f} MB"),
+            ("generation", str(manifest.get("generation", col.generation))),
+            ("format version", str(manifest.get("format_version", manifest.get("version")))),
+            ("bm25 analysis", _describe_analysis(getattr(col, "analysis", None), manifest)),
+            ("size on disk", size),
         ]
         for name, value in rows:
             table.add_row(Text(name), Text(value))
@@ -204,7 +214,7 @@ def info(index: IndexOption) -> None:
 @handled
 def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
-    index: IndexOption,
+    index: IndexOption = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Evidence passages to cite.")] = 5,
     mode: ModeOption = "hybrid",
     rerank: Annotated[
@@ -225,6 +235,7 @@ def ask(
     device: DeviceOption = None,
     min_score: MinScoreOption = None,
     lang: LangOption = None,
+    store: StoreOption = None,
 ) -> None:
     """Answer a question from the index: the cited evidence, grouped by document.
 
@@ -237,8 +248,8 @@ def ask(
     check_device(device)
     if llm is not None and not llm.startswith(("http://", "https://")):
         raise fail(f"--llm must be an http(s) URL, got {llm!r}", EXIT_USAGE)
-    check_index_path(index, must_exist=True)
-    encoder, col = _open_for(index, mode, model, device)
+    target = _target(index, store)
+    encoder, col = _open_for(target, mode, model, device)
     try:
         rr = load_reranker(reranker, device) if rerank else None
         retriever = build_retriever(col, encoder, mode, rr, rollup=None, lang=lang)
@@ -268,10 +279,21 @@ def ask(
         console.print(Text(answer))
 
 
-def _describe_analysis(analysis: dict[str, Any] | None) -> str:
+def _target(index: Path | None, store: str | None) -> Target:
+    """The existing index or store a read command opens."""
+    target = resolve_target(index, store)
+    assert target is not None  # noqa: S101 - required=True
+    check_index_path(target, must_exist=True)
+    return target
+
+
+def _describe_analysis(analysis: dict[str, Any] | None, manifest: dict[str, Any]) -> str:
     """The ``info`` line of the BM25 analysis: default language and each family's pipeline."""
     from m3rag.analysis import detector_name, pipeline
 
+    if analysis is None and "analyzer" in manifest:  # a store on a server: its own analyzer
+        params = json.dumps(manifest["analyzer"], ensure_ascii=False)
+        return f"the server's, lang {manifest.get('lang')}: {params}"
     if analysis is None:
         return (
             "legacy (made before the analysis record): Han/kana characters, words, English stop "

@@ -12,6 +12,7 @@ from m3rag.cli._app import (
     DEFAULT_MODEL,
     EXIT_USAGE,
     DeviceOption,
+    StoreOption,
     app,
     check_device,
     check_index_path,
@@ -21,6 +22,7 @@ from m3rag.cli._app import (
     load_reranker,
     note,
     open_collection,
+    resolve_target,
     stored_model,
 )
 
@@ -44,6 +46,7 @@ def serve(
     index: Annotated[
         Path | None, typer.Option("--index", help="An index folder to serve /search from.")
     ] = None,
+    store: StoreOption = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="Encoder hub id or folder (default: the index's model)."),
@@ -102,11 +105,12 @@ def serve(
     _check_host(host, public=public)
     if not 0 < port < 65536:
         raise fail(f"--port must be in 1..65535, got {port}", EXIT_USAGE)
-    if allow_writes and index is None:
-        raise fail("--allow-writes needs --index DIR", EXIT_USAGE)
-    if index is not None:
-        check_index_path(index, must_exist=True)
-    name = model or (stored_model(index) if index is not None else None) or DEFAULT_MODEL
+    target = resolve_target(index, store, required=False)
+    if allow_writes and target is None:
+        raise fail("--allow-writes needs --index DIR or --store URI", EXIT_USAGE)
+    if target is not None:
+        check_index_path(target, must_exist=True)
+    name = model or (stored_model(target) if target is not None else None) or DEFAULT_MODEL
     config = ServeConfig(
         model_name=name,
         max_batch_tokens=max_batch_tokens,
@@ -123,11 +127,11 @@ def serve(
     # one budget for both cuts: what the batcher gathers and what one forward pass holds
     encoder.max_batch_tokens = max_batch_tokens
     rr = load_reranker(reranker, device) if reranker else None
-    col = open_collection(index, encoder, read_only=not allow_writes) if index else None
+    col = open_collection(target, encoder, read_only=not allow_writes) if target else None
     try:
         note(
             f"serving {name} on http://{host}:{port}"
-            + (f" with the index {index}" if index else "")
+            + (f" with the index {target}" if target else "")
             + (" (writes on)" if allow_writes else "")
             + (" (API key required)" if api_key else "")
         )

@@ -473,6 +473,17 @@ class MilvusStore:
         self.close()
 
     @property
+    def manifest(self) -> dict[str, Any]:
+        """A copy of the configuration recorded with the collection.
+
+        Heads, sizes, analyzer and encoder fingerprint: the counterpart of
+        [`Collection.manifest`][m3rag.Collection.manifest].
+        """
+        self._check_open()
+        copy: dict[str, Any] = json.loads(json.dumps(self._config))
+        return copy
+
+    @property
     def generation(self) -> int:
         """Commits made through this handle (Milvus has no global generation)."""
         return self._generation

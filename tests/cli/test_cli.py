@@ -225,43 +225,10 @@ def test_the_bundled_sample_indexes_and_searches(tmp_path: Path, tiny_m3_path: P
     assert {h["id"] for h in hits} == {"hybrid-search.md", "混合检索.md", "recherche-hybride.md"}
 
 
-def _beir(folder: Path) -> Path:
-    (folder / "qrels").mkdir(parents=True)
-    docs = {
-        "paris": "Paris is the capital and most populous city of France.",
-        "beijing": "北京是中华人民共和国的首都，也是全国的政治和文化中心。",
-        "tokyo": "Tokyo is the capital of Japan and its largest city.",
-        "rain": "Rainfall in the northern valleys doubled this year.",
-        "cairo": "Cairo is the capital of Egypt. القاهرة هي عاصمة مصر.",
-    }
-    (folder / "corpus.jsonl").write_text(
-        "\n".join(
-            json.dumps({"_id": k, "title": "", "text": v}, ensure_ascii=False)
-            for k, v in docs.items()
-        )
-        + "\n"
-    )
-    queries = {
-        "q1": "capital of France",
-        "q2": "中国的首都",
-        "q3": "capital of Japan",
-        "q4": "rain in the valleys",
-    }
-    (folder / "queries.jsonl").write_text(
-        "\n".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) for k, v in queries.items())
-        + "\n"
-    )
-    qrels = [("q1", "paris"), ("q2", "beijing"), ("q3", "tokyo"), ("q4", "rain")]
-    (folder / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
-    )
-    return folder
-
-
 def test_eval_modes_report_and_tune(
-    tmp_path: Path, tiny_m3_path: Path, tiny_reranker_path: Path
+    tmp_path: Path, tiny_m3_path: Path, tiny_reranker_path: Path, tiny_beir: Path
 ) -> None:
-    data = _beir(tmp_path / "beir")
+    data = tiny_beir
     bm25 = runner.invoke(
         app, ["eval", str(data), "--modes", "bm25", "--k", "1,3", "--out", str(tmp_path / "r.json")]
     )
@@ -334,9 +301,9 @@ def test_eval_modes_report_and_tune(
     assert t["queries"] == 2 and t["tuned_weights"]
 
 
-def test_eval_errors(tmp_path: Path, minilm_path: Path) -> None:
+def test_eval_errors(tmp_path: Path, minilm_path: Path, tiny_beir: Path) -> None:
     assert runner.invoke(app, ["eval", str(tmp_path / "missing"), "--modes", "bm25"]).exit_code == 2
-    data = _beir(tmp_path / "beir")
+    data = tiny_beir
     assert runner.invoke(app, ["eval", str(data), "--modes", "splade"]).exit_code == 2
     assert runner.invoke(app, ["eval", str(data), "--modes", "bm25", "--k", "ten"]).exit_code == 2
     lexical = runner.invoke(
@@ -489,7 +456,7 @@ def test_pdf_files_are_indexed(tmp_path: Path, tiny_m3_path: Path) -> None:
 
 
 def test_lang_in_index_search_info_and_eval(
-    corpus: Path, tmp_path: Path, tiny_m3_path: Path
+    corpus: Path, tmp_path: Path, tiny_m3_path: Path, tiny_beir: Path
 ) -> None:
     index = tmp_path / "idx"
     assert _index(corpus, index, tiny_m3_path, "--lang", "english").exit_code == 2
@@ -512,7 +479,7 @@ def test_lang_in_index_search_info_and_eval(
     assert runner.invoke(app, [*cairo, "--lang", "en"]).stdout.strip() == ""
     assert runner.invoke(app, [*cairo, "--lang", "xx1"]).exit_code == 2
 
-    data = _beir(tmp_path / "beir")
+    data = tiny_beir
     for lang in ("auto", "en"):
         out = runner.invoke(app, ["eval", str(data), "--modes", "bm25", "--lang", lang])
         assert out.exit_code == 0, out.output

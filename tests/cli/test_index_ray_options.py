@@ -37,9 +37,10 @@ def test_a_bare_ray_flag_means_a_local_cluster(argv: list[str], expected: list[s
     ("extra", "message"),
     [
         (["--ray", "docs/"], "--ray takes local, auto"),
-        ([], "give either --index DIR or --store URI"),
-        (["--index", "i", "--store", "s"], "give either --index DIR or --store URI"),
-        (["--store", "milvus://127.0.0.1:19530/docs"], "only index folders"),
+        ([], "give --index DIR (or --store URI)"),
+        (["--index", "i", "--store", "s"], "give either --index DIR or --store URI, not both"),
+        (["--store", "milvus://u:p@127.0.0.1:19530/docs"], "M3RAG_MILVUS_TOKEN"),
+        (["--store", "redis://127.0.0.1:6379/docs"], "is not a milvus:// URI"),
     ],
 )
 def test_bad_ray_and_store_options_exit_2_before_loading(

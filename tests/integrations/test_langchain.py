@@ -171,6 +171,21 @@ class TestM3VectorStoreHybridStandard(VectorStoreIntegrationTests):
             store.collection.close()
 
 
+class TestM3VectorStoreMilvusStandard(VectorStoreIntegrationTests):
+    """The standard suite once more over a [`MilvusStore`][m3rag.MilvusStore] (milvus-lite)."""
+
+    @pytest.fixture
+    def vectorstore(self, milvus_lite_uri: str):  # type: ignore[no-untyped-def, override]
+        import uuid
+
+        from m3rag import MilvusStore
+
+        name = f"lc_{uuid.uuid4().hex[:12]}"
+        milvus = MilvusStore(milvus_lite_uri, name, create=True, heads=("dense",), dim=6)
+        yield M3VectorStore(milvus, embedding=self.get_embeddings())
+        milvus.drop()
+
+
 def test_search_types_mmr_threshold_and_tags(tmp_path: Path) -> None:
     import numpy as np
     from langchain_core.vectorstores import VectorStoreRetriever

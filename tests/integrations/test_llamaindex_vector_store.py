@@ -39,9 +39,18 @@ DOCS = [
 MODES = ["default", "sparse", "hybrid", "semantic_hybrid", "text_search", "mmr"]
 
 
-@pytest.fixture
-def index(tmp_path: Path, tiny_encoder, tiny_reranker_path: Path):  # type: ignore[no-untyped-def]
-    col = Collection.create(tmp_path / "c", encoder=tiny_encoder)
+@pytest.fixture(params=["collection", "milvus"])
+def index(request, tmp_path: Path, tiny_encoder, tiny_reranker_path: Path):  # type: ignore[no-untyped-def]
+    """The LlamaIndex index over each store: the embedded `Collection` and `MilvusStore`."""
+    if request.param == "milvus":
+        import uuid
+
+        from m3rag import MilvusStore
+
+        uri = request.getfixturevalue("milvus_lite_uri")
+        col = MilvusStore(uri, f"li_{uuid.uuid4().hex[:12]}", encoder=tiny_encoder, create=True)
+    else:
+        col = Collection.create(tmp_path / "c", encoder=tiny_encoder)
     store = M3VectorStore(col, reranker=Reranker(tiny_reranker_path, device="cpu"))
     index = VectorStoreIndex.from_documents(
         DOCS,

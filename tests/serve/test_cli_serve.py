@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,14 +26,22 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.parametrize("where", ["--index", "--store"])
 def test_serve_process_with_index_reranker_and_env_key(
-    tiny_m3_path, tiny_reranker_path, tiny_encoder, tmp_path, port
+    where, tiny_m3_path, tiny_reranker_path, tiny_encoder, tmp_path, port, request
 ) -> None:  # type: ignore[no-untyped-def]
-    from m3rag import Collection
+    from m3rag import Collection, MilvusStore
 
-    index = tmp_path / "idx"
-    col = Collection.create(index, encoder=tiny_encoder)
-    col.add(["Paris is the capital of France.", "Berlin is in Germany."], ids=["p", "b"])
+    docs = ["Paris is the capital of France.", "Berlin is in Germany."]
+    if where == "--index":
+        spec = str(tmp_path / "idx")
+        col: Any = Collection.create(spec, encoder=tiny_encoder)
+    else:  # a Milvus collection, named by a store URI
+        uri = request.getfixturevalue("milvus_lite_uri")
+        name = f"serve_{uuid.uuid4().hex[:10]}"
+        spec = f"milvus://{uri.removeprefix('http://')}/{name}"
+        col = MilvusStore(uri, name, encoder=tiny_encoder, create=True, lang="en")
+    col.add(docs, ids=["p", "b"])
     col.commit()
     col.close()
     key = "env-key-" + "x" * 20
@@ -40,8 +50,8 @@ def test_serve_process_with_index_reranker_and_env_key(
         "-m",
         "m3rag",
         "serve",
-        "--index",
-        str(index),
+        where,
+        spec,
         "--model",
         str(tiny_m3_path),
         "--reranker",
