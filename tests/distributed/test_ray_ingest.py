@@ -211,3 +211,44 @@ def test_cli_index_ray(
     again = CliRunner().invoke(app, [*argv, "--index", str(index), "--ray", "local"])
     assert again.exit_code == 0, again.output
     assert "skipped 8 already indexed" in again.output
+
+
+def test_index_with_ray_into_milvus(
+    ray_cluster: object,
+    tiny_encoder: object,
+    corpus: Path,
+    tmp_path: Path,
+    milvus_lite_uri: str,
+) -> None:
+    """Ray encodes, the driver upserts into a MilvusStore: every row there, scores as on disk."""
+    import uuid
+
+    from m3rag import MilvusStore
+    from m3rag.distributed import index_with_ray
+
+    reference, expected = _single_process(tiny_encoder, corpus, tmp_path / "one")
+    store = MilvusStore(
+        milvus_lite_uri, f"ray_{uuid.uuid4().hex[:10]}", encoder=tiny_encoder, create=True
+    )
+    report = index_with_ray(store, [corpus], chunk_tokens=64, batch_size=8, commit_every=2)
+    assert (report.documents, report.chunks) == (expected.documents, expected.chunks)
+    assert sorted(store.ids()) == sorted(reference.ids())  # type: ignore[attr-defined]
+    ids = reference.ids()  # type: ignore[attr-defined]
+    for got, want in zip(store.get(ids), reference.get(ids), strict=True):  # type: ignore[attr-defined]
+        assert (got.id, got.text, dict(got.metadata)) == (want.id, want.text, dict(want.metadata))
+    query = tiny_encoder.encode_queries("topic detail record")  # type: ignore[attr-defined]
+    n = expected.chunks
+    for path, q in (
+        ("search_dense", query.dense_vecs[0]),
+        ("search_lexical", query.lexical_weights[0]),
+    ):
+        on_milvus = getattr(store, path)(q, k=n)
+        on_disk = getattr(reference, path)(q, k=n)
+        assert dict(zip(on_milvus.ids, on_milvus.scores, strict=True)) == pytest.approx(
+            dict(zip(on_disk.ids, on_disk.scores, strict=True)), abs=1e-5
+        )
+    again = index_with_ray(store, [corpus], chunk_tokens=64, batch_size=8)
+    assert (again.documents, again.skipped) == (0, expected.documents)  # resumed: all skipped
+    assert store.count() == expected.chunks
+    store.drop()
+    reference.close()  # type: ignore[attr-defined]
