@@ -35,6 +35,9 @@ SKIPPED_PAGES = {
     # Its examples talk to a Milvus server; tests/index/test_milvus.py runs the same calls on
     # a milvus-lite server it starts.
     "docs/milvus.md": "needs a running Milvus server (tests/index/test_milvus.py covers it)",
+    # Its examples address a Milvus cluster (http://milvus:19530); tests/index/test_milvus.py,
+    # tests/cli/test_cli_store.py and tests/distributed run the same calls on milvus-lite.
+    "docs/howto/scale.md": "addresses a Milvus cluster; the store tests cover the same calls",
 }
 SHELL = {"bash", "sh", "shell", "console"}
 # Fenced blocks that are not code, by language.
