@@ -11,9 +11,10 @@ Milvus collection holds, per document (primary key: the m3rag id, ``VARCHAR``)::
     bm25      SPARSE_FLOAT_VECTOR made by the server (BM25 metric)
     ntok      ColBERT rows of the document    hash   SHA-256 of text + metadata
 
-and a side collection ``<name>_colbert`` one row per ColBERT token vector (primary key
-``"<row>:<id>"``), fetched for exact MaxSim. (Milvus >= 2.6.4 can hold them as an array of
-structs in the main row; milvus-lite 3.2 cannot, so the side collection is what is used.)
+and a side collection ``<name>_colbert`` holding each document's float32 ColBERT matrix packed
+into rows of whole tokens (primary key ``"<chunk>:<id>"``, the little-endian bytes base64-encoded
+in a VARCHAR), fetched by primary key for exact MaxSim; see `ColbertLayout`. (Milvus >= 2.6.4
+can hold the vectors as an array of structs in the main row; milvus-lite 3.2 cannot.)
 
 **Exactness.** Milvus recalls candidates on each path; m3rag then scores every candidate itself
 from the fetched vectors (dense inner product, lexical matching score, ColBERT MaxSim), never
@@ -30,14 +31,16 @@ idempotent upsert by id.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
 import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -85,7 +88,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "m3rag.config"
 """The collection property that records how m3rag made the collection (JSON)."""
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+"""2: ColBERT matrices packed into chunk rows (`ColbertLayout`); 1 held one row per token."""
 DENSE_INDEXES = ("FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX")
 """Dense index types: FLAT recalls exactly; the others approximately (scores stay exact)."""
 MAX_ID_BYTES = 512
@@ -94,7 +98,9 @@ MAX_LIMIT = 16_384  # Milvus's largest topk / query window
 _EMPTY_TOKEN = 2**32 - 2  # Milvus refuses an empty sparse vector: a zero-impact stand-in
 _EMPTY_WEIGHT = 1e-30
 _FETCH = 256  # ids per fetch query
-_COLBERT_ROWS = 16_000  # token rows per ColBERT fetch query (under MAX_LIMIT)
+_CHUNK_CHARS = MAX_TEXT_BYTES  # a packed ColBERT chunk is one VARCHAR of base64
+_FETCH_CHUNKS = 1024  # packed chunks per fetch query (primary keys in one expression)
+_FETCH_BYTES = 16 * 2**20  # and at most this much base64 per fetch query (gRPC messages)
 
 T = TypeVar("T")
 
@@ -119,6 +125,116 @@ def analyzer_params(lang: str) -> dict[str, Any]:
     if family in SNOWBALL:
         filters.append({"type": "stemmer", "language": SNOWBALL[family]})
     return {"tokenizer": "standard", "filter": filters}
+
+
+@dataclass(frozen=True)
+class ColbertLayout:
+    """How ColBERT matrices are packed into the side collection (recorded in ``m3rag.config``).
+
+    A document's ``[t, dim]`` float32 matrix is cut into chunks of ``tokens_per_chunk`` whole
+    tokens (the last one shorter); chunk ``c`` is the row ``"<c>:<id>"`` whose ``data`` VARCHAR
+    holds the chunk's little-endian float32 bytes, base64-encoded. The main row's ``ntok`` gives
+    the number of chunks, so a fetch is a primary-key lookup of exactly those rows.
+
+    Why: one row per token vector, fetched by a ``doc in [...]`` filter, took about a second per
+    100 documents on milvus-lite; primary-key lookups of packed rows take a few tens of
+    milliseconds. It stays exact: the float32 bytes round-trip bit for bit (no quantisation).
+    The side rows carry a 2-d dummy vector only because Milvus loads no collection without a
+    vector field (milvus-lite has neither binary vectors nor arrays of structs).
+    """
+
+    KIND: ClassVar[str] = "packed-base64-float32-le"
+    VERSION: ClassVar[int] = 1
+
+    dim: int
+    tokens_per_chunk: int
+
+    @classmethod
+    def for_dim(cls, dim: int) -> ColbertLayout:
+        """The layout packing as many whole ``dim``-d tokens as one VARCHAR holds.
+
+        Raises:
+            ValueError: One token does not fit in a VARCHAR (``dim`` over 12,287).
+        """
+        raw = _CHUNK_CHARS // 4 * 3  # base64 of n bytes is 4 * ceil(n / 3) characters
+        per_chunk = raw // (4 * dim)
+        if per_chunk < 1:
+            msg = (
+                f"colbert_dim={dim} is too large for Milvus: one float32 token vector must fit "
+                f"in a {_CHUNK_CHARS}-byte VARCHAR as base64 (at most {raw // 4} dimensions)"
+            )
+            raise ValueError(msg)
+        return cls(dim, per_chunk)
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "kind": self.KIND,
+            "version": self.VERSION,
+            "tokens_per_chunk": self.tokens_per_chunk,
+        }
+
+    @classmethod
+    def from_config(cls, raw: object, dim: object, name: str) -> ColbertLayout:
+        """The recorded layout of collection ``name``.
+
+        Raises:
+            IndexFormatError: No layout, or one this m3rag does not read.
+        """
+        if (
+            not isinstance(raw, Mapping)
+            or raw.get("kind") != cls.KIND
+            or raw.get("version") != cls.VERSION
+            or not isinstance(raw.get("tokens_per_chunk"), int)
+            or raw["tokens_per_chunk"] < 1
+            or not isinstance(dim, int)
+            or dim < 1
+        ):
+            msg = (
+                f"the ColBERT layout of the Milvus collection {name!r} is {raw!r}; this m3rag "
+                f"reads {cls.KIND!r} version {cls.VERSION}; upgrade m3rag or re-create the "
+                "collection"
+            )
+            raise IndexFormatError(msg)
+        return cls(dim, int(raw["tokens_per_chunk"]))
+
+    def chunks(self, ntok: int) -> int:
+        """Rows holding a matrix of ``ntok`` tokens (0 for an empty matrix)."""
+        return math.ceil(ntok / self.tokens_per_chunk)
+
+    def pack(self, matrix: npt.NDArray[np.float32]) -> list[str]:
+        """The chunks of a ``[t, dim]`` matrix, as base64 strings (none when ``t == 0``)."""
+        arr = np.ascontiguousarray(matrix, dtype="<f4").reshape(-1, self.dim)
+        step = self.tokens_per_chunk
+        return [
+            base64.b64encode(arr[start : start + step].tobytes()).decode("ascii")
+            for start in range(0, arr.shape[0], step)
+        ]
+
+    def unpack(self, parts: Mapping[int, str], ntok: int) -> npt.NDArray[np.float32]:
+        """The ``[ntok, dim]`` float32 matrix from its chunks by number (a missing one: zeros).
+
+        Raises:
+            IndexFormatError: A chunk is not base64 of whole float32 tokens.
+        """
+        out = np.zeros((ntok, self.dim), dtype=np.float32)
+        for c, text in parts.items():
+            start = c * self.tokens_per_chunk
+            if start >= ntok:
+                continue
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except ValueError as exc:
+                msg = f"a packed ColBERT chunk is not base64: {exc}"
+                raise IndexFormatError(msg) from exc
+            if len(raw) % (4 * self.dim):
+                msg = (
+                    f"a packed ColBERT chunk holds {len(raw)} bytes, not whole {self.dim}-d tokens"
+                )
+                raise IndexFormatError(msg)
+            rows = np.frombuffer(raw, dtype="<f4").reshape(-1, self.dim)
+            stop = min(ntok, start + rows.shape[0])
+            out[start:stop] = rows[: stop - start]
+        return out
 
 
 @dataclass
@@ -260,6 +376,11 @@ class MilvusStore:
             self.colbert_dim: int | None = config.get("colbert_dim")
             self.lang: str = config["lang"]
             self.dense_index: str = config.get("dense_index", "FLAT")
+            self._layout: ColbertLayout | None = (
+                ColbertLayout.from_config(config.get("colbert_layout"), self.colbert_dim, self.name)
+                if "colbert" in self.heads
+                else None
+            )
             vocab = config.get("vocab_size")
             self._vocab_size = int(vocab) if isinstance(vocab, int) and vocab > 0 else MAX_TOKEN_ID
             if encoder is not None:
@@ -275,6 +396,7 @@ class MilvusStore:
         self._keys: dict[str, int] = {}
         self._id_of: list[str] = []
         self._rows: dict[str, dict[str, Any]] = {}
+        self._has_field: dict[str, bool] = {}  # has_metadata answers until commit/refresh
         self._generation = 0
 
     # -- server calls ---------------------------------------------------------------------------
@@ -332,6 +454,7 @@ class MilvusStore:
             )
             raise ValueError(msg)
         params = dict(analyzer) if analyzer is not None else analyzer_params(lang)
+        layout = ColbertLayout.for_dim(int(colbert_dim or 0)) if "colbert" in chosen else None
         config: dict[str, Any] = {
             "format": "m3rag-milvus",
             "version": CONFIG_VERSION,
@@ -343,7 +466,7 @@ class MilvusStore:
             "analyzer": params,
             "dense_index": dense_index,
             "encoder": fingerprint,
-            "colbert_storage": "side_collection" if "colbert" in chosen else None,
+            "colbert_layout": layout.to_config() if layout is not None else None,
         }
         pm = self._pm
         DataType, Function, FunctionType = pm.DataType, pm.Function, pm.FunctionType
@@ -387,11 +510,13 @@ class MilvusStore:
             side = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
             side.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES + 12)
             side.add_field("doc", DataType.VARCHAR, max_length=MAX_ID_BYTES)
-            side.add_field("tok", DataType.INT64)
-            side.add_field("vec", DataType.FLOAT_VECTOR, dim=colbert_dim)
+            side.add_field("chunk", DataType.INT64)
+            side.add_field("data", DataType.VARCHAR, max_length=_CHUNK_CHARS)
+            # Milvus loads no collection without a vector field: a constant 2-d stand-in
+            side.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
             side_index = self._client.prepare_index_params()
-            side_index.add_index("vec", index_type="FLAT", metric_type="IP")
-            # fetching a document's rows filters on ``doc``: an inverted index, not a scan
+            side_index.add_index("dummy", index_type="FLAT", metric_type="IP")
+            # deletes (of a document, of chunks past a shorter version) filter on ``doc``
             side_index.add_index("doc", index_type="INVERTED")
             self._call(
                 "create_collection",
@@ -427,10 +552,24 @@ class MilvusStore:
         except ValueError as exc:
             msg = f"the {CONFIG_KEY!r} property of {self.name!r} is not JSON: {exc}"
             raise IndexFormatError(msg) from exc
-        if config.get("format") != "m3rag-milvus" or config.get("version", 0) > CONFIG_VERSION:
+        version = config.get("version", 0) if isinstance(config, dict) else None
+        if (
+            not isinstance(config, dict)
+            or config.get("format") != "m3rag-milvus"
+            or not isinstance(version, int)
+            or version > CONFIG_VERSION
+        ):
+            found = config.get("format") if isinstance(config, dict) else config
             msg = (
-                f"{self.name!r} was made by a newer m3rag (format {config.get('format')!r}, "
-                f"version {config.get('version')!r}); upgrade m3rag"
+                f"{self.name!r} was made by a newer m3rag (format {found!r}, "
+                f"version {version!r}); upgrade m3rag"
+            )
+            raise IndexFormatError(msg)
+        if "colbert" in config.get("heads", ()) and version < 2:
+            msg = (
+                f"the Milvus collection {self.name!r} stores ColBERT vectors one row per token "
+                "(m3rag-milvus version 1, an unreleased development layout) which this m3rag "
+                "no longer reads; re-create the collection (drop it and ingest again)"
             )
             raise IndexFormatError(msg)
         return config
@@ -497,9 +636,13 @@ class MilvusStore:
             raise ReadOnlyError(msg)
 
     def refresh(self) -> bool:
-        """Forget fetched rows, so the next scores read the server again; returns ``True``."""
+        """Forget fetched rows and cached answers, so the next reads ask the server again.
+
+        Returns ``True`` (other writers' commits may have changed the collection).
+        """
         self._check_open()
         self._rows = {}
+        self._has_field = {}
         return True
 
     # -- keys -----------------------------------------------------------------------------------
@@ -565,34 +708,47 @@ class MilvusStore:
         return ids, [rows.get(i) for i in ids]
 
     def _colbert_matrices(self, ids: list[str], ntok: list[int]) -> list[npt.NDArray[np.float32]]:
-        """The ColBERT matrices of ``ids`` from the side collection, rows in token order."""
-        dim = int(self.colbert_dim or 0)
-        out = {i: np.zeros((n, dim), dtype=np.float32) for i, n in zip(ids, ntok, strict=True)}
+        """The ColBERT matrices of ``ids`` (of ``ntok`` tokens each), by primary-key lookups."""
+        layout = self._require_layout()
+        # one lookup per group of chunk rows, bounded in keys and in bytes returned
+        per_chunk = 4 * math.ceil(4 * layout.dim * layout.tokens_per_chunk / 3)
+        wanted = {i: n for i, n in zip(ids, ntok, strict=True) if n > 0}
         groups: list[list[str]] = [[]]
-        rows = 0
-        for i, n in zip(ids, ntok, strict=True):
-            if groups[-1] and rows + n > _COLBERT_ROWS:
-                groups.append([])
-                rows = 0
-            groups[-1].append(i)
-            rows += n
+        size = 0
+        for doc_id, n in wanted.items():
+            for c in range(layout.chunks(n)):
+                if groups[-1] and (
+                    len(groups[-1]) >= _FETCH_CHUNKS or size + per_chunk > _FETCH_BYTES
+                ):
+                    groups.append([])
+                    size = 0
+                groups[-1].append(f"{c}:{doc_id}")
+                size += per_chunk
+        parts: dict[str, dict[int, str]] = {i: {} for i in wanted}
         for group in groups:
             if not group:
                 continue
-            limit = max(1, sum(int(out[i].shape[0]) for i in group))
-            expr = ids_expr(group, "doc")
             found = self._call(
                 "query",
-                lambda e=expr, lim=limit: self._client.query(  # type: ignore[misc]
-                    self.side, filter=e, output_fields=["doc", "tok", "vec"], limit=lim
+                lambda g=group: self._client.query(  # type: ignore[misc]
+                    self.side,
+                    filter=ids_expr(g, "pk"),
+                    output_fields=["doc", "chunk", "data"],
+                    limit=len(g),
                 ),
             )
             for row in found:
-                matrix = out.get(str(row["doc"]))
-                tok = int(row["tok"])
-                if matrix is not None and tok < matrix.shape[0]:
-                    matrix[tok] = np.asarray(row["vec"], dtype=np.float32)
-        return [out[i] for i in ids]
+                chunks = parts.get(str(row["doc"]))
+                if chunks is not None:
+                    chunks[int(row["chunk"])] = str(row["data"])
+        empty = np.zeros((0, layout.dim), dtype=np.float32)
+        return [layout.unpack(parts[i], wanted[i]) if i in wanted else empty.copy() for i in ids]
+
+    def _require_layout(self) -> ColbertLayout:
+        if self._layout is None:  # pragma: no cover - the callers check the heads
+            msg = f"the Milvus collection {self.name!r} holds no ColBERT vectors"
+            raise ValueError(msg)
+        return self._layout
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -1028,18 +1184,25 @@ class MilvusStore:
         return values
 
     def has_metadata(self, field: str) -> bool:
-        """Whether a committed document has the metadata ``field``."""
+        """Whether a committed document has the metadata ``field``.
+
+        The answer is kept until this handle's next [`commit`][m3rag.MilvusStore.commit] or
+        [`refresh`][m3rag.MilvusStore.refresh] (a retriever asks on every construction, and
+        a field no document has costs the server a scan of every row).
+        """
         self._check_open()
         _check_field(field)
         if not _utf8(field):
             return False
-        rows = self._call(
-            "query",
-            lambda: self._client.query(
-                self.name, filter=f"exists meta[{_lit(field)}]", output_fields=["id"], limit=1
-            ),
-        )
-        return bool(rows)
+        if field not in self._has_field:
+            rows = self._call(
+                "query",
+                lambda: self._client.query(
+                    self.name, filter=f"exists meta[{_lit(field)}]", output_fields=["id"], limit=1
+                ),
+            )
+            self._has_field[field] = bool(rows)
+        return self._has_field[field]
 
     def has_content(
         self, texts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None
@@ -1279,6 +1442,7 @@ class MilvusStore:
             raise CommitError(msg) from exc
         self._staged = {}
         self._rows = {}
+        self._has_field = {}
         self._generation += 1
         return self._generation
 
@@ -1303,19 +1467,42 @@ class MilvusStore:
             self._call("flush", lambda: self._client.flush(self.side))
 
     def _send_colbert(self, batch: list[tuple[str, _Put]]) -> None:
-        """Token rows first (upserted by ``"<row>:<id>"``), then rows past the new length go."""
+        """Chunk rows first (upserted by ``"<chunk>:<id>"``), then chunks past the new count go.
+
+        Writing the same matrix again rewrites the same rows (idempotent); a shorter one
+        leaves no stale chunk behind (reads stop at the main row's ``ntok`` anyway).
+        """
+        layout = self._require_layout()
         rows: list[dict[str, Any]] = []
-        by_length: dict[int, list[str]] = {}
+        by_count: dict[int, list[str]] = {}
         for doc_id, put in batch:
-            matrix = put.colbert if put.colbert is not None else np.zeros((0, 0), np.float32)
-            for t, vec in enumerate(np.asarray(matrix, dtype=np.float32)):
-                rows.append({"pk": f"{t}:{doc_id}", "doc": doc_id, "tok": t, "vec": vec.tolist()})
-            by_length.setdefault(len(matrix), []).append(doc_id)
-        for start in range(0, len(rows), 2048):
-            part = rows[start : start + 2048]
+            matrix = (
+                put.colbert if put.colbert is not None else np.zeros((0, layout.dim), np.float32)
+            )
+            chunks = layout.pack(matrix)
+            for c, data in enumerate(chunks):
+                rows.append(
+                    {
+                        "pk": f"{c}:{doc_id}",
+                        "doc": doc_id,
+                        "chunk": c,
+                        "data": data,
+                        "dummy": [0.0, 0.0],
+                    }
+                )
+            by_count.setdefault(len(chunks), []).append(doc_id)
+        part: list[dict[str, Any]] = []
+        size = 0
+        for row in rows:
+            part.append(row)
+            size += len(row["data"])
+            if size >= _FETCH_BYTES or len(part) >= _FETCH_CHUNKS:
+                self._call("upsert", lambda r=part: self._client.upsert(self.side, r))  # type: ignore[misc]
+                part, size = [], 0
+        if part:
             self._call("upsert", lambda r=part: self._client.upsert(self.side, r))  # type: ignore[misc]
-        for length, doc_ids in by_length.items():
-            expr = f"tok >= {length} and {ids_expr(doc_ids, 'doc')}"
+        for count, doc_ids in by_count.items():
+            expr = f"chunk >= {count} and {ids_expr(doc_ids, 'doc')}"
             self._call("delete", lambda e=expr: self._client.delete(self.side, filter=e))  # type: ignore[misc]
 
     def _row(self, doc_id: str, put: _Put) -> dict[str, Any]:

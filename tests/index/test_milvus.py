@@ -28,7 +28,7 @@ from m3rag.errors import (
     RemoteStoreError,
     UnknownIdError,
 )
-from m3rag.index.milvus import MilvusStore, analyzer_params
+from m3rag.index.milvus import ColbertLayout, MilvusStore, analyzer_params
 from m3rag.index.milvus_expr import compile_filter, literal
 from m3rag.index.uri import open_store, parse_milvus_uri
 from m3rag.testing import FakeEncoder
@@ -492,3 +492,127 @@ def test_expressions_and_analyzers() -> None:
     assert analyzer_params("zh") == {"tokenizer": "jieba"}
     assert {"type": "stemmer", "language": "german"} in analyzer_params("de")["filter"]
     assert analyzer_params("ja") == {"tokenizer": "standard", "filter": ["lowercase"]}
+
+
+# -- the packed ColBERT layout ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [1, 3, 7, 64, 1024, 12_287])
+def test_packed_layout_round_trips_bit_for_bit(dim: int) -> None:
+    layout = ColbertLayout.for_dim(dim)
+    rng = np.random.default_rng(dim)
+    step = layout.tokens_per_chunk
+    for ntok in sorted({0, 1, step - 1, step, step + 1, 2 * step + 3}):
+        if ntok < 0:
+            continue
+        m = rng.standard_normal((ntok, dim)).astype(np.float32)
+        if m.size:
+            m.flat[0] = -0.0
+            m.flat[-1] = np.float32(1e-45)  # a subnormal
+        chunks = layout.pack(m)
+        assert len(chunks) == layout.chunks(ntok)
+        assert all(len(c) <= 65_535 for c in chunks)
+        back = layout.unpack(dict(enumerate(chunks)), ntok)
+        assert back.dtype == np.float32 and back.shape == (ntok, dim)
+        assert back.tobytes() == m.tobytes()  # exact, signs of zeros included
+
+
+def test_packed_layout_limits_and_bad_chunks() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        ColbertLayout.for_dim(12_288)
+    layout = ColbertLayout.for_dim(4)
+    with pytest.raises(IndexFormatError, match="whole"):
+        layout.unpack({0: "AAAA"}, 1)  # 3 bytes
+    with pytest.raises(IndexFormatError, match="base64"):
+        layout.unpack({0: "not base64!"}, 1)
+    # a missing chunk reads as zeros (a concurrent writer), never as another document's rows
+    assert not layout.unpack({}, 2).any()
+
+
+@pytest.fixture
+def odd(milvus_uri: str) -> Iterator[MilvusStore]:
+    store = MilvusStore(
+        milvus_uri, f"odd_{uuid.uuid4().hex[:8]}", heads=["colbert"], colbert_dim=5, create=True
+    )
+    yield store
+    if not store._closed:
+        store.drop()
+
+
+def _colbert_only(mats: list[np.ndarray]) -> M3Output:
+    return M3Output.build(colbert_vecs=mats)
+
+
+def _side_rows(store: MilvusStore) -> list[str]:
+    rows = store._client.query(store.side, filter="chunk >= 0", output_fields=["pk"], limit=1000)
+    return sorted(str(r["pk"]) for r in rows)
+
+
+def test_packed_colbert_on_the_server_exact_and_shrinking(odd: MilvusStore) -> None:
+    step = odd._layout.tokens_per_chunk if odd._layout else 0
+    rng = np.random.default_rng(0)
+    lengths = {"empty": 0, "one": 1, "edge": step, "long": 2 * step + 1, "q'\"\\": 3}
+    mats = {i: rng.standard_normal((n, 5)).astype(np.float32) for i, n in lengths.items()}
+    ids = list(mats)
+    odd.add(["text"] * len(ids), ids=ids, embeddings=_colbert_only([mats[i] for i in ids]))
+    odd.commit()
+    hits = odd.search_bm25("text", k=10)
+    got = dict(zip(hits.ids, odd.colbert_vecs(hits.keys), strict=True))
+    assert set(got) == set(ids)
+    for i in ids:
+        assert got[i].dtype == np.float32 and got[i].tobytes() == mats[i].tobytes()
+    assert len(_side_rows(odd)) == sum(-(-n // step) for n in lengths.values())
+    # a shorter version leaves no stale chunk; writing it twice changes nothing
+    short = rng.standard_normal((1, 5)).astype(np.float32)
+    for _ in range(2):
+        odd.upsert(["text"], ids=["long"], embeddings=_colbert_only([short]))
+        odd.commit()
+        assert [p for p in _side_rows(odd) if p.endswith(":long")] == ["0:long"]
+    odd.refresh()
+    key = odd.search_bm25("text", k=10)
+    again = dict(zip(key.ids, odd.colbert_vecs(key.keys), strict=True))
+    assert again["long"].tobytes() == short.tobytes()
+    # longer again, then empty, then deleted: the side rows follow
+    odd.upsert(["text"], ids=["one"], embeddings=_colbert_only([mats["long"]]))
+    odd.upsert(["text"], ids=["edge"], embeddings=_colbert_only([mats["empty"]]))
+    odd.delete(["q'\"\\"])
+    odd.commit()
+    rows = _side_rows(odd)
+    assert sum(p.endswith(":one") for p in rows) == 3
+    assert not [p for p in rows if p.endswith((":edge", ":q'\"\\"))]
+
+
+def test_old_per_token_layout_is_refused(milvus_uri: str, odd: MilvusStore) -> None:
+    import json
+
+    from m3rag.index.milvus import CONFIG_KEY
+
+    config = dict(odd._config, version=1, colbert_storage="side_collection")
+    config.pop("colbert_layout")
+    odd._client.alter_collection_properties(odd.name, {CONFIG_KEY: json.dumps(config)})
+    with pytest.raises(IndexFormatError, match="one row per token"):
+        MilvusStore(milvus_uri, odd.name)
+    config = dict(odd._config, colbert_layout={"kind": "packed-int8", "version": 9})
+    odd._client.alter_collection_properties(odd.name, {CONFIG_KEY: json.dumps(config)})
+    with pytest.raises(IndexFormatError, match="ColBERT layout"):
+        MilvusStore(milvus_uri, odd.name)
+
+
+def test_has_metadata_is_cached_until_commit_or_refresh(
+    fresh: MilvusStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh.add(["river"], ids=["a"], metadata={"k": 1})
+    fresh.commit()
+    calls = []
+    query = fresh._client.query
+    monkeypatch.setattr(fresh._client, "query", lambda *a, **kw: calls.append(1) or query(*a, **kw))
+    assert fresh.has_metadata("k") and not fresh.has_metadata("parent_id")
+    assert fresh.has_metadata("k") and not fresh.has_metadata("parent_id")
+    assert len(calls) == 2
+    fresh.add(["lake"], ids=["b"], metadata={"parent_id": "x"})
+    assert not fresh.has_metadata("parent_id")  # staged, as in Collection
+    fresh.commit()
+    before = len(calls)
+    assert fresh.has_metadata("parent_id") and len(calls) == before + 1
+    fresh.refresh()
+    assert fresh.has_metadata("parent_id") and len(calls) == before + 2
