@@ -549,7 +549,7 @@ def _side_rows(store: MilvusStore) -> list[str]:
 
 
 def test_packed_colbert_on_the_server_exact_and_shrinking(odd: MilvusStore) -> None:
-    step = odd._layout.tokens_per_chunk if odd._layout else 0
+    step = odd._colbert.layout.tokens_per_chunk if odd._colbert else 0
     rng = np.random.default_rng(0)
     lengths = {"empty": 0, "one": 1, "edge": step, "long": 2 * step + 1, "q'\"\\": 3}
     mats = {i: rng.standard_normal((n, 5)).astype(np.float32) for i, n in lengths.items()}

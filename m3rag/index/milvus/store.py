@@ -1,61 +1,27 @@
-"""A hybrid store on Milvus: the writer/reader API of [`Collection`][m3rag.Collection] on a server.
+"""[`MilvusStore`][m3rag.MilvusStore]: the store's lifecycle, reads, exact scores and writes.
 
-[`MilvusStore`][m3rag.MilvusStore] implements `m3rag.index.Store` and
-`m3rag.index.WritableStore`, so ``HybridRetriever(MilvusStore(...))`` works unchanged. One
-Milvus collection holds, per document (primary key: the m3rag id, ``VARCHAR``)::
-
-    text      VARCHAR with an analyzer; Milvus's BM25 function fills ``bm25`` from it
-    meta      JSON metadata            mtypes   JSON type of each metadata value (filters)
-    dense     FLOAT_VECTOR (FLAT, IVF_FLAT, HNSW or AUTOINDEX, inner product)
-    sparse    SPARSE_FLOAT_VECTOR: BGE-M3 lexical weights (inverted index, inner product)
-    bm25      SPARSE_FLOAT_VECTOR made by the server (BM25 metric)
-    ntok      ColBERT rows of the document    hash   SHA-256 of text + metadata
-
-and a side collection ``<name>_colbert`` holding each document's float32 ColBERT matrix packed
-into rows of whole tokens (primary key ``"<chunk>:<id>"``, the little-endian bytes base64-encoded
-in a VARCHAR), fetched by primary key for exact MaxSim; see `ColbertLayout`. (Milvus >= 2.6.4
-can hold the vectors as an array of structs in the main row; milvus-lite 3.2 cannot.)
-
-**Exactness.** Milvus recalls candidates on each path; m3rag then scores every candidate itself
-from the fetched vectors (dense inner product, lexical matching score, ColBERT MaxSim), never
-trusting the server's own scores for those paths. BM25 scores come from the server (its
-statistics live there) by a search restricted to the candidates.
-
-**Writes are staged client-side** until [`commit`][m3rag.MilvusStore.commit], as in
-`Collection`: a search does not see them, [`get`][m3rag.MilvusStore.get] and
-[`count`][m3rag.MilvusStore.count] do. ``commit`` upserts (and deletes) and then flushes.
-Milvus has no multi-row transactions: a commit interrupted half-way leaves some documents
-written, and committing again (or re-running the ingest) converges, because every write is an
-idempotent upsert by id.
+The collections it works on are made and checked in `schema`, the ColBERT side collection is
+`colbert`, write checks and rows are `writes`, query checks are `queries`.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import math
 import os
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from m3rag._optional import require
-from m3rag.analysis import SNOWBALL, STOPWORDS, family_of
+from m3rag.analysis import family_of
 from m3rag.errors import (
     CollectionClosedError,
     CollectionNotFoundError,
     CommitError,
     DuplicateIdError,
-    EmbeddingMismatchError,
-    IndexFormatError,
-    InvalidDocumentError,
-    M3RagError,
     ReadOnlyError,
     RemoteStoreError,
     UnknownIdError,
@@ -65,16 +31,24 @@ from m3rag.index.collection import (
     _check_encoder,
     _check_k,
     _check_text_query,
-    _finite32,
     _id_list,
-    _metadata_json,
-    _token_problem,
     _utf8,
-    _weight_problem,
     content_hash,
 )
 from m3rag.index.filters import Filter, dumps_metadata
-from m3rag.index.milvus_expr import compile_filter, ids_expr, literal, type_tags
+from m3rag.index.milvus._limits import FETCH, MAX_LIMIT
+from m3rag.index.milvus._server import Caller
+from m3rag.index.milvus.colbert import ColbertLayout, ColbertSide
+from m3rag.index.milvus.queries import (
+    check_field,
+    colbert_query,
+    dense_query,
+    lexical_of,
+    lexical_query,
+)
+from m3rag.index.milvus.schema import DENSE_INDEXES, build_config, create_main, read_config
+from m3rag.index.milvus.writes import Put, check_embeddings, main_row, prepare
+from m3rag.index.milvus_expr import compile_filter, ids_expr, literal
 from m3rag.results import Hits
 from m3rag.scoring import colbert_scores, lexical_scores
 from m3rag.types import HEADS, Document, Head, M3Output
@@ -82,169 +56,15 @@ from m3rag.types import HEADS, Document, Head, M3Output
 if TYPE_CHECKING:
     from m3rag.encoder import Encoder
 
-__all__ = ["DENSE_INDEXES", "MilvusStore", "analyzer_params"]
+__all__ = ["MilvusStore"]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_KEY = "m3rag.config"
-"""The collection property that records how m3rag made the collection (JSON)."""
-CONFIG_VERSION = 2
-"""2: ColBERT matrices packed into chunk rows (`ColbertLayout`); 1 held one row per token."""
-DENSE_INDEXES = ("FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX")
-"""Dense index types: FLAT recalls exactly; the others approximately (scores stay exact)."""
-MAX_ID_BYTES = 512
-MAX_TEXT_BYTES = 65_535
-MAX_LIMIT = 16_384  # Milvus's largest topk / query window
-_EMPTY_TOKEN = 2**32 - 2  # Milvus refuses an empty sparse vector: a zero-impact stand-in
-_EMPTY_WEIGHT = 1e-30
-_FETCH = 256  # ids per fetch query
-_CHUNK_CHARS = MAX_TEXT_BYTES  # a packed ColBERT chunk is one VARCHAR of base64
-_FETCH_CHUNKS = 1024  # packed chunks per fetch query (primary keys in one expression)
-_FETCH_BYTES = 16 * 2**20  # and at most this much base64 per fetch query (gRPC messages)
 
-T = TypeVar("T")
-
-
-def analyzer_params(lang: str) -> dict[str, Any]:
-    """The Milvus analyzer mirroring m3rag's BM25 family of ``lang`` as far as Milvus allows.
-
-    Chinese gets ``jieba`` (a word segmenter, where the embedded index uses bigrams); languages
-    with a Snowball stemmer get the standard tokenizer, lower-casing, the same stop-word list
-    (where m3rag has one) and the same stemmer; every other language the standard tokenizer
-    and lower-casing.
-
-    Raises:
-        UnknownLanguageError: ``lang`` is not a language code.
-    """
-    family = family_of(lang)
-    if lang.strip().lower().replace("_", "-").split("-")[0] == "zh":
-        return {"tokenizer": "jieba"}
-    filters: list[Any] = ["lowercase"]
-    if family in STOPWORDS:
-        filters.append({"type": "stop", "stop_words": [f"_{SNOWBALL[family]}_"]})
-    if family in SNOWBALL:
-        filters.append({"type": "stemmer", "language": SNOWBALL[family]})
-    return {"tokenizer": "standard", "filter": filters}
-
-
-@dataclass(frozen=True)
-class ColbertLayout:
-    """How ColBERT matrices are packed into the side collection (recorded in ``m3rag.config``).
-
-    A document's ``[t, dim]`` float32 matrix is cut into chunks of ``tokens_per_chunk`` whole
-    tokens (the last one shorter); chunk ``c`` is the row ``"<c>:<id>"`` whose ``data`` VARCHAR
-    holds the chunk's little-endian float32 bytes, base64-encoded. The main row's ``ntok`` gives
-    the number of chunks, so a fetch is a primary-key lookup of exactly those rows.
-
-    Why: one row per token vector, fetched by a ``doc in [...]`` filter, took about a second per
-    100 documents on milvus-lite; primary-key lookups of packed rows take a few tens of
-    milliseconds. It stays exact: the float32 bytes round-trip bit for bit (no quantisation).
-    The side rows carry a 2-d dummy vector only because Milvus loads no collection without a
-    vector field (milvus-lite has neither binary vectors nor arrays of structs).
-    """
-
-    KIND: ClassVar[str] = "packed-base64-float32-le"
-    VERSION: ClassVar[int] = 1
-
-    dim: int
-    tokens_per_chunk: int
-
-    @classmethod
-    def for_dim(cls, dim: int) -> ColbertLayout:
-        """The layout packing as many whole ``dim``-d tokens as one VARCHAR holds.
-
-        Raises:
-            ValueError: One token does not fit in a VARCHAR (``dim`` over 12,287).
-        """
-        raw = _CHUNK_CHARS // 4 * 3  # base64 of n bytes is 4 * ceil(n / 3) characters
-        per_chunk = raw // (4 * dim)
-        if per_chunk < 1:
-            msg = (
-                f"colbert_dim={dim} is too large for Milvus: one float32 token vector must fit "
-                f"in a {_CHUNK_CHARS}-byte VARCHAR as base64 (at most {raw // 4} dimensions)"
-            )
-            raise ValueError(msg)
-        return cls(dim, per_chunk)
-
-    def to_config(self) -> dict[str, Any]:
-        return {
-            "kind": self.KIND,
-            "version": self.VERSION,
-            "tokens_per_chunk": self.tokens_per_chunk,
-        }
-
-    @classmethod
-    def from_config(cls, raw: object, dim: object, name: str) -> ColbertLayout:
-        """The recorded layout of collection ``name``.
-
-        Raises:
-            IndexFormatError: No layout, or one this m3rag does not read.
-        """
-        if (
-            not isinstance(raw, Mapping)
-            or raw.get("kind") != cls.KIND
-            or raw.get("version") != cls.VERSION
-            or not isinstance(raw.get("tokens_per_chunk"), int)
-            or raw["tokens_per_chunk"] < 1
-            or not isinstance(dim, int)
-            or dim < 1
-        ):
-            msg = (
-                f"the ColBERT layout of the Milvus collection {name!r} is {raw!r}; this m3rag "
-                f"reads {cls.KIND!r} version {cls.VERSION}; upgrade m3rag or re-create the "
-                "collection"
-            )
-            raise IndexFormatError(msg)
-        return cls(dim, int(raw["tokens_per_chunk"]))
-
-    def chunks(self, ntok: int) -> int:
-        """Rows holding a matrix of ``ntok`` tokens (0 for an empty matrix)."""
-        return math.ceil(ntok / self.tokens_per_chunk)
-
-    def pack(self, matrix: npt.NDArray[np.float32]) -> list[str]:
-        """The chunks of a ``[t, dim]`` matrix, as base64 strings (none when ``t == 0``)."""
-        arr = np.ascontiguousarray(matrix, dtype="<f4").reshape(-1, self.dim)
-        step = self.tokens_per_chunk
-        return [
-            base64.b64encode(arr[start : start + step].tobytes()).decode("ascii")
-            for start in range(0, arr.shape[0], step)
-        ]
-
-    def unpack(self, parts: Mapping[int, str], ntok: int) -> npt.NDArray[np.float32]:
-        """The ``[ntok, dim]`` float32 matrix from its chunks by number (a missing one: zeros).
-
-        Raises:
-            IndexFormatError: A chunk is not base64 of whole float32 tokens.
-        """
-        out = np.zeros((ntok, self.dim), dtype=np.float32)
-        for c, text in parts.items():
-            start = c * self.tokens_per_chunk
-            if start >= ntok:
-                continue
-            try:
-                raw = base64.b64decode(text, validate=True)
-            except ValueError as exc:
-                msg = f"a packed ColBERT chunk is not base64: {exc}"
-                raise IndexFormatError(msg) from exc
-            if len(raw) % (4 * self.dim):
-                msg = (
-                    f"a packed ColBERT chunk holds {len(raw)} bytes, not whole {self.dim}-d tokens"
-                )
-                raise IndexFormatError(msg)
-            rows = np.frombuffer(raw, dtype="<f4").reshape(-1, self.dim)
-            stop = min(ntok, start + rows.shape[0])
-            out[start:stop] = rows[: stop - start]
-        return out
-
-
-@dataclass
-class _Put:
-    text: str
-    meta: dict[str, Any]
-    meta_json: str
-    dense: npt.NDArray[np.float32] | None
-    sparse: dict[int, float] | None
-    colbert: npt.NDArray[np.float32] | None
+def _layout(config: Mapping[str, Any], name: str) -> ColbertLayout | None:
+    if "colbert" not in config.get("heads", ()):
+        return None
+    return ColbertLayout.from_config(config.get("colbert_layout"), config.get("colbert_dim"), name)
 
 
 class MilvusStore:
@@ -344,6 +164,7 @@ class MilvusStore:
             kwargs["db_name"] = db_name
         if timeout is not None:
             kwargs["timeout"] = timeout
+        self._call = Caller(collection_name)
         self._client = self._call("connect", lambda: pymilvus.MilvusClient(**kwargs))
         self._closed = False
         try:
@@ -358,7 +179,8 @@ class MilvusStore:
                 if read_only:
                     msg = "create=True with read_only=True: a read-only store cannot create"
                     raise ValueError(msg)
-                config = self._create(
+                config = build_config(
+                    encoder=encoder,
                     heads=heads,
                     dim=dim,
                     colbert_dim=colbert_dim,
@@ -366,20 +188,24 @@ class MilvusStore:
                     lang=lang,
                     analyzer=analyzer,
                     dense_index=dense_index,
-                    dense_index_params=dense_index_params,
+                )
+                layout = _layout(config, self.name)
+                if layout is not None:
+                    ColbertSide(self._client, self.side, layout, self._call).create(pymilvus)
+                create_main(
+                    pymilvus, self._client, self.name, config, self._call, dense_index_params
                 )
             else:
-                config = self._read_config()
+                config = read_config(self._client, self.name, self._call)
+                layout = _layout(config, self.name)
             self._config = config
             self.heads: tuple[Head, ...] = tuple(config["heads"])
             self.dim: int | None = config.get("dim")
             self.colbert_dim: int | None = config.get("colbert_dim")
             self.lang: str = config["lang"]
             self.dense_index: str = config.get("dense_index", "FLAT")
-            self._layout: ColbertLayout | None = (
-                ColbertLayout.from_config(config.get("colbert_layout"), self.colbert_dim, self.name)
-                if "colbert" in self.heads
-                else None
+            self._colbert = (
+                ColbertSide(self._client, self.side, layout, self._call) if layout else None
             )
             vocab = config.get("vocab_size")
             self._vocab_size = int(vocab) if isinstance(vocab, int) and vocab > 0 else MAX_TOKEN_ID
@@ -392,187 +218,12 @@ class MilvusStore:
         except BaseException:
             self.close()
             raise
-        self._staged: dict[str, _Put | None] = {}
+        self._staged: dict[str, Put | None] = {}
         self._keys: dict[str, int] = {}
         self._id_of: list[str] = []
         self._rows: dict[str, dict[str, Any]] = {}
         self._has_field: dict[str, bool] = {}  # has_metadata answers until commit/refresh
         self._generation = 0
-
-    # -- server calls ---------------------------------------------------------------------------
-
-    def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Run a server call; any failure becomes a `RemoteStoreError` naming ``operation``."""
-        try:
-            return fn()
-        except M3RagError:
-            raise
-        except Exception as exc:  # pymilvus and grpc raise many kinds; none may leak
-            msg = f"Milvus {operation} on {self.name!r} failed: {_server_message(exc)}"
-            raise RemoteStoreError(msg) from exc
-
-    def _create(
-        self,
-        *,
-        heads: Sequence[Head] | None,
-        dim: int | None,
-        colbert_dim: int | None,
-        vocab_size: int | None,
-        lang: str,
-        analyzer: Mapping[str, Any] | None,
-        dense_index: str,
-        dense_index_params: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:
-        encoder = self.encoder
-        fingerprint = None
-        if encoder is not None:
-            fingerprint = encoder.fingerprint()
-            chosen = tuple(heads) if heads is not None else tuple(encoder.heads)
-            missing = [h for h in chosen if h not in encoder.heads]
-            if missing:
-                msg = f"the encoder cannot produce {missing}; it has {list(encoder.heads)}"
-                raise ValueError(msg)
-            dim, colbert_dim = encoder.dim, encoder.colbert_dim
-            if vocab_size is None:
-                vocab_size = getattr(encoder, "vocab_size", None)
-        else:
-            chosen = tuple(heads) if heads is not None else HEADS
-        bad = [h for h in chosen if h not in HEADS]
-        if bad:
-            msg = f"heads must be a subset of {list(HEADS)} (empty: BM25 only), got {list(chosen)}"
-            raise ValueError(msg)
-        if "dense" in chosen and (not isinstance(dim, int) or dim < 1):
-            msg = "dim (the dense size) is required to store dense vectors without an encoder"
-            raise ValueError(msg)
-        if "colbert" in chosen and (not isinstance(colbert_dim, int) or colbert_dim < 1):
-            msg = "colbert_dim is required to store ColBERT vectors without an encoder"
-            raise ValueError(msg)
-        if lang == "auto":
-            msg = (
-                "lang='auto' (per-document language detection) is not available on Milvus, "
-                "whose BM25 field has one analyzer: pass the corpus language, e.g. lang='en'"
-            )
-            raise ValueError(msg)
-        params = dict(analyzer) if analyzer is not None else analyzer_params(lang)
-        layout = ColbertLayout.for_dim(int(colbert_dim or 0)) if "colbert" in chosen else None
-        config: dict[str, Any] = {
-            "format": "m3rag-milvus",
-            "version": CONFIG_VERSION,
-            "heads": list(chosen),
-            "dim": dim if "dense" in chosen else None,
-            "colbert_dim": colbert_dim if "colbert" in chosen else None,
-            "vocab_size": vocab_size if "sparse" in chosen else None,
-            "lang": lang,
-            "analyzer": params,
-            "dense_index": dense_index,
-            "encoder": fingerprint,
-            "colbert_layout": layout.to_config() if layout is not None else None,
-        }
-        pm = self._pm
-        DataType, Function, FunctionType = pm.DataType, pm.Function, pm.FunctionType
-        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
-        schema.add_field(
-            "text",
-            DataType.VARCHAR,
-            max_length=MAX_TEXT_BYTES,
-            enable_analyzer=True,
-            analyzer_params=params,
-        )
-        schema.add_field("meta", DataType.JSON)
-        schema.add_field("mtypes", DataType.JSON)
-        schema.add_field("hash", DataType.VARCHAR, max_length=64)
-        schema.add_field("ntok", DataType.INT64)
-        schema.add_field("bm25", DataType.SPARSE_FLOAT_VECTOR)
-        index = self._client.prepare_index_params()
-        index.add_index("bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        if "dense" in chosen:
-            schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
-            index.add_index(
-                "dense",
-                index_type=dense_index,
-                metric_type="IP",
-                params=dict(dense_index_params or {}),
-            )
-        if "sparse" in chosen:
-            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-            index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
-        schema.add_function(
-            Function(
-                name="m3rag_bm25",
-                function_type=FunctionType.BM25,
-                input_field_names=["text"],
-                output_field_names=["bm25"],
-            )
-        )
-        props = {CONFIG_KEY: json.dumps(config)}
-        if "colbert" in chosen:
-            side = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
-            side.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES + 12)
-            side.add_field("doc", DataType.VARCHAR, max_length=MAX_ID_BYTES)
-            side.add_field("chunk", DataType.INT64)
-            side.add_field("data", DataType.VARCHAR, max_length=_CHUNK_CHARS)
-            # Milvus loads no collection without a vector field: a constant 2-d stand-in
-            side.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
-            side_index = self._client.prepare_index_params()
-            side_index.add_index("dummy", index_type="FLAT", metric_type="IP")
-            # deletes (of a document, of chunks past a shorter version) filter on ``doc``
-            side_index.add_index("doc", index_type="INVERTED")
-            self._call(
-                "create_collection",
-                lambda: self._client.create_collection(
-                    self.side, schema=side, index_params=side_index, consistency_level="Strong"
-                ),
-            )
-        self._call(
-            "create_collection",
-            lambda: self._client.create_collection(
-                self.name,
-                schema=schema,
-                index_params=index,
-                properties=props,
-                consistency_level="Strong",
-            ),
-        )
-        return config
-
-    def _read_config(self) -> dict[str, Any]:
-        described = self._call(
-            "describe_collection", lambda: self._client.describe_collection(self.name)
-        )
-        raw = (described.get("properties") or {}).get(CONFIG_KEY)
-        if raw is None:
-            msg = (
-                f"the Milvus collection {self.name!r} was not made by m3rag (no {CONFIG_KEY!r} "
-                "property); use another collection_name"
-            )
-            raise IndexFormatError(msg)
-        try:
-            config: dict[str, Any] = json.loads(raw)
-        except ValueError as exc:
-            msg = f"the {CONFIG_KEY!r} property of {self.name!r} is not JSON: {exc}"
-            raise IndexFormatError(msg) from exc
-        version = config.get("version", 0) if isinstance(config, dict) else None
-        if (
-            not isinstance(config, dict)
-            or config.get("format") != "m3rag-milvus"
-            or not isinstance(version, int)
-            or version > CONFIG_VERSION
-        ):
-            found = config.get("format") if isinstance(config, dict) else config
-            msg = (
-                f"{self.name!r} was made by a newer m3rag (format {found!r}, "
-                f"version {version!r}); upgrade m3rag"
-            )
-            raise IndexFormatError(msg)
-        if "colbert" in config.get("heads", ()) and version < 2:
-            msg = (
-                f"the Milvus collection {self.name!r} stores ColBERT vectors one row per token "
-                "(m3rag-milvus version 1, an unreleased development layout) which this m3rag "
-                "no longer reads; re-create the collection (drop it and ingest again)"
-            )
-            raise IndexFormatError(msg)
-        return config
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -689,8 +340,8 @@ class MilvusStore:
         """Rows of ``ids`` present on the server (cached until the next search or commit)."""
         missing = [i for i in dict.fromkeys(ids) if i not in self._rows]
         fields = self._output_fields()
-        for start in range(0, len(missing), _FETCH):
-            chunk = missing[start : start + _FETCH]
+        for start in range(0, len(missing), FETCH):
+            chunk = missing[start : start + FETCH]
             expr = ids_expr(chunk)
             rows = self._call(
                 "query",
@@ -708,47 +359,10 @@ class MilvusStore:
         return ids, [rows.get(i) for i in ids]
 
     def _colbert_matrices(self, ids: list[str], ntok: list[int]) -> list[npt.NDArray[np.float32]]:
-        """The ColBERT matrices of ``ids`` (of ``ntok`` tokens each), by primary-key lookups."""
-        layout = self._require_layout()
-        # one lookup per group of chunk rows, bounded in keys and in bytes returned
-        per_chunk = 4 * math.ceil(4 * layout.dim * layout.tokens_per_chunk / 3)
-        wanted = {i: n for i, n in zip(ids, ntok, strict=True) if n > 0}
-        groups: list[list[str]] = [[]]
-        size = 0
-        for doc_id, n in wanted.items():
-            for c in range(layout.chunks(n)):
-                if groups[-1] and (
-                    len(groups[-1]) >= _FETCH_CHUNKS or size + per_chunk > _FETCH_BYTES
-                ):
-                    groups.append([])
-                    size = 0
-                groups[-1].append(f"{c}:{doc_id}")
-                size += per_chunk
-        parts: dict[str, dict[int, str]] = {i: {} for i in wanted}
-        for group in groups:
-            if not group:
-                continue
-            found = self._call(
-                "query",
-                lambda g=group: self._client.query(  # type: ignore[misc]
-                    self.side,
-                    filter=ids_expr(g, "pk"),
-                    output_fields=["doc", "chunk", "data"],
-                    limit=len(g),
-                ),
-            )
-            for row in found:
-                chunks = parts.get(str(row["doc"]))
-                if chunks is not None:
-                    chunks[int(row["chunk"])] = str(row["data"])
-        empty = np.zeros((0, layout.dim), dtype=np.float32)
-        return [layout.unpack(parts[i], wanted[i]) if i in wanted else empty.copy() for i in ids]
-
-    def _require_layout(self) -> ColbertLayout:
-        if self._layout is None:  # pragma: no cover - the callers check the heads
+        if self._colbert is None:  # pragma: no cover - the callers check the heads
             msg = f"the Milvus collection {self.name!r} holds no ColBERT vectors"
             raise ValueError(msg)
-        return self._layout
+        return self._colbert.fetch(ids, ntok)
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -757,49 +371,6 @@ class MilvusStore:
         if head not in self.heads:
             msg = f"this store holds {list(self.heads)}, not {head}"
             raise ValueError(msg)
-
-    def _dense_query(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        try:
-            with np.errstate(all="ignore"):
-                q = np.asarray(query, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            msg = f"the dense query must be a vector of {self.dim} floats: {exc}"
-            raise ValueError(msg) from exc
-        if q.shape[0] != self.dim:
-            msg = f"query vector has {q.shape[0]} dimensions, the store {self.dim}"
-            raise ValueError(msg)
-        if not np.isfinite(q).all():
-            msg = "the dense query vector contains NaN or infinity (as float32); pass finite values"
-            raise ValueError(msg)
-        return q
-
-    def _lexical_query(self, query: Mapping[int, float]) -> dict[int, float]:
-        if not isinstance(query, Mapping):
-            msg = f"the lexical query must be a dict of token id -> weight, got {query!r:.80}"
-            raise TypeError(msg)
-        out: dict[int, float] = {}
-        for token, weight in query.items():
-            problem = _token_problem(token, self._vocab_size) or _weight_problem(weight)
-            if problem:
-                msg = f"the lexical query is invalid: {problem}"
-                raise ValueError(msg)
-            out[int(token)] = float(weight)
-        return out
-
-    def _colbert_query(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        try:
-            with np.errstate(all="ignore"):
-                q = np.asarray(query, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            msg = f"the ColBERT query must be a [t, {self.colbert_dim}] array: {exc}"
-            raise ValueError(msg) from exc
-        if q.ndim != 2 or q.shape[1] != self.colbert_dim:
-            msg = f"the ColBERT query has shape {q.shape}, expected [t, {self.colbert_dim}]"
-            raise ValueError(msg)
-        if not np.isfinite(q).all():
-            msg = "the ColBERT query contains NaN or infinity (as float32); pass finite values"
-            raise ValueError(msg)
-        return q
 
     def _bm25_applies(self, lang: str | None) -> bool:
         """Whether a BM25 query analysed as ``lang`` can match this store's documents."""
@@ -850,7 +421,7 @@ class MilvusStore:
         """
         self._require("dense")
         k = _check_k(k)
-        q = self._dense_query(query)
+        q = dense_query(query, self.dim)
         expr = compile_filter(filter)
         self._rows = {}
         approximate = self.dense_index != "FLAT"
@@ -880,7 +451,7 @@ class MilvusStore:
         """
         self._require("sparse")
         k = _check_k(k)
-        weights = {t: w for t, w in self._lexical_query(query).items() if w > 0}
+        weights = {t: w for t, w in lexical_query(query, self._vocab_size).items() if w > 0}
         expr = compile_filter(filter)
         self._rows = {}
         if not weights:
@@ -953,7 +524,7 @@ class MilvusStore:
         requests: list[Any] = []
         paths: list[str] = []
         if "dense" in self.heads and query_embeddings.dense_vecs is not None:
-            q = self._dense_query(query_embeddings.dense_vecs[0])
+            q = dense_query(query_embeddings.dense_vecs[0], self.dim)
             requests.append(
                 pm.AnnSearchRequest([q.tolist()], "dense", {"metric_type": "IP"}, limit, expr=expr)
             )
@@ -961,7 +532,9 @@ class MilvusStore:
         if "sparse" in self.heads and query_embeddings.lexical_weights is not None:
             lex = {
                 t: w
-                for t, w in self._lexical_query(query_embeddings.lexical_weights[0]).items()
+                for t, w in lexical_query(
+                    query_embeddings.lexical_weights[0], self._vocab_size
+                ).items()
                 if w > 0
             }
             if lex:  # Milvus refuses an empty sparse query
@@ -1006,7 +579,7 @@ class MilvusStore:
         self, weights: Mapping[int, float], ids: list[str]
     ) -> npt.NDArray[np.float32]:
         rows = self._fetch(ids)
-        docs = [_lexical_of(rows.get(i)) for i in ids]
+        docs = [lexical_of(rows.get(i)) for i in ids]
         return lexical_scores(weights, docs)
 
     def dense_scores(
@@ -1014,7 +587,7 @@ class MilvusStore:
     ) -> npt.NDArray[np.float32]:
         """Exact dense inner products of ``keys`` (0 for a document deleted meanwhile)."""
         self._require("dense")
-        q = self._dense_query(query)
+        q = dense_query(query, self.dim)
         return self._dense_exact(q, self._ids_for(keys))
 
     def lexical_scores(
@@ -1022,7 +595,7 @@ class MilvusStore:
     ) -> npt.NDArray[np.float32]:
         """Exact lexical matching scores of ``keys``."""
         self._require("sparse")
-        return self._lexical_exact(self._lexical_query(query), self._ids_for(keys))
+        return self._lexical_exact(lexical_query(query, self._vocab_size), self._ids_for(keys))
 
     def colbert_scores(
         self, query: npt.ArrayLike, keys: npt.NDArray[np.int64], *, precision: str = "float32"
@@ -1036,7 +609,7 @@ class MilvusStore:
         if precision not in ("float32", "bfloat16"):
             msg = f"precision must be 'float32' or 'bfloat16', got {precision!r}"
             raise ValueError(msg)
-        q = self._colbert_query(query)
+        q = colbert_query(query, self.colbert_dim)
         ids, rows = self._rows_for_keys(keys)
         ntok = [int(r["ntok"]) if r is not None else 0 for r in rows]
         return colbert_scores(q, self._colbert_matrices(ids, ntok))
@@ -1059,8 +632,8 @@ class MilvusStore:
             return out
         where: dict[str, float] = {}
         unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _FETCH):
-            chunk = unique[start : start + _FETCH]
+        for start in range(0, len(unique), FETCH):
+            chunk = unique[start : start + FETCH]
             for doc_id, d in self._search(
                 "bm25", query, len(chunk), ids_expr(chunk), {"metric_type": "BM25"}
             ):
@@ -1101,8 +674,8 @@ class MilvusStore:
         """Which of ``ids`` are on the server."""
         found: set[str] = set()
         storable = [i for i in dict.fromkeys(ids) if _utf8(i)]
-        for start in range(0, len(storable), _FETCH):
-            chunk = storable[start : start + _FETCH]
+        for start in range(0, len(storable), FETCH):
+            chunk = storable[start : start + FETCH]
             rows = self._call(
                 "query",
                 lambda c=chunk: self._client.query(  # type: ignore[misc]
@@ -1172,10 +745,10 @@ class MilvusStore:
     def metadata_values(self, field: str) -> set[Any]:
         """Distinct (hashable) values of a metadata field over the committed documents."""
         self._check_open()
-        _check_field(field)
+        check_field(field)
         if not _utf8(field):
             return set()
-        expr = f"exists meta[{_lit(field)}]"
+        expr = f"exists meta[{literal(field)}]"
         values: set[Any] = set()
         for row in self._iterate(expr, ["meta"]):
             value = (row.get("meta") or {}).get(field)
@@ -1191,14 +764,17 @@ class MilvusStore:
         a field no document has costs the server a scan of every row).
         """
         self._check_open()
-        _check_field(field)
+        check_field(field)
         if not _utf8(field):
             return False
         if field not in self._has_field:
             rows = self._call(
                 "query",
                 lambda: self._client.query(
-                    self.name, filter=f"exists meta[{_lit(field)}]", output_fields=["id"], limit=1
+                    self.name,
+                    filter=f"exists meta[{literal(field)}]",
+                    output_fields=["id"],
+                    limit=1,
                 ),
             )
             self._has_field[field] = bool(rows)
@@ -1219,8 +795,8 @@ class MilvusStore:
         hashes = [content_hash(t, dumps_metadata(m)) for t, m in zip(texts, metas, strict=True)]
         live: set[str] = set()
         unique = list(dict.fromkeys(hashes))
-        for start in range(0, len(unique), _FETCH):
-            chunk = unique[start : start + _FETCH]
+        for start in range(0, len(unique), FETCH):
+            chunk = unique[start : start + FETCH]
             rows = self._call(
                 "query",
                 lambda c=chunk: self._client.query(  # type: ignore[misc]
@@ -1291,23 +867,7 @@ class MilvusStore:
         replace: bool,
     ) -> list[str]:
         self._check_open(write=True)
-        texts, doc_ids, metas = _normalise(texts_or_documents, ids, metadata)
-        final = [i if i is not None else uuid.uuid4().hex for i in doc_ids]
-        dupes = sorted(i for i, n in Counter(final).items() if n > 1)
-        if dupes:
-            msg = f"ids repeat within one call: {dupes[:10]}"
-            raise DuplicateIdError(msg)
-        for j, (text, doc_id) in enumerate(zip(texts, final, strict=True)):
-            if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
-                msg = f"ids[{j}] is longer than Milvus's {MAX_ID_BYTES} bytes; use a shorter id"
-                raise InvalidDocumentError(msg)
-            if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
-                msg = (
-                    f"document {j} (id {doc_id!r}) has more than {MAX_TEXT_BYTES} UTF-8 bytes, "
-                    "Milvus's largest VARCHAR; chunk it (m3rag.Chunker)"
-                )
-                raise InvalidDocumentError(msg)
-        meta_json = [_metadata_json(j, m) for j, m in enumerate(metas)]
+        texts, final, meta_json = prepare(texts_or_documents, ids, metadata)
         if not replace:
             existing = sorted(self._live(final))
             if existing:
@@ -1321,7 +881,7 @@ class MilvusStore:
         output = self._embed(texts, final, embeddings)
         for j, doc_id in enumerate(final):
             self._staged.pop(doc_id, None)  # re-staged ids go to the end, as the last write
-            self._staged[doc_id] = _Put(
+            self._staged[doc_id] = Put(
                 text=texts[j],
                 meta=json.loads(meta_json[j]),
                 meta_json=meta_json[j],
@@ -1351,50 +911,14 @@ class MilvusStore:
             embeddings = self.encoder.encode_corpus(
                 texts, dense=flags["dense"], sparse=flags["sparse"], colbert=flags["colbert"]
             )
-        return self._check_embeddings(embeddings, ids)
-
-    def _check_embeddings(self, embeddings: M3Output, ids: Sequence[str]) -> M3Output:
-        n = len(ids)
-        if not isinstance(embeddings, M3Output):
-            msg = f"embeddings must be an M3Output, got {type(embeddings).__name__}"
-            raise TypeError(msg)
-        if len(embeddings) != n:
-            msg = f"embeddings hold {len(embeddings)} texts for {n} documents"
-            raise EmbeddingMismatchError(msg)
-        missing = [h for h in self.heads if h not in embeddings.heads]
-        if missing:
-            msg = f"embeddings lack the heads {missing} this store holds ({list(self.heads)})"
-            raise EmbeddingMismatchError(msg)
-
-        def bad(i: int, head: str, problem: str) -> EmbeddingMismatchError:
-            return EmbeddingMismatchError(
-                f"embeddings of document {i} (id {ids[i]!r}), {head} head: {problem}; "
-                "nothing was staged"
-            )
-
-        if "dense" in self.heads and embeddings.dense_vecs is not None:
-            if embeddings.dim != self.dim:
-                msg = f"dense vectors have {embeddings.dim} dimensions, the store {self.dim}"
-                raise EmbeddingMismatchError(msg)
-            rows = ~_finite32(embeddings.dense_vecs).all(axis=1)
-            if rows.any():
-                raise bad(int(np.flatnonzero(rows)[0]), "dense", "NaN or infinity (as float32)")
-        if "colbert" in self.heads and embeddings.colbert_vecs is not None:
-            for i, m in enumerate(embeddings.colbert_vecs):
-                if not isinstance(m, np.ndarray) or m.ndim != 2 or m.shape[1] != self.colbert_dim:
-                    shape = getattr(m, "shape", None)
-                    raise bad(i, "colbert", f"shape {shape}, expected [t, {self.colbert_dim}]")
-                if not _finite32(m).all():
-                    raise bad(i, "colbert", "NaN or infinity (as float32)")
-        if "sparse" in self.heads and embeddings.lexical_weights is not None:
-            for i, d in enumerate(embeddings.lexical_weights):
-                if not isinstance(d, Mapping):
-                    raise bad(i, "sparse", f"a {type(d).__name__}, expected a dict")
-                for token, weight in d.items():
-                    problem = _token_problem(token, self._vocab_size) or _weight_problem(weight)
-                    if problem:
-                        raise bad(i, "sparse", problem)
-        return embeddings
+        return check_embeddings(
+            embeddings,
+            ids,
+            heads=self.heads,
+            dim=self.dim,
+            colbert_dim=self.colbert_dim,
+            vocab_size=self._vocab_size,
+        )
 
     def delete(self, ids: str | Sequence[str]) -> None:
         """Stage deletions (sent at commit).
@@ -1446,175 +970,19 @@ class MilvusStore:
         self._generation += 1
         return self._generation
 
-    def _send(self, puts: list[tuple[str, _Put]], dels: list[str]) -> None:
+    def _send(self, puts: list[tuple[str, Put]], dels: list[str]) -> None:
         colbert = "colbert" in self.heads
         for start in range(0, len(puts), 256):
             batch = puts[start : start + 256]
-            if colbert:
-                self._send_colbert(batch)
-            rows = [self._row(i, p) for i, p in batch]
+            if self._colbert is not None:
+                self._colbert.write([(i, p.colbert) for i, p in batch])
+            rows = [main_row(i, p, self.heads) for i, p in batch]
             self._call("upsert", lambda r=rows: self._client.upsert(self.name, r))  # type: ignore[misc]
-        for start in range(0, len(dels), _FETCH):
-            chunk = dels[start : start + _FETCH]
+        for start in range(0, len(dels), FETCH):
+            chunk = dels[start : start + FETCH]
             self._call("delete", lambda c=chunk: self._client.delete(self.name, filter=ids_expr(c)))  # type: ignore[misc]
-            if colbert:
-                self._call(
-                    "delete",
-                    lambda c=chunk: self._client.delete(self.side, filter=ids_expr(c, "doc")),  # type: ignore[misc]
-                )
+            if self._colbert is not None:
+                self._colbert.delete(chunk)
         self._call("flush", lambda: self._client.flush(self.name))
         if colbert:
             self._call("flush", lambda: self._client.flush(self.side))
-
-    def _send_colbert(self, batch: list[tuple[str, _Put]]) -> None:
-        """Chunk rows first (upserted by ``"<chunk>:<id>"``), then chunks past the new count go.
-
-        Writing the same matrix again rewrites the same rows (idempotent); a shorter one
-        leaves no stale chunk behind (reads stop at the main row's ``ntok`` anyway).
-        """
-        layout = self._require_layout()
-        rows: list[dict[str, Any]] = []
-        by_count: dict[int, list[str]] = {}
-        for doc_id, put in batch:
-            matrix = (
-                put.colbert if put.colbert is not None else np.zeros((0, layout.dim), np.float32)
-            )
-            chunks = layout.pack(matrix)
-            for c, data in enumerate(chunks):
-                rows.append(
-                    {
-                        "pk": f"{c}:{doc_id}",
-                        "doc": doc_id,
-                        "chunk": c,
-                        "data": data,
-                        "dummy": [0.0, 0.0],
-                    }
-                )
-            by_count.setdefault(len(chunks), []).append(doc_id)
-        part: list[dict[str, Any]] = []
-        size = 0
-        for row in rows:
-            part.append(row)
-            size += len(row["data"])
-            if size >= _FETCH_BYTES or len(part) >= _FETCH_CHUNKS:
-                self._call("upsert", lambda r=part: self._client.upsert(self.side, r))  # type: ignore[misc]
-                part, size = [], 0
-        if part:
-            self._call("upsert", lambda r=part: self._client.upsert(self.side, r))  # type: ignore[misc]
-        for count, doc_ids in by_count.items():
-            expr = f"chunk >= {count} and {ids_expr(doc_ids, 'doc')}"
-            self._call("delete", lambda e=expr: self._client.delete(self.side, filter=e))  # type: ignore[misc]
-
-    def _row(self, doc_id: str, put: _Put) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "id": doc_id,
-            "text": put.text,
-            "meta": put.meta,
-            "mtypes": type_tags(put.meta),
-            "hash": content_hash(put.text, put.meta_json),
-            "ntok": 0 if put.colbert is None else len(put.colbert),
-        }
-        if "dense" in self.heads:
-            row["dense"] = np.asarray(put.dense, dtype=np.float32).tolist()
-        if "sparse" in self.heads:
-            weights = {int(t): float(w) for t, w in (put.sparse or {}).items() if float(w) > 0}
-            row["sparse"] = weights or {_EMPTY_TOKEN: _EMPTY_WEIGHT}
-        return row
-
-
-def _lexical_of(row: Mapping[str, Any] | None) -> dict[int, float]:
-    if row is None:
-        return {}
-    sparse = row.get("sparse") or {}
-    return {int(t): float(w) for t, w in sparse.items() if int(t) != _EMPTY_TOKEN}
-
-
-def _lit(field: str) -> str:
-    return literal(field)
-
-
-def _check_field(field: object) -> None:
-    if not isinstance(field, str) or not field:
-        msg = f"field must be a non-empty string, got {field!r}"
-        raise TypeError(msg)
-
-
-def _server_message(exc: BaseException) -> str:
-    """The server's message, without pymilvus's wrapping (never the token: pymilvus omits it)."""
-    message = getattr(exc, "message", None)
-    code = getattr(exc, "code", None)
-    text = str(message) if message else str(exc) or type(exc).__name__
-    return f"{text} (code {code})" if code is not None else text
-
-
-def _normalise(
-    texts_or_documents: Any,
-    ids: Sequence[str] | None,
-    metadata: Any,
-) -> tuple[list[str], list[str | None], list[Mapping[str, Any]]]:
-    """Texts, ids and metadata of a write, validated as `Collection.add` validates them."""
-    if isinstance(texts_or_documents, (str, Document)):
-        items: list[Any] = [texts_or_documents]
-    elif isinstance(texts_or_documents, Iterable) and not isinstance(
-        texts_or_documents, (bytes, Mapping)
-    ):
-        items = list(texts_or_documents)
-    else:
-        msg = (
-            "texts_or_documents must be a string, a Document, or a list of them, "
-            f"got {type(texts_or_documents).__name__}"
-        )
-        raise TypeError(msg)
-    n = len(items)
-    if ids is not None and (isinstance(ids, str) or len(ids) != n):
-        got = 1 if isinstance(ids, str) else len(ids)
-        msg = f"ids must be a list with one id per document ({n}), got {got}"
-        raise ValueError(msg)
-    if metadata is None:
-        metas: list[Any] = [None] * n
-    elif isinstance(metadata, Mapping):
-        metas = [metadata] * n
-    else:
-        metas = list(metadata)
-        if len(metas) != n:
-            msg = f"metadata must have one entry per document ({n}), got {len(metas)}"
-            raise ValueError(msg)
-    for i, entry in enumerate(metas):
-        if entry is not None and not isinstance(entry, Mapping):
-            msg = f"metadata[{i}] must be a dict (or None), got {type(entry).__name__}"
-            raise TypeError(msg)
-    texts: list[str] = []
-    out_ids: list[str | None] = []
-    out_meta: list[Mapping[str, Any]] = []
-    for i, item in enumerate(items):
-        if isinstance(item, Document):
-            text, doc_id, meta = item.text, item.id, dict(item.metadata)
-            if ids is not None and ids[i] is not None:
-                doc_id = ids[i]
-            if metas[i] is not None:
-                meta = {**meta, **dict(metas[i])}
-        elif isinstance(item, str):
-            text = item
-            doc_id = ids[i] if ids is not None else None
-            meta = dict(metas[i] or {})
-        else:
-            msg = (
-                f"texts_or_documents[{i}] must be a string or a Document, got {type(item).__name__}"
-            )
-            raise TypeError(msg)
-        if not isinstance(text, str) or not text.strip():
-            msg = f"document {i} has empty text; empty documents cannot be indexed"
-            raise InvalidDocumentError(msg)
-        if not _utf8(text):
-            msg = f"document {i} has text that is not valid Unicode (a lone surrogate)"
-            raise InvalidDocumentError(msg)
-        if doc_id is not None and (not isinstance(doc_id, str) or not doc_id):
-            msg = f"ids[{i}] must be a non-empty string, got {doc_id!r}"
-            raise TypeError(msg)
-        if doc_id is not None and not _utf8(doc_id):
-            msg = f"ids[{i}] = {doc_id!r} is not valid Unicode (a lone surrogate)"
-            raise InvalidDocumentError(msg)
-        texts.append(text)
-        out_ids.append(doc_id)
-        out_meta.append(meta)
-    return texts, out_ids, out_meta
