@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -151,6 +152,8 @@ def main() -> None:
         "colbert_dim": args.colbert_dim,
         "colbert_tokens": args.colbert_tokens,
         "recall_k": args.recall_k,
+        # the machine is shared: the 1/5/15-minute load averages say how busy it was
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         start = time.perf_counter()
@@ -234,6 +237,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
