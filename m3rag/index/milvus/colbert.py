@@ -215,11 +215,14 @@ class ColbertSide:
         empty = np.zeros((0, layout.dim), dtype=np.float32)
         return [layout.unpack(parts[i], wanted[i]) if i in wanted else empty.copy() for i in ids]
 
-    def write(self, batch: list[tuple[str, npt.NDArray[np.float32] | None]]) -> None:
-        """Chunk rows first (upserted by ``"<chunk>:<id>"``), then chunks past the new count go.
+    def write(
+        self, batch: list[tuple[str, npt.NDArray[np.float32] | None]]
+    ) -> dict[int, list[str]]:
+        """Upsert the chunk rows of ``batch`` (by ``"<chunk>:<id>"``); returns what to trim.
 
-        Writing the same matrix again rewrites the same rows (idempotent); a shorter one
-        leaves no stale chunk behind (reads stop at the main row's ``ntok`` anyway).
+        Writing the same matrix again rewrites the same rows (idempotent). The result maps each
+        new chunk count to its documents: pass it to `trim` once the main rows hold the new
+        ``ntok``, so that no reader meets a main row whose chunks are gone.
         """
         layout = self.layout
         rows: list[dict[str, Any]] = []
@@ -249,9 +252,24 @@ class ColbertSide:
                 part, size = [], 0
         if part:
             self._call("upsert", lambda r=part: self._client.upsert(self.name, r))  # type: ignore[misc]
+        return by_count
+
+    def trim(self, by_count: Mapping[int, list[str]]) -> None:
+        """Delete the chunks past each document's new count (a shorter version leaves none).
+
+        Reads stop at the main row's ``ntok`` anyway; this frees the space.
+        """
         for count, doc_ids in by_count.items():
             expr = f"chunk >= {count} and {ids_expr(doc_ids, 'doc')}"
             self._call("delete", lambda e=expr: self._client.delete(self.name, filter=e))  # type: ignore[misc]
+
+    def load(self) -> None:
+        """Load the side collection for reads."""
+        self._call("load", lambda: self._client.load_collection(self.name))
+
+    def flush(self) -> None:
+        """Flush the side collection's writes."""
+        self._call("flush", lambda: self._client.flush(self.name))
 
     def delete(self, ids: list[str]) -> None:
         """Delete every chunk of ``ids``."""

@@ -47,7 +47,7 @@ from m3rag.index.milvus.queries import (
     lexical_query,
 )
 from m3rag.index.milvus.schema import DENSE_INDEXES, build_config, create_main, read_config
-from m3rag.index.milvus.writes import Put, check_embeddings, main_row, prepare
+from m3rag.index.milvus.writes import Put, check_embeddings, prepare, send
 from m3rag.index.milvus_expr import compile_filter, ids_expr, literal
 from m3rag.results import Hits
 from m3rag.scoring import colbert_scores, lexical_scores
@@ -59,12 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["MilvusStore"]
 
 logger = logging.getLogger(__name__)
-
-
-def _layout(config: Mapping[str, Any], name: str) -> ColbertLayout | None:
-    if "colbert" not in config.get("heads", ()):
-        return None
-    return ColbertLayout.from_config(config.get("colbert_layout"), config.get("colbert_dim"), name)
 
 
 class MilvusStore:
@@ -189,32 +183,30 @@ class MilvusStore:
                     analyzer=analyzer,
                     dense_index=dense_index,
                 )
-                layout = _layout(config, self.name)
-                if layout is not None:
-                    ColbertSide(self._client, self.side, layout, self._call).create(pymilvus)
+                side = self._side(config)
+                if side is not None:
+                    side.create(pymilvus)
                 create_main(
                     pymilvus, self._client, self.name, config, self._call, dense_index_params
                 )
             else:
                 config = read_config(self._client, self.name, self._call)
-                layout = _layout(config, self.name)
+                side = self._side(config)
             self._config = config
             self.heads: tuple[Head, ...] = tuple(config["heads"])
             self.dim: int | None = config.get("dim")
             self.colbert_dim: int | None = config.get("colbert_dim")
             self.lang: str = config["lang"]
             self.dense_index: str = config.get("dense_index", "FLAT")
-            self._colbert = (
-                ColbertSide(self._client, self.side, layout, self._call) if layout else None
-            )
+            self._colbert = side
             vocab = config.get("vocab_size")
             self._vocab_size = int(vocab) if isinstance(vocab, int) and vocab > 0 else MAX_TOKEN_ID
             if encoder is not None:
                 _check_encoder(config, encoder)
             self._dense_search = dict(dense_search_params or {})
             self._call("load", lambda: self._client.load_collection(self.name))
-            if "colbert" in self.heads:
-                self._call("load", lambda: self._client.load_collection(self.side))
+            if side is not None:
+                side.load()
         except BaseException:
             self.close()
             raise
@@ -224,6 +216,15 @@ class MilvusStore:
         self._rows: dict[str, dict[str, Any]] = {}
         self._has_field: dict[str, bool] = {}  # has_metadata answers until commit/refresh
         self._generation = 0
+
+    def _side(self, config: Mapping[str, Any]) -> ColbertSide | None:
+        """The ColBERT side collection ``config`` describes (``None`` without the head)."""
+        if "colbert" not in config.get("heads", ()):
+            return None
+        layout = ColbertLayout.from_config(
+            config.get("colbert_layout"), config.get("colbert_dim"), self.name
+        )
+        return ColbertSide(self._client, self.side, layout, self._call)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -971,18 +972,4 @@ class MilvusStore:
         return self._generation
 
     def _send(self, puts: list[tuple[str, Put]], dels: list[str]) -> None:
-        colbert = "colbert" in self.heads
-        for start in range(0, len(puts), 256):
-            batch = puts[start : start + 256]
-            if self._colbert is not None:
-                self._colbert.write([(i, p.colbert) for i, p in batch])
-            rows = [main_row(i, p, self.heads) for i, p in batch]
-            self._call("upsert", lambda r=rows: self._client.upsert(self.name, r))  # type: ignore[misc]
-        for start in range(0, len(dels), FETCH):
-            chunk = dels[start : start + FETCH]
-            self._call("delete", lambda c=chunk: self._client.delete(self.name, filter=ids_expr(c)))  # type: ignore[misc]
-            if self._colbert is not None:
-                self._colbert.delete(chunk)
-        self._call("flush", lambda: self._client.flush(self.name))
-        if colbert:
-            self._call("flush", lambda: self._client.flush(self.side))
+        send(self._client, self._call, self.name, self._colbert, self.heads, puts, dels)

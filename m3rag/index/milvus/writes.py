@@ -20,11 +20,21 @@ from m3rag.index.collection import (
     _weight_problem,
     content_hash,
 )
-from m3rag.index.milvus._limits import EMPTY_TOKEN, EMPTY_WEIGHT, MAX_ID_BYTES, MAX_TEXT_BYTES
-from m3rag.index.milvus_expr import type_tags
+from m3rag.index.milvus._limits import (
+    EMPTY_TOKEN,
+    EMPTY_WEIGHT,
+    FETCH,
+    MAX_ID_BYTES,
+    MAX_TEXT_BYTES,
+)
+from m3rag.index.milvus._server import Caller
+from m3rag.index.milvus.colbert import ColbertSide
+from m3rag.index.milvus_expr import ids_expr, type_tags
 from m3rag.types import Document, Head, M3Output
 
-__all__ = ["Put", "check_embeddings", "main_row", "prepare"]
+__all__ = ["Put", "check_embeddings", "main_row", "prepare", "send"]
+
+_UPSERT = 256  # documents per upsert
 
 
 @dataclass
@@ -125,6 +135,38 @@ def check_embeddings(
                 if problem:
                     raise bad(i, "sparse", problem)
     return embeddings
+
+
+def send(
+    client: Any,
+    call: Caller,
+    name: str,
+    side: ColbertSide | None,
+    heads: Sequence[Head],
+    puts: list[tuple[str, Put]],
+    dels: list[str],
+) -> None:
+    """Write staged documents and deletions to collection ``name`` (and its side), then flush.
+
+    Per batch the ColBERT chunks go first, then the main rows (whose ``ntok`` says how many
+    chunks to read), then the chunks past a shorter version are deleted, so a reader never
+    meets a main row whose chunks are missing.
+    """
+    for start in range(0, len(puts), _UPSERT):
+        batch = puts[start : start + _UPSERT]
+        trim = side.write([(i, p.colbert) for i, p in batch]) if side is not None else {}
+        rows = [main_row(i, p, heads) for i, p in batch]
+        call("upsert", lambda r=rows: client.upsert(name, r))  # type: ignore[misc]
+        if side is not None:
+            side.trim(trim)
+    for start in range(0, len(dels), FETCH):
+        chunk = dels[start : start + FETCH]
+        call("delete", lambda c=chunk: client.delete(name, filter=ids_expr(c)))  # type: ignore[misc]
+        if side is not None:
+            side.delete(chunk)
+    call("flush", lambda: client.flush(name))
+    if side is not None:
+        side.flush()
 
 
 def main_row(doc_id: str, put: Put, heads: Sequence[Head]) -> dict[str, Any]:
