@@ -21,8 +21,8 @@ written, and committing again (or re-running the ingest) converges, because ever
 idempotent upsert by id.
 
 Modules: `schema` (collection creation, ``m3rag.config``), `colbert` (the packed side
-collection), `store` (the store: reads, exact scores, staging), `writes` (write checks and
-rows), `queries` (query checks).
+collection), `store` (the store: reads, exact scores, staging), `writes` (write preparation,
+rows and sending); input checks shared with `Collection` come from `m3rag.index.validation`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """[`MilvusStore`][m3rag.MilvusStore]: the store's lifecycle, reads, exact scores and writes.
 
 The collections it works on are made and checked in `schema`, the ColBERT side collection is
-`colbert`, write checks and rows are `writes`, query checks are `queries`.
+`colbert`, writes are prepared and sent by `writes`; input checks are `Collection`'s
+(`m3rag.index.validation`).
 """
 
 from __future__ import annotations
@@ -26,29 +27,26 @@ from m3rag.errors import (
     RemoteStoreError,
     UnknownIdError,
 )
-from m3rag.index.collection import (
-    MAX_TOKEN_ID,
-    _check_encoder,
-    _check_k,
-    _check_text_query,
-    _id_list,
-    _utf8,
-    content_hash,
-)
+from m3rag.index.collection import _check_encoder, content_hash
 from m3rag.index.filters import Filter, dumps_metadata
-from m3rag.index.milvus._limits import FETCH, MAX_LIMIT
+from m3rag.index.milvus._limits import EMPTY_TOKEN, FETCH, MAX_LIMIT
 from m3rag.index.milvus._server import Caller
 from m3rag.index.milvus.colbert import ColbertLayout, ColbertSide
-from m3rag.index.milvus.queries import (
-    check_field,
+from m3rag.index.milvus.schema import DENSE_INDEXES, build_config, create_main, read_config
+from m3rag.index.milvus.writes import Put, prepare, send
+from m3rag.index.milvus_expr import compile_filter, ids_expr, literal
+from m3rag.index.validation import (
+    MAX_TOKEN_ID,
+    check_embeddings,
+    check_k,
+    check_keys,
+    check_text_query,
     colbert_query,
     dense_query,
-    lexical_of,
+    id_list,
     lexical_query,
+    utf8,
 )
-from m3rag.index.milvus.schema import DENSE_INDEXES, build_config, create_main, read_config
-from m3rag.index.milvus.writes import Put, check_embeddings, prepare, send
-from m3rag.index.milvus_expr import compile_filter, ids_expr, literal
 from m3rag.results import Hits
 from m3rag.scoring import colbert_scores, lexical_scores
 from m3rag.types import HEADS, Document, Head, M3Output
@@ -308,19 +306,7 @@ class MilvusStore:
         return key
 
     def _ids_for(self, keys: npt.ArrayLike) -> list[str]:
-        arr = np.asarray(keys)
-        if arr.size == 0:
-            return []
-        if arr.ndim != 1 or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-            msg = f"keys must be a 1-d array of ints (Hits.keys), got {arr.dtype} {arr.shape}"
-            raise ValueError(msg)
-        n = len(self._id_of)
-        if int(arr.min()) < 0 or int(arr.max()) >= n:
-            msg = (
-                f"keys must be keys this MilvusStore handed out in [0, {n}), got "
-                f"{int(arr.min())}..{int(arr.max())}; take them from Hits.keys"
-            )
-            raise ValueError(msg)
+        arr = check_keys(keys, len(self._id_of))
         return [self._id_of[int(k)] for k in arr.tolist()]
 
     def _hits(self, ids: list[str], scores: Sequence[float] | npt.NDArray[Any]) -> Hits:
@@ -421,7 +407,7 @@ class MilvusStore:
             RemoteStoreError: The server failed.
         """
         self._require("dense")
-        k = _check_k(k)
+        k = check_k(k)
         q = dense_query(query, self.dim)
         expr = compile_filter(filter)
         self._rows = {}
@@ -451,7 +437,7 @@ class MilvusStore:
         (Milvus refuses empty sparse vectors).
         """
         self._require("sparse")
-        k = _check_k(k)
+        k = check_k(k)
         weights = {t: w for t, w in lexical_query(query, self._vocab_size).items() if w > 0}
         expr = compile_filter(filter)
         self._rows = {}
@@ -478,8 +464,8 @@ class MilvusStore:
         Milvus field); another returns no hits.
         """
         self._check_open()
-        k = _check_k(k)
-        _check_text_query(query)
+        k = check_k(k)
+        check_text_query(query)
         expr = compile_filter(filter)
         self._rows = {}
         if not query.strip() or not self._bm25_applies(lang):
@@ -511,8 +497,8 @@ class MilvusStore:
         Milvus's fused scores. ColBERT is not used.
         """
         self._check_open()
-        k = _check_k(k)
-        _check_text_query(query)
+        k = check_k(k)
+        check_text_query(query)
         if not isinstance(query_embeddings, M3Output) or len(query_embeddings) != 1:
             msg = "query_embeddings must be an M3Output of one query"
             raise ValueError(msg)
@@ -580,7 +566,7 @@ class MilvusStore:
         self, weights: Mapping[int, float], ids: list[str]
     ) -> npt.NDArray[np.float32]:
         rows = self._fetch(ids)
-        docs = [lexical_of(rows.get(i)) for i in ids]
+        docs = [_lexical_of(rows.get(i)) for i in ids]
         return lexical_scores(weights, docs)
 
     def dense_scores(
@@ -626,7 +612,7 @@ class MilvusStore:
     ) -> npt.NDArray[np.float32]:
         """BM25 scores of ``keys`` (0 where no term matches), by the server, restricted to them."""
         self._check_open()
-        _check_text_query(query)
+        check_text_query(query)
         ids = self._ids_for(keys)
         out = np.zeros(len(ids), dtype=np.float32)
         if not ids or not query.strip() or not self._bm25_applies(lang):
@@ -674,7 +660,7 @@ class MilvusStore:
     def _server_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are on the server."""
         found: set[str] = set()
-        storable = [i for i in dict.fromkeys(ids) if _utf8(i)]
+        storable = [i for i in dict.fromkeys(ids) if utf8(i)]
         for start in range(0, len(storable), FETCH):
             chunk = storable[start : start + FETCH]
             rows = self._call(
@@ -700,11 +686,11 @@ class MilvusStore:
             UnknownIdError: Some ids are not in the store.
         """
         self._check_open()
-        wanted = _id_list(ids)
+        wanted = id_list(ids)
         staged = {i: p for i in wanted if (p := self._staged.get(i)) is not None}
         server = [i for i in dict.fromkeys(wanted) if i not in self._staged]
         self._rows = {}
-        rows = self._fetch([i for i in server if _utf8(i)])
+        rows = self._fetch([i for i in server if utf8(i)])
         missing = [i for i in dict.fromkeys(wanted) if i not in staged and i not in rows]
         if missing:
             msg = f"{len(missing)} id(s) not in the store: {missing[:10]}"
@@ -746,8 +732,8 @@ class MilvusStore:
     def metadata_values(self, field: str) -> set[Any]:
         """Distinct (hashable) values of a metadata field over the committed documents."""
         self._check_open()
-        check_field(field)
-        if not _utf8(field):
+        _check_field(field)
+        if not utf8(field):
             return set()
         expr = f"exists meta[{literal(field)}]"
         values: set[Any] = set()
@@ -765,8 +751,8 @@ class MilvusStore:
         a field no document has costs the server a scan of every row).
         """
         self._check_open()
-        check_field(field)
-        if not _utf8(field):
+        _check_field(field)
+        if not utf8(field):
             return False
         if field not in self._has_field:
             rows = self._call(
@@ -928,7 +914,7 @@ class MilvusStore:
             UnknownIdError: Some ids are not in the store (nothing is staged then).
         """
         self._check_open(write=True)
-        wanted = list(dict.fromkeys(_id_list(ids)))
+        wanted = list(dict.fromkeys(id_list(ids)))
         live = self._live(wanted)
         missing = [i for i in wanted if i not in live]
         if missing:
@@ -973,3 +959,18 @@ class MilvusStore:
 
     def _send(self, puts: list[tuple[str, Put]], dels: list[str]) -> None:
         send(self._client, self._call, self.name, self._colbert, self.heads, puts, dels)
+
+
+def _lexical_of(row: Mapping[str, Any] | None) -> dict[int, float]:
+    """The lexical weights of a fetched row (the empty-vector stand-in removed)."""
+    if row is None:
+        return {}
+    sparse = row.get("sparse") or {}
+    return {int(t): float(w) for t, w in sparse.items() if int(t) != EMPTY_TOKEN}
+
+
+def _check_field(field: object) -> None:
+    """Refuse a metadata field name that is not a non-empty string."""
+    if not isinstance(field, str) or not field:
+        msg = f"field must be a non-empty string, got {field!r}"
+        raise TypeError(msg)
