@@ -156,6 +156,13 @@ class MilvusStore:
             kwargs["db_name"] = db_name
         if timeout is not None:
             kwargs["timeout"] = timeout
+        # gRPC keepalive pings only during calls: an idle channel that pings is sent GOAWAY
+        # ("too_many_pings") by servers with gRPC's default ping policy (milvus-lite), and the
+        # dead channel then fails the next call
+        kwargs["grpc_options"] = {"grpc.keepalive_permit_without_calls": False}
+        if _major(getattr(pymilvus, "__version__", "0")) >= 3:
+            # a channel of its own: closing this store never closes another one's connection
+            kwargs["dedicated"] = True
         self._call = Caller(collection_name)
         self._client = self._call("connect", lambda: pymilvus.MilvusClient(**kwargs))
         self._closed = False
@@ -974,3 +981,8 @@ def _check_field(field: object) -> None:
     if not isinstance(field, str) or not field:
         msg = f"field must be a non-empty string, got {field!r}"
         raise TypeError(msg)
+
+
+def _major(version: str) -> int:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
