@@ -20,7 +20,7 @@ Run: ``nice -n 19 .venv/bin/python benchmarks/finetune_scifact.py --work /tmp/ft
 ``--stages mine,train,after,before``; each stage's output is kept in ``--work``). Writes
 ``benchmarks/results/finetune_scifact.json``. Run time on this project's 2-core machine, shared
 with other helpers' jobs (load average 3-9) under ``nice -n 19``: training 47.6 min (214 steps,
-13 s a step on average, 5 s a step when the machine is idle), the evaluation after training
+13 s a step on average; 5-8 s a step profiled at load 1.4), the evaluation after training
 18.9 min (indexing the corpus 4.8 min, the weight search on the dev claims most of the rest),
 the evaluation before training 5.7 min (no weight search),
 mining (run once for #19 and reused) 8.2 min.
