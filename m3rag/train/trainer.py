@@ -471,7 +471,8 @@ def finetune(
             if micro < micro_done:  # replaying a resumed run's batches
                 micro += 1
                 continue
-            model.freeze_backbone(frozen=step < cfg.head_warmup_steps)
+            if cfg.head_warmup_steps:
+                model.freeze_backbone(frozen=step < cfg.head_warmup_steps)
             queries = [g.query for g in groups]
             passages = [p for g in groups for p in g.passages]
             q_ids, q_mask = _tokens(model, queries, cfg.query_max_length, device)
