@@ -452,17 +452,43 @@ def tune_weights(
     dev_queries: Mapping[str, str],
     grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
     metric: str = "ndcg@10",
+    paths: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], float]:
     """Grid-search hybrid fusion weights on dev queries; returns the best weights and score.
 
     Every path gets a weight from ``grid`` (all-zero combinations are skipped); candidates are
     recalled once per combination through the same hybrid retriever (z-score fusion).
+
+    Args:
+        dataset: Holds the dev queries' judgements (e.g. a training split).
+        collection: Holds the corpus.
+        encoder: The query encoder (``None`` allows BM25 only).
+        dev_queries: ``query_id -> text``, judged in ``dataset.qrels``.
+        grid: The weights tried for each path.
+        metric: The metric maximised, e.g. ``"ndcg@10"``.
+        paths: The paths to weight, e.g. ``("dense", "lexical", "colbert")`` to fuse a model's
+            heads without BM25 (default: every path the collection and encoder offer; the
+            others get weight 0). ``len(grid) ** len(paths) - 1`` combinations are tried.
+
+    Raises:
+        ValueError: A path in ``paths`` that the collection or encoder does not offer.
     """
     import itertools
 
     from m3rag.retriever import available_paths
 
-    available = available_paths(collection, encoder)
+    offered = available_paths(collection, encoder)
+    if paths is None:
+        available: tuple[str, ...] = offered
+    else:
+        missing = [p for p in paths if p not in offered]
+        if missing or not paths:
+            msg = (
+                f"paths {list(paths)} must be a non-empty subset of the paths this model and "
+                f"index offer, {list(offered)}"
+            )
+            raise ValueError(msg)
+        available = tuple(dict.fromkeys(paths))
     heads = [h for p, h in _HEADS if p in available]
     # the dev queries are encoded once, not once per weight combination
     encoded = (

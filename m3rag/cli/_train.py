@@ -152,6 +152,18 @@ def finetune_(
     head_lr: Annotated[
         float | None, typer.Option(help="Learning rate of the two heads (default --lr).")
     ] = None,
+    head_warmup_steps: Annotated[
+        int,
+        typer.Option(
+            help="First train the heads alone for N steps (backbone frozen, no self-distillation)."
+        ),
+    ] = 0,
+    lexical_init: Annotated[
+        str,
+        typer.Option(
+            help="A new lexical head's start: default (random) or uniform (every token 0.1)."
+        ),
+    ] = "default",
     warmup: Annotated[float, typer.Option(help="Warm-up share of the steps.")] = 0.1,
     schedule: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
     temperature: Annotated[float, typer.Option(help="Score temperature.")] = 0.02,
@@ -207,6 +219,8 @@ def finetune_(
             gradient_accumulation_steps=grad_accum,
             learning_rate=lr,
             head_learning_rate=head_lr,
+            head_warmup_steps=head_warmup_steps,
+            lexical_init=lexical_init,  # type: ignore[arg-type]
             warmup_ratio=warmup,
             schedule=schedule,  # type: ignore[arg-type]
             query_max_length=query_max_length,

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -23,7 +23,13 @@ from m3rag.encoder._checkpoint import COLBERT_FILE, SPARSE_FILE, inspect_checkpo
 from m3rag.encoder.m3 import head_outputs
 from m3rag.train.loss import M3Reps, lexical_vocab_scores
 
-__all__ = ["M3TrainModel"]
+__all__ = ["LEXICAL_INITS", "M3TrainModel"]
+
+LexicalInit = Literal["default", "uniform"]
+LEXICAL_INITS: tuple[LexicalInit, ...] = ("default", "uniform")
+# The weight of every token under ``lexical_init="uniform"``: BGE-M3's trained lexical weights are
+# of this order (0.1-0.3), so the scores over tau = 0.02 start in a trainable range.
+UNIFORM_LEXICAL_WEIGHT = 0.1
 
 _ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
@@ -37,6 +43,12 @@ class M3TrainModel(torch.nn.Module):
             initialisation under ``seed``).
         seed: Seeds the new heads' initialisation.
         trust_remote_code: As for `M3Encoder`.
+        lexical_init: How a *new* lexical head starts (a base with heads keeps its own):
+            ``"default"`` is ``torch.nn.Linear``'s random initialisation, as FlagEmbedding;
+            ``"uniform"`` gives every token the same weight 0.1 (zero weights, bias 0.1), an
+            unweighted term match that training then reweights. Behind the ReLU a random head
+            zeroes about half of the tokens (and they get no gradient), so it starts as a poor
+            matcher; the uniform start ranks better from step 0 and trains further.
     """
 
     def __init__(
@@ -45,8 +57,12 @@ class M3TrainModel(torch.nn.Module):
         *,
         seed: int = 0,
         trust_remote_code: bool = False,
+        lexical_init: LexicalInit = "default",
     ) -> None:
         super().__init__()
+        if lexical_init not in LEXICAL_INITS:
+            msg = f"lexical_init must be one of {LEXICAL_INITS}, got {lexical_init!r}"
+            raise ValueError(msg)
         from transformers import AutoModel
 
         folder = resolve_model_dir(model_name_or_path)
@@ -62,6 +78,10 @@ class M3TrainModel(torch.nn.Module):
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
                 self.colbert_linear = torch.nn.Linear(hidden, hidden)
                 self.sparse_linear = torch.nn.Linear(hidden, 1)
+            if lexical_init == "uniform":
+                with torch.no_grad():
+                    self.sparse_linear.weight.zero_()
+                    self.sparse_linear.bias.fill_(UNIFORM_LEXICAL_WEIGHT)
         else:
             self.colbert_linear = load_linear_head(
                 folder / COLBERT_FILE, hidden, None, torch.float32
@@ -89,6 +109,14 @@ class M3TrainModel(torch.nn.Module):
             msg = "special_ids buffer missing"
             raise TypeError(msg)
         return ids
+
+    def freeze_backbone(self, *, frozen: bool = True) -> None:
+        """Train the heads alone (``True``) or the whole model again (``False``).
+
+        A frozen backbone's parameters get no gradient and its forward pass records no graph.
+        """
+        for param in self.backbone.parameters():
+            param.requires_grad_(not frozen)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute the backbone's activations in the backward pass (less memory, more time)."""

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ import torch
 
 from m3rag.train.data import Group, TrainExample, sample_group
 from m3rag.train.loss import LossConfig, M3Reps, UnifiedLoss
-from m3rag.train.model import M3TrainModel
+from m3rag.train.model import LEXICAL_INITS, LexicalInit, M3TrainModel
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_model", "finetune", "latest_checkpoint"]
 
@@ -52,6 +52,14 @@ class TrainConfig:
         learning_rate: AdamW learning rate of the backbone.
         head_learning_rate: Learning rate of ``colbert_linear`` and ``sparse_linear`` (default
             ``learning_rate``); new heads on a dense-only model learn faster with a larger one.
+        lexical_init: How the lexical head of a dense-only base starts: ``"default"`` (random,
+            as FlagEmbedding) or ``"uniform"`` (every token weight 0.1); see `M3TrainModel`.
+        head_warmup_steps: Optimiser steps, before the main schedule, that train only the
+            heads: the backbone is frozen (its forward pass keeps no graph, so a step costs
+            about a third), the heads run at a constant ``head_learning_rate`` and
+            self-distillation is off (the ensemble teacher would include the untrained heads).
+            Counted in ``max_steps``; added to the steps of ``epochs``. For new heads on a
+            dense-only base, whose random lexical head is far from useful.
         weight_decay: AdamW weight decay (biases and LayerNorms excluded).
         warmup_ratio: Share of the steps with a linear warm-up.
         schedule: ``"linear"`` or ``"cosine"`` decay after warm-up, or ``"constant"``.
@@ -82,6 +90,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-5
     head_learning_rate: float | None = None
+    head_warmup_steps: int = 0
+    lexical_init: LexicalInit = "default"
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     schedule: Schedule = "linear"
@@ -116,6 +126,25 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{name} must be a positive int, got {value!r}"
                 raise ValueError(msg)
+        if (
+            isinstance(self.head_warmup_steps, bool)
+            or not isinstance(self.head_warmup_steps, int)
+            or self.head_warmup_steps < 0
+        ):
+            msg = f"head_warmup_steps must be an int >= 0, got {self.head_warmup_steps!r}"
+            raise ValueError(msg)
+        if self.max_steps is not None and self.head_warmup_steps >= self.max_steps:
+            msg = (
+                f"head_warmup_steps={self.head_warmup_steps} leaves no step of max_steps="
+                f"{self.max_steps} for the whole model; lower it or raise max_steps"
+            )
+            raise ValueError(msg)
+        if self.head_warmup_steps and self.loss.mode == "dense":
+            msg = (
+                "head_warmup_steps trains the heads alone, and loss mode 'dense' trains no head; "
+                "use mode 'unified', 'sparse' or 'colbert', or head_warmup_steps=0"
+            )
+            raise ValueError(msg)
         for name, opt in (
             ("max_steps", self.max_steps),
             ("eval_steps", self.eval_steps),
@@ -135,6 +164,9 @@ class TrainConfig:
             raise ValueError(msg)
         if self.schedule not in ("linear", "cosine", "constant"):
             msg = f"schedule must be linear, cosine or constant, got {self.schedule!r}"
+            raise ValueError(msg)
+        if self.lexical_init not in LEXICAL_INITS:
+            msg = f"lexical_init must be one of {LEXICAL_INITS}, got {self.lexical_init!r}"
             raise ValueError(msg)
         if self.precision not in ("fp32", "fp16", "bf16"):
             msg = f"precision must be fp32, fp16 or bf16, got {self.precision!r}"
@@ -210,9 +242,15 @@ def _param_groups(model: M3TrainModel, config: TrainConfig) -> list[dict[str, An
 def _scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up then decay over the steps after the heads-only phase (constant during it)."""
+    frozen = config.head_warmup_steps
+    total -= frozen
     warmup = int(total * config.warmup_ratio)
 
     def factor(step: int) -> float:
+        if step < frozen:
+            return 1.0
+        step -= frozen
         if step < warmup:
             return (step + 1) / (warmup + 1)
         if config.schedule == "constant":
@@ -338,7 +376,7 @@ def finetune(
             raise ValueError(msg)
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
         base = ckpt
-    model = M3TrainModel(base, seed=cfg.seed).to(device)
+    model = M3TrainModel(base, seed=cfg.seed, lexical_init=cfg.lexical_init).to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     (out / "training_args.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", "utf-8")
@@ -347,13 +385,22 @@ def finetune(
         math.ceil(len(examples) / cfg.batch_size) / cfg.gradient_accumulation_steps
     )
     # max_steps replaces epochs when given (as in transformers): the data is cycled as needed
-    total = per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
+    total = (
+        per_epoch * cfg.epochs + cfg.head_warmup_steps if cfg.max_steps is None else cfg.max_steps
+    )
     epochs = math.ceil(total / per_epoch)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.learning_rate)
     scheduler = _scheduler(optimizer, cfg, total)
     use_scaler = cfg.precision == "fp16" and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    loss_fn = UnifiedLoss(cfg.loss)
+    loss_cfg = cfg.loss
+    if cfg.head_warmup_steps and loss_cfg.self_distill:
+        # no distillation from an ensemble of untrained heads: it starts with the whole model
+        # (the loss counts forward passes, gradient accumulation makes several per step)
+        frozen_passes = cfg.head_warmup_steps * cfg.gradient_accumulation_steps
+        start = max(loss_cfg.self_distill_start_step, frozen_passes - 1)
+        loss_cfg = replace(loss_cfg, self_distill_start_step=start)
+    loss_fn = UnifiedLoss(loss_cfg)
     step, best, best_step, bad = 0, None, None, 0
     history: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []
@@ -424,6 +471,8 @@ def finetune(
             if micro < micro_done:  # replaying a resumed run's batches
                 micro += 1
                 continue
+            if cfg.head_warmup_steps:
+                model.freeze_backbone(frozen=step < cfg.head_warmup_steps)
             queries = [g.query for g in groups]
             passages = [p for g in groups for p in g.passages]
             q_ids, q_mask = _tokens(model, queries, cfg.query_max_length, device)

@@ -65,6 +65,10 @@ def test_mine_then_finetune(beir: Path, tiny_m3_path: Path, tmp_path: Path) -> N
             "24",
             "--save-steps",
             "1",
+            "--head-warmup-steps",
+            "1",
+            "--lexical-init",
+            "uniform",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -122,6 +126,9 @@ def test_finetune_refuses_bad_data_and_options(tmp_path: Path, tiny_m3_path: Pat
     result = runner.invoke(app, [*base[:1], str(bad), *base[1:], "--mode", "hybrid"])
     assert result.exit_code == 2
     assert "mode must be one of" in result.output
+    result = runner.invoke(app, [*base[:1], str(bad), *base[1:], "--lexical-init", "zeros"])
+    assert result.exit_code == 2
+    assert "lexical_init must be one of" in result.output
     good = tmp_path / "good.jsonl"
     good.write_text('{"query": "q", "pos": ["p"]}\n', "utf-8")
     result = runner.invoke(app, [*base[:1], str(good), *base[1:], "--resume"])

@@ -206,3 +206,58 @@ def test_dev_evaluation_keeps_the_best_model_and_stops_early(tiny_m3_path, tmp_p
     assert [e["step"] for e in result.evals] == [1.0, 2.0]
     assert result.best_step == 1
     assert result.best_metric == result.evals[0]["ndcg@10"]
+
+
+def test_head_warmup_trains_the_heads_alone_without_self_distillation(tiny_m3_path, tmp_path):
+    cfg = TrainConfig(
+        max_steps=3,
+        head_warmup_steps=2,
+        save_steps=1,
+        save_total_limit=3,
+        learning_rate=1e-3,
+        **FAST,
+    )
+    result = finetune(_examples(), tiny_m3_path, tmp_path / "out", cfg)
+    assert result.steps == 3
+    # no distillation from the untrained heads' ensemble while they warm up, then as usual
+    assert ["self_distill" in r for r in result.history] == [False, False, True]
+    assert [r["lr"] for r in result.history[:2]] == [1e-3, 1e-3]  # constant while frozen
+    base, warm, end = (
+        _state(tiny_m3_path),
+        _state(tmp_path / "out" / "checkpoint-2"),
+        _state(tmp_path / "out"),
+    )
+    backbone = [k for k in base if ":" not in k]
+    assert all(torch.equal(base[k].float(), warm[k]) for k in backbone)
+    assert not all(torch.equal(warm[k], end[k]) for k in backbone)
+    for head in ("colbert_linear.pt:weight", "sparse_linear.pt:weight"):
+        assert not torch.equal(base[head].float(), warm[head])
+
+
+def test_head_warmup_is_checked():
+    with pytest.raises(ValueError, match="head_warmup_steps must be an int"):
+        TrainConfig(head_warmup_steps=-1)
+    with pytest.raises(ValueError, match="leaves no step"):
+        TrainConfig(max_steps=2, head_warmup_steps=2)
+    with pytest.raises(ValueError, match="trains no head"):
+        TrainConfig(loss=LossConfig(mode="dense"), head_warmup_steps=1)
+
+
+def test_uniform_lexical_init_gives_every_token_the_same_weight(tiny_m3_path, tmp_path):
+    from m3rag import M3Encoder
+    from m3rag.train.model import M3TrainModel
+
+    base = _dense_only(tiny_m3_path, tmp_path / "st")
+    model = M3TrainModel(base, lexical_init="uniform")
+    assert torch.count_nonzero(model.sparse_linear.weight) == 0
+    assert model.sparse_linear.bias.item() == pytest.approx(0.1)
+    enc = M3Encoder(model.save(tmp_path / "m"), device="cpu")
+    weights = enc.encode(["alpha beta gamma"], sparse=True).lexical_weights[0]
+    assert weights and set(np.round(list(weights.values()), 6)) == {0.1}
+    # a base with heads keeps its own lexical head
+    kept = M3TrainModel(tiny_m3_path, lexical_init="uniform")
+    assert torch.count_nonzero(kept.sparse_linear.weight) > 0
+    with pytest.raises(ValueError, match="lexical_init"):
+        M3TrainModel(base, lexical_init="zeros")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lexical_init"):
+        TrainConfig(lexical_init="zeros")  # type: ignore[arg-type]
