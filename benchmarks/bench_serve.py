@@ -255,6 +255,8 @@ def main() -> None:
             "texts_per_s": len(texts) / offline_s,
         },
         "in_process_call": percentiles(per_call),
+        # the same texts one call each, back to back: what batching has to beat
+        "one_by_one_texts_per_s": len(per_call) / sum(per_call),
         "in_process_search": percentiles(search_calls),
         "servers": {},
     }
