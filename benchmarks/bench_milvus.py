@@ -97,7 +97,11 @@ def start_server(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     uri = f"http://127.0.0.1:{port}"
     for _ in range(150):
         try:
-            MilvusClient(uri=uri, timeout=2).list_collections()
+            # its own channel, closed at once: a shared idle one would draw milvus-lite's
+            # GOAWAY ("too_many_pings") onto later clients
+            probe = MilvusClient(uri=uri, timeout=2, dedicated=True)
+            probe.list_collections()
+            probe.close()
             return proc, uri
         except Exception:
             time.sleep(0.2)

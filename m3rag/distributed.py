@@ -354,19 +354,23 @@ def _check_sizes(**values: int | None) -> None:
             raise ValueError(msg)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the pipeline reads with and encodes with (one value for its two stages)."""
+
+    model: str
+    heads: tuple[Head, ...]
+    skip: Collection[str]
+    chunk_tokens: int
+    overlap: int | None
+    batch_size: int
+    actors: int | None
+    device: str | None
+    dtype: str | None
+
+
 def _pipeline(
-    ray: Any,
-    files: Sequence[tuple[Path, Path]],
-    *,
-    model: str,
-    heads: tuple[Head, ...],
-    skip: Collection[str],
-    chunk_tokens: int,
-    overlap: int | None,
-    batch_size: int,
-    actors: int | None,
-    device: str | None,
-    dtype: str | None,
+    ray: Any, files: Sequence[tuple[Path, Path]], plan: _Plan
 ) -> Iterator[dict[str, Any]]:
     """The rows of the streaming pipeline, in file order."""
     import ray.data
@@ -378,19 +382,7 @@ def _pipeline(
     before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
     try:
-        ds = _dataset(
-            ray,
-            files,
-            model=model,
-            heads=heads,
-            skip=skip,
-            chunk_tokens=chunk_tokens,
-            overlap=overlap,
-            batch_size=batch_size,
-            actors=actors,
-            device=device,
-            dtype=dtype,
-        )
+        ds = _dataset(ray, files, plan)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield from batch.to_pylist()
     except ray.exceptions.RayError as exc:
@@ -400,26 +392,12 @@ def _pipeline(
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = before
 
 
-def _dataset(
-    ray: Any,
-    files: Sequence[tuple[Path, Path]],
-    *,
-    model: str,
-    heads: tuple[Head, ...],
-    skip: Collection[str],
-    chunk_tokens: int,
-    overlap: int | None,
-    batch_size: int,
-    actors: int | None,
-    device: str | None,
-    dtype: str | None,
-) -> Any:
+def _dataset(ray: Any, files: Sequence[tuple[Path, Path]], plan: _Plan) -> Any:
     """Files -> read and chunk (tasks) -> encode (an actor pool)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    if actors is None:
-        actors = gpus or max(1, int(resources.get("CPU", 1)) // 2)
-    skip_ref = ray.put(frozenset(skip))
+    actors = plan.actors or gpus or max(1, int(resources.get("CPU", 1)) // 2)
+    skip_ref = ray.put(frozenset(plan.skip))
     items = [{"path": str(p), "root": str(r), "order": i} for i, (p, r) in enumerate(files)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 1024)))
     ds = ds.map_batches(
@@ -429,24 +407,24 @@ def _dataset(
         # a task per file, apart from the encoders (other resources: Ray does not fuse them)
         num_cpus=0.5,
         fn_kwargs={
-            "model": model,
-            "chunk_tokens": chunk_tokens,
-            "overlap": overlap,
+            "model": plan.model,
+            "chunk_tokens": plan.chunk_tokens,
+            "overlap": plan.overlap,
             "skip": skip_ref,
         },
     )
-    if heads:
-        use_gpu = gpus > 0 and (device is None or device.startswith("cuda"))
+    if plan.heads:
+        use_gpu = gpus > 0 and (plan.device is None or plan.device.startswith("cuda"))
         ds = ds.map_batches(
             _Encode,
             fn_constructor_kwargs={
-                "model": model,
-                "heads": heads,
-                "device": device,
-                "dtype": dtype,
-                "batch_size": batch_size,
+                "model": plan.model,
+                "heads": plan.heads,
+                "device": plan.device,
+                "dtype": plan.dtype,
+                "batch_size": plan.batch_size,
             },
-            batch_size=batch_size,
+            batch_size=plan.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if use_gpu else 0,
@@ -513,19 +491,18 @@ def encode_with_ray(
     if not files:
         return
     with _ray_session(address, ray_init) as ray:
-        rows = _pipeline(
-            ray,
-            files,
-            model=model_name_or_path,
-            heads=chosen,
-            skip=skip_sha256,
-            chunk_tokens=chunk_tokens,
-            overlap=overlap,
-            batch_size=batch_size,
-            actors=actors,
-            device=device,
-            dtype=dtype,
+        plan = _Plan(
+            model_name_or_path,
+            chosen,
+            skip_sha256,
+            chunk_tokens,
+            overlap,
+            batch_size,
+            actors,
+            device,
+            dtype,
         )
+        rows = _pipeline(ray, files, plan)
         seen: dict[str, str] = {}  # id -> where it was read
         shard: list[dict[str, Any]] = []
         for event in _events(rows):
@@ -638,19 +615,18 @@ def index_with_ray(
         return writer.report()
     total = count_documents(files)
     with _ray_session(address, ray_init) as ray:
-        rows = _pipeline(
-            ray,
-            files,
-            model=str(model),
-            heads=tuple(store.heads),
-            skip=writer.indexed_shas,
-            chunk_tokens=chunk_tokens,
-            overlap=overlap,
-            batch_size=batch_size,
-            actors=actors,
-            device=device,
-            dtype=dtype,
+        plan = _Plan(
+            str(model),
+            tuple(store.heads),
+            writer.indexed_shas,
+            chunk_tokens,
+            overlap,
+            batch_size,
+            actors,
+            device,
+            dtype,
         )
+        rows = _pipeline(ray, files, plan)
         for done, event in enumerate(_events(rows), 1):
             writer.event(event)
             if on_progress is not None:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,12 @@ def _lite_binary() -> str | None:
     return shutil.which("milvus-lite")
 
 
+# A raw pymilvus client of the tests' own, as MilvusStore connects: a channel of its own, and
+# keepalive pings only during calls (milvus-lite answers idle pings with GOAWAY "too_many_pings",
+# which kills a shared channel for every later client in the session).
+RAW_CLIENT = {"dedicated": True, "grpc_options": {"grpc.keepalive_permit_without_calls": False}}
+
+
 def _wait(uri: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
     from pymilvus import MilvusClient
 
@@ -130,7 +137,7 @@ def _wait(uri: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0)
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"milvus-lite server exited with {proc.returncode}")
         try:
-            client = MilvusClient(uri=uri, timeout=2)
+            client = MilvusClient(uri=uri, timeout=2, **RAW_CLIENT)
             client.list_collections()
             client.close()
             return
@@ -191,3 +198,13 @@ def milvus_uri(request: pytest.FixtureRequest) -> str:
         return uri
     value: str = request.getfixturevalue("milvus_lite_uri")
     return value
+
+
+@pytest.fixture
+def raw_milvus_client(milvus_uri: str) -> Iterator[Any]:
+    """A pymilvus ``MilvusClient`` of the test's own on the session's server, closed after."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=milvus_uri, **RAW_CLIENT)
+    yield client
+    client.close()

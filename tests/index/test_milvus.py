@@ -410,7 +410,9 @@ def test_awkward_ids_round_trip(fresh: MilvusStore) -> None:
     assert fresh.count() == len(ids) - 2
 
 
-def test_open_existing_checks_encoder_and_format(milvus_uri: str, fresh: MilvusStore) -> None:
+def test_open_existing_checks_encoder_and_format(
+    milvus_uri: str, fresh: MilvusStore, raw_milvus_client: Any
+) -> None:
     fresh.add(["river"], ids=["a"])
     fresh.commit()
     again = MilvusStore(milvus_uri, fresh.name, read_only=True)
@@ -422,9 +424,9 @@ def test_open_existing_checks_encoder_and_format(milvus_uri: str, fresh: MilvusS
         MilvusStore(milvus_uri, fresh.name, encoder=FakeEncoder(dim=8))
     with pytest.raises(CollectionNotFoundError):
         MilvusStore(milvus_uri, "no_such_collection")
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import DataType
 
-    client = MilvusClient(uri=milvus_uri)
+    client = raw_milvus_client
     name = f"foreign_{uuid.uuid4().hex[:6]}"
     schema = client.create_schema(auto_id=False)
     schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=8)
@@ -437,7 +439,6 @@ def test_open_existing_checks_encoder_and_format(milvus_uri: str, fresh: MilvusS
             MilvusStore(milvus_uri, name)
     finally:
         client.drop_collection(name)
-        client.close()
 
 
 def test_server_errors_are_wrapped(fresh: MilvusStore, monkeypatch: pytest.MonkeyPatch) -> None:
