@@ -23,6 +23,7 @@ from m3rag.errors import (
     DistributedError,
     EncoderMismatchError,
     InputTooLongError,
+    MissingDependencyError,
     ModelError,
     UnsupportedOutputError,
 )
@@ -127,8 +128,8 @@ def handled(func: F) -> F:
 
 def exit_code(exc: BaseException) -> int:
     """The documented exit code of an error (see ``docs/cli.md``)."""
-    if isinstance(exc, CollectionNotFoundError):
-        return EXIT_USAGE
+    if isinstance(exc, (CollectionNotFoundError, MissingDependencyError)):
+        return EXIT_USAGE  # the message says what to build or install
     if isinstance(exc, (UnsupportedOutputError, InputTooLongError)):
         return EXIT_USAGE
     if isinstance(exc, EncoderMismatchError):

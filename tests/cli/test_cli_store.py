@@ -8,6 +8,7 @@ on a URI as on a folder.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from pathlib import Path
 
@@ -127,3 +128,14 @@ def test_eval_into_a_store_matches_the_folder(
         assert reports["milvus"]["metrics"][mode] == pytest.approx(
             reports["folder"]["metrics"][mode], abs=1e-6
         )
+
+
+def test_a_store_uri_without_the_milvus_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # import pymilvus now fails
+    result = runner.invoke(
+        app, ["search", "q", "--store", "milvus://127.0.0.1:1/x", "--mode", "bm25"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "m3rag[milvus]" in flat(result.output)
