@@ -92,6 +92,7 @@ from m3rag.index.validation import (
     metadata_json,
     metadata_problem,
     normalise,
+    store_shape,
     token_problem,
     utf8,
     weight_problem,
@@ -340,30 +341,10 @@ class Collection:
         if folder.exists() and any(folder.iterdir()):
             msg = f"{folder} is not empty; create a collection in a new or empty folder"
             raise CollectionExistsError(msg)
-        fingerprint: dict[str, Any] | None = None
-        if encoder is not None:
-            fingerprint = encoder.fingerprint()
-            chosen = tuple(heads) if heads is not None else tuple(encoder.heads)
-            missing = [h for h in chosen if h not in encoder.heads]
-            if missing:
-                msg = f"the encoder cannot produce {missing}; it has {list(encoder.heads)}"
-                raise ValueError(msg)
-            dim = encoder.dim
-            colbert_dim = encoder.colbert_dim
-        else:
-            chosen = tuple(heads) if heads is not None else HEADS
-        bad = [h for h in chosen if h not in HEADS]
-        if bad:
-            msg = f"heads must be a subset of {list(HEADS)} (empty: BM25 only), got {list(chosen)}"
-            raise ValueError(msg)
-        if "dense" in chosen and (not isinstance(dim, int) or dim < 1):
-            msg = "dim (the dense size) is required to store dense vectors without an encoder"
-            raise ValueError(msg)
-        if "colbert" in chosen and (not isinstance(colbert_dim, int) or colbert_dim < 1):
-            msg = "colbert_dim is required to store ColBERT vectors without an encoder"
-            raise ValueError(msg)
-        if vocab_size is None and encoder is not None:
-            vocab_size = getattr(encoder, "vocab_size", None)
+        fingerprint = encoder.fingerprint() if encoder is not None else None
+        chosen, dim, colbert_dim, vocab_size = store_shape(
+            encoder, heads, dim, colbert_dim, vocab_size
+        )
         if vocab_size is not None and (
             isinstance(vocab_size, bool)
             or not isinstance(vocab_size, int)

@@ -17,9 +17,10 @@ import numpy.typing as npt
 
 from m3rag.errors import EmbeddingMismatchError, InvalidDocumentError
 from m3rag.index.filters import dumps_metadata
-from m3rag.types import Document, M3Output
+from m3rag.types import HEADS, Document, Head, M3Output
 
 __all__ = [
+    "store_shape",
     "MAX_METADATA_DEPTH",
     "MAX_TOKEN_ID",
     "check_embeddings",
@@ -392,3 +393,42 @@ def metadata_problem(meta: Mapping[str, Any]) -> str | None:
             return "it holds more than a million nested containers"
         stack.extend((child, depth + 1) for child in children)
     return None
+
+
+def store_shape(
+    encoder: Any,
+    heads: Sequence[Head] | None,
+    dim: int | None,
+    colbert_dim: int | None,
+    vocab_size: int | None,
+) -> tuple[tuple[Head, ...], int | None, int | None, int | None]:
+    """The heads and sizes a new store holds: ``(heads, dim, colbert_dim, vocab_size)``.
+
+    With an encoder, its sizes (and by default its heads); without one, the given heads
+    (default all three) need the given sizes.
+
+    Raises:
+        ValueError: Heads the encoder lacks, unknown heads, or a size a head needs missing.
+    """
+    if encoder is not None:
+        chosen = tuple(heads) if heads is not None else tuple(encoder.heads)
+        missing = [h for h in chosen if h not in encoder.heads]
+        if missing:
+            msg = f"the encoder cannot produce {missing}; it has {list(encoder.heads)}"
+            raise ValueError(msg)
+        dim, colbert_dim = encoder.dim, encoder.colbert_dim
+        if vocab_size is None:
+            vocab_size = getattr(encoder, "vocab_size", None)
+    else:
+        chosen = tuple(heads) if heads is not None else HEADS
+    bad = [h for h in chosen if h not in HEADS]
+    if bad:
+        msg = f"heads must be a subset of {list(HEADS)} (empty: BM25 only), got {list(chosen)}"
+        raise ValueError(msg)
+    if "dense" in chosen and (not isinstance(dim, int) or dim < 1):
+        msg = "dim (the dense size) is required to store dense vectors without an encoder"
+        raise ValueError(msg)
+    if "colbert" in chosen and (not isinstance(colbert_dim, int) or colbert_dim < 1):
+        msg = "colbert_dim is required to store ColBERT vectors without an encoder"
+        raise ValueError(msg)
+    return chosen, dim, colbert_dim, vocab_size

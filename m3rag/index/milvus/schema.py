@@ -24,7 +24,8 @@ from m3rag.errors import IndexFormatError
 from m3rag.index.milvus._limits import MAX_ID_BYTES, MAX_TEXT_BYTES
 from m3rag.index.milvus._server import Caller
 from m3rag.index.milvus.colbert import ColbertLayout
-from m3rag.types import HEADS, Head
+from m3rag.index.validation import store_shape
+from m3rag.types import Head
 
 if TYPE_CHECKING:
     from m3rag.encoder import Encoder
@@ -85,29 +86,8 @@ def build_config(
     Raises:
         ValueError: Heads the encoder lacks, missing sizes, ``lang="auto"``.
     """
-    fingerprint = None
-    if encoder is not None:
-        fingerprint = encoder.fingerprint()
-        chosen = tuple(heads) if heads is not None else tuple(encoder.heads)
-        missing = [h for h in chosen if h not in encoder.heads]
-        if missing:
-            msg = f"the encoder cannot produce {missing}; it has {list(encoder.heads)}"
-            raise ValueError(msg)
-        dim, colbert_dim = encoder.dim, encoder.colbert_dim
-        if vocab_size is None:
-            vocab_size = getattr(encoder, "vocab_size", None)
-    else:
-        chosen = tuple(heads) if heads is not None else HEADS
-    bad = [h for h in chosen if h not in HEADS]
-    if bad:
-        msg = f"heads must be a subset of {list(HEADS)} (empty: BM25 only), got {list(chosen)}"
-        raise ValueError(msg)
-    if "dense" in chosen and (not isinstance(dim, int) or dim < 1):
-        msg = "dim (the dense size) is required to store dense vectors without an encoder"
-        raise ValueError(msg)
-    if "colbert" in chosen and (not isinstance(colbert_dim, int) or colbert_dim < 1):
-        msg = "colbert_dim is required to store ColBERT vectors without an encoder"
-        raise ValueError(msg)
+    fingerprint = encoder.fingerprint() if encoder is not None else None
+    chosen, dim, colbert_dim, vocab_size = store_shape(encoder, heads, dim, colbert_dim, vocab_size)
     if lang == "auto":
         msg = (
             "lang='auto' (per-document language detection) is not available on Milvus, "
