@@ -8,11 +8,13 @@ does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "as_list",
+    "check_min_score",
     "check_positive_int",
     "check_strings",
     "check_text",
@@ -61,6 +63,20 @@ def check_positive_int(value: object, name: str) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         msg = f"{name} must be a positive int, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def check_min_score(value: object) -> float | None:
+    """A relevance cutoff: ``None`` or a finite number (not a bool).
+
+    Raises:
+        ValueError: Anything else.
+    """
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    ):
+        msg = f"min_score must be None or a finite number, got {value!r}"
         raise ValueError(msg)
     return value
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from m3rag._inputs import check_min_score
 from m3rag.analysis import family_of
 from m3rag.errors import UnsupportedOutputError
 from m3rag.fusion import PATHS, FusionConfig, fuse, normalize, ranks
@@ -309,13 +310,7 @@ class HybridRetriever:
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             msg = f"k must be a positive int, got {k!r}"
             raise ValueError(msg)
-        if min_score is not None and (
-            isinstance(min_score, bool)
-            or not isinstance(min_score, (int, float))
-            or not math.isfinite(min_score)
-        ):
-            msg = f"min_score must be None or a finite number, got {min_score!r}"
-            raise ValueError(msg)
+        check_min_score(min_score)
         if not items:
             return []
         if query_embeddings is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from m3rag import Collection, FusionConfig, HybridRetriever, Reranker, SearchResults
+from m3rag._inputs import check_min_score
 from m3rag.index.filters import Filter
 from m3rag.rollup import CHUNK_FIELDS, PARENT_ID
 from m3rag.serve.client import RemoteRetriever
@@ -138,14 +138,7 @@ class M3Retriever(BaseRetriever):
         )
         self.similarity_top_k = check_positive_int(similarity_top_k, "similarity_top_k")
         self._filter = to_m3rag_filter(filters)
-        if min_score is not None and (
-            isinstance(min_score, bool)
-            or not isinstance(min_score, (int, float))
-            or not math.isfinite(min_score)
-        ):
-            msg = f"min_score must be None or a finite number, got {min_score!r}"
-            raise ValueError(msg)
-        self.min_score = min_score
+        self.min_score = check_min_score(min_score)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod

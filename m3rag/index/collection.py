@@ -29,8 +29,6 @@ import json
 import logging
 import os
 import sqlite3
-import uuid
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +78,7 @@ from m3rag.index.snapshot import Snapshot
 from m3rag.index.stores import COLBERT_DTYPES, ColbertStore, DenseStore, LexicalStore
 from m3rag.index.validation import (
     F32_MAX,
+    assign_ids,
     check_embeddings,
     check_k,
     check_keys,
@@ -734,11 +733,7 @@ class Collection:
     ) -> list[str]:
         self._check_open(write=True)
         texts, doc_ids, metas = normalise(texts_or_documents, ids, metadata)
-        final_ids = [i if i is not None else uuid.uuid4().hex for i in doc_ids]
-        dupes = sorted(i for i, n in Counter(final_ids).items() if n > 1)
-        if dupes:
-            msg = f"ids repeat within one call: {dupes[:10]}"
-            raise DuplicateIdError(msg)
+        final_ids = assign_ids(doc_ids)
         meta_json = [metadata_json(i, meta) for i, meta in enumerate(metas)]
         hashes = [content_hash(t, m) for t, m in zip(texts, meta_json, strict=True)]
         existing = self._live_keys(final_ids)

@@ -9,17 +9,20 @@ JSON cannot hold).
 from __future__ import annotations
 
 import math
+import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from m3rag.errors import EmbeddingMismatchError, InvalidDocumentError
+from m3rag.errors import DuplicateIdError, EmbeddingMismatchError, InvalidDocumentError
 from m3rag.index.filters import dumps_metadata
 from m3rag.types import HEADS, Document, Head, M3Output
 
 __all__ = [
+    "assign_ids",
     "store_shape",
     "MAX_METADATA_DEPTH",
     "MAX_TOKEN_ID",
@@ -432,3 +435,17 @@ def store_shape(
         msg = "colbert_dim is required to store ColBERT vectors without an encoder"
         raise ValueError(msg)
     return chosen, dim, colbert_dim, vocab_size
+
+
+def assign_ids(doc_ids: Sequence[str | None]) -> list[str]:
+    """The ids of one write: a random UUID where none was given, each id once.
+
+    Raises:
+        DuplicateIdError: An id repeats within the call.
+    """
+    final = [i if i is not None else uuid.uuid4().hex for i in doc_ids]
+    dupes = sorted(i for i, n in Counter(final).items() if n > 1)
+    if dupes:
+        msg = f"ids repeat within one call: {dupes[:10]}"
+        raise DuplicateIdError(msg)
+    return final

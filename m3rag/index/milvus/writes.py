@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from m3rag.errors import DuplicateIdError, InvalidDocumentError
+from m3rag.errors import InvalidDocumentError
 from m3rag.index.collection import content_hash
 from m3rag.index.milvus._limits import (
     EMPTY_TOKEN,
@@ -23,7 +21,7 @@ from m3rag.index.milvus._limits import (
 from m3rag.index.milvus._server import Caller
 from m3rag.index.milvus.colbert import ColbertSide
 from m3rag.index.milvus_expr import ids_expr, type_tags
-from m3rag.index.validation import metadata_json, normalise
+from m3rag.index.validation import assign_ids, metadata_json, normalise
 from m3rag.types import Head
 
 __all__ = ["Put", "main_row", "prepare", "send"]
@@ -55,11 +53,7 @@ def prepare(
             JSON cannot hold.
     """
     texts, doc_ids, metas = normalise(texts_or_documents, ids, metadata)
-    final = [i if i is not None else uuid.uuid4().hex for i in doc_ids]
-    dupes = sorted(i for i, n in Counter(final).items() if n > 1)
-    if dupes:
-        msg = f"ids repeat within one call: {dupes[:10]}"
-        raise DuplicateIdError(msg)
+    final = assign_ids(doc_ids)
     for j, (text, doc_id) in enumerate(zip(texts, final, strict=True)):
         if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
             msg = f"ids[{j}] is longer than Milvus's {MAX_ID_BYTES} bytes; use a shorter id"
