@@ -9,14 +9,19 @@ request to ``/search`` at 1, 8 and 32 concurrent clients, against:
   thread (``asyncio.to_thread``), no batching -- what a hand-written FastAPI wrapper does.
 
 Also measured in the same run: offline ``encode_corpus`` on all the texts in one call
-(throughput ceiling) and the in-process call per text (latency floor). The checkpoint is a
-random mid-size model in the BGE-M3 layout (6 layers, hidden 384); texts 5-120 words.
+(throughput ceiling) and the in-process call per text (latency floor). The checkpoint is random,
+in the BGE-M3 layout: ``--size mid`` (6 layers, hidden 384; the CPU default) or ``--size m3``
+(BGE-M3's own shape: 24 layers, hidden 1024, 16 heads; for a GPU); texts 5-120 words.
+
+On a GPU (``--device cuda``) one Python load generator cannot keep up with the server:
+``--load-procs N`` spreads the clients of a cell over N processes that start together.
 
 Targets (issue #17): at 32 clients, /embed_all throughput >= 3x one client sending the same
 requests one by one, and >= 80% of offline throughput; p95 at 1 client within 1.5x of the
 in-process call.
 
-Run: ``.venv/bin/python benchmarks/bench_serve.py [--quick] [--out results.json]``
+Run: ``.venv/bin/python benchmarks/bench_serve.py [--quick] [--out results.json]``; on a GPU:
+``python benchmarks/bench_serve.py --device cuda --size m3 --requests 2048 --load-procs 8``
 """
 
 from __future__ import annotations
@@ -40,8 +45,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONCURRENCY = (1, 8, 32)
 # Tokens per forward pass, on every side: on CPUs a small budget pads less (texts of 14 to 800
-# tokens; the encoder's default of 16384 suits GPUs).
-FORWARD_TOKENS = 2048
+# tokens); on GPUs the encoder's and the server's default of 16384.
+FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
+# The random checkpoints: a mid-size one for CPUs, and BGE-M3's own shape for GPUs (its
+# vocabulary is the test tokenizer's, which changes no per-token compute: there is no LM head).
+SIZES: dict[str, dict[str, int]] = {
+    # the tests' size: microseconds per op, as a GPU's kernel launches -- where the server's own
+    # Python work (and the GIL) shows
+    "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2},
+    "mid": {"hidden_size": 384, "num_layers": 6, "num_heads": 6},
+    "m3": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16},
+}
 
 
 def free_port() -> int:
@@ -53,7 +67,7 @@ def free_port() -> int:
 # -- the plain endpoint (run as its own process with --plain-server) -------------------------------
 
 
-def plain_server(model: str, index: str, port: int) -> None:
+def plain_server(model: str, index: str, port: int, device: str) -> None:
     """The same model behind FastAPI, one forward pass per request (no batching)."""
     import uvicorn
     from fastapi import FastAPI
@@ -61,7 +75,7 @@ def plain_server(model: str, index: str, port: int) -> None:
     from m3rag import Collection, HybridRetriever, M3Encoder
     from m3rag.serve.wire import output_to_json, results_to_json
 
-    encoder = M3Encoder(model, device="cpu", max_batch_tokens=FORWARD_TOKENS)
+    encoder = M3Encoder(model, device=device, max_batch_tokens=FORWARD_TOKENS[device])
     collection = Collection.open(index, encoder=encoder, read_only=True)
     retriever = HybridRetriever(collection, encoder=encoder)
     app = FastAPI()
@@ -90,7 +104,8 @@ def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     import httpx
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "integrations")])
+    paths = [str(ROOT), str(ROOT / "integrations"), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -136,10 +151,14 @@ def batcher_totals(url: str) -> dict[str, float]:
     return {name: float(value) for name, value in found.items()}
 
 
-async def load(
-    url: str, path: str, bodies: list[dict[str, Any]], clients: int, budget_s: float
+async def load_shard(
+    url: str, path: str, bodies: list[dict[str, Any]], clients: int, stop_at: float, start_at: float
 ) -> dict[str, Any]:
-    """``clients`` concurrent clients share ``bodies`` (each sent once) within ``budget_s``."""
+    """``clients`` concurrent clients share ``bodies`` (each sent once) until ``stop_at``.
+
+    Times are ``time.time()`` values, so shards in several processes share one clock: each
+    warms its connection, waits for ``start_at`` and reports when its last request ended.
+    """
     import httpx
 
     latencies: list[float] = []
@@ -147,12 +166,11 @@ async def load(
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for b in bodies:
         queue.put_nowait(b)
-    stop_at = time.perf_counter() + budget_s
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal errors
-        while not queue.empty() and time.perf_counter() < stop_at:
+        while not queue.empty() and time.time() < stop_at:
             body = queue.get_nowait()
             t0 = time.perf_counter()
             r = await http.post(path, json=body)
@@ -163,17 +181,76 @@ async def load(
             latencies.append(time.perf_counter() - t0)
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        await http.post(path, json=bodies[0])  # warm the connection and the route
-        start_t = time.perf_counter()
+        # open every connection before the clock starts (the route is warmed by the caller, so
+        # the model's counters hold only the cell's requests)
+        await asyncio.gather(*(http.get("/health") for _ in range(clients)))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        started = time.time()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        seconds = time.perf_counter() - start_t
+        ended = time.time()
+    return {"latencies": latencies, "errors": errors, "started": started, "ended": ended}
+
+
+def _run_shard(args: tuple[Any, ...]) -> dict[str, Any]:
+    return asyncio.run(load_shard(*args))
+
+
+def load(
+    url: str,
+    path: str,
+    bodies: list[dict[str, Any]],
+    clients: int,
+    budget_s: float,
+    procs: int = 1,
+) -> dict[str, Any]:
+    """``clients`` concurrent clients, over ``min(procs, clients)`` processes, send ``bodies``.
+
+    Each body is sent once (the processes take every ``procs``-th one); the cell ends when all
+    are answered or ``budget_s`` has passed.
+    """
+    procs = max(1, min(procs, clients))
+    start_at = time.time() + (0.5 if procs == 1 else 5.0)  # the processes' start and warm-up
+    stop_at = start_at + budget_s
+    shards = [
+        (url, path, bodies[i::procs], clients // procs + (i < clients % procs), stop_at, start_at)
+        for i in range(procs)
+    ]
+    if procs == 1:
+        parts = [_run_shard(shards[0])]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+            parts = list(pool.map(_run_shard, shards))
+    latencies = [t for part in parts for t in part["latencies"]]
+    # from the first shard's start (a late warm-up only lowers the figure) to the last answer
+    seconds = max(p["ended"] for p in parts) - min(p["started"] for p in parts)
     return {
         "clients": clients,
+        "load_procs": procs,
         "requests": len(latencies),
-        "errors": errors,
+        "errors": sum(part["errors"] for part in parts),
         "seconds": seconds,
         "rps": len(latencies) / seconds if seconds > 0 else 0.0,
         **percentiles(latencies),
+    }
+
+
+def _server_stack() -> dict[str, str | None]:
+    """What uvicorn runs on here: its event loop and HTTP parser pick the fastest installed."""
+    import importlib.metadata as md
+    import importlib.util
+
+    def version(name: str) -> str | None:
+        return md.version(name) if importlib.util.find_spec(name) else None
+
+    return {
+        "uvicorn": version("uvicorn"),
+        "fastapi": version("fastapi"),
+        "uvloop": version("uvloop"),
+        "httptools": version("httptools"),
     }
 
 
@@ -183,11 +260,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=128, help="requests per cell")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per cell at most")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
-    parser.add_argument("--plain-server", nargs=3, metavar=("MODEL", "INDEX", "PORT"))
+    parser.add_argument("--device", choices=sorted(FORWARD_TOKENS), default="cpu")
+    parser.add_argument("--size", choices=sorted(SIZES), default="mid", help="the checkpoint")
+    parser.add_argument(
+        "--load-procs", type=int, default=1, help="load-generator processes per cell"
+    )
+    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="the server's batch wait")
+    parser.add_argument(
+        "--words",
+        type=int,
+        nargs=2,
+        default=(5, 120),
+        metavar=("MIN", "MAX"),
+        help="words per /embed_all text (m3rag's 512-token chunks hold about 150-350)",
+    )
+    parser.add_argument("--plain-server", nargs=4, metavar=("MODEL", "INDEX", "PORT", "DEVICE"))
     args = parser.parse_args()
     if args.plain_server:
-        model, index, port = args.plain_server
-        plain_server(model, index, int(port))
+        model, index, port, device = args.plain_server
+        plain_server(model, index, int(port), device)
         return
     if args.quick and args.out == parser.get_default("out"):
         args.out = args.out.with_name(f"{args.out.stem}-quick.json")
@@ -201,14 +292,15 @@ def main() -> None:
 
     torch.manual_seed(0)
     tmp = tempfile.TemporaryDirectory(prefix="m3rag-bench-serve-")
-    ckpt = build_m3_checkpoint(
-        Path(tmp.name) / "mid-m3", hidden_size=384, num_layers=6, num_heads=6, vocab_size=4000
+    ckpt = build_m3_checkpoint(Path(tmp.name) / "m3", vocab_size=4000, **SIZES[args.size])
+    forward_tokens = FORWARD_TOKENS[args.device]
+    texts = multilingual_corpus(
+        n_requests, seed=11, min_words=args.words[0], max_words=args.words[1]
     )
-    texts = multilingual_corpus(n_requests, seed=11, min_words=5, max_words=120)
     queries = multilingual_corpus(n_requests, seed=12, min_words=3, max_words=12)
     corpus = multilingual_corpus(100 if args.quick else 300, seed=13, min_words=10, max_words=120)
 
-    encoder = M3Encoder(ckpt, device="cpu", max_batch_tokens=FORWARD_TOKENS)
+    encoder = M3Encoder(ckpt, device=args.device, max_batch_tokens=forward_tokens)
     index = Path(tmp.name) / "index"
     col = Collection.create(index, encoder=encoder)
     col.add(corpus, ids=[f"d{i}" for i in range(len(corpus))])
@@ -239,14 +331,21 @@ def main() -> None:
         return offline_s, per_call
 
     offline_s, per_call = in_worker_thread(functools.partial(baselines, encoder))
-    del encoder, retriever
 
     embed_bodies = [{"inputs": [t], "colbert_format": "base64"} for t in texts]
     search_bodies = [{"query": q, "k": 10} for q in queries]
     results: dict[str, Any] = {
         "benchmark": "serve",
         "machine": machine(),
-        "checkpoint": {"hidden": 384, "layers": 6, "heads": 6},
+        "checkpoint": SIZES[args.size],
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "forward_tokens": forward_tokens,
+        "max_wait_ms": args.max_wait_ms,
+        "load_procs": args.load_procs,
+        "text_words": list(args.words),
+        "server_stack": _server_stack(),
         "requests_per_cell": n_requests,
         "budget_s": budget,
         "offline": {
@@ -260,6 +359,16 @@ def main() -> None:
         "in_process_search": percentiles(search_calls),
         "servers": {},
     }
+    print(
+        f"offline encode_corpus: {len(texts) / offline_s:.1f} texts/s; one call per text: "
+        f"{results['one_by_one_texts_per_s']:.1f} texts/s; in-process search p50 "
+        f"{results['in_process_search']['p50_ms']:.1f} ms",
+        flush=True,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    del encoder, retriever
+    if args.device == "cuda":
+        torch.cuda.empty_cache()  # the servers load their own copies
     py = sys.executable
     servers = {
         "m3rag serve (dynamic batching)": [
@@ -272,9 +381,11 @@ def main() -> None:
             "--index",
             str(index),
             "--max-wait-ms",
-            "2",
+            str(args.max_wait_ms),
             "--max-batch-tokens",
-            str(FORWARD_TOKENS),
+            str(forward_tokens),
+            "--device",
+            args.device,
         ],
         "plain per-request endpoint": [
             py,
@@ -284,18 +395,21 @@ def main() -> None:
             str(index),
         ],
     }
+    import httpx
+
     for name, cmd in servers.items():
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [*cmd, "--port", str(port)] if "serve" in cmd else [*cmd, str(port)]
+        cmd = [*cmd, "--port", str(port)] if "serve" in cmd else [*cmd, str(port), args.device]
         child = start(cmd, url)
         try:
             cells: dict[str, list[dict[str, Any]]] = {"/embed_all": [], "/search": []}
             for path, bodies in (("/embed_all", embed_bodies), ("/search", search_bodies)):
                 for clients in CONCURRENCY:
                     batching = "serve" in cmd
+                    httpx.post(url + path, json=bodies[0], timeout=120).raise_for_status()
                     before = batcher_totals(url) if batching else {}
-                    cell = asyncio.run(load(url, path, bodies, clients, budget))
+                    cell = load(url, path, bodies, clients, budget, args.load_procs)
                     extra = ""
                     if batching:  # where the time went: in the model, and how full batches were
                         after = batcher_totals(url)
@@ -312,6 +426,8 @@ def main() -> None:
                             f"{cell['texts_per_batch']:.1f} texts/batch"
                         )
                     cells[path].append(cell)
+                    results["servers"][name] = cells  # partial results survive a timeout
+                    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
                     print(
                         f"{name:32s} {path:10s} {clients:3d} clients: {cell['rps']:7.1f} req/s "
                         f"p50 {cell['p50_ms']:7.1f} ms p95 {cell['p95_ms']:7.1f} ms"

@@ -736,7 +736,7 @@ def section_serve(r: Report) -> str:
             )
             + ". The served figures are lower still because the load generator shares the "
             "2 cores with the server. Batching pays where a batch costs little more than one "
-            "text — on a GPU; none was available here.",
+            "text, on a GPU: see *Serving on a GPU* below.",
             "",
         ]
     elif res["targets"]["x32_vs_1_client"] < 3:
@@ -744,7 +744,7 @@ def section_serve(r: Report) -> str:
             "Why the 3× target is missed here (our reading; this run does not isolate it): on a "
             "CPU a forward pass already keeps the cores busy at one text, so packing texts into "
             "one pass gains little. Dynamic batching pays where a batch costs little more than "
-            "one text, on a GPU; none was available here.",
+            "one text, on a GPU: see *Serving on a GPU* below.",
             "",
         ]
     t = res["targets"]
