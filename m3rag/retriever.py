@@ -39,7 +39,7 @@ from m3rag.types import M3Output
 if TYPE_CHECKING:
     from m3rag.encoder import Encoder
     from m3rag.index import Filter, Store
-    from m3rag.rerank import Reranker
+    from m3rag.rerank import RerankerLike
 
 __all__ = [
     "HybridRetriever",
@@ -91,7 +91,8 @@ class HybridRetriever:
         collection: The [`Collection`][m3rag.Collection] to search, or any other store that
             implements `m3rag.index.Store`.
         encoder: The query encoder; default ``collection.encoder``.
-        reranker: An optional [`Reranker`][m3rag.Reranker] for the final order.
+        reranker: An optional [`Reranker`][m3rag.Reranker] (or any `m3rag.rerank.RerankerLike`)
+            for the final order.
         fusion: How path scores are combined (default: `default_fusion`, every available
             path weighted 1, z-score normalised; ``FusionConfig()`` is BGE-M3's
             ``compute_score`` formula).
@@ -142,7 +143,7 @@ class HybridRetriever:
         collection: Store,
         *,
         encoder: Encoder | None = None,
-        reranker: Reranker | None = None,
+        reranker: RerankerLike | None = None,
         fusion: FusionConfig | None = None,
         recall_k: int = 100,
         rerank_top_n: int = 50,

@@ -131,6 +131,44 @@ def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
+def check_rerank_inputs(query: str, passages: Sequence[str], top_n: int | None) -> list[str]:
+    """The arguments of [`Reranker.rerank`][m3rag.Reranker.rerank], checked; returns the passages.
+
+    Raises:
+        TypeError: ``query`` or a passage is not a string, or ``passages`` is one string.
+        ValueError: ``top_n`` is not a positive int, or a text holds a lone surrogate.
+    """
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0):
+        msg = f"top_n must be a positive int or None, got {top_n!r}"
+        raise ValueError(msg)
+    check_text(query, "query")
+    if isinstance(passages, str):
+        msg = "passages must be a list of strings, got a single string; wrap it in a list"
+        raise TypeError(msg)
+    return validate_texts(passages, what="passages")
+
+
+def rank_passages(
+    query: str,
+    docs: Sequence[str],
+    result: RerankScores,
+    *,
+    top_n: int | None = None,
+    normalize: bool = False,
+) -> RerankResult:
+    """``docs`` ranked by their raw scores in ``result``, best first (ties keep input order)."""
+    # order by the logits: the float32 sigmoid can round two distinct logits to one
+    # probability, which must not reorder the passages
+    order = np.argsort(-result.scores, kind="stable")
+    if top_n is not None:
+        order = order[:top_n]
+    shown = _sigmoid(result.scores) if normalize else result.scores
+    ranked = tuple(
+        RankedPassage(int(i), float(shown[i]), docs[i], bool(result.truncated[i])) for i in order
+    )
+    return RerankResult(query, ranked)
+
+
 class Reranker(BatchedModel):
     """A bge-reranker cross-encoder (v2-m3, base, large) scoring ``(query, passage)`` pairs.
 
@@ -399,30 +437,11 @@ class Reranker(BatchedModel):
             ValueError: ``top_n`` is not a positive int, or a text holds a lone surrogate (the
                 message names its index and position).
         """
-        if top_n is not None and (
-            isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0
-        ):
-            msg = f"top_n must be a positive int or None, got {top_n!r}"
-            raise ValueError(msg)
-        check_text(query, "query")
-        docs = validate_texts(passages, what="passages") if not isinstance(passages, str) else None
-        if docs is None:
-            msg = "passages must be a list of strings, got a single string; wrap it in a list"
-            raise TypeError(msg)
+        docs = check_rerank_inputs(query, passages, top_n)
         if not docs:
             return RerankResult(query, ())
         result = self.score([(query, p) for p in docs])
-        # order by the logits: the float32 sigmoid can round two distinct logits to one
-        # probability, which must not reorder the passages
-        order = np.argsort(-result.scores, kind="stable")
-        if top_n is not None:
-            order = order[:top_n]
-        shown = _sigmoid(result.scores) if normalize else result.scores
-        ranked = tuple(
-            RankedPassage(int(i), float(shown[i]), docs[i], bool(result.truncated[i]))
-            for i in order
-        )
-        return RerankResult(query, ranked)
+        return rank_passages(query, docs, result, top_n=top_n, normalize=normalize)
 
     async def arerank(
         self,

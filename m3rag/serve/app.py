@@ -1,9 +1,11 @@
 """The ASGI app of ``m3rag serve`` (FastAPI): routes, auth, limits, metrics.
 
 Every model call leaves the event loop: encoding goes through the
-[`DynamicBatcher`][m3rag.serve.batching.DynamicBatcher] (one thread owns the encoder), and
-reranking, searching and writing run on one more worker thread (the reranker's and the index's
-owner; fast tokenizers must not be shared between threads).
+[`DynamicBatcher`][m3rag.serve.batching.DynamicBatcher] (one thread owns the encoder),
+reranking through the [`RerankBatcher`][m3rag.serve.batching.RerankBatcher] (one thread owns
+the reranker; ``/rerank`` requests and reranked searches share its batches), and searching and
+writing run on one more worker thread (the index's owner). Fast tokenizers must not be shared
+between threads, so each model has exactly one.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from m3rag._inputs import validate_pairs
 from m3rag._version import __version__
 from m3rag.errors import M3RagError, ReadOnlyError, UnknownIdError
-from m3rag.serve.batching import DynamicBatcher, QueueFullError
+from m3rag.rerank.cross_encoder import rank_passages
+from m3rag.serve.batching import BatchedReranker, DynamicBatcher, QueueFullError, RerankBatcher
 from m3rag.serve.config import ServeConfig
 from m3rag.serve.errors import ApiError, error_body
 from m3rag.serve.page import PAGE
@@ -62,7 +66,7 @@ OPEN_PATHS = frozenset({"/", "/health", "/ready"})
 
 
 class _Metrics:
-    def __init__(self, batcher: DynamicBatcher) -> None:
+    def __init__(self, batcher: DynamicBatcher, rerank_batcher: RerankBatcher | None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "m3rag_requests",
@@ -92,6 +96,22 @@ class _Metrics:
             "m3rag_queued_texts", "Texts waiting for the encoder.", registry=self.registry
         )
         queued.set_function(lambda: batcher.queued_texts)
+        self.rerank_pairs = Histogram(
+            "m3rag_rerank_batch_pairs",
+            "Pairs per shared reranker batch.",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        self.rerank_seconds = Histogram(
+            "m3rag_rerank_batch_seconds",
+            "Seconds per shared reranker batch.",
+            registry=self.registry,
+        )
+        if rerank_batcher is not None:
+            pairs = Gauge(
+                "m3rag_queued_pairs", "Pairs waiting for the reranker.", registry=self.registry
+            )
+            pairs.set_function(lambda: rerank_batcher.queued_texts)
         self.rejected = Counter(
             "m3rag_rejected", "Requests refused because the queue was full.", registry=self.registry
         )
@@ -99,6 +119,10 @@ class _Metrics:
     def on_batch(self, texts: int, seconds: float) -> None:
         self.batch_texts.observe(texts)
         self.batch_seconds.observe(seconds)
+
+    def on_rerank_batch(self, pairs: int, seconds: float) -> None:
+        self.rerank_pairs.observe(pairs)
+        self.rerank_seconds.observe(seconds)
 
 
 def _texts(value: Any, name: str, limit: int) -> list[str]:
@@ -149,13 +173,33 @@ def create_app(
         max_queued_texts=cfg.max_queued_texts,
     )
     batcher_box["b"] = batcher
-    metrics = _Metrics(batcher)
+    rerank_batcher = (
+        RerankBatcher(
+            reranker,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_wait_ms=cfg.max_wait_ms,
+            max_queued_texts=cfg.max_queued_texts,
+        )
+        if reranker is not None
+        else None
+    )
+    # what searches rerank with: the same shared batches as /rerank, on the reranker's thread
+    search_reranker = (
+        BatchedReranker(rerank_batcher, timeout=cfg.request_timeout_s)
+        if rerank_batcher is not None
+        else None
+    )
+    metrics = _Metrics(batcher, rerank_batcher)
     batcher.on_batch = metrics.on_batch
+    if rerank_batcher is not None:
+        rerank_batcher.on_batch = metrics.on_rerank_batch
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         batcher.close()
+        if rerank_batcher is not None:
+            rerank_batcher.close()
         pool.shutdown(wait=True)
 
     app = FastAPI(
@@ -171,6 +215,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.batcher = batcher
+    app.state.rerank_batcher = rerank_batcher
     app.state.config = cfg
 
     if cfg.cors_origins:
@@ -250,8 +295,8 @@ def create_app(
     # -- helpers ---------------------------------------------------------------------------
 
     async def encode(texts: list[str], *, kind: str, **heads: bool) -> M3Output:
-        try:
-            return await batcher.encode(
+        return await batched(
+            batcher.encode(
                 texts,
                 kind=kind,  # type: ignore[arg-type]
                 timeout=cfg.request_timeout_s,
@@ -259,6 +304,12 @@ def create_app(
                 sparse=heads.get("sparse", False),
                 colbert=heads.get("colbert", False),
             )
+        )
+
+    async def batched(call: Awaitable[T]) -> T:
+        """A batcher's result, its refusals and timeouts as the HTTP errors clients expect."""
+        try:
+            return await call
         except QueueFullError as exc:
             metrics.rejected.inc()
             raise ApiError(429, str(exc), headers={"Retry-After": "1"}) from exc
@@ -306,7 +357,9 @@ def create_app(
 
     @app.get("/ready", summary="The models are loaded and the queue has room")
     async def ready() -> JSONResponse:
-        full = batcher.queued_texts >= cfg.max_queued_texts
+        full = batcher.queued_texts >= cfg.max_queued_texts or (
+            rerank_batcher is not None and rerank_batcher.queued_texts >= cfg.max_queued_texts
+        )
         body = {
             "status": "overloaded" if full else "ready",
             "model": cfg.model_name,
@@ -315,6 +368,7 @@ def create_app(
             "index": collection is not None,
             "writes": cfg.allow_writes and collection is not None,
             "queued_texts": batcher.queued_texts,
+            "queued_pairs": rerank_batcher.queued_texts if rerank_batcher is not None else 0,
         }
         return JSONResponse(body, status_code=503 if full else 200)
 
@@ -420,14 +474,16 @@ def create_app(
         if not body.query.strip():
             raise ApiError(422, "`query` cannot be empty", param="query")
         query = body.query
-
-        def run() -> Any:
-            return reranker.rerank(query, texts, normalize=not body.raw_scores)
-
+        assert rerank_batcher is not None  # noqa: S101 - made whenever there is a reranker
         try:
-            result = await in_worker(run)
+            # checked here, not in the shared batch: a bad text must fail its own request only
+            validate_pairs([(query, t) for t in texts])
         except (ValueError, TypeError) as exc:
             raise ApiError(422, str(exc)) from exc
+        scores = await batched(
+            rerank_batcher.score([(query, t) for t in texts], timeout=cfg.request_timeout_s)
+        )
+        result = rank_passages(query, texts, scores, normalize=not body.raw_scores)
         if not body.truncate and result.truncated_indices:
             i = result.truncated_indices[0]
             msg = (
@@ -482,7 +538,7 @@ def create_app(
             raise ApiError(422, f"k={body.k} exceeds the limit of {cfg.max_k}", param="k")
         if body.rerank and reranker is None:
             raise ApiError(424, "rerank=true but this server has no reranker (--reranker)")
-        use_reranker = reranker if (body.rerank is None or body.rerank) else None
+        use_reranker = search_reranker if (body.rerank is None or body.rerank) else None
         try:
             fusion = FusionConfig(**body.fusion) if body.fusion is not None else None
             retriever = HybridRetriever(

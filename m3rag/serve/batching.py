@@ -20,19 +20,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from m3rag.errors import M3RagError
+from m3rag.rerank.cross_encoder import (
+    RerankResult,
+    RerankScores,
+    check_rerank_inputs,
+    rank_passages,
+)
 from m3rag.types import M3Output
 
-__all__ = ["BatcherStats", "DynamicBatcher", "QueueFullError", "estimate_tokens"]
+__all__ = [
+    "BatchedReranker",
+    "BatcherStats",
+    "DynamicBatcher",
+    "QueueFullError",
+    "RerankBatcher",
+    "estimate_tokens",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +64,13 @@ def estimate_tokens(text: str, max_length: int) -> int:
 
 @dataclass
 class _Job:
-    texts: list[str]
-    kind: Kind
-    heads: tuple[bool, bool, bool]
+    """One request's share of a batch: its texts (or query-passage pairs) and its callback."""
+
+    items: list[Any]
     tokens: int
-    done: Callable[[M3Output | None, BaseException | None], None]
+    done: Callable[[Any, BaseException | None], None]
+    kind: Kind = "passage"
+    heads: tuple[bool, bool, bool] = (True, False, False)
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
@@ -71,26 +87,23 @@ class BatcherStats:
     )
 
 
-class DynamicBatcher:
-    """Packs concurrent encode requests into shared batches on one worker thread.
+class _SharedBatcher:
+    """The queue, the batch cut and the worker thread; subclasses say how a batch runs.
 
-    Args:
-        encoder: The [`M3Encoder`][m3rag.M3Encoder] (only the worker thread calls it).
-        max_batch_tokens: Estimated tokens per gathered batch (the encoder cuts forward passes
-            by its own ``max_batch_tokens`` inside it).
-        max_wait_ms: How long the first job of a batch waits for others to join it.
-        max_queued_texts: Texts allowed to wait; beyond it [`submit`][] raises `QueueFullError`.
-        on_batch: Called by the worker after each batch with ``(texts, seconds)``.
+    A subclass builds `_Job`s, hands them to `_submit` (or awaits them with `_await`), and
+    implements `_process`, which runs the live jobs of one gathered batch on the worker thread
+    and calls each job's ``done``.
     """
+
+    thread_name = "m3rag-batcher"
 
     def __init__(
         self,
-        encoder: Any,
         *,
-        max_batch_tokens: int = 16384,
-        max_wait_ms: float = 5.0,
-        max_queued_texts: int = 4096,
-        on_batch: Callable[[int, float], None] | None = None,
+        max_batch_tokens: int,
+        max_wait_ms: float,
+        max_queued_texts: int,
+        on_batch: Callable[[int, float], None] | None,
     ) -> None:
         for name, value in (
             ("max_batch_tokens", max_batch_tokens),
@@ -102,7 +115,6 @@ class DynamicBatcher:
         if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms <= 10_000):
             msg = f"max_wait_ms must be a number in [0, 10000], got {max_wait_ms!r}"
             raise ValueError(msg)
-        self.encoder = encoder
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = float(max_wait_ms) / 1000.0
         self.max_queued_texts = max_queued_texts
@@ -112,89 +124,80 @@ class DynamicBatcher:
         self._queued_texts = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="m3rag-batcher", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=self.thread_name, daemon=True)
         self._thread.start()
-
-    # -- producer side ------------------------------------------------------------------------
 
     @property
     def queued_texts(self) -> int:
-        """Texts waiting for the model."""
+        """Texts (or pairs) waiting for the model."""
         return self._queued_texts
 
-    def submit(
-        self,
-        texts: list[str],
-        *,
-        kind: Kind,
-        dense: bool,
-        sparse: bool,
-        colbert: bool,
-        done: Callable[[M3Output | None, BaseException | None], None],
-    ) -> _Job:
-        """Queue ``texts``; ``done(output, error)`` is called from the worker thread.
-
-        Raises:
-            QueueFullError: The queue is full (the caller answers 503 with ``Retry-After``).
-            RuntimeError: The batcher is closed.
-        """
-        length = (
-            self.encoder.query_max_length if kind == "query" else self.encoder.passage_max_length
-        )
-        tokens = sum(estimate_tokens(t, length) for t in texts)
-        job = _Job(list(texts), kind, (dense, sparse, colbert), tokens, done)
+    def _submit(self, job: _Job) -> _Job:
         with self._cond:
             if self._closed:
                 msg = "the batcher is closed"
                 raise RuntimeError(msg)
-            if self._queued_texts + len(texts) > self.max_queued_texts and self._queue:
+            if self._queued_texts + len(job.items) > self.max_queued_texts and self._queue:
                 msg = (
                     f"{self._queued_texts} texts are already waiting for the model "
                     f"(limit {self.max_queued_texts}); retry shortly"
                 )
                 raise QueueFullError(msg)
             self._queue.append(job)
-            self._queued_texts += len(texts)
+            self._queued_texts += len(job.items)
             self._cond.notify()
         return job
 
-    async def encode(
+    async def _await(
         self,
-        texts: list[str],
-        *,
-        kind: Kind,
-        dense: bool = True,
-        sparse: bool = False,
-        colbert: bool = False,
-        timeout: float | None = None,
-    ) -> M3Output:
-        """Encode ``texts`` in the next shared batch, awaiting the result without blocking.
-
-        Raises:
-            QueueFullError: The queue is full.
-            TimeoutError: No result within ``timeout`` seconds (the job is dropped if it has
-                not started).
-        """
+        make: Callable[[Callable[[Any, BaseException | None], None]], _Job],
+        timeout: float | None,
+    ) -> Any:
+        """Submit ``make(done)`` and await its result without blocking the event loop."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[M3Output] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
 
-        def settle(out: M3Output | None, exc: BaseException | None) -> None:
+        def settle(out: Any, exc: BaseException | None) -> None:
             if future.done():
                 return
             if exc is not None:
                 future.set_exception(exc)
             else:
-                future.set_result(out)  # type: ignore[arg-type]
+                future.set_result(out)
 
-        def done(out: M3Output | None, exc: BaseException | None) -> None:
+        def done(out: Any, exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(settle, out, exc)
 
-        job = self.submit(texts, kind=kind, dense=dense, sparse=sparse, colbert=colbert, done=done)
+        job = self._submit(make(done))
         try:
             return await asyncio.wait_for(future, timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             job.cancelled = True
             raise
+
+    def _wait(
+        self,
+        make: Callable[[Callable[[Any, BaseException | None], None]], _Job],
+        timeout: float | None,
+    ) -> Any:
+        """Submit ``make(done)`` and block this (non-worker) thread until its result."""
+        if threading.current_thread() is self._thread:
+            msg = "the batcher's own thread cannot wait on it"
+            raise RuntimeError(msg)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def done(out: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(out)
+
+        job = self._submit(make(done))
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            job.cancelled = True
+            raise TimeoutError from None
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker after the jobs already queued."""
@@ -226,7 +229,7 @@ class DynamicBatcher:
                 if left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
-            self._queued_texts -= sum(len(j.texts) for j in jobs)
+            self._queued_texts -= sum(len(j.items) for j in jobs)
             return jobs
 
     def _work(self) -> None:
@@ -238,12 +241,9 @@ class DynamicBatcher:
             if not live:
                 continue
             start = time.perf_counter()
-            for kind in ("query", "passage"):
-                group = [j for j in live if j.kind == kind]
-                if group:
-                    self._run(group, kind)
+            self._process(live)
             seconds = time.perf_counter() - start
-            n = sum(len(j.texts) for j in live)
+            n = sum(len(j.items) for j in live)
             self.stats.batches += 1
             self.stats.jobs += len(live)
             self.stats.texts += n
@@ -251,13 +251,100 @@ class DynamicBatcher:
             if self.on_batch is not None:
                 self.on_batch(n, seconds)
 
+    def _process(self, jobs: list[_Job]) -> None:
+        raise NotImplementedError
+
+
+class DynamicBatcher(_SharedBatcher):
+    """Packs concurrent encode requests into shared batches on one worker thread.
+
+    Args:
+        encoder: The [`M3Encoder`][m3rag.M3Encoder] (only the worker thread calls it).
+        max_batch_tokens: Estimated tokens per gathered batch (the encoder cuts forward passes
+            by its own ``max_batch_tokens`` inside it).
+        max_wait_ms: How long the first job of a batch waits for others to join it.
+        max_queued_texts: Texts allowed to wait; beyond it [`submit`][] raises `QueueFullError`.
+        on_batch: Called by the worker after each batch with ``(texts, seconds)``.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        *,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 5.0,
+        max_queued_texts: int = 4096,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        super().__init__(
+            max_batch_tokens=max_batch_tokens,
+            max_wait_ms=max_wait_ms,
+            max_queued_texts=max_queued_texts,
+            on_batch=on_batch,
+        )
+
+    def submit(
+        self,
+        texts: list[str],
+        *,
+        kind: Kind,
+        dense: bool,
+        sparse: bool,
+        colbert: bool,
+        done: Callable[[M3Output | None, BaseException | None], None],
+    ) -> _Job:
+        """Queue ``texts``; ``done(output, error)`` is called from the worker thread.
+
+        Raises:
+            QueueFullError: The queue is full (the caller answers 503 with ``Retry-After``).
+            RuntimeError: The batcher is closed.
+        """
+        length = (
+            self.encoder.query_max_length if kind == "query" else self.encoder.passage_max_length
+        )
+        tokens = sum(estimate_tokens(t, length) for t in texts)
+        return self._submit(_Job(list(texts), tokens, done, kind, (dense, sparse, colbert)))
+
+    async def encode(
+        self,
+        texts: list[str],
+        *,
+        kind: Kind,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        timeout: float | None = None,
+    ) -> M3Output:
+        """Encode ``texts`` in the next shared batch, awaiting the result without blocking.
+
+        Raises:
+            QueueFullError: The queue is full.
+            TimeoutError: No result within ``timeout`` seconds (the job is dropped if it has
+                not started).
+        """
+
+        def make(done: Callable[[Any, BaseException | None], None]) -> _Job:
+            return self.submit(
+                texts, kind=kind, dense=dense, sparse=sparse, colbert=colbert, done=done
+            )
+
+        out: M3Output = await self._await(make, timeout)
+        return out
+
+    def _process(self, jobs: list[_Job]) -> None:
+        for kind in ("query", "passage"):
+            group = [j for j in jobs if j.kind == kind]
+            if group:
+                self._run(group, kind)
+
     def _run(self, jobs: list[_Job], kind: Kind) -> None:
         # One call for the group, with the union of the heads asked for: an extra head costs a
         # small linear layer on hidden states the backbone computes anyway.
         dense = any(j.heads[0] for j in jobs)
         sparse = any(j.heads[1] for j in jobs)
         colbert = any(j.heads[2] for j in jobs)
-        texts = [t for j in jobs for t in j.texts]
+        texts = [t for j in jobs for t in j.items]
         encode = self.encoder.encode_queries if kind == "query" else self.encoder.encode_corpus
         try:
             out: M3Output = encode(texts, dense=dense, sparse=sparse, colbert=colbert)
@@ -268,10 +355,121 @@ class DynamicBatcher:
             return
         start = 0
         for j in jobs:
-            stop = start + len(j.texts)
+            stop = start + len(j.items)
             part = out[np.arange(start, stop)]
             j.done(_only(part, j.heads), None)
             start = stop
+
+
+class RerankBatcher(_SharedBatcher):
+    """Packs concurrent reranking requests into shared cross-encoder calls on one thread.
+
+    Each job is a list of ``(query, passage)`` pairs; a gathered batch is scored by one
+    [`Reranker.score`][m3rag.Reranker.score] call (raw logits), whose own length-sorted token
+    budget cuts the forward passes, and each job gets its pairs' scores back. The worker thread
+    owns the reranker: every caller, ``/rerank`` and reranked searches alike, goes through it.
+
+    Args:
+        reranker: The [`Reranker`][m3rag.Reranker].
+        max_batch_tokens, max_wait_ms, max_queued_texts, on_batch: As for
+            [`DynamicBatcher`][m3rag.serve.batching.DynamicBatcher]; a pair counts as a text.
+    """
+
+    thread_name = "m3rag-rerank-batcher"
+
+    def __init__(
+        self,
+        reranker: Any,
+        *,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 5.0,
+        max_queued_texts: int = 4096,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.reranker = reranker
+        super().__init__(
+            max_batch_tokens=max_batch_tokens,
+            max_wait_ms=max_wait_ms,
+            max_queued_texts=max_queued_texts,
+            on_batch=on_batch,
+        )
+
+    def _job(
+        self, pairs: list[tuple[str, str]], done: Callable[[Any, BaseException | None], None]
+    ) -> _Job:
+        limit = self.reranker.max_length
+        tokens = sum(min(limit, (len(q) + len(p)) // 3 + 4) for q, p in pairs)
+        return _Job(list(pairs), tokens, done)
+
+    async def score(
+        self, pairs: list[tuple[str, str]], *, timeout: float | None = None
+    ) -> RerankScores:
+        """The pairs' raw scores from the next shared batch, awaited without blocking.
+
+        Raises:
+            QueueFullError: The queue is full.
+            TimeoutError: No result within ``timeout`` seconds.
+        """
+        scores: RerankScores = await self._await(lambda done: self._job(pairs, done), timeout)
+        return scores
+
+    def score_blocking(
+        self, pairs: list[tuple[str, str]], *, timeout: float | None = None
+    ) -> RerankScores:
+        """[`score`][] for a worker thread (e.g. a search reranking its hits)."""
+        scores: RerankScores = self._wait(lambda done: self._job(pairs, done), timeout)
+        return scores
+
+    def _process(self, jobs: list[_Job]) -> None:
+        pairs = [p for j in jobs for p in j.items]
+        try:
+            got: RerankScores = self.reranker.score(pairs)
+        except BaseException as exc:  # every waiter must hear about it, whatever it is
+            logger.exception("reranking a batch of %d pairs failed", len(pairs))
+            for j in jobs:
+                j.done(None, exc)
+            return
+        start = 0
+        for j in jobs:
+            stop = start + len(j.items)
+            j.done(RerankScores(got.scores[start:stop], got.truncated[start:stop]), None)
+            start = stop
+
+
+class BatchedReranker:
+    """A reranker whose calls go through a [`RerankBatcher`][]: what a search reranks with.
+
+    ``rerank`` blocks its (worker) thread until the shared batch holding its pairs has run, and
+    ranks exactly as [`Reranker.rerank`][m3rag.Reranker.rerank] does.
+    """
+
+    def __init__(self, batcher: RerankBatcher, *, timeout: float | None = None) -> None:
+        self.batcher = batcher
+        self.timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.batcher.reranker, name)
+
+    def rerank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool = False,
+    ) -> RerankResult:
+        """[`Reranker.rerank`][m3rag.Reranker.rerank], scored in the next shared batch.
+
+        Raises:
+            TypeError, ValueError: As [`Reranker.rerank`][m3rag.Reranker.rerank].
+            QueueFullError: The batcher's queue is full.
+            TimeoutError: No result within ``timeout`` seconds.
+        """
+        docs = check_rerank_inputs(query, passages, top_n)
+        if not docs:
+            return RerankResult(query, ())
+        scores = self.batcher.score_blocking([(query, p) for p in docs], timeout=self.timeout)
+        return rank_passages(query, docs, scores, top_n=top_n, normalize=normalize)
 
 
 def _only(out: M3Output, heads: tuple[bool, bool, bool]) -> M3Output:
