@@ -463,7 +463,8 @@ def index_files(
     into chunks whose metadata follows `m3rag.rollup`; encodes ``batch_size`` chunks per
     call; commits every ``commit_every`` documents and at the end, so an interrupted run keeps
     what it committed. A document already indexed with the same text and metadata is skipped
-    (resume); one whose content changed replaces its old chunks. Files that cannot be read and
+    (resume); one whose content changed replaces its old chunks (if the collection refuses the
+    new version, the old one stays and the document is reported). Files that cannot be read and
     records that cannot be indexed (bad JSON, non-finite numbers, lone surrogates, an id that
     repeats within the run, a document the collection refuses) are reported and skipped.
 
@@ -576,10 +577,10 @@ class _IndexRun:
             self.problem(problem)
             return
         if parent in self.known_parents:  # content changed: replace the old chunks
-            self.flush()
-            self.collection.delete(self.collection.ids_matching({PARENT_ID: parent}))
-            self.replaced += 1
-        self.buffer.append((doc, chunks))
+            if not self.replace(doc, chunks):
+                return
+        else:
+            self.buffer.append((doc, chunks))
         self.indexed_shas.add(sha)
         self.known_parents.add(parent)
         self.documents += 1
@@ -591,6 +592,28 @@ class _IndexRun:
             self.flush()
             self.collection.commit()
             self.since_commit = 0
+
+    def replace(self, doc: Document, chunks: list[Document]) -> bool:
+        """Stage ``doc``'s new chunks over its old ones; ``False`` (reported) if refused.
+
+        The new chunks are upserted first and only then are the old chunks they do not
+        overwrite deleted, so a refused document keeps its old version: a failed upsert stages
+        nothing, and no deletion is staged before it.
+        """
+        self.flush()  # the buffer's documents keep their order relative to this one
+        new_ids = {c.id for c in chunks}
+        old = self.collection.ids_matching({PARENT_ID: str(doc.id)})
+        try:
+            self.collection.upsert(chunks)
+        except (M3RagError, ValueError, TypeError) as exc:
+            source = Path(str(doc.metadata.get("source", doc.id)))
+            self.problem(Problem(source, f"{doc.id}: not indexed, its old version kept ({exc})"))
+            return False
+        stale = [i for i in old if i not in new_ids]
+        if stale:
+            self.collection.delete(stale)
+        self.replaced += 1
+        return True
 
     def flush(self) -> None:
         """Add the buffered chunks; a document the collection refuses is reported, not fatal."""
