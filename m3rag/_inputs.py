@@ -16,6 +16,7 @@ __all__ = [
     "as_list",
     "check_min_score",
     "check_positive_int",
+    "check_rerank_inputs",
     "check_strings",
     "check_text",
     "validate_pairs",
@@ -155,3 +156,20 @@ def validate_pairs(pairs: object) -> tuple[list[str], list[str]]:
         queries.append(check_text(pair[0], f"pairs[{i}][0] (the query)"))
         passages.append(check_text(pair[1], f"pairs[{i}][1] (the passage)"))
     return queries, passages
+
+
+def check_rerank_inputs(query: str, passages: Sequence[str], top_n: int | None) -> list[str]:
+    """The arguments of [`Reranker.rerank`][m3rag.Reranker.rerank], checked; returns the passages.
+
+    Raises:
+        TypeError: ``query`` or a passage is not a string, or ``passages`` is one string.
+        ValueError: ``top_n`` is not a positive int, or a text holds a lone surrogate.
+    """
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0):
+        msg = f"top_n must be a positive int or None, got {top_n!r}"
+        raise ValueError(msg)
+    check_text(query, "query")
+    if isinstance(passages, str):
+        msg = "passages must be a list of strings, got a single string; wrap it in a list"
+        raise TypeError(msg)
+    return validate_texts(passages, what="passages")

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from m3rag._hub import resolve_model_dir
-from m3rag._inputs import check_text, validate_pairs, validate_texts
+from m3rag._inputs import check_rerank_inputs, validate_pairs
 from m3rag._modelfiles import check_weights, load_pretrained, load_tokenizer, read_model_config
 from m3rag._torchutil import BatchedModel, resolve_device, resolve_dtype
 from m3rag.errors import InputTooLongError, ModelLoadError
@@ -129,23 +129,6 @@ class RerankResult(Sequence[RankedPassage]):
 def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     # float64 as the reference (1 / (1 + np.exp(-x)) per score), then back to float32
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
-
-
-def check_rerank_inputs(query: str, passages: Sequence[str], top_n: int | None) -> list[str]:
-    """The arguments of [`Reranker.rerank`][m3rag.Reranker.rerank], checked; returns the passages.
-
-    Raises:
-        TypeError: ``query`` or a passage is not a string, or ``passages`` is one string.
-        ValueError: ``top_n`` is not a positive int, or a text holds a lone surrogate.
-    """
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0):
-        msg = f"top_n must be a positive int or None, got {top_n!r}"
-        raise ValueError(msg)
-    check_text(query, "query")
-    if isinstance(passages, str):
-        msg = "passages must be a list of strings, got a single string; wrap it in a list"
-        raise TypeError(msg)
-    return validate_texts(passages, what="passages")
 
 
 def rank_passages(

@@ -81,40 +81,30 @@ class _Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.batch_texts = Histogram(
-            "m3rag_batch_texts",
-            "Texts per shared encoder batch.",
-            registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-        )
-        self.batch_seconds = Histogram(
-            "m3rag_batch_seconds",
-            "Seconds per shared encoder batch.",
-            registry=self.registry,
-        )
-        queued = Gauge(
-            "m3rag_queued_texts", "Texts waiting for the encoder.", registry=self.registry
-        )
-        queued.set_function(lambda: batcher.queued_texts)
-        self.rerank_pairs = Histogram(
-            "m3rag_rerank_batch_pairs",
-            "Pairs per shared reranker batch.",
-            registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-        )
-        self.rerank_seconds = Histogram(
-            "m3rag_rerank_batch_seconds",
-            "Seconds per shared reranker batch.",
-            registry=self.registry,
-        )
+        self.batch_texts, self.batch_seconds = self._batches("batch", "Texts", "encoder")
+        self._queued("m3rag_queued_texts", "Texts waiting for the encoder.", batcher)
+        self.rerank_pairs, self.rerank_seconds = self._batches("rerank_batch", "Pairs", "reranker")
         if rerank_batcher is not None:
-            pairs = Gauge(
-                "m3rag_queued_pairs", "Pairs waiting for the reranker.", registry=self.registry
-            )
-            pairs.set_function(lambda: rerank_batcher.queued_texts)
+            self._queued("m3rag_queued_pairs", "Pairs waiting for the reranker.", rerank_batcher)
         self.rejected = Counter(
             "m3rag_rejected", "Requests refused because the queue was full.", registry=self.registry
         )
+
+    def _batches(self, prefix: str, items: str, model: str) -> tuple[Histogram, Histogram]:
+        """Two histograms of a batcher: items per shared batch, and seconds per batch."""
+        sizes = Histogram(
+            f"m3rag_{prefix}_{items.lower()}",
+            f"{items} per shared {model} batch.",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        seconds = Histogram(
+            f"m3rag_{prefix}_seconds", f"Seconds per shared {model} batch.", registry=self.registry
+        )
+        return sizes, seconds
+
+    def _queued(self, name: str, doc: str, batcher: Any) -> None:
+        Gauge(name, doc, registry=self.registry).set_function(lambda: batcher.queued_texts)
 
     def on_batch(self, texts: int, seconds: float) -> None:
         self.batch_texts.observe(texts)

@@ -30,13 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from m3rag._inputs import check_rerank_inputs
 from m3rag.errors import M3RagError
-from m3rag.rerank.cross_encoder import (
-    RerankResult,
-    RerankScores,
-    check_rerank_inputs,
-    rank_passages,
-)
+from m3rag.rerank.cross_encoder import RerankResult, RerankScores, rank_passages
 from m3rag.types import M3Output
 
 __all__ = [
@@ -99,11 +95,12 @@ class _SharedBatcher:
 
     def __init__(
         self,
+        model: Any,
         *,
-        max_batch_tokens: int,
-        max_wait_ms: float,
-        max_queued_texts: int,
-        on_batch: Callable[[int, float], None] | None,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 5.0,
+        max_queued_texts: int = 4096,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         for name, value in (
             ("max_batch_tokens", max_batch_tokens),
@@ -115,6 +112,7 @@ class _SharedBatcher:
         if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms <= 10_000):
             msg = f"max_wait_ms must be a number in [0, 10000], got {max_wait_ms!r}"
             raise ValueError(msg)
+        self.model = model
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = float(max_wait_ms) / 1000.0
         self.max_queued_texts = max_queued_texts
@@ -254,6 +252,28 @@ class _SharedBatcher:
     def _process(self, jobs: list[_Job]) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _fan_out(
+        jobs: list[_Job],
+        run: Callable[[list[Any]], Any],
+        share: Callable[[Any, slice, _Job], Any],
+        what: str,
+    ) -> None:
+        """``run`` on the items of every job at once; each job gets ``share(out, its rows)``."""
+        items = [x for j in jobs for x in j.items]
+        try:
+            out = run(items)
+        except BaseException as exc:  # every waiter must hear about it, whatever it is
+            logger.exception("%s a batch of %d items failed", what, len(items))
+            for j in jobs:
+                j.done(None, exc)
+            return
+        start = 0
+        for j in jobs:
+            stop = start + len(j.items)
+            j.done(share(out, slice(start, stop), j), None)
+            start = stop
+
 
 class DynamicBatcher(_SharedBatcher):
     """Packs concurrent encode requests into shared batches on one worker thread.
@@ -267,22 +287,10 @@ class DynamicBatcher(_SharedBatcher):
         on_batch: Called by the worker after each batch with ``(texts, seconds)``.
     """
 
-    def __init__(
-        self,
-        encoder: Any,
-        *,
-        max_batch_tokens: int = 16384,
-        max_wait_ms: float = 5.0,
-        max_queued_texts: int = 4096,
-        on_batch: Callable[[int, float], None] | None = None,
-    ) -> None:
-        self.encoder = encoder
-        super().__init__(
-            max_batch_tokens=max_batch_tokens,
-            max_wait_ms=max_wait_ms,
-            max_queued_texts=max_queued_texts,
-            on_batch=on_batch,
-        )
+    @property
+    def encoder(self) -> Any:
+        """The encoder the worker thread owns."""
+        return self.model
 
     def submit(
         self,
@@ -344,21 +352,13 @@ class DynamicBatcher(_SharedBatcher):
         dense = any(j.heads[0] for j in jobs)
         sparse = any(j.heads[1] for j in jobs)
         colbert = any(j.heads[2] for j in jobs)
-        texts = [t for j in jobs for t in j.items]
         encode = self.encoder.encode_queries if kind == "query" else self.encoder.encode_corpus
-        try:
-            out: M3Output = encode(texts, dense=dense, sparse=sparse, colbert=colbert)
-        except BaseException as exc:  # every waiter must hear about it, whatever it is
-            logger.exception("encoding a batch of %d texts failed", len(texts))
-            for j in jobs:
-                j.done(None, exc)
-            return
-        start = 0
-        for j in jobs:
-            stop = start + len(j.items)
-            part = out[np.arange(start, stop)]
-            j.done(_only(part, j.heads), None)
-            start = stop
+        self._fan_out(
+            jobs,
+            lambda texts: encode(texts, dense=dense, sparse=sparse, colbert=colbert),
+            lambda out, rows, job: _only(out[np.arange(rows.start, rows.stop)], job.heads),
+            "encoding",
+        )
 
 
 class RerankBatcher(_SharedBatcher):
@@ -377,22 +377,10 @@ class RerankBatcher(_SharedBatcher):
 
     thread_name = "m3rag-rerank-batcher"
 
-    def __init__(
-        self,
-        reranker: Any,
-        *,
-        max_batch_tokens: int = 16384,
-        max_wait_ms: float = 5.0,
-        max_queued_texts: int = 4096,
-        on_batch: Callable[[int, float], None] | None = None,
-    ) -> None:
-        self.reranker = reranker
-        super().__init__(
-            max_batch_tokens=max_batch_tokens,
-            max_wait_ms=max_wait_ms,
-            max_queued_texts=max_queued_texts,
-            on_batch=on_batch,
-        )
+    @property
+    def reranker(self) -> Any:
+        """The reranker the worker thread owns."""
+        return self.model
 
     def _job(
         self, pairs: list[tuple[str, str]], done: Callable[[Any, BaseException | None], None]
@@ -421,19 +409,12 @@ class RerankBatcher(_SharedBatcher):
         return scores
 
     def _process(self, jobs: list[_Job]) -> None:
-        pairs = [p for j in jobs for p in j.items]
-        try:
-            got: RerankScores = self.reranker.score(pairs)
-        except BaseException as exc:  # every waiter must hear about it, whatever it is
-            logger.exception("reranking a batch of %d pairs failed", len(pairs))
-            for j in jobs:
-                j.done(None, exc)
-            return
-        start = 0
-        for j in jobs:
-            stop = start + len(j.items)
-            j.done(RerankScores(got.scores[start:stop], got.truncated[start:stop]), None)
-            start = stop
+        self._fan_out(
+            jobs,
+            self.reranker.score,
+            lambda got, rows, _: RerankScores(got.scores[rows], got.truncated[rows]),
+            "reranking",
+        )
 
 
 class BatchedReranker:

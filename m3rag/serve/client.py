@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from m3rag._inputs import check_text, validate_texts
+from m3rag._inputs import check_rerank_inputs, validate_texts
 from m3rag.errors import M3RagError
 from m3rag.rerank.cross_encoder import RankedPassage, RerankResult
 from m3rag.results import SearchResults
@@ -177,16 +177,7 @@ class RemoteReranker(_Client):
         normalize: bool = False,
     ) -> RerankResult:
         """Rank ``passages`` for ``query`` on the server, best first (see the local method)."""
-        if top_n is not None and (
-            isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0
-        ):
-            msg = f"top_n must be a positive int or None, got {top_n!r}"
-            raise ValueError(msg)
-        check_text(query, "query")
-        if isinstance(passages, str):
-            msg = "passages must be a list of strings, got a single string; wrap it in a list"
-            raise TypeError(msg)
-        docs = validate_texts(passages, what="passages")
+        docs = check_rerank_inputs(query, passages, top_n)
         if not docs:
             return RerankResult(query, ())
         rows = self.post(
