@@ -296,18 +296,22 @@ def create_app(
             )
         )
 
-    async def batched(call: Awaitable[T]) -> T:
-        """A batcher's result, its refusals and timeouts as the HTTP errors clients expect."""
+    async def batched(call: Awaitable[T], *, param: str | None = None) -> T:
+        """A model call's result, with its refusals, timeouts and bad input as HTTP errors.
+
+        Also for a search, whose reranking (on the index's thread) the reranker's batcher can
+        refuse or time out.
+        """
         try:
             return await call
         except QueueFullError as exc:
             metrics.rejected.inc()
             raise ApiError(429, str(exc), headers={"Retry-After": "1"}) from exc
-        except asyncio.TimeoutError as exc:
+        except (asyncio.TimeoutError, TimeoutError) as exc:
             msg = f"no result within {cfg.request_timeout_s:g} s; the server is overloaded"
             raise ApiError(503, msg, headers={"Retry-After": "5"}) from exc
-        except (ValueError, TypeError, M3RagError) as exc:
-            raise ApiError(422, str(exc)) from exc
+        except (ValueError, TypeError, KeyError, M3RagError) as exc:
+            raise ApiError(422, str(exc), param=param) from exc
 
     async def in_worker(func: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -552,10 +556,7 @@ def create_app(
                 min_score=body.min_score,
             )
 
-        try:
-            results = await in_worker(run)
-        except (ValueError, TypeError, KeyError, M3RagError) as exc:
-            raise ApiError(422, str(exc), param="filter") from exc
+        results = await batched(in_worker(run), param="filter")
         # every hit carries the query terms' spans already (HybridRetriever computes them)
         spans = [list(h.spans) for h in results] if body.highlight else None
         return results_to_json(results, spans=spans)

@@ -96,6 +96,7 @@ class _SharedBatcher:
     def __init__(
         self,
         model: Any,
+        /,
         *,
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 5.0,

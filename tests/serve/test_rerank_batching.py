@@ -216,3 +216,32 @@ def test_the_rerank_batcher_refuses_its_own_thread(reranker) -> None:  # type: i
     finally:
         batcher.close()
     assert box and "own thread" in str(box[0])
+
+
+def test_a_search_refused_by_the_rerank_queue_is_429(
+    live, tiny_encoder, reranker, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    slow = SlowReranker(reranker, 0.6)
+    with Collection.create(tmp_path / "c", encoder=tiny_encoder) as col:
+        col.add(DOCS, ids=[f"d{i}" for i in range(len(DOCS))])
+        col.commit()
+        cfg = ServeConfig(max_queued_texts=4, max_wait_ms=0)
+        server = live(create_app(tiny_encoder, reranker=slow, collection=col, config=cfg))
+
+        async def burst() -> list[Any]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                busy = asyncio.ensure_future(
+                    client.post("/rerank", json={"query": "q", "texts": ["a", "b"]})
+                )
+                await asyncio.sleep(0.2)  # in the model now
+                queued = asyncio.ensure_future(
+                    client.post("/rerank", json={"query": "q", "texts": ["c", "d"]})
+                )
+                await asyncio.sleep(0.1)  # waiting behind it
+                search = await client.post("/search", json={"query": "q", "k": 5, "rerank": True})
+                return [search, await busy, await queued]
+
+        search, busy, queued = asyncio.run(burst())
+        assert busy.status_code == queued.status_code == 200
+        assert search.status_code == 429, search.text
+        assert search.headers["retry-after"] == "1" and "retry" in search.json()["error"]
