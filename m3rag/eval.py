@@ -22,7 +22,7 @@ from m3rag._optional import require
 
 if TYPE_CHECKING:
     from m3rag.encoder import Encoder
-    from m3rag.fusion import FusionConfig
+    from m3rag.fusion import FusionConfig, Normalization
     from m3rag.index import Store, WritableStore
     from m3rag.rerank import Reranker
     from m3rag.retriever import HybridRetriever
@@ -348,6 +348,7 @@ def evaluate(
     target_precision: float | None = None,
     dev_queries: Mapping[str, str] | None = None,
     query_embeddings: M3Output | None = None,
+    normalization: Normalization = "zscore",
 ) -> EvalReport:
     """Evaluate retrieval modes on a BEIR dataset already indexed in ``collection``.
 
@@ -372,13 +373,20 @@ def evaluate(
         dev_queries: Judged queries (in ``dataset.qrels``) to find the cutoff on.
         query_embeddings: The queries already encoded, in the order of ``queries``, with
             every head the modes use (as `encode_queries` gives them); default: encoded here.
+        normalization: How the hybrid modes normalise path scores before weighting them:
+            ``"zscore"`` (the retriever's default), ``"minmax"``, or ``"none"`` (raw scores:
+            BGE-M3's ``w1·dense + w2·lexical + w3·colbert``, the score its training distils).
 
     Raises:
-        ValueError: Unknown mode, a mode the model cannot serve, or ``hybrid+rerank`` without a
-            reranker (all checked before any query is encoded).
+        ValueError: Unknown mode, a mode the model cannot serve, ``hybrid+rerank`` without a
+            reranker, or an unknown normalisation (all checked before any query is encoded).
     """
-    from m3rag.fusion import FusionConfig
+    from m3rag.fusion import NORMALIZATIONS, FusionConfig
     from m3rag.retriever import HybridRetriever, available_paths
+
+    if normalization not in NORMALIZATIONS:
+        msg = f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}"
+        raise ValueError(msg)
 
     available = available_paths(collection, encoder)
     check_modes(modes, available, reranker=reranker is not None)
@@ -402,7 +410,7 @@ def evaluate(
     for mode in modes:
         recall, default_weights = mode_config(mode, available)
         fusion = (
-            FusionConfig(weights=dict(weights or default_weights), normalization="zscore")
+            FusionConfig(weights=dict(weights or default_weights), normalization=normalization)
             if mode.startswith("hybrid")
             else FusionConfig(weights=default_weights)
         )
@@ -453,11 +461,13 @@ def tune_weights(
     grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
     metric: str = "ndcg@10",
     paths: Sequence[str] | None = None,
+    normalization: Normalization = "zscore",
 ) -> tuple[dict[str, float], float]:
     """Grid-search hybrid fusion weights on dev queries; returns the best weights and score.
 
     Every path gets a weight from ``grid`` (all-zero combinations are skipped); candidates are
-    recalled once per combination through the same hybrid retriever (z-score fusion).
+    recalled once per combination through the same hybrid retriever (z-score fusion unless
+    ``normalization`` says otherwise).
 
     Args:
         dataset: Holds the dev queries' judgements (e.g. a training split).
@@ -469,6 +479,7 @@ def tune_weights(
         paths: The paths to weight, e.g. ``("dense", "lexical", "colbert")`` to fuse a model's
             heads without BM25 (default: every path the collection and encoder offer; the
             others get weight 0). ``len(grid) ** len(paths) - 1`` combinations are tried.
+        normalization: As in [`evaluate`][m3rag.eval.evaluate].
 
     Raises:
         ValueError: A path in ``paths`` that the collection or encoder does not offer.
@@ -489,8 +500,9 @@ def tune_weights(
             )
             raise ValueError(msg)
         available = tuple(dict.fromkeys(paths))
-    heads = [h for p, h in _HEADS if p in available]
-    # the dev queries are encoded once, not once per weight combination
+    # the dev queries are encoded once, not once per weight combination, with every head the
+    # retriever recalls or scores with (also those of paths weighted 0)
+    heads = [h for p, h in _HEADS if p in offered]
     encoded = (
         encode_queries(encoder, list(dev_queries.values()), heads)
         if encoder is not None and heads and dev_queries
@@ -510,6 +522,7 @@ def tune_weights(
             weights=weights,
             queries=dev_queries,
             query_embeddings=encoded,
+            normalization=normalization,
         )
         score = report.metrics["hybrid"][metric]
         if score > best[1]:
