@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +38,7 @@ from m3rag.types import M3Output
 
 if TYPE_CHECKING:
     from m3rag.encoder import Encoder
-    from m3rag.index import Filter, Store
+    from m3rag.index import Filter, Hits, Store
     from m3rag.rerank import RerankerLike
 
 __all__ = [
@@ -365,19 +365,7 @@ class HybridRetriever:
         filter: Mapping[str, Any] | Filter | None,
         min_score: float | None = None,
     ) -> SearchResults:
-        col = self.collection
-        depth = max(self.recall_k, k)
-        recalled: dict[str, npt.NDArray[np.int64]] = {}
-        if "dense" in self.recall and enc is not None and enc.dense_vecs is not None:
-            recalled["dense"] = col.search_dense(
-                enc.dense_vecs[0], k=depth, filter=filter, exact=self.exact_dense
-            ).keys
-        if "lexical" in self.recall and enc is not None and enc.lexical_weights is not None:
-            recalled["lexical"] = col.search_lexical(
-                enc.lexical_weights[0], k=depth, filter=filter
-            ).keys
-        if "bm25" in self.recall:
-            recalled["bm25"] = col.search_bm25(query, k=depth, filter=filter, lang=self.lang).keys
+        recalled = self._recall(query, enc, max(self.recall_k, k), filter)
         keys = np.array(
             list(dict.fromkeys(int(x) for v in recalled.values() for x in v.tolist())),
             dtype=np.int64,
@@ -462,6 +450,39 @@ class HybridRetriever:
             if isinstance(start, int) and isinstance(end, int):
                 pieces.append((start, end, doc.text))
         return replace(hit, context=merge_neighbours(pieces))
+
+    def _recall(
+        self,
+        query: str,
+        enc: M3Output | None,
+        depth: int,
+        filter: Mapping[str, Any] | Filter | None,
+    ) -> dict[str, npt.NDArray[np.int64]]:
+        """Each recall path's top ``depth`` keys, in path order.
+
+        A store whose ``concurrent_reads`` is true (a remote one, e.g. `MilvusStore`) gets the
+        searches together, one thread each, so a query waits for the slowest round trip
+        rather than for their sum; an embedded `Collection` runs them one after another.
+        """
+        col = self.collection
+        calls: dict[str, Callable[[], Hits]] = {}
+        if "dense" in self.recall and enc is not None and enc.dense_vecs is not None:
+            vec = enc.dense_vecs[0]
+            calls["dense"] = lambda: col.search_dense(
+                vec, k=depth, filter=filter, exact=self.exact_dense
+            )
+        if "lexical" in self.recall and enc is not None and enc.lexical_weights is not None:
+            weights = enc.lexical_weights[0]
+            calls["lexical"] = lambda: col.search_lexical(weights, k=depth, filter=filter)
+        if "bm25" in self.recall:
+            calls["bm25"] = lambda: col.search_bm25(query, k=depth, filter=filter, lang=self.lang)
+        if len(calls) > 1 and getattr(col, "concurrent_reads", False) is True:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(calls), thread_name_prefix="m3rag-recall") as pool:
+                futures = {path: pool.submit(call) for path, call in calls.items()}
+                return {path: f.result().keys for path, f in futures.items()}
+        return {path: call().keys for path, call in calls.items()}
 
     def _display_paths(self) -> tuple[str, ...]:
         return self.available_paths

@@ -35,6 +35,10 @@ class Store(Protocol):
         dim: Dense vector size, or ``None``.
         colbert_dim: ColBERT vector size, or ``None``.
         encoder: The encoder of its documents and queries, if it has one.
+
+    A store may also set ``concurrent_reads = True`` (optional, not part of the protocol's
+    check) when its searches can be sent from several threads at once, as a remote store's
+    can: `HybridRetriever` then sends a query's recall searches together.
     """
 
     heads: tuple[Head, ...]

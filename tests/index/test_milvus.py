@@ -229,6 +229,32 @@ def test_retriever_end_to_end_matches(pair: tuple[Collection, MilvusStore]) -> N
     assert len(HybridRetriever(store).retrieve(QUERIES[0], k=5)) == 5
 
 
+def test_concurrent_queries_agree_with_sequential_ones(
+    pair: tuple[Collection, MilvusStore],
+) -> None:
+    """A retriever's recall searches run together on a MilvusStore, and several retrievers may
+    share one store across threads: the keys and rows it hands out stay consistent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, store = pair
+    assert store.concurrent_reads is True
+    retriever = HybridRetriever(store, recall_k=20)
+    want = {q: retriever.retrieve(q, k=8) for q in QUERIES}
+    store.refresh()
+    asked = QUERIES * 3
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda q: retriever.retrieve(q, k=8), asked))
+    for q, res in zip(asked, got, strict=True):
+        assert res.ids == want[q].ids
+        np.testing.assert_allclose(res.scores, want[q].scores, rtol=1e-5, atol=1e-6)
+    keys = store.search_dense(np.ones(store.dim or 0, np.float32), k=50).keys
+    assert len(set(keys.tolist())) == len(keys)  # no key handed out twice
+    assert (
+        store.documents(keys)[0].id
+        == store.search_dense(np.ones(store.dim or 0, np.float32), k=1).ids[0]
+    )
+
+
 def test_bm25_rank_overlap(pair: tuple[Collection, MilvusStore]) -> None:
     col, store = pair
     overlaps = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +289,42 @@ def test_dense_recall_from_the_graph_or_exact(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exact_dense"):
         HybridRetriever(col, encoder=encoder, exact_dense=False)  # type: ignore[arg-type]
     col.close()
+
+
+class _Remote:
+    """A collection posing as a remote store: ``concurrent_reads``, and slow searches."""
+
+    concurrent_reads = True
+
+    def __init__(self, inner: Collection) -> None:
+        self.inner = inner
+        self.threads: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        value = getattr(self.inner, name)
+        if not name.startswith("search_"):
+            return value
+
+        def search(*a, **kw):  # type: ignore[no-untyped-def]
+            with self.lock:
+                self.threads[name] = threading.current_thread().name
+            time.sleep(0.05)  # a round trip
+            return value(*a, **kw)
+
+        return search
+
+
+def test_recall_runs_together_on_a_store_that_allows_it(collection) -> None:  # type: ignore[no-untyped-def]
+    remote = _Remote(collection)
+    want = HybridRetriever(collection, recall_k=20)
+    got = HybridRetriever(remote, recall_k=20)  # type: ignore[arg-type]
+    for query in ("capital of France", "北京", "embedding model"):
+        a, b = want.retrieve(query, k=5), got.retrieve(query, k=5)
+        assert a.ids == b.ids and a.scores == pytest.approx(b.scores)
+        assert set(remote.threads) == {"search_dense", "search_lexical", "search_bm25"}
+        names = set(remote.threads.values())
+        assert len(names) == 3 and all(n.startswith("m3rag-recall") for n in names)
+        remote.threads.clear()
+    # an embedded collection searches on the caller's thread, one path after another
+    assert not getattr(collection, "concurrent_reads", False)

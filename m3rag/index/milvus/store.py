@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,10 @@ class MilvusStore:
         HybridRetriever(store).retrieve("embedding model", k=1)
         ```
     """
+
+    concurrent_reads = True
+    """Searches may run on several threads at once: each is a round trip to the server, so
+    `HybridRetriever` sends a query's recall searches together rather than one after another."""
 
     def __init__(
         self,
@@ -218,6 +223,7 @@ class MilvusStore:
         self._staged: dict[str, Put | None] = {}
         self._keys: dict[str, int] = {}
         self._id_of: list[str] = []
+        self._key_lock = threading.Lock()  # searches may run on several threads at once
         self._rows: dict[str, dict[str, Any]] = {}
         self._has_field: dict[str, bool] = {}  # has_metadata answers until commit/refresh
         self._generation = 0
@@ -307,9 +313,12 @@ class MilvusStore:
     def _key(self, doc_id: str) -> int:
         key = self._keys.get(doc_id)
         if key is None:
-            key = len(self._id_of)
-            self._keys[doc_id] = key
-            self._id_of.append(doc_id)
+            with self._key_lock:
+                key = self._keys.get(doc_id)
+                if key is None:
+                    key = len(self._id_of)
+                    self._id_of.append(doc_id)
+                    self._keys[doc_id] = key
         return key
 
     def _ids_for(self, keys: npt.ArrayLike) -> list[str]:
@@ -331,8 +340,14 @@ class MilvusStore:
         return fields
 
     def _fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Rows of ``ids`` present on the server (cached until the next search or commit)."""
-        missing = [i for i in dict.fromkeys(ids) if i not in self._rows]
+        """Rows of ``ids`` present on the server (cached until the next search or commit).
+
+        The answer is built from what this call found, so a search on another thread that
+        resets the cache meanwhile costs a refetch at most, never a row.
+        """
+        cache = self._rows
+        found = {i: cache[i] for i in dict.fromkeys(ids) if i in cache}
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
         fields = self._output_fields()
         for start in range(0, len(missing), FETCH):
             chunk = missing[start : start + FETCH]
@@ -344,8 +359,8 @@ class MilvusStore:
                 ),
             )
             for row in rows:
-                self._rows[str(row["id"])] = dict(row)
-        return {i: self._rows[i] for i in ids if i in self._rows}
+                found[str(row["id"])] = cache[str(row["id"])] = dict(row)
+        return {i: found[i] for i in ids if i in found}
 
     def _rows_for_keys(self, keys: npt.ArrayLike) -> tuple[list[str], list[dict[str, Any] | None]]:
         ids = self._ids_for(keys)
