@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -152,7 +153,11 @@ class _SharedBatcher:
         make: Callable[[Callable[[Any, BaseException | None], None]], _Job],
         timeout: float | None,
     ) -> Any:
-        """Submit ``make(done)`` and await its result without blocking the event loop."""
+        """Queue the job ``make(done)`` builds, and await its result without blocking the loop.
+
+        ``make`` only builds the job: queueing it is this method's (queued twice, it would run
+        twice).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
 
@@ -165,7 +170,10 @@ class _SharedBatcher:
                 future.set_result(out)
 
         def done(out: Any, exc: BaseException | None) -> None:
-            loop.call_soon_threadsafe(settle, out, exc)
+            # the caller's event loop may be closed (nobody waits any more): never let that
+            # reach the worker thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, out, exc)
 
         job = self._submit(make(done))
         try:
@@ -309,11 +317,20 @@ class DynamicBatcher(_SharedBatcher):
             QueueFullError: The queue is full (the caller answers 503 with ``Retry-After``).
             RuntimeError: The batcher is closed.
         """
+        return self._submit(self._job(texts, kind, (dense, sparse, colbert), done))
+
+    def _job(
+        self,
+        texts: list[str],
+        kind: Kind,
+        heads: tuple[bool, bool, bool],
+        done: Callable[[Any, BaseException | None], None],
+    ) -> _Job:
         length = (
             self.encoder.query_max_length if kind == "query" else self.encoder.passage_max_length
         )
         tokens = sum(estimate_tokens(t, length) for t in texts)
-        return self._submit(_Job(list(texts), tokens, done, kind, (dense, sparse, colbert)))
+        return _Job(list(texts), tokens, done, kind, heads)
 
     async def encode(
         self,
@@ -334,9 +351,7 @@ class DynamicBatcher(_SharedBatcher):
         """
 
         def make(done: Callable[[Any, BaseException | None], None]) -> _Job:
-            return self.submit(
-                texts, kind=kind, dense=dense, sparse=sparse, colbert=colbert, done=done
-            )
+            return self._job(texts, kind, (dense, sparse, colbert), done)
 
         out: M3Output = await self._await(make, timeout)
         return out

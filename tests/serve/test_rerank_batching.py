@@ -79,6 +79,7 @@ def test_concurrent_rerank_requests_share_batches(live, tiny_encoder, reranker) 
         np.testing.assert_allclose([x["score"] for x in r.json()], want.scores, atol=1e-5)
     assert slow.calls < len(jobs) / 2, f"{slow.calls} reranker calls for {len(jobs)} requests"
     assert max(slow.batch_sizes) > 5  # some call held pairs of several requests
+    assert sum(slow.batch_sizes) == sum(len(texts) for _, texts, _ in jobs)  # each pair once
     metrics = httpx.get(server.url + "/metrics").text
     assert f"m3rag_rerank_batch_pairs_count {float(slow.calls)}" in metrics
     assert "m3rag_queued_pairs 0.0" in metrics

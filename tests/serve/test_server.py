@@ -354,13 +354,14 @@ class SlowEncoder:
     """The tiny encoder with a delay before each call: a model slower than the request rate."""
 
     def __init__(self, encoder: M3Encoder, delay: float) -> None:
-        self.inner, self.delay, self.calls = encoder, delay, 0
+        self.inner, self.delay, self.calls, self.texts = encoder, delay, 0, 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def encode_corpus(self, texts: Any, **kw: Any) -> Any:
         self.calls += 1
+        self.texts += len(texts)
         time.sleep(self.delay)
         return self.inner.encode_corpus(texts, **kw)
 
@@ -383,6 +384,9 @@ def test_concurrent_requests_share_batches(live, tiny_encoder) -> None:  # type:
     assert slow.calls < len(responses) / 2, (
         f"{slow.calls} model calls for {len(responses)} requests"
     )
+    assert slow.texts == len(responses)  # each text encoded once
+    metrics = httpx.get(server.url + "/metrics").text
+    assert f"m3rag_batch_texts_sum {float(len(responses))}" in metrics
 
 
 def test_full_queue_answers_429_with_retry_after(live, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
