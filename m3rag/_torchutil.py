@@ -7,6 +7,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from m3rag._inputs import check_positive_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -189,9 +191,7 @@ class BatchedModel:
     _pad_id: int
 
     def _init_batching(self, batch_size: int, max_batch_tokens: int | None) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be a positive int, got {batch_size!r}"
-            raise ValueError(msg)
+        check_positive_int(batch_size, "batch_size")
         if max_batch_tokens is not None and (
             isinstance(max_batch_tokens, bool)
             or not isinstance(max_batch_tokens, int)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from m3rag._inputs import check_positive_int
 from m3rag._optional import require
 from m3rag.errors import DistributedError, M3RagError
 from m3rag.ingest import (
@@ -51,6 +52,7 @@ from m3rag.ingest import (
     count_documents,
     discover,
     document_sha256,
+    input_paths,
     make_chunker,
     read_file,
 )
@@ -349,9 +351,7 @@ def _check_sizes(**values: int | None) -> None:
     for name, value in values.items():
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            msg = f"{name} must be a positive int, got {value!r}"
-            raise ValueError(msg)
+        check_positive_int(value, name)
 
 
 @dataclass(frozen=True)
@@ -537,10 +537,7 @@ def _shard(rows: Sequence[Mapping[str, Any]], heads: tuple[Head, ...]) -> Encode
 
 
 def _files(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], list[Problem]]:
-    if isinstance(paths, (str, Path)):
-        msg = "paths must be a list of files or folders, e.g. [path]"
-        raise TypeError(msg)
-    return discover([Path(p) for p in paths])
+    return discover(input_paths(paths))
 
 
 def index_with_ray(

@@ -24,6 +24,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from m3rag._inputs import check_positive_int
 from m3rag._optional import require
 from m3rag.errors import M3RagError, MissingDependencyError
 from m3rag.rollup import CONTENT_SHA, PAGE_OFFSETS, PARENT_ID, chunk_metadata
@@ -65,6 +66,18 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
         return f"{where}: {self.reason}"
+
+
+def input_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The files and folders an indexing call was given, as paths.
+
+    Raises:
+        TypeError: ``paths`` is one string or path (it must be a list).
+    """
+    if isinstance(paths, (str, Path)):
+        msg = "paths must be a list of files or folders, e.g. [path]"
+        raise TypeError(msg)
+    return [Path(p) for p in paths]
 
 
 def discover(paths: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Problem]]:
@@ -495,13 +508,9 @@ def index_files(
         print(report)  # indexed 12 documents (40 chunks), skipped 0 ...
         ```
     """
-    if isinstance(paths, (str, Path)):
-        msg = "paths must be a list of files or folders, e.g. [path]"
-        raise TypeError(msg)
-    for name, value in (("batch_size", batch_size), ("commit_every", commit_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            msg = f"{name} must be a positive int, got {value!r}"
-            raise ValueError(msg)
+    inputs = input_paths(paths)
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(commit_every, "commit_every")
     if chunker is None:
         encoder = collection.encoder
         if encoder is None:
@@ -511,7 +520,7 @@ def index_files(
             encoder.tokenizer, encoder.max_length, chunk_tokens=chunk_tokens, overlap=overlap
         )
     run = _IndexRun(collection, chunker, batch_size, commit_every, on_problem)
-    files, missing = discover([Path(p) for p in paths])
+    files, missing = discover(inputs)
     for found in missing:
         run.problem(found)
     total = count_documents(files)

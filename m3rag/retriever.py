@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from m3rag._inputs import check_min_score
+from m3rag._inputs import check_min_score, check_positive_int
 from m3rag.analysis import family_of
 from m3rag.errors import UnsupportedOutputError
 from m3rag.fusion import PATHS, FusionConfig, fuse, normalize, ranks
@@ -162,10 +162,8 @@ class HybridRetriever:
         self.lang = lang
         self.encoder = encoder if encoder is not None else collection.encoder
         self.reranker = reranker
-        for name, value in (("recall_k", recall_k), ("rerank_top_n", rerank_top_n)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                msg = f"{name} must be a positive int, got {value!r}"
-                raise ValueError(msg)
+        check_positive_int(recall_k, "recall_k")
+        check_positive_int(rerank_top_n, "rerank_top_n")
         self.recall_k = recall_k
         self.rerank_top_n = rerank_top_n
         if recall is None:
@@ -308,9 +306,7 @@ class HybridRetriever:
             if not q.strip():
                 msg = f"queries[{i}] is empty; a query needs at least one non-space character"
                 raise ValueError(msg)
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            msg = f"k must be a positive int, got {k!r}"
-            raise ValueError(msg)
+        check_positive_int(k, "k")
         check_min_score(min_score)
         if not items:
             return []

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from m3rag._inputs import check_positive_int
 from m3rag.errors import DuplicateIdError, EmbeddingMismatchError, InvalidDocumentError
 from m3rag.index.filters import dumps_metadata
 from m3rag.types import HEADS, Document, Head, M3Output
@@ -289,10 +290,7 @@ def colbert_query(query: npt.ArrayLike, colbert_dim: int | None) -> npt.NDArray[
 
 def check_k(k: object) -> int:
     """``k`` if it is a positive int (not a bool), else a ``ValueError``."""
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        msg = f"k must be a positive int, got {k!r}"
-        raise ValueError(msg)
-    return k
+    return check_positive_int(k, "k")
 
 
 def check_text_query(query: object) -> None:

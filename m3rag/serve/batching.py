@@ -18,6 +18,7 @@ length) rather than tokenising twice; the encoder's own budget is exact.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import concurrent.futures
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from m3rag._inputs import check_rerank_inputs
+from m3rag._inputs import check_positive_int, check_rerank_inputs
 from m3rag.errors import M3RagError
 from m3rag.rerank.cross_encoder import RerankResult, RerankScores, rank_passages
 from m3rag.types import M3Output
@@ -84,7 +85,7 @@ class BatcherStats:
     )
 
 
-class _SharedBatcher:
+class _SharedBatcher(abc.ABC):
     """The queue, the batch cut and the worker thread; subclasses say how a batch runs.
 
     A subclass builds `_Job`s, hands them to `_submit` (or awaits them with `_await`), and
@@ -104,13 +105,8 @@ class _SharedBatcher:
         max_queued_texts: int = 4096,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        for name, value in (
-            ("max_batch_tokens", max_batch_tokens),
-            ("max_queued_texts", max_queued_texts),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                msg = f"{name} must be a positive int, got {value!r}"
-                raise ValueError(msg)
+        check_positive_int(max_batch_tokens, "max_batch_tokens")
+        check_positive_int(max_queued_texts, "max_queued_texts")
         if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms <= 10_000):
             msg = f"max_wait_ms must be a number in [0, 10000], got {max_wait_ms!r}"
             raise ValueError(msg)
@@ -258,8 +254,9 @@ class _SharedBatcher:
             if self.on_batch is not None:
                 self.on_batch(n, seconds)
 
+    @abc.abstractmethod
     def _process(self, jobs: list[_Job]) -> None:
-        raise NotImplementedError
+        """Run one gathered batch's live jobs on the worker thread; call each job's ``done``."""
 
     @staticmethod
     def _fan_out(

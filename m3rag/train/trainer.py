@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from m3rag._inputs import check_positive_int
 from m3rag.train.data import Group, TrainExample, sample_group
 from m3rag.train.loss import LossConfig, M3Reps, UnifiedLoss
 from m3rag.train.model import LEXICAL_INITS, LexicalInit, M3TrainModel
@@ -123,9 +124,7 @@ class TrainConfig:
             "passage_max_length": self.passage_max_length,
         }
         for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{name} must be a positive int, got {value!r}"
-                raise ValueError(msg)
+            check_positive_int(value, name)
         if (
             isinstance(self.head_warmup_steps, bool)
             or not isinstance(self.head_warmup_steps, int)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from m3rag._inputs import check_positive_int
 from m3rag._optional import require
 from m3rag.analysis import family_of
 from m3rag.errors import (
@@ -137,13 +138,7 @@ class MilvusStore:
         if dense_index not in DENSE_INDEXES:
             msg = f"dense_index must be one of {list(DENSE_INDEXES)}, got {dense_index!r}"
             raise ValueError(msg)
-        if (
-            isinstance(recall_factor, bool)
-            or not isinstance(recall_factor, int)
-            or recall_factor < 1
-        ):
-            msg = f"recall_factor must be a positive int, got {recall_factor!r}"
-            raise ValueError(msg)
+        check_positive_int(recall_factor, "recall_factor")
         self._pm = pymilvus
         self.uri = uri
         self.name = collection_name
