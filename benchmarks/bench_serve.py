@@ -4,7 +4,9 @@ A load generator (asyncio + httpx, loopback only, bounded in requests and second
 text per request to ``/embed_all`` (all three heads, ColBERT as base64) and one query per
 request to ``/search`` at 1, 8 and 32 concurrent clients, against:
 
-* ``m3rag serve`` (its dynamic batcher), started as a process;
+* ``m3rag serve`` (its dynamic batcher), started as a process, with the model in a child process
+  of its own (the default) and, for comparison, ``--in-process`` (the model on a thread of the
+  server's process, sharing its GIL with the event loop);
 * a plain endpoint: the same model and routes, each request encoded on its own in a worker
   thread (``asyncio.to_thread``), no batching -- what a hand-written FastAPI wrapper does.
 
@@ -49,6 +51,13 @@ CONCURRENCY = (1, 8, 32)
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
 # The random checkpoints: a mid-size one for CPUs, and BGE-M3's own shape for GPUs (its
 # vocabulary is the test tokenizer's, which changes no per-token compute: there is no LM head).
+# the servers a run can load: m3rag serve as shipped (the model in a child process), the same
+# with --in-process (the model on a thread of the server), and a plain per-request endpoint
+SERVERS = {
+    "batched": "m3rag serve (dynamic batching)",
+    "in-process": "m3rag serve --in-process",
+    "plain": "plain per-request endpoint",
+}
 SIZES: dict[str, dict[str, int]] = {
     # the tests' size: microseconds per op, as a GPU's kernel launches -- where the server's own
     # Python work (and the GIL) shows
@@ -274,8 +283,16 @@ def main() -> None:
         metavar=("MIN", "MAX"),
         help="words per /embed_all text (m3rag's 512-token chunks hold about 150-350)",
     )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"which servers to load, comma-separated, from {','.join(SERVERS)}",
+    )
     parser.add_argument("--plain-server", nargs=4, metavar=("MODEL", "INDEX", "PORT", "DEVICE"))
     args = parser.parse_args()
+    chosen = [x.strip() for x in args.servers.split(",") if x.strip()]
+    if "batched" not in chosen or any(x not in SERVERS for x in chosen):
+        parser.error(f"--servers takes names from {sorted(SERVERS)} and must include 'batched'")
     if args.plain_server:
         model, index, port, device = args.plain_server
         plain_server(model, index, int(port), device)
@@ -370,31 +387,28 @@ def main() -> None:
     if args.device == "cuda":
         torch.cuda.empty_cache()  # the servers load their own copies
     py = sys.executable
-    servers = {
-        "m3rag serve (dynamic batching)": [
-            py,
-            "-m",
-            "m3rag",
-            "serve",
-            "--model",
-            str(ckpt),
-            "--index",
-            str(index),
-            "--max-wait-ms",
-            str(args.max_wait_ms),
-            "--max-batch-tokens",
-            str(forward_tokens),
-            "--device",
-            args.device,
-        ],
-        "plain per-request endpoint": [
-            py,
-            str(Path(__file__).resolve()),
-            "--plain-server",
-            str(ckpt),
-            str(index),
-        ],
+    serve = [
+        py,
+        "-m",
+        "m3rag",
+        "serve",
+        "--model",
+        str(ckpt),
+        "--index",
+        str(index),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--max-batch-tokens",
+        str(forward_tokens),
+        "--device",
+        args.device,
+    ]
+    commands = {
+        "batched": serve,
+        "in-process": [*serve, "--in-process"],
+        "plain": [py, str(Path(__file__).resolve()), "--plain-server", str(ckpt), str(index)],
     }
+    servers = {SERVERS[key]: commands[key] for key in SERVERS if key in chosen}
     import httpx
 
     for name, cmd in servers.items():
@@ -406,7 +420,7 @@ def main() -> None:
             cells: dict[str, list[dict[str, Any]]] = {"/embed_all": [], "/search": []}
             for path, bodies in (("/embed_all", embed_bodies), ("/search", search_bodies)):
                 for clients in CONCURRENCY:
-                    batching = "serve" in cmd
+                    batching = "serve" in cmd  # both m3rag serve variants report batches
                     httpx.post(url + path, json=bodies[0], timeout=120).raise_for_status()
                     before = batcher_totals(url) if batching else {}
                     cell = load(url, path, bodies, clients, budget, args.load_procs)

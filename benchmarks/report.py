@@ -659,25 +659,7 @@ def section_bm25(r: Report) -> str:
     return "\n".join(out)
 
 
-def section_serve(r: Report) -> str:
-    res = r.load("serve")
-    if res is None:
-        return "## Serving\n\nNo results yet: `python benchmarks/bench_serve.py`.\n"
-    inproc, search = res["in_process_call"], res["in_process_search"]
-    out = [
-        "## Serving: `m3rag serve` vs a plain per-request endpoint",
-        "",
-        "`python benchmarks/bench_serve.py` — one text per request to `/embed_all` (all three "
-        "heads, ColBERT as base64) and one query per request to `/search`, "
-        f"{res['requests_per_cell']} requests per cell at 1, 8 and 32 concurrent clients over "
-        "loopback, against `m3rag serve` (dynamic batching) and the same model behind a plain "
-        "FastAPI endpoint that encodes each request on its own; a random mid-size checkpoint in "
-        "the BGE-M3 layout (6 layers, hidden 384). In the same run: offline `encode_corpus` on "
-        f"all the texts, {res['offline']['texts_per_s']:.1f} texts/s; the in-process call per "
-        f"text, p50 {ms(inproc['p50_ms'])}, p95 {ms(inproc['p95_ms'])}; in-process "
-        f"`retrieve`, p50 {ms(search['p50_ms'])}, p95 {ms(search['p95_ms'])}.",
-        "",
-    ]
+def _serve_table(res: dict[str, Any]) -> list[str]:
     rows = [
         [
             server,
@@ -695,12 +677,65 @@ def section_serve(r: Report) -> str:
         for cell in runs
     ]
     header = ["server", "route", "clients", "req/s", "p50", "p95", "errors"]
-    out += [
-        table([*header, "model busy", "texts/batch"], rows, "llrrrrrrr"),
+    return [table([*header, "model busy", "texts/batch"], rows, "llrrrrrrr"), ""]
+
+
+def _serve_setup(res: dict[str, Any]) -> str:
+    inproc, search = res["in_process_call"], res["in_process_search"]
+    ck = res.get("checkpoint") or {"num_layers": 6, "hidden_size": 384}
+    servers = res["servers"]
+    against = "`m3rag serve` (dynamic batching; the model in a child process of the server)"
+    if "m3rag serve --in-process" in servers:
+        against += ", the same with `--in-process` (the model on a thread of the server's process)"
+    return (
+        "one text per request to `/embed_all` (all three heads, ColBERT as base64) and one query "
+        f"per request to `/search`, {res['requests_per_cell']} requests per cell at 1, 8 and 32 "
+        f"concurrent clients over loopback, against {against}, and the same model behind a "
+        "plain FastAPI endpoint that encodes each request on its own; a random checkpoint in "
+        f"the BGE-M3 layout ({ck['num_layers']} layers, hidden {ck['hidden_size']}). In the "
+        f"same run: offline `encode_corpus` on all the texts, "
+        f"{res['offline']['texts_per_s']:.1f} texts/s; the in-process call per text, p50 "
+        f"{ms(inproc['p50_ms'])}, p95 {ms(inproc['p95_ms'])}; in-process `retrieve`, p50 "
+        f"{ms(search['p50_ms'])}, p95 {ms(search['p95_ms'])}."
+    )
+
+
+def _process_vs_thread(res: dict[str, Any]) -> list[str]:
+    """A sentence on the model process against the model thread, when the run has both."""
+    servers = res["servers"]
+    if "m3rag serve --in-process" not in servers:
+        return []
+    proc = servers["m3rag serve (dynamic batching)"]["/embed_all"]
+    thread = servers["m3rag serve --in-process"]["/embed_all"]
+    parts = [
+        f"{p['clients']} client{'s' if p['clients'] > 1 else ''}: {p['rps']:.1f} against "
+        f"{t['rps']:.1f} req/s ({p['rps'] / t['rps']:.2f}×)"
+        for p, t in zip(proc, thread, strict=False)
+        if t["rps"]
+    ]
+    return [
+        "The model in a child process against the model on a thread of the server (`/embed_all`): "
+        + "; ".join(parts)
+        + ".",
         "",
+    ]
+
+
+def section_serve(r: Report) -> str:
+    res = r.load("serve")
+    if res is None:
+        return "## Serving\n\nNo results yet: `python benchmarks/bench_serve.py`.\n"
+    inproc = res["in_process_call"]
+    out = [
+        "## Serving: `m3rag serve` vs a plain per-request endpoint",
+        "",
+        "`python benchmarks/bench_serve.py` — " + _serve_setup(res),
+        "",
+        *_serve_table(res),
         "*model busy*: the share of the cell's wall time the batcher spent inside the model "
         "(from the server's `/metrics`); *texts/batch*: texts per gathered batch.",
         "",
+        *_process_vs_thread(res),
     ]
     one = res["servers"]["m3rag serve (dynamic batching)"]["/embed_all"][0]
     load = res.get("load_average")
@@ -746,6 +781,20 @@ def section_serve(r: Report) -> str:
             "one pass gains little. Dynamic batching pays where a batch costs little more than "
             "one text, on a GPU: see *Serving on a GPU* below.",
             "",
+        ]
+    tiny_path = RESULTS / ("serve-tiny-quick.json" if r.quick else "serve-tiny.json")
+    if tiny_path.exists():
+        tiny = json.loads(tiny_path.read_text(encoding="utf-8"))
+        out += [
+            "### With the tests' tiny checkpoint: the server's own work",
+            "",
+            "`python benchmarks/bench_serve.py --size tiny --out benchmarks/results/"
+            "serve-tiny.json` — the same load with a checkpoint whose forward pass takes "
+            "milliseconds, so that what the server does around the model (HTTP, JSON, the "
+            "batcher, the GIL) shows, as it does on a GPU: " + _serve_setup(tiny),
+            "",
+            *_serve_table(tiny),
+            *_process_vs_thread(tiny),
         ]
     t = res["targets"]
     r.target(

@@ -9,7 +9,8 @@ working in code that does not know about m3rag::
     │   ├── ModelLoadError(OSError)             a checkpoint cannot be found, fetched or read
     │   │   └── MissingHeadError                an M3 checkpoint lacks a head file
     │   ├── UnsupportedOutputError(ValueError)  a head the model cannot produce was asked for
-    │   └── InputTooLongError(ValueError)       a length beyond the model's limit was asked for
+    │   ├── InputTooLongError(ValueError)       a length beyond the model's limit was asked for
+    │   └── ModelProcessError(RuntimeError)     a model's child process (``m3rag serve``) died
     ├── UnknownLanguageError(ValueError)        a ``lang`` that is not a language code
     ├── DistributedError(RuntimeError)          a Ray cluster cannot be reached, a stage failed
     └── CollectionError                         anything about a collection (index) on disk
@@ -43,6 +44,7 @@ __all__ = [
     "MissingHeadError",
     "UnsupportedOutputError",
     "InputTooLongError",
+    "ModelProcessError",
     "UnknownLanguageError",
     "CollectionError",
     "CollectionNotFoundError",
@@ -95,6 +97,10 @@ class UnsupportedOutputError(ModelError, ValueError):
 
 class InputTooLongError(ModelError, ValueError):
     """A maximum length beyond what the model's position embeddings support was asked for."""
+
+
+class ModelProcessError(ModelError, RuntimeError):
+    """A model running in a child process (``m3rag serve``) exited, or sent what cannot cross."""
 
 
 class UnknownLanguageError(M3RagError, ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,7 @@ from m3rag.cli._app import (
     handled,
     load_encoder,
     load_reranker,
+    loading,
     note,
     open_collection,
     resolve_target,
@@ -96,6 +97,16 @@ def serve(
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
     timeout: Annotated[float, typer.Option(help="Seconds a request may wait.")] = 60.0,
     device: DeviceOption = None,
+    model_process: Annotated[
+        bool,
+        typer.Option(
+            "--model-process/--in-process",
+            help=(
+                "Run each model in a child process (default), so the event loop never shares "
+                "a GIL with it; --in-process keeps it on a thread of the server's process."
+            ),
+        ),
+    ] = True,
 ) -> None:
     """Serve embeddings (OpenAI and text-embeddings-inference shapes), reranking and search."""
     from m3rag.serve import ServeConfig, _require_extra, create_app, run
@@ -123,11 +134,24 @@ def serve(
         allow_writes=allow_writes,
         cors_origins=tuple(cors_origin or ()),
     )
-    encoder = load_encoder(name, device, None)
     # one budget for both cuts: what the batcher gathers and what one forward pass holds
-    encoder.max_batch_tokens = max_batch_tokens
-    rr = load_reranker(reranker, device) if reranker else None
-    col = open_collection(target, encoder, read_only=not allow_writes) if target else None
+    if model_process:
+        encoder = load_model_process("encoder", name, device, max_batch_tokens)
+    else:
+        encoder = load_encoder(name, device, None)
+        encoder.max_batch_tokens = max_batch_tokens
+    models = [encoder]
+    try:
+        rr = None
+        if reranker and model_process:
+            rr = load_model_process("reranker", reranker, device, max_batch_tokens)
+        elif reranker:
+            rr = load_reranker(reranker, device)
+        models.append(rr)
+        col = open_collection(target, encoder, read_only=not allow_writes) if target else None
+    except BaseException:
+        _close_models(models)
+        raise
     try:
         note(
             f"serving {name} on http://{host}:{port}"
@@ -139,3 +163,20 @@ def serve(
     finally:
         if col is not None:
             col.close()
+        _close_models(models)
+
+
+def load_model_process(kind: str, model: str, device: str | None, max_batch_tokens: int) -> Any:
+    """An encoder or reranker loaded in a child process (`m3rag.serve.process`)."""
+    from m3rag.serve.process import ProcessEncoder, ProcessReranker
+
+    cls = ProcessEncoder if kind == "encoder" else ProcessReranker
+    with loading(model):
+        return cls(model_name_or_path=model, device=device, max_batch_tokens=max_batch_tokens)
+
+
+def _close_models(models: list[Any]) -> None:
+    for m in models:
+        close = getattr(m, "close", None)  # a model process; an in-process model has none
+        if close is not None:
+            close()

@@ -35,7 +35,7 @@ from prometheus_client import (
 
 from m3rag._inputs import validate_pairs
 from m3rag._version import __version__
-from m3rag.errors import M3RagError, ReadOnlyError, UnknownIdError
+from m3rag.errors import M3RagError, ModelProcessError, ReadOnlyError, UnknownIdError
 from m3rag.rerank.cross_encoder import rank_passages
 from m3rag.serve.batching import BatchedReranker, DynamicBatcher, QueueFullError, RerankBatcher
 from m3rag.serve.config import ServeConfig
@@ -310,6 +310,8 @@ def create_app(
         except (asyncio.TimeoutError, TimeoutError) as exc:
             msg = f"no result within {cfg.request_timeout_s:g} s; the server is overloaded"
             raise ApiError(503, msg, headers={"Retry-After": "5"}) from exc
+        except ModelProcessError as exc:  # the model's process died: not the request's fault
+            raise ApiError(503, str(exc)) from exc
         except (ValueError, TypeError, KeyError, M3RagError) as exc:
             raise ApiError(422, str(exc), param=param) from exc
 
@@ -345,17 +347,27 @@ def create_app(
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
 
-    @app.get("/health", summary="The process is up")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def _dead_models() -> list[str]:
+        # a model in a child process (ProcessEncoder, ProcessReranker) can die on its own
+        models = {"encoder": encoder, "reranker": reranker}
+        return [name for name, m in models.items() if not getattr(m, "alive", True)]
+
+    @app.get("/health", summary="The process and its models are up")
+    async def health() -> JSONResponse:
+        dead = _dead_models()
+        if dead:
+            body = {"status": "down", "message": f"the {' and '.join(dead)} process exited"}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready", summary="The models are loaded and the queue has room")
     async def ready() -> JSONResponse:
+        dead = _dead_models()
         full = batcher.queued_texts >= cfg.max_queued_texts or (
             rerank_batcher is not None and rerank_batcher.queued_texts >= cfg.max_queued_texts
         )
         body = {
-            "status": "overloaded" if full else "ready",
+            "status": "down" if dead else "overloaded" if full else "ready",
             "model": cfg.model_name,
             "heads": list(encoder.heads),
             "reranker": reranker is not None,
@@ -364,7 +376,7 @@ def create_app(
             "queued_texts": batcher.queued_texts,
             "queued_pairs": rerank_batcher.queued_texts if rerank_batcher is not None else 0,
         }
-        return JSONResponse(body, status_code=503 if full else 200)
+        return JSONResponse(body, status_code=503 if dead or full else 200)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:

@@ -26,9 +26,26 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("where", ["--index", "--store"])
+def model_children(pid: int) -> list[int]:
+    """The processes ``pid`` started with multiprocessing's spawn (its model processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize(("where", "mode"), [("--index", None), ("--store", "--in-process")])
 def test_serve_process_with_index_reranker_and_env_key(
-    where, tiny_m3_path, tiny_reranker_path, tiny_encoder, tmp_path, port, request
+    where, mode, tiny_m3_path, tiny_reranker_path, tiny_encoder, tmp_path, port, request
 ) -> None:  # type: ignore[no-untyped-def]
     from m3rag import Collection, MilvusStore
 
@@ -58,11 +75,13 @@ def test_serve_process_with_index_reranker_and_env_key(
         str(tiny_reranker_path),
         "--port",
         str(port),
+        *([mode] if mode else []),
     ]
     child = subprocess.Popen(
         cmd, env=_env(M3RAG_API_KEY=key), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     url = f"http://127.0.0.1:{port}"
+    models: list[int] = []
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -84,9 +103,17 @@ def test_serve_process_with_index_reranker_and_env_key(
         assert {h["id"] for h in hits} == {"p", "b"} and hits[0]["rerank_score"] is not None
         r = httpx.post(url + "/documents", json={"documents": [{"text": "x"}]}, headers=auth)
         assert r.status_code == 403
+        # by default the encoder and the reranker each run in a child process of the server
+        models = model_children(child.pid)
+        assert len(models) == (0 if mode == "--in-process" else 2)
     finally:
         child.terminate()
         out, err = child.communicate(timeout=30)
+    for pid in models:  # stopped with the server
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+        )
     assert key not in out and key not in err
     assert f"serving {tiny_m3_path}" in err and "API key required" in err
 

@@ -56,7 +56,7 @@ def post(server: Any, path: str, body: Any) -> Any:
 
 def test_concurrent_rerank_requests_share_batches(live, tiny_encoder, reranker) -> None:  # type: ignore[no-untyped-def]
     slow = SlowReranker(reranker, 0.2)
-    server = live(create_app(tiny_encoder, reranker=slow, config=ServeConfig(max_wait_ms=50)))
+    server = live(create_app(tiny_encoder, reranker=slow, config=ServeConfig(max_wait_ms=200)))
     jobs = [(q, DOCS[i * 3 : i * 3 + 5], raw) for i, q in enumerate(QUERIES * 2) for raw in (0, 1)]
 
     async def burst() -> list[Any]:
