@@ -273,15 +273,15 @@ class _Remote:
         return self._proc.alive
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        proc = self.__dict__.get("_proc")
+        if name.startswith("_") or proc is None:  # private, or the constructor failed
             raise AttributeError(name)
-        attrs = self.__dict__["_proc"].attributes
-        if name in attrs:
-            return attrs[name]
+        if name in proc.attributes:
+            return proc.attributes[name]
         fetched = self.__dict__["_fetched"]
         if name not in fetched:
             try:
-                fetched[name] = self._proc.fetch(name)
+                fetched[name] = proc.fetch(name)
             except AttributeError:
                 raise AttributeError(name) from None
         return fetched[name]
