@@ -4,9 +4,9 @@ A load generator (asyncio + httpx, loopback only, bounded in requests and second
 text per request to ``/embed_all`` (all three heads, ColBERT as base64) and one query per
 request to ``/search`` at 1, 8 and 32 concurrent clients, against:
 
-* ``m3rag serve`` (its dynamic batcher), started as a process, with the model in a child process
-  of its own (the default) and, for comparison, ``--in-process`` (the model on a thread of the
-  server's process, sharing its GIL with the event loop);
+* ``m3rag serve`` (its dynamic batcher), started as a process, with the model on a thread of the
+  server (the default) and with ``--model-process`` (the model in a child process of its own,
+  out of the event loop's GIL);
 * a plain endpoint: the same model and routes, each request encoded on its own in a worker
   thread (``asyncio.to_thread``), no batching -- what a hand-written FastAPI wrapper does.
 
@@ -51,11 +51,11 @@ CONCURRENCY = (1, 8, 32)
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
 # The random checkpoints: a mid-size one for CPUs, and BGE-M3's own shape for GPUs (its
 # vocabulary is the test tokenizer's, which changes no per-token compute: there is no LM head).
-# the servers a run can load: m3rag serve as shipped (the model in a child process), the same
-# with --in-process (the model on a thread of the server), and a plain per-request endpoint
+# the servers a run can load: m3rag serve as shipped (the model on a thread of the server), the
+# same with --model-process (the model in a child process), and a plain per-request endpoint
 SERVERS = {
     "batched": "m3rag serve (dynamic batching)",
-    "in-process": "m3rag serve --in-process",
+    "model-process": "m3rag serve --model-process",
     "plain": "plain per-request endpoint",
 }
 SIZES: dict[str, dict[str, int]] = {
@@ -405,7 +405,7 @@ def main() -> None:
     ]
     commands = {
         "batched": serve,
-        "in-process": [*serve, "--in-process"],
+        "model-process": [*serve, "--model-process"],
         "plain": [py, str(Path(__file__).resolve()), "--plain-server", str(ckpt), str(index)],
     }
     servers = {SERVERS[key]: commands[key] for key in SERVERS if key in chosen}

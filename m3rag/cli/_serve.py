@@ -102,11 +102,12 @@ def serve(
         typer.Option(
             "--model-process/--in-process",
             help=(
-                "Run each model in a child process (default), so the event loop never shares "
-                "a GIL with it; --in-process keeps it on a thread of the server's process."
+                "Run each model in a child process, so the event loop never shares a GIL with "
+                "it (meant for GPUs); --in-process (default) keeps it on a thread of the "
+                "server's process."
             ),
         ),
-    ] = True,
+    ] = False,
 ) -> None:
     """Serve embeddings (OpenAI and text-embeddings-inference shapes), reranking and search."""
     from m3rag.serve import ServeConfig, _require_extra, create_app, run

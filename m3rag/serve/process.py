@@ -6,7 +6,10 @@ writing responses), every take-back can wait for that thread's switch interval, 
 small ops each wait their turn. Measured on this project's 2-core machine with the tests' tiny
 checkpoint (16 short texts a call, one torch thread): 6.3 ms a call alone, 11-13 ms beside a busy
 *process* (two processes on two cores), 27-32 ms beside a busy *thread* (the GIL). On a GPU the
-ops are all launches, so the effect is the same or worse.
+ops are all launches, so the effect is expected to be the same or worse (not measured yet). Where
+the model and the server share the cores (the 2-core CPU machine) the child gained nothing in
+``bench_serve.py``, so ``m3rag serve`` keeps the models in-process unless given
+``--model-process``.
 
 [`ModelProcess`][m3rag.serve.process.ModelProcess] starts a child with the ``spawn`` method (safe
 with CUDA and with the parent's threads), builds the model there from a recipe (a function of
@@ -29,15 +32,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from m3rag.errors import ModelProcessError
 
-__all__ = ["ModelProcess", "ProcessEncoder", "ProcessReranker"]
+__all__ = ["ModelProcess", "ProcessEncoder", "ProcessReranker", "child_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,19 @@ def build_reranker(**kwargs: Any) -> Any:
 _RECIPES = {"encoder": build_encoder, "reranker": build_reranker}
 
 
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the child adds to its environment before torch loads, given the one it inherited.
+
+    ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy: OpenMP's threads otherwise spin
+    at the end of every parallel region, and in a process of their own they spin against the
+    server's threads for the same cores. On the 2-core machine (`bench_serve.py`, mid-size
+    checkpoint) ``/search`` at 8 clients fell to 11.6 req/s against 32.6 with the model on a
+    thread, in a run before the child set this; with it, 29.4 against 31.4
+    (``benchmarks/results/serve.json``).
+    """
+    return {} if "OMP_WAIT_POLICY" in environ else {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def _portable(exc: BaseException) -> tuple[str, str, BaseException | None]:
     """An exception as the pipe can carry it: its name, message, and itself if it pickles."""
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
@@ -91,6 +108,7 @@ def _child(conn: Any, recipe: str, kwargs: dict[str, Any], attributes: Sequence[
     # Ctrl-C at a terminal reaches the whole process group: the parent decides when the child
     # stops (it closes the pipe or terminates it), so the child ignores the interrupt
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(child_environment(os.environ))  # before torch loads: OpenMP reads it once
     try:
         model = _RECIPES[recipe](**kwargs)
         described: dict[str, Any] = {}

@@ -43,7 +43,7 @@ def model_children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize(("where", "mode"), [("--index", None), ("--store", "--in-process")])
+@pytest.mark.parametrize(("where", "mode"), [("--index", "--model-process"), ("--store", None)])
 def test_serve_process_with_index_reranker_and_env_key(
     where, mode, tiny_m3_path, tiny_reranker_path, tiny_encoder, tmp_path, port, request
 ) -> None:  # type: ignore[no-untyped-def]
@@ -103,9 +103,9 @@ def test_serve_process_with_index_reranker_and_env_key(
         assert {h["id"] for h in hits} == {"p", "b"} and hits[0]["rerank_score"] is not None
         r = httpx.post(url + "/documents", json={"documents": [{"text": "x"}]}, headers=auth)
         assert r.status_code == 403
-        # by default the encoder and the reranker each run in a child process of the server
+        # with --model-process the encoder and the reranker each run in a child process
         models = model_children(child.pid)
-        assert len(models) == (0 if mode == "--in-process" else 2)
+        assert len(models) == (2 if mode == "--model-process" else 0)
     finally:
         child.terminate()
         out, err = child.communicate(timeout=30)
