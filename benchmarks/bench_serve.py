@@ -49,15 +49,15 @@ CONCURRENCY = (1, 8, 32)
 # Tokens per forward pass, on every side: on CPUs a small budget pads less (texts of 14 to 800
 # tokens); on GPUs the encoder's and the server's default of 16384.
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
-# The random checkpoints: a mid-size one for CPUs, and BGE-M3's own shape for GPUs (its
-# vocabulary is the test tokenizer's, which changes no per-token compute: there is no LM head).
-# the servers a run can load: m3rag serve as shipped (the model on a thread of the server), the
-# same with --model-process (the model in a child process), and a plain per-request endpoint
+# The servers a run can load: m3rag serve as shipped (the model on a thread of the server), the
+# same with --model-process (the model in a child process), and a plain per-request endpoint.
 SERVERS = {
     "batched": "m3rag serve (dynamic batching)",
     "model-process": "m3rag serve --model-process",
     "plain": "plain per-request endpoint",
 }
+# The random checkpoints: a mid-size one for CPUs, and BGE-M3's own shape for GPUs (its
+# vocabulary is the test tokenizer's, which changes no per-token compute: there is no LM head).
 SIZES: dict[str, dict[str, int]] = {
     # the tests' size: microseconds per op, as a GPU's kernel launches -- where the server's own
     # Python work (and the GIL) shows

@@ -23,14 +23,13 @@ is persisted and nothing crosses a network.
 the app, the batchers and the retriever use, with the attributes read once at start-up.
 
 If the child dies (out of memory, a crash), every call after that raises
-[`ModelProcessError`][m3rag.errors.ModelProcessError] and [`alive`][] turns false, which the
+[`ModelProcessError`][m3rag.errors.ModelProcessError] and ``alive`` turns false, which the
 server's ``/health`` and ``/ready`` report as 503 so an orchestrator restarts it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing
 import os
 import pickle
@@ -42,8 +41,6 @@ from typing import Any
 from m3rag.errors import ModelProcessError
 
 __all__ = ["ModelProcess", "ProcessEncoder", "ProcessReranker", "child_environment"]
-
-logger = logging.getLogger(__name__)
 
 # What the parent reads once from each model (plain values; dtypes and devices as strings, so
 # the parent never needs torch to unpickle them).
@@ -158,7 +155,7 @@ class ModelProcess:
         recipe: ``"encoder"`` ([`M3Encoder`][m3rag.M3Encoder]) or ``"reranker"``
             ([`Reranker`][m3rag.Reranker]).
         kwargs: The model's constructor arguments (plain values: they cross to the child).
-        attributes: Attributes read once after loading; [`attribute`][] answers from them.
+        attributes: Attributes read once after loading, kept in ``attributes``.
 
     Raises:
         Whatever the model's constructor raises in the child (the same exception type when it
@@ -235,7 +232,7 @@ class ModelProcess:
         return self._ask("call", method, args, kwargs)
 
     def fetch(self, name: str) -> Any:
-        """``model.name`` from the child (for what [`attributes`][] did not read)."""
+        """``model.name`` from the child (for what ``attributes`` did not read)."""
         return self._ask("get", name, (), {})
 
     def close(self, timeout: float = 10.0) -> None:
