@@ -381,12 +381,10 @@ def evaluate(
         ValueError: Unknown mode, a mode the model cannot serve, ``hybrid+rerank`` without a
             reranker, or an unknown normalisation (all checked before any query is encoded).
     """
-    from m3rag.fusion import NORMALIZATIONS, FusionConfig
+    from m3rag.fusion import FusionConfig, check_normalization
     from m3rag.retriever import HybridRetriever, available_paths
 
-    if normalization not in NORMALIZATIONS:
-        msg = f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}"
-        raise ValueError(msg)
+    check_normalization(normalization)  # before any query is encoded
 
     available = available_paths(collection, encoder)
     check_modes(modes, available, reranker=reranker is not None)

@@ -44,6 +44,14 @@ Method = Literal["weighted", "rrf"]
 Normalization = Literal["none", "minmax", "zscore"]
 FloatArray = npt.NDArray[np.float64]
 
+
+def check_normalization(value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of `NORMALIZATIONS`."""
+    if value not in NORMALIZATIONS:
+        msg = f"normalization must be one of {list(NORMALIZATIONS)}, got {value!r}"
+        raise ValueError(msg)
+
+
 _DEFAULT_WEIGHTS = MappingProxyType({"dense": 0.4, "lexical": 0.2, "colbert": 0.4})
 
 
@@ -80,9 +88,7 @@ class FusionConfig:
         if self.method not in ("weighted", "rrf"):
             msg = f"method must be 'weighted' or 'rrf', got {self.method!r}"
             raise ValueError(msg)
-        if self.normalization not in NORMALIZATIONS:
-            msg = f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}"
-            raise ValueError(msg)
+        check_normalization(self.normalization)
         if (
             isinstance(self.rrf_k, bool)
             or not isinstance(self.rrf_k, (int, float))
@@ -145,8 +151,7 @@ def normalize(scores: npt.ArrayLike, method: Normalization) -> FloatArray:
         sd = vals.std()
         out[present] = 0.0 if vals.max() == vals.min() or sd == 0 else (vals - vals.mean()) / sd
     else:
-        msg = f"normalization must be one of {list(NORMALIZATIONS)}, got {method!r}"
-        raise ValueError(msg)
+        check_normalization(method)  # not a known one: raises
     return out
 
 
