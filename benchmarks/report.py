@@ -682,7 +682,7 @@ def _serve_table(res: dict[str, Any]) -> list[str]:
 
 def _serve_setup(res: dict[str, Any]) -> str:
     inproc, search = res["in_process_call"], res["in_process_search"]
-    ck = res.get("checkpoint") or {"num_layers": 6, "hidden_size": 384}
+    ck = res["checkpoint"]
     servers = res["servers"]
     against = "`m3rag serve` (dynamic batching; the model on a thread of the server)"
     if "m3rag serve --model-process" in servers:
@@ -805,7 +805,7 @@ def section_serve(r: Report) -> str:
                 "At one client the plain endpoint answers faster "
                 f"({plain[0]['rps']:.1f} against {mine[0]['rps']:.1f} req/s): our reading is "
                 f"that the batcher holds a lone request for up to `--max-wait-ms` "
-                f"({tiny.get('max_wait_ms', 2):g} ms here) in case others join it, and hands it "
+                f"({tiny['max_wait_ms']:g} ms here) in case others join it, and hands it "
                 "to the model's thread and back; with a model this fast that is "
                 f"{1 - mine[0]['rps'] / plain[0]['rps']:.0%} of a served request's time.",
                 "",
