@@ -341,8 +341,9 @@ class MilvusStore:
         resets the cache meanwhile costs a refetch at most, never a row.
         """
         cache = self._rows
-        found = {i: cache[i] for i in dict.fromkeys(ids) if i in cache}
-        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        wanted = dict.fromkeys(ids)
+        found = {i: cache[i] for i in wanted if i in cache}
+        missing = [i for i in wanted if i not in found]
         fields = self._output_fields()
         for start in range(0, len(missing), FETCH):
             chunk = missing[start : start + FETCH]
