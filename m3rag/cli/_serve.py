@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -26,6 +26,9 @@ from m3rag.cli._app import (
     resolve_target,
     stored_model,
 )
+
+if TYPE_CHECKING:
+    from m3rag.serve.batching import WaitPolicy
 
 
 def _check_host(host: str, *, public: bool) -> None:
@@ -88,8 +91,17 @@ def serve(
         ),
     ] = 16384,
     max_wait_ms: Annotated[
-        float, typer.Option(help="How long a batch waits for more requests.")
+        float, typer.Option(help="How long a batch may wait for more requests.")
     ] = 5.0,
+    wait_policy: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "adaptive: wait --max-wait-ms only under load (a lone request goes at once); "
+                "always: every batch waits."
+            )
+        ),
+    ] = "adaptive",
     max_queued_texts: Annotated[
         int, typer.Option(help="Texts allowed to wait; more get 429 + Retry-After.")
     ] = 4096,
@@ -127,6 +139,7 @@ def serve(
         model_name=name,
         max_batch_tokens=max_batch_tokens,
         max_wait_ms=max_wait_ms,
+        wait_policy=cast("WaitPolicy", wait_policy),  # ServeConfig checks it
         max_queued_texts=max_queued_texts,
         max_client_batch_size=max_client_batch_size,
         max_request_bytes=max_request_bytes,

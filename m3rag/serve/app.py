@@ -161,6 +161,7 @@ def create_app(
         max_batch_tokens=cfg.max_batch_tokens,
         max_wait_ms=cfg.max_wait_ms,
         max_queued_texts=cfg.max_queued_texts,
+        wait_policy=cfg.wait_policy,
     )
     batcher_box["b"] = batcher
     rerank_batcher = (
@@ -169,6 +170,7 @@ def create_app(
             max_batch_tokens=cfg.max_batch_tokens,
             max_wait_ms=cfg.max_wait_ms,
             max_queued_texts=cfg.max_queued_texts,
+            wait_policy=cfg.wait_policy,
         )
         if reranker is not None
         else None

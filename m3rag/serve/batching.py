@@ -7,6 +7,12 @@ job, then keeps taking jobs while the batch stays under ``max_batch_tokens`` (es
 [`M3Encoder.encode`][m3rag.M3Encoder.encode] call per truncation length, whose own length-sorted
 token budgeting (``m3rag._batching``) cuts the forward passes. Each job gets its rows back.
 
+When the first job waits (``wait_policy``): ``"adaptive"`` (the default) holds it for company
+only when the batcher is under load, that is when other jobs are queued with it, or the last
+batch gathered several jobs, or a job arrived while the last batch ran; a lone request on an
+idle server goes to the model at once, as on a plain endpoint. Under load the wait is what
+fills the batches. ``"always"`` holds every first job for ``max_wait_ms``.
+
 Why a thread and not the event loop: a forward pass holds the GIL only between torch ops, so the
 loop keeps accepting requests (and filling the next batch) while the model runs. Why a bound on
 queued texts: without one a burst grows memory without limit; with one the server answers 503
@@ -42,13 +48,18 @@ __all__ = [
     "BatcherStats",
     "DynamicBatcher",
     "QueueFullError",
+    "WAIT_POLICIES",
     "RerankBatcher",
+    "WaitPolicy",
+    "check_wait_policy",
     "estimate_tokens",
 ]
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["query", "passage"]
+WaitPolicy = Literal["adaptive", "always"]
+WAIT_POLICIES: tuple[WaitPolicy, ...] = ("adaptive", "always")
 
 
 class QueueFullError(M3RagError, RuntimeError):
@@ -85,6 +96,13 @@ class BatcherStats:
     )
 
 
+def check_wait_policy(policy: object) -> None:
+    """Raise ``ValueError`` unless ``policy`` is one of `WAIT_POLICIES`."""
+    if policy not in WAIT_POLICIES:
+        msg = f"wait_policy must be one of {', '.join(WAIT_POLICIES)}, got {policy!r}"
+        raise ValueError(msg)
+
+
 class _SharedBatcher(abc.ABC):
     """The queue, the batch cut and the worker thread; subclasses say how a batch runs.
 
@@ -103,8 +121,10 @@ class _SharedBatcher(abc.ABC):
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 5.0,
         max_queued_texts: int = 4096,
+        wait_policy: WaitPolicy = "adaptive",
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
+        check_wait_policy(wait_policy)
         check_positive_int(max_batch_tokens, "max_batch_tokens")
         check_positive_int(max_queued_texts, "max_queued_texts")
         if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms <= 10_000):
@@ -114,12 +134,18 @@ class _SharedBatcher(abc.ABC):
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = float(max_wait_ms) / 1000.0
         self.max_queued_texts = max_queued_texts
+        self.wait_policy = wait_policy
         self.on_batch = on_batch
         self.stats = BatcherStats()
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
         self._cond = threading.Condition()
         self._closed = False
+        # the load signal of the adaptive wait (guarded by _cond): whether a batch is running,
+        # how many jobs arrived while it ran, and whether the last batch showed load
+        self._running = False
+        self._arrived_while_running = 0
+        self._under_load = False
         self._thread = threading.Thread(target=self._work, name=self.thread_name, daemon=True)
         self._thread.start()
 
@@ -141,6 +167,8 @@ class _SharedBatcher(abc.ABC):
                 raise QueueFullError(msg)
             self._queue.append(job)
             self._queued_texts += len(job.items)
+            if self._running:
+                self._arrived_while_running += 1
             self._cond.notify()
         return job
 
@@ -219,7 +247,7 @@ class _SharedBatcher(abc.ABC):
                 self._cond.wait()
             first = self._queue.popleft()
             jobs, tokens = [first], first.tokens
-            deadline = first.enqueued + self.max_wait_s
+            deadline = first.enqueued + self._wait_for(first)
             while tokens < self.max_batch_tokens:
                 if self._queue:
                     nxt = self._queue[0]
@@ -233,7 +261,15 @@ class _SharedBatcher(abc.ABC):
                     break
                 self._cond.wait(left)
             self._queued_texts -= sum(len(j.items) for j in jobs)
+            self._running = True
+            self._arrived_while_running = 0
             return jobs
+
+    def _wait_for(self, first: _Job) -> float:
+        """Seconds ``first`` may wait for company (called under ``_cond``, first popped)."""
+        if self.wait_policy == "always" or self._queue or self._under_load:
+            return self.max_wait_s
+        return 0.0
 
     def _work(self) -> None:
         while True:
@@ -241,11 +277,15 @@ class _SharedBatcher(abc.ABC):
             if jobs is None:
                 return
             live = [j for j in jobs if not j.cancelled]
+            start = time.perf_counter()
+            if live:
+                self._process(live)
+            seconds = time.perf_counter() - start
+            with self._cond:
+                self._running = False
+                self._under_load = len(jobs) > 1 or self._arrived_while_running > 0
             if not live:
                 continue
-            start = time.perf_counter()
-            self._process(live)
-            seconds = time.perf_counter() - start
             n = sum(len(j.items) for j in live)
             self.stats.batches += 1
             self.stats.jobs += len(live)
@@ -288,8 +328,10 @@ class DynamicBatcher(_SharedBatcher):
         encoder: The [`M3Encoder`][m3rag.M3Encoder] (only the worker thread calls it).
         max_batch_tokens: Estimated tokens per gathered batch (the encoder cuts forward passes
             by its own ``max_batch_tokens`` inside it).
-        max_wait_ms: How long the first job of a batch waits for others to join it.
+        max_wait_ms: How long the first job of a batch may wait for others to join it.
         max_queued_texts: Texts allowed to wait; beyond it [`submit`][] raises `QueueFullError`.
+        wait_policy: ``"adaptive"`` waits only under load (see the module's docstring);
+            ``"always"`` holds every batch's first job for ``max_wait_ms``.
         on_batch: Called by the worker after each batch with ``(texts, seconds)``.
     """
 
@@ -384,7 +426,7 @@ class RerankBatcher(_SharedBatcher):
 
     Args:
         reranker: The [`Reranker`][m3rag.Reranker].
-        max_batch_tokens, max_wait_ms, max_queued_texts, on_batch: As for
+        max_batch_tokens, max_wait_ms, max_queued_texts, wait_policy, on_batch: As for
             [`DynamicBatcher`][m3rag.serve.batching.DynamicBatcher]; a pair counts as a text.
     """
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from m3rag.serve.batching import WaitPolicy, check_wait_policy
+
 __all__ = ["ServeConfig"]
 
 
@@ -22,7 +24,10 @@ class ServeConfig:
     Args:
         model_name: The name reported in responses (``"model"`` of the OpenAI shape).
         max_batch_tokens: Estimated tokens the batcher packs into one shared batch.
-        max_wait_ms: How long the first request of a batch waits for others.
+        max_wait_ms: How long the first request of a batch may wait for others.
+        wait_policy: ``"adaptive"`` (the default) waits ``max_wait_ms`` only under load, so a
+            lone request on an idle server goes to the model at once; ``"always"`` holds the
+            first request of every batch (see [`m3rag.serve.batching`][]).
         max_queued_texts: Texts allowed to wait for the model; beyond it requests get 429
             with ``Retry-After``.
         max_client_batch_size: Texts (or rerank passages) allowed in one request.
@@ -38,6 +43,7 @@ class ServeConfig:
     model_name: str = "bge-m3"
     max_batch_tokens: int = 16384
     max_wait_ms: float = 5.0
+    wait_policy: WaitPolicy = "adaptive"
     max_queued_texts: int = 4096
     max_client_batch_size: int = 256
     max_request_bytes: int = 8 * 1024 * 1024
@@ -64,6 +70,7 @@ class ServeConfig:
         ):
             msg = f"max_wait_ms must be a number in [0, 10000], got {self.max_wait_ms!r}"
             raise ValueError(msg)
+        check_wait_policy(self.wait_policy)
         if self.api_key is not None and not self.api_key.strip():
             msg = "api_key is empty; give a non-empty key or none"
             raise ValueError(msg)
@@ -73,7 +80,8 @@ class ServeConfig:
         key = None if self.api_key is None else "'***'"
         return (
             f"ServeConfig(model_name={self.model_name!r}, max_batch_tokens="
-            f"{self.max_batch_tokens}, max_wait_ms={self.max_wait_ms}, max_queued_texts="
-            f"{self.max_queued_texts}, api_key={key}, allow_writes={self.allow_writes}, "
+            f"{self.max_batch_tokens}, max_wait_ms={self.max_wait_ms}, "
+            f"wait_policy={self.wait_policy!r}, max_queued_texts={self.max_queued_texts}, "
+            f"api_key={key}, allow_writes={self.allow_writes}, "
             f"cors_origins={list(self.cors_origins)})"
         )

@@ -139,3 +139,16 @@ def test_allow_writes_needs_an_index(tiny_m3_path) -> None:  # type: ignore[no-u
         timeout=120,
     )
     assert done.returncode == 2 and "--index" in done.stderr
+
+
+def test_a_bad_wait_policy_is_a_usage_error(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    done = subprocess.run(
+        [sys.executable, "-m", "m3rag", "serve", "--model", str(tiny_m3_path)]
+        + ["--wait-policy", "never"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "wait_policy must be one of adaptive, always, got 'never'" in done.stderr
