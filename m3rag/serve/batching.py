@@ -51,6 +51,7 @@ __all__ = [
     "WAIT_POLICIES",
     "RerankBatcher",
     "WaitPolicy",
+    "check_max_wait_ms",
     "check_wait_policy",
     "estimate_tokens",
 ]
@@ -96,6 +97,17 @@ class BatcherStats:
     )
 
 
+def check_max_wait_ms(value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number of milliseconds in [0, 10000]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value <= 10_000  # NaN fails too
+    ):
+        msg = f"max_wait_ms must be a number in [0, 10000], got {value!r}"
+        raise ValueError(msg)
+
+
 def check_wait_policy(policy: object) -> None:
     """Raise ``ValueError`` unless ``policy`` is one of `WAIT_POLICIES`."""
     if policy not in WAIT_POLICIES:
@@ -127,9 +139,7 @@ class _SharedBatcher(abc.ABC):
         check_wait_policy(wait_policy)
         check_positive_int(max_batch_tokens, "max_batch_tokens")
         check_positive_int(max_queued_texts, "max_queued_texts")
-        if not (isinstance(max_wait_ms, (int, float)) and 0 <= max_wait_ms <= 10_000):
-            msg = f"max_wait_ms must be a number in [0, 10000], got {max_wait_ms!r}"
-            raise ValueError(msg)
+        check_max_wait_ms(max_wait_ms)
         self.model = model
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = float(max_wait_ms) / 1000.0

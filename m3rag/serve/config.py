@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from m3rag.serve.batching import WaitPolicy, check_wait_policy
+from m3rag.serve.batching import WaitPolicy, check_max_wait_ms, check_wait_policy
 
 __all__ = ["ServeConfig"]
 
@@ -63,13 +63,7 @@ class ServeConfig:
         ):
             _positive(name, getattr(self, name))
         _positive("request_timeout_s", self.request_timeout_s, allow_float=True)
-        if (
-            isinstance(self.max_wait_ms, bool)
-            or not isinstance(self.max_wait_ms, (int, float))
-            or not 0 <= self.max_wait_ms <= 10_000
-        ):
-            msg = f"max_wait_ms must be a number in [0, 10000], got {self.max_wait_ms!r}"
-            raise ValueError(msg)
+        check_max_wait_ms(self.max_wait_ms)
         check_wait_policy(self.wait_policy)
         if self.api_key is not None and not self.api_key.strip():
             msg = "api_key is empty; give a non-empty key or none"

@@ -142,9 +142,9 @@ def test_allow_writes_needs_an_index(tiny_m3_path) -> None:  # type: ignore[no-u
 
 
 def test_a_bad_wait_policy_is_a_usage_error(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    args = ["serve", "--model", str(tiny_m3_path), "--wait-policy", "never"]
     done = subprocess.run(
-        [sys.executable, "-m", "m3rag", "serve", "--model", str(tiny_m3_path)]
-        + ["--wait-policy", "never"],
+        [sys.executable, "-m", "m3rag", *args],
         env=_env(),
         capture_output=True,
         text=True,

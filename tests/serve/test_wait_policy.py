@@ -140,3 +140,11 @@ def test_a_bad_wait_policy_is_refused(tiny_encoder, bad) -> None:  # type: ignor
         DynamicBatcher(tiny_encoder, wait_policy=bad)
     with pytest.raises(ValueError, match="wait_policy must be one of adaptive, always"):
         ServeConfig(wait_policy=bad)
+
+
+@pytest.mark.parametrize("bad", [True, float("nan"), -1, 10_001, "5", None])
+def test_the_batcher_and_the_config_refuse_the_same_waits(tiny_encoder, bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"max_wait_ms must be a number in \[0, 10000\]"):
+        DynamicBatcher(tiny_encoder, max_wait_ms=bad)
+    with pytest.raises(ValueError, match=r"max_wait_ms must be a number in \[0, 10000\]"):
+        ServeConfig(max_wait_ms=bad)
