@@ -5,8 +5,11 @@ text per request to ``/embed_all`` (all three heads, ColBERT as base64) and one 
 request to ``/search`` at 1, 8 and 32 concurrent clients, against:
 
 * ``m3rag serve`` (its dynamic batcher), started as a process, with the model on a thread of the
-  server (the default) and with ``--model-process`` (the model in a child process of its own,
-  out of the event loop's GIL);
+  server and the adaptive batch wait (the defaults), with ``--wait-policy always`` (every batch
+  holds its first request for ``--max-wait-ms``), with OpenMP's threads spinning between ops as
+  libgomp does by default (``m3rag serve`` makes them sleep: ``OMP_WAIT_POLICY=PASSIVE``), and
+  with ``--model-process`` (the model in a child process of its own, out of the event loop's
+  GIL);
 * a plain endpoint: the same model and routes, each request encoded on its own in a worker
   thread (``asyncio.to_thread``), no batching -- what a hand-written FastAPI wrapper does.
 
@@ -49,10 +52,14 @@ CONCURRENCY = (1, 8, 32)
 # Tokens per forward pass, on every side: on CPUs a small budget pads less (texts of 14 to 800
 # tokens); on GPUs the encoder's and the server's default of 16384.
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
-# The servers a run can load: m3rag serve as shipped (the model on a thread of the server), the
-# same with --model-process (the model in a child process), and a plain per-request endpoint.
+# The servers a run can load: m3rag serve as shipped (the model on a thread of the server, the
+# adaptive batch wait, passive OpenMP threads), the same with --wait-policy always, the same with
+# OpenMP's threads spinning, the same with --model-process (the model in a child process), and a
+# plain per-request endpoint.
 SERVERS = {
     "batched": "m3rag serve (dynamic batching)",
+    "always-wait": "m3rag serve --wait-policy always",
+    "spinning-openmp": "m3rag serve, OpenMP spinning",
     "model-process": "m3rag serve --model-process",
     "plain": "plain per-request endpoint",
 }
@@ -109,10 +116,16 @@ def plain_server(model: str, index: str, port: int, device: str) -> None:
 # -- load generation --------------------------------------------------------------------------------
 
 
-def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
+# libgomp's own default when no OMP_WAIT_POLICY is set: spin about 300,000 times (some 3 ms) at
+# the end of a parallel region before sleeping. m3rag serve sets PASSIVE when the user set no
+# policy, so the spinning server gets a policy with libgomp's default count spelled out.
+SPINNING_OPENMP = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "300000"}
+
+
+def start(cmd: list[str], url: str, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
     import httpx
 
-    env = dict(os.environ)
+    env = {**os.environ, **extra_env}
     paths = [str(ROOT), str(ROOT / "integrations"), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
@@ -360,6 +373,8 @@ def main() -> None:
         "dtype": str(encoder.dtype).removeprefix("torch."),
         "forward_tokens": forward_tokens,
         "max_wait_ms": args.max_wait_ms,
+        "wait_policy": "adaptive",  # the default server's; "always-wait" runs the other
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: m3rag serve sets PASSIVE
         "load_procs": args.load_procs,
         "text_words": list(args.words),
         "server_stack": _server_stack(),
@@ -405,17 +420,19 @@ def main() -> None:
     ]
     commands = {
         "batched": serve,
+        "always-wait": [*serve, "--wait-policy", "always"],
+        "spinning-openmp": serve,  # started with SPINNING_OPENMP in its environment
         "model-process": [*serve, "--model-process"],
         "plain": [py, str(Path(__file__).resolve()), "--plain-server", str(ckpt), str(index)],
     }
-    servers = {SERVERS[key]: commands[key] for key in SERVERS if key in chosen}
+    servers = {SERVERS[key]: (key, commands[key]) for key in SERVERS if key in chosen}
     import httpx
 
-    for name, cmd in servers.items():
+    for name, (key, cmd) in servers.items():
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [*cmd, "--port", str(port)] if "serve" in cmd else [*cmd, str(port), args.device]
-        child = start(cmd, url)
+        child = start(cmd, url, SPINNING_OPENMP if key == "spinning-openmp" else {})
         try:
             cells: dict[str, list[dict[str, Any]]] = {"/embed_all": [], "/search": []}
             for path, bodies in (("/embed_all", embed_bodies), ("/search", search_bodies)):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from m3rag._inputs import check_positive_int
@@ -16,6 +18,7 @@ __all__ = [
     "BatchedModel",
     "available_devices",
     "is_oom",
+    "prefer_passive_openmp",
     "resolve_device",
     "resolve_dtype",
     "run_with_oom_backoff",
@@ -24,6 +27,33 @@ __all__ = [
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` (``os.environ`` by default), if it can act.
+
+    For a process where torch shares the cores with other work, as a server's event loop:
+    OpenMP's threads otherwise spin at the end of every parallel region, taking the cores the
+    loop (and, on one machine, the clients) need. It does nothing when the user chose a policy,
+    and nothing once torch is imported into this process, since OpenMP reads the policy once,
+    when torch loads; a ``environ`` given explicitly is always the caller's to decide on.
+
+    Measured on the 2-core machine with `m3rag serve` and the tests' tiny checkpoint (32 clients
+    on ``/embed_all``): 267-299 req/s against 176-181 spinning; with a mid-size checkpoint,
+    where the model's own work dominates, no change (34.0 against 33.6 req/s).
+
+    Returns:
+        Whether the policy was set.
+    """
+    if environ is None:
+        if "torch" in sys.modules:
+            return False
+        environ = os.environ
+    if "OMP_WAIT_POLICY" in environ:
+        return False
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
 
 _DTYPES = {
     "float32": "float32",

@@ -122,6 +122,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve embeddings (OpenAI and text-embeddings-inference shapes), reranking and search."""
+    from m3rag._torchutil import prefer_passive_openmp
     from m3rag.serve import ServeConfig, _require_extra, create_app, run
 
     _require_extra()
@@ -148,6 +149,9 @@ def serve(
         allow_writes=allow_writes,
         cors_origins=tuple(cors_origin or ()),
     )
+    # the event loop shares the cores with torch: OpenMP's threads must sleep, not spin, between
+    # ops (set before torch loads; a policy the user chose stands)
+    prefer_passive_openmp()
     # one budget for both cuts: what the batcher gathers and what one forward pass holds
     if model_process:
         encoder = load_model_process("encoder", name, device, max_batch_tokens)

@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import pickle
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from m3rag._torchutil import prefer_passive_openmp
 from m3rag.errors import ModelProcessError
 
-__all__ = ["ModelProcess", "ProcessEncoder", "ProcessReranker", "child_environment"]
+__all__ = ["ModelProcess", "ProcessEncoder", "ProcessReranker"]
 
 # What the parent reads once from each model (plain values; dtypes and devices as strings, so
 # the parent never needs torch to unpickle them).
@@ -77,19 +77,6 @@ def build_reranker(**kwargs: Any) -> Any:
 _RECIPES = {"encoder": build_encoder, "reranker": build_reranker}
 
 
-def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """What the child adds to its environment before torch loads, given the one it inherited.
-
-    ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy: OpenMP's threads otherwise spin
-    at the end of every parallel region, and in a process of their own they spin against the
-    server's threads for the same cores. On the 2-core machine (`bench_serve.py`, mid-size
-    checkpoint) ``/search`` at 8 clients fell to 11.6 req/s against 32.6 with the model on a
-    thread, in a run before the child set this; with it, 29.4 against 31.4
-    (``benchmarks/results/serve.json``).
-    """
-    return {} if "OMP_WAIT_POLICY" in environ else {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
 def _portable(exc: BaseException) -> tuple[str, str, BaseException | None]:
     """An exception as the pipe can carry it: its name, message, and itself if it pickles."""
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
@@ -105,7 +92,11 @@ def _child(conn: Any, recipe: str, kwargs: dict[str, Any], attributes: Sequence[
     # Ctrl-C at a terminal reaches the whole process group: the parent decides when the child
     # stops (it closes the pipe or terminates it), so the child ignores the interrupt
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.update(child_environment(os.environ))  # before torch loads: OpenMP reads it once
+    # before torch loads (OpenMP reads it once): in a process of their own, spinning OpenMP
+    # threads would take the cores of the server's threads. On the 2-core machine (mid-size
+    # checkpoint) /search at 8 clients fell to 11.6 req/s against 32.6 with the model on a
+    # thread, in a run before the child set it; with it, 29.4 against 31.4
+    prefer_passive_openmp()
     try:
         model = _RECIPES[recipe](**kwargs)
         described: dict[str, Any] = {}

@@ -21,7 +21,6 @@ from m3rag.serve.process import (
     ProcessReranker,
     _portable,
     _raise,
-    child_environment,
 )
 
 httpx = pytest.importorskip("httpx")
@@ -194,8 +193,3 @@ def test_close_stops_the_child(tiny_m3_path) -> None:  # type: ignore[no-untyped
     with pytest.raises(ModelProcessError):
         enc.encode_queries(["after close"])
     enc.close()  # twice is fine
-
-
-def test_the_child_waits_passively_unless_told_otherwise() -> None:
-    assert child_environment({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert child_environment({"OMP_WAIT_POLICY": "ACTIVE"}) == {}  # the user's choice stands
