@@ -257,7 +257,7 @@ class _SharedBatcher(abc.ABC):
                 self._cond.wait()
             first = self._queue.popleft()
             jobs, tokens = [first], first.tokens
-            deadline = first.enqueued + self._wait_for(first)
+            deadline = first.enqueued + self._wait_s()
             while tokens < self.max_batch_tokens:
                 if self._queue:
                     nxt = self._queue[0]
@@ -275,8 +275,8 @@ class _SharedBatcher(abc.ABC):
             self._arrived_while_running = 0
             return jobs
 
-    def _wait_for(self, first: _Job) -> float:
-        """Seconds ``first`` may wait for company (called under ``_cond``, first popped)."""
+    def _wait_s(self) -> float:
+        """How long a batch's first job may wait for company (under ``_cond``, it popped)."""
         if self.wait_policy == "always" or self._queue or self._under_load:
             return self.max_wait_s
         return 0.0
