@@ -6,6 +6,13 @@ are the reference's batches and the outputs are bit-identical. With a budget, a 
 ``batch_size`` texts and at most ``max_batch_tokens`` padded tokens: long texts get small batches
 (an 8192-token document alone), short texts big ones, and padding stays small because neighbours
 in the sorted order have similar lengths.
+
+``max_padding`` bounds it further: a batch stops growing before padding would take more than that
+share of its slots. On a CPU a padded slot costs as much as a real token and a forward pass adds
+little fixed cost, so mixed lengths are cheaper apart: with a mid-size checkpoint (6 layers,
+hidden 384) on 2 cores, four texts of random lengths (2.2 slots per real token together) ran at
+39 texts/s in one pass and 59-66 texts/s under a 0.1 bound; 256 texts sorted, 82-87 against
+80-92 texts/s.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ def plan_batches(
     *,
     batch_size: int,
     max_batch_tokens: int | None,
+    max_padding: float = 1.0,
 ) -> tuple[npt.NDArray[np.intp], list[npt.NDArray[np.intp]]]:
     """Sort by length (descending) and cut into batches.
 
@@ -31,6 +39,8 @@ def plan_batches(
         batch_size: Maximum items per batch.
         max_batch_tokens: Maximum ``items x longest item`` per batch, or ``None`` for fixed
             ``batch_size`` chunks (the reference's batching).
+        max_padding: With a token budget, the largest share of a batch's ``items x longest``
+            slots that padding may take (1.0: no bound); ignored without one.
 
     Returns:
         ``(order, batches)``: the sort order, and each batch as indices into the *input*.
@@ -47,6 +57,17 @@ def plan_batches(
             longest = max(int(lens[order[start]]), 1)
             fit = max(1, max_batch_tokens // longest)
             stop = min(n, start + min(batch_size, fit))
+            if max_padding < 1.0:
+                stop = start + _unpadded(lens[order[start:stop]], longest, max_padding)
         batches.append(order[start:stop])
         start = stop
     return order, batches
+
+
+def _unpadded(run: npt.NDArray[np.int64], longest: int, max_padding: float) -> int:
+    """How many of ``run`` (descending lengths) fit one batch with padding within the bound."""
+    count = np.arange(1, len(run) + 1)
+    padding = count * longest - np.cumsum(run)
+    fits = padding <= max_padding * count * longest
+    # the first item alone never pads; the batch ends before the first item that breaks it
+    return int(np.argmin(fits)) if not fits.all() else len(run)

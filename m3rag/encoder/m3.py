@@ -174,6 +174,9 @@ class M3Encoder(BatchedModel):
         batch_size: Maximum texts per forward pass.
         max_batch_tokens: Maximum padded tokens per forward pass (long texts get small batches);
             ``None`` batches by count alone, exactly as FlagEmbedding does.
+        max_padding: With a token budget, the largest share of a forward pass that padding may
+            take, in [0, 1]; ``None`` is 0.1 on a CPU (where padding costs as much as text)
+            and no bound on GPUs.
         query_max_length: Truncation length of [`encode_queries`][], specials included.
         passage_max_length: Truncation length of [`encode_corpus`][] and [`encode`][]; capped
             at what the model supports (8192 for BGE-M3).
@@ -207,6 +210,7 @@ class M3Encoder(BatchedModel):
         dtype: str | Any | None = None,
         batch_size: int = 256,
         max_batch_tokens: int | None = 16384,
+        max_padding: float | None = None,
         query_max_length: int = 512,
         passage_max_length: int = 8192,
         show_progress: bool = False,
@@ -214,7 +218,7 @@ class M3Encoder(BatchedModel):
         cache_dir: str | os.PathLike[str] | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        self._init_batching(batch_size, max_batch_tokens)
+        self._init_batching(batch_size, max_batch_tokens, max_padding)
         _check_length(query_max_length, "query_max_length")
         _check_length(passage_max_length, "passage_max_length")
 

@@ -66,10 +66,11 @@ def test_only_requested_heads_are_computed(
 
     handles = [count("sparse", sparse), count("colbert", colbert)]
     try:
-        out = tiny_encoder.encode(["a b c", "d"], dense=True, sparse=False, colbert=False)
+        # texts of one length: one forward pass, whatever the padding bound
+        out = tiny_encoder.encode(["a b c", "d e f"], dense=True, sparse=False, colbert=False)
         assert out.heads == ("dense",) and out.lexical_weights is None and out.colbert_vecs is None
         assert calls == {"sparse": 0, "colbert": 0}
-        out = tiny_encoder.encode(["a b c", "d"], dense=False, sparse=True, colbert=False)
+        out = tiny_encoder.encode(["a b c", "d e f"], dense=False, sparse=True, colbert=False)
         assert out.heads == ("sparse",) and out.dense_vecs is None
         assert calls == {"sparse": 1, "colbert": 0}
     finally:

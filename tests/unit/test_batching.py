@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,3 +44,42 @@ def test_batches_cover_every_item_once_within_limits(
         assert 1 <= len(b) <= batch_size
         if budget is not None and len(b) > 1:
             assert len(b) * max(lengths[i] for i in b) <= budget
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=600), min_size=0, max_size=80),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=5000),
+    st.floats(min_value=0.0, max_value=1.0),
+)
+def test_a_padding_bound_keeps_every_batch_within_it(
+    lengths: list[int], batch_size: int, budget: int, max_padding: float
+) -> None:
+    _, batches = plan_batches(
+        lengths, batch_size=batch_size, max_batch_tokens=budget, max_padding=max_padding
+    )
+    seen = sorted(i for b in batches for i in b.tolist())
+    assert seen == list(range(len(lengths)))
+    for b in batches:
+        lens = [lengths[i] for i in b]
+        slots = len(b) * max(lens)
+        assert 1 <= len(b) <= batch_size
+        if len(b) > 1:
+            assert slots <= budget
+            assert slots - sum(lens) <= max_padding * slots + 1e-9
+    # each cut is forced: the next item would have broken one of the limits
+    for b, nxt in itertools.pairwise(batches):
+        lens = [lengths[i] for i in [*b.tolist(), int(nxt[0])]]
+        slots = len(lens) * max(lens)
+        assert len(lens) > batch_size or slots > budget or slots - sum(lens) > max_padding * slots
+
+
+def test_no_padding_bound_is_the_budget_alone_and_none_is_the_reference() -> None:
+    lengths = [300, 20, 290, 75, 60]
+    free = plan_batches(lengths, batch_size=256, max_batch_tokens=2048, max_padding=1.0)
+    assert [b.tolist() for b in free[1]] == [[0, 2, 3, 4, 1]]
+    bounded = plan_batches(lengths, batch_size=256, max_batch_tokens=2048, max_padding=0.1)
+    assert [b.tolist() for b in bounded[1]] == [[0, 2], [3, 4], [1]]
+    # without a budget the reference's batches stand, whatever the bound
+    ref = plan_batches(lengths, batch_size=2, max_batch_tokens=None, max_padding=0.0)
+    assert [b.tolist() for b in ref[1]] == [[0, 2], [3, 4], [1]]
