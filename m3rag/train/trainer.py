@@ -2,7 +2,7 @@
 
 Plain PyTorch, no ``transformers.Trainer`` (its pinned behaviours are what users leave
 FlagEmbedding over): AdamW, a linear or cosine schedule with warm-up, gradient accumulation,
-fp16/bf16 autocast (a gradient scaler with fp16 on CUDA), gradient checkpointing, periodic
+fp16/bf16 autocast (fp16 with a gradient scaler, on any device), gradient checkpointing, periodic
 evaluation on a BEIR dev split through `m3rag.eval`, early stopping, and checkpoints that resume
 the same run (model, optimiser, scheduler, step; the data order is a pure function of the seed
 and the epoch, so the skipped batches are replayed, not stored).
@@ -330,6 +330,21 @@ def latest_checkpoint(output: str | os.PathLike[str]) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
+
+def _optimizer_step(scaler: Any, optimizer: Any, scheduler: Any) -> None:
+    """One update through the gradient scaler; the schedule moves only if the update ran.
+
+    With fp16 the scaler skips the update when the scaled gradients overflowed (at its first
+    steps, while it finds its scale): the learning rate then stays where it was, as in
+    ``transformers.Trainer``, instead of the schedule running ahead of the updates.
+    """
+    before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if before is None or scaler.get_scale() >= before:
+        scheduler.step()
+
 def finetune(
     examples: Sequence[TrainExample],
     model_name_or_path: str | os.PathLike[str],
@@ -390,7 +405,9 @@ def finetune(
     epochs = math.ceil(total / per_epoch)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.learning_rate)
     scheduler = _scheduler(optimizer, cfg, total)
-    use_scaler = cfg.precision == "fp16" and device.type == "cuda"
+    # fp16 gradients underflow (and overflow) wherever they are computed: the scaler guards
+    # them on every device, so the path a GPU takes is the one the CPU tests run
+    use_scaler = cfg.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     loss_cfg = cfg.loss
     if cfg.head_warmup_steps and loss_cfg.self_distill:
@@ -494,10 +511,7 @@ def finetune(
             if cfg.max_grad_norm is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            _optimizer_step(scaler, optimizer, scheduler)
             step += 1
             record = {"step": float(step), "lr": float(scheduler.get_last_lr()[0])}
             record.update({k: float(v.detach()) for k, v in parts.items()})
@@ -515,10 +529,7 @@ def finetune(
                 break
     if micro % cfg.gradient_accumulation_steps and step < total and not stopped:
         # a last partial accumulation: step on what was gathered
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        _optimizer_step(scaler, optimizer, scheduler)
         step += 1
     if progress is not None:
         progress.close()

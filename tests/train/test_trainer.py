@@ -261,3 +261,34 @@ def test_uniform_lexical_init_gives_every_token_the_same_weight(tiny_m3_path, tm
         M3TrainModel(base, lexical_init="zeros")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lexical_init"):
         TrainConfig(lexical_init="zeros")  # type: ignore[arg-type]
+
+
+def test_fp16_trains_with_a_scaler_that_checkpoints_and_resumes(tiny_m3_path, tmp_path):
+    # the gradient scaler runs on every device: on this CPU it is the path a GPU takes. Its
+    # first steps overflow and are skipped; the schedule must not step past them (PyTorch
+    # warns, and the suite turns warnings into errors)
+    cfg = TrainConfig(
+        max_steps=4,
+        save_steps=2,
+        learning_rate=1e-3,
+        dropout=False,
+        save_total_limit=3,
+        precision="fp16",
+        **FAST,
+    )
+    examples = _examples(6)
+    full = finetune(examples, tiny_m3_path, tmp_path / "full", cfg)
+    assert all(np.isfinite(r["loss"]) for r in full.history)
+    state = torch.load(tmp_path / "full" / "checkpoint-2" / "trainer_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0  # the scaler's state travels with the checkpoint
+    resumed = finetune(
+        examples,
+        tiny_m3_path,
+        tmp_path / "again",
+        cfg,
+        resume_from=tmp_path / "full" / "checkpoint-2",
+    )
+    assert resumed.steps == 4
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "again")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
