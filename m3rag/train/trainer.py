@@ -330,7 +330,6 @@ def latest_checkpoint(output: str | os.PathLike[str]) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
-
 def _optimizer_step(scaler: Any, optimizer: Any, scheduler: Any) -> None:
     """One update through the gradient scaler; the schedule moves only if the update ran.
 
@@ -344,6 +343,7 @@ def _optimizer_step(scaler: Any, optimizer: Any, scheduler: Any) -> None:
     optimizer.zero_grad(set_to_none=True)
     if before is None or scaler.get_scale() >= before:
         scheduler.step()
+
 
 def finetune(
     examples: Sequence[TrainExample],
