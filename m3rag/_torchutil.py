@@ -56,8 +56,11 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
     return True
 
 
-# The padding bound of a CPU forward pass (see m3rag._batching): measured best among 0 to 0.3
-# with a mid-size checkpoint on 2 cores, on random groups of 4 and 16 texts and a sorted corpus.
+# The padding bound for a server's small batches of mixed lengths on a CPU (see m3rag._batching):
+# measured best among 0 to 0.3 with a mid-size checkpoint on 2 cores, on random groups of 4 and
+# 16 texts. Not a default for offline encoding: over a sorted corpus of texts up to 512 tokens it
+# cut fp32 throughput by up to a fifth and bf16 by a third (more passes of short texts, whose
+# fixed cost outweighs the padding saved).
 CPU_MAX_PADDING = 0.1
 
 _DTYPES = {
@@ -227,7 +230,7 @@ class BatchedModel:
     _max_padding: float | None
 
     def _init_batching(
-        self, batch_size: int, max_batch_tokens: int | None, max_padding: float | None = None
+        self, batch_size: int, max_batch_tokens: int | None, max_padding: float | None = 1.0
     ) -> None:
         check_positive_int(batch_size, "batch_size")
         if max_batch_tokens is not None and (
@@ -245,9 +248,10 @@ class BatchedModel:
     def max_padding(self) -> float:
         """The largest share of a forward pass's slots that padding may take (1.0: no bound).
 
-        Set ``None`` for the device's default: `CPU_MAX_PADDING` on a CPU, where a padded slot
-        costs as much as a real token, and no bound on GPUs (not measured there). Only with a
-        token budget (``max_batch_tokens``); without one, batches are the reference's.
+        Set ``None`` for the device's choice for small batches of mixed lengths, as a server
+        gathers: `CPU_MAX_PADDING` on a CPU, where a padded slot costs as much as a real token,
+        and no bound on GPUs (not measured there). Only with a token budget
+        (``max_batch_tokens``); without one, batches are the reference's.
         """
         if self._max_padding is not None:
             return self._max_padding

@@ -154,10 +154,9 @@ def serve(
     prefer_passive_openmp()
     # one budget for both cuts: what the batcher gathers and what one forward pass holds
     if model_process:
-        encoder = load_model_process("encoder", name, device, max_batch_tokens)
+        encoder = load_model_process("encoder", name, device, max_batch_tokens, max_padding=None)
     else:
-        encoder = load_encoder(name, device, None)
-        encoder.max_batch_tokens = max_batch_tokens
+        encoder = serving_batches(load_encoder(name, device, None), max_batch_tokens)
     models = [encoder]
     try:
         rr = None
@@ -184,13 +183,28 @@ def serve(
         _close_models(models)
 
 
-def load_model_process(kind: str, model: str, device: str | None, max_batch_tokens: int) -> Any:
+def serving_batches(encoder: Any, max_batch_tokens: int) -> Any:
+    """``encoder`` cutting its forward passes as the server's batches need; returned.
+
+    One token budget for both cuts (what the batcher gathers, what one pass holds), and the
+    device's padding bound for small batches of mixed lengths (0.1 on a CPU).
+    """
+    encoder.max_batch_tokens = max_batch_tokens
+    encoder.max_padding = None
+    return encoder
+
+
+def load_model_process(
+    kind: str, model: str, device: str | None, max_batch_tokens: int, **options: Any
+) -> Any:
     """An encoder or reranker loaded in a child process (`m3rag.serve.process`)."""
     from m3rag.serve.process import ProcessEncoder, ProcessReranker
 
     cls = ProcessEncoder if kind == "encoder" else ProcessReranker
     with loading(model):
-        return cls(model_name_or_path=model, device=device, max_batch_tokens=max_batch_tokens)
+        return cls(
+            model_name_or_path=model, device=device, max_batch_tokens=max_batch_tokens, **options
+        )
 
 
 def _close_models(models: list[Any]) -> None:

@@ -175,8 +175,9 @@ class M3Encoder(BatchedModel):
         max_batch_tokens: Maximum padded tokens per forward pass (long texts get small batches);
             ``None`` batches by count alone, exactly as FlagEmbedding does.
         max_padding: With a token budget, the largest share of a forward pass that padding may
-            take, in [0, 1]; ``None`` is 0.1 on a CPU (where padding costs as much as text)
-            and no bound on GPUs.
+            take, in [0, 1]; 1.0 (the default) sets no bound. ``None`` is the choice for
+            small batches of mixed lengths, as `m3rag serve` gathers: 0.1 on a CPU (where
+            padding costs as much as text), no bound on GPUs.
         query_max_length: Truncation length of [`encode_queries`][], specials included.
         passage_max_length: Truncation length of [`encode_corpus`][] and [`encode`][]; capped
             at what the model supports (8192 for BGE-M3).
@@ -210,7 +211,7 @@ class M3Encoder(BatchedModel):
         dtype: str | Any | None = None,
         batch_size: int = 256,
         max_batch_tokens: int | None = 16384,
-        max_padding: float | None = None,
+        max_padding: float | None = 1.0,
         query_max_length: int = 512,
         passage_max_length: int = 8192,
         show_progress: bool = False,

@@ -164,8 +164,9 @@ class Reranker(BatchedModel):
         max_batch_tokens: Maximum padded tokens per forward pass; ``None`` batches by count
             alone, as FlagReranker does.
         max_padding: With a token budget, the largest share of a forward pass that padding may
-            take, in [0, 1]; ``None`` is 0.1 on a CPU (where padding costs as much as text)
-            and no bound on GPUs.
+            take, in [0, 1]; 1.0 (the default) sets no bound. ``None`` is the choice for
+            small batches of mixed lengths, as `m3rag serve` gathers: 0.1 on a CPU (where
+            padding costs as much as text), no bound on GPUs.
         max_length: Pair length in tokens, specials included; up to the model's limit (8192 for
             v2-m3, 512 for base/large).
         query_max_length: Query length cap; default ``3/4 * max_length``.
@@ -200,7 +201,7 @@ class Reranker(BatchedModel):
         dtype: str | Any | None = None,
         batch_size: int = 128,
         max_batch_tokens: int | None = 16384,
-        max_padding: float | None = None,
+        max_padding: float | None = 1.0,
         max_length: int = 512,
         query_max_length: int | None = None,
         show_progress: bool = False,

@@ -56,8 +56,15 @@ ENCODER_ATTRIBUTES = (
     "pooling",
     "batch_size",
     "max_batch_tokens",
+    "max_padding",
 )
-RERANKER_ATTRIBUTES = ("max_length", "model_name_or_path", "batch_size", "max_batch_tokens")
+RERANKER_ATTRIBUTES = (
+    "max_length",
+    "model_name_or_path",
+    "batch_size",
+    "max_batch_tokens",
+    "max_padding",
+)
 
 
 def build_encoder(**kwargs: Any) -> Any:

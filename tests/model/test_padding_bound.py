@@ -15,14 +15,25 @@ from m3rag._torchutil import CPU_MAX_PADDING
 pytestmark = pytest.mark.model
 
 
-def test_the_default_follows_the_device_and_can_be_set(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+def test_no_bound_by_default_and_none_is_the_device_choice(
+    tiny_m3_path, tiny_reranker_path
+) -> None:  # type: ignore[no-untyped-def]
     enc = M3Encoder(tiny_m3_path, device="cpu")
+    assert enc.max_padding == 1.0  # offline encoding: no bound (see CPU_MAX_PADDING)
+    enc.max_padding = None  # the device's choice for a server's small mixed batches
     assert enc.max_padding == CPU_MAX_PADDING
-    enc.max_padding = 1.0
-    assert enc.max_padding == 1.0
-    enc.max_padding = None  # back to the device's default
+    enc.max_padding = 0
+    assert enc.max_padding == 0.0
+    assert M3Encoder(tiny_m3_path, device="cpu", max_padding=None).max_padding == CPU_MAX_PADDING
+    assert Reranker(tiny_reranker_path, device="cpu").max_padding == 1.0
+
+
+def test_the_server_bounds_its_encoders_padding(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    from m3rag.cli._serve import serving_batches
+
+    enc = serving_batches(M3Encoder(tiny_m3_path, device="cpu"), 2048)
+    assert enc.max_batch_tokens == 2048
     assert enc.max_padding == CPU_MAX_PADDING
-    assert M3Encoder(tiny_m3_path, device="cpu", max_padding=0).max_padding == 0.0
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.1"])
@@ -31,10 +42,10 @@ def test_a_bad_bound_is_refused_before_loading(tiny_m3_path, tiny_reranker_path,
         M3Encoder(tiny_m3_path, device="cpu", max_padding=bad)
     with pytest.raises(ValueError, match=r"max_padding must be a number in \[0, 1\] or None"):
         Reranker(tiny_reranker_path, device="cpu", max_padding=bad)
-    enc = M3Encoder(tiny_m3_path, device="cpu")
+    enc = M3Encoder(tiny_m3_path, device="cpu", max_padding=0.5)
     with pytest.raises(ValueError, match="max_padding"):
         enc.max_padding = bad
-    assert enc.max_padding == CPU_MAX_PADDING  # a refused value changes nothing
+    assert enc.max_padding == 0.5  # a refused value changes nothing
 
 
 words = st.sampled_from(["alpha", "北京", "γάμμα", "data", "x", "the", "ColBERT", "é"])

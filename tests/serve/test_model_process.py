@@ -193,3 +193,15 @@ def test_close_stops_the_child(tiny_m3_path) -> None:  # type: ignore[no-untyped
     with pytest.raises(ModelProcessError):
         enc.encode_queries(["after close"])
     enc.close()  # twice is fine
+
+
+def test_the_server_bounds_the_child_encoders_padding(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    from m3rag._torchutil import CPU_MAX_PADDING
+    from m3rag.cli._serve import load_model_process
+
+    enc = load_model_process("encoder", str(tiny_m3_path), "cpu", 2048, max_padding=None)
+    try:
+        assert enc.max_batch_tokens == 2048
+        assert enc.max_padding == CPU_MAX_PADDING  # the child's device choice, read from it
+    finally:
+        enc.close()
