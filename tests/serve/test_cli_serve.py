@@ -118,37 +118,28 @@ def test_serve_process_with_index_reranker_and_env_key(
     assert f"serving {tiny_m3_path}" in err and "API key required" in err
 
 
-def test_serve_refuses_a_public_host_without_public(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+def _usage_error(*args: str) -> str:
+    """``m3rag serve ARGS`` must refuse at once with exit code 2; its stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "m3rag", "serve", "--model", str(tiny_m3_path), "--host", "0.0.0.0"],  # noqa: S104 - refused
+        [sys.executable, "-m", "m3rag", "serve", *args],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2
-    assert "--public" in done.stderr
+    assert done.returncode == 2, done.stderr
+    return done.stderr
+
+
+def test_serve_refuses_a_public_host_without_public(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    err = _usage_error("--model", str(tiny_m3_path), "--host", "0.0.0.0")  # noqa: S104 - refused
+    assert "--public" in err
 
 
 def test_allow_writes_needs_an_index(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
-    done = subprocess.run(
-        [sys.executable, "-m", "m3rag", "serve", "--model", str(tiny_m3_path), "--allow-writes"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and "--index" in done.stderr
+    assert "--index" in _usage_error("--model", str(tiny_m3_path), "--allow-writes")
 
 
 def test_a_bad_wait_policy_is_a_usage_error(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
-    args = ["serve", "--model", str(tiny_m3_path), "--wait-policy", "never"]
-    done = subprocess.run(
-        [sys.executable, "-m", "m3rag", *args],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2
-    assert "wait_policy must be one of adaptive, always, got 'never'" in done.stderr
+    err = _usage_error("--model", str(tiny_m3_path), "--wait-policy", "never")
+    assert "wait_policy must be one of adaptive, always, got 'never'" in err

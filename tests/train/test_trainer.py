@@ -133,17 +133,10 @@ def test_single_head_modes_train_only_their_head(tiny_m3_path, tmp_path, mode):
         assert moved == (head == mode)
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_does(tiny_m3_path, tmp_path):
-    cfg = TrainConfig(
-        max_steps=4, save_steps=2, learning_rate=1e-3, dropout=False, save_total_limit=3, **FAST
-    )
+def _resumed_run_matches(tiny_m3_path, tmp_path, cfg):
+    """Train 4 steps, and again from the first run's step-2 checkpoint: both must end alike."""
     examples = _examples(6)  # 2 batches an epoch: the resumed run replays the next epoch
-    finetune(
-        examples,
-        tiny_m3_path,
-        tmp_path / "full",
-        cfg,
-    )
+    full = finetune(examples, tiny_m3_path, tmp_path / "full", cfg)
     assert (tmp_path / "full" / "checkpoint-2" / "trainer_state.pt").is_file()
     resumed = finetune(
         examples,
@@ -154,9 +147,19 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tiny_m3_path, tmp_path
     )
     assert resumed.steps == 4
     assert len(resumed.history) == 2
-    full, again = _state(tmp_path / "full"), _state(tmp_path / "again")
-    for k in full:
-        torch.testing.assert_close(again[k], full[k], atol=1e-6, rtol=1e-5, msg=k)
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "again")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
+    return full
+
+
+RESUMABLE = {"max_steps": 4, "save_steps": 2, "learning_rate": 1e-3, "dropout": False}
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tiny_m3_path, tmp_path):
+    _resumed_run_matches(
+        tiny_m3_path, tmp_path, TrainConfig(save_total_limit=3, **RESUMABLE, **FAST)
+    )
 
 
 def test_teacher_scores_and_gradient_accumulation_run(tiny_m3_path, tmp_path):
@@ -267,28 +270,8 @@ def test_fp16_trains_with_a_scaler_that_checkpoints_and_resumes(tiny_m3_path, tm
     # the gradient scaler runs on every device: on this CPU it is the path a GPU takes. Its
     # first steps overflow and are skipped; the schedule must not step past them (PyTorch
     # warns, and the suite turns warnings into errors)
-    cfg = TrainConfig(
-        max_steps=4,
-        save_steps=2,
-        learning_rate=1e-3,
-        dropout=False,
-        save_total_limit=3,
-        precision="fp16",
-        **FAST,
-    )
-    examples = _examples(6)
-    full = finetune(examples, tiny_m3_path, tmp_path / "full", cfg)
+    cfg = TrainConfig(save_total_limit=3, precision="fp16", **RESUMABLE, **FAST)
+    full = _resumed_run_matches(tiny_m3_path, tmp_path, cfg)
     assert all(np.isfinite(r["loss"]) for r in full.history)
     state = torch.load(tmp_path / "full" / "checkpoint-2" / "trainer_state.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0  # the scaler's state travels with the checkpoint
-    resumed = finetune(
-        examples,
-        tiny_m3_path,
-        tmp_path / "again",
-        cfg,
-        resume_from=tmp_path / "full" / "checkpoint-2",
-    )
-    assert resumed.steps == 4
-    a, b = _state(tmp_path / "full"), _state(tmp_path / "again")
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
