@@ -11,10 +11,12 @@ in the sorted order have similar lengths.
 share of its slots. It pays where batches are few texts of any length, as a server gathers: on
 a CPU a padded slot costs as much as a real token, so with a mid-size checkpoint (6 layers,
 hidden 384) on 2 cores, four texts of random lengths (2.2 slots per real token together) ran at
-39 texts/s in one pass and 59-66 texts/s under a 0.1 bound. It does not pay over a sorted corpus,
-where neighbours pad little anyway and a bound only adds passes of short texts, each with its
-fixed cost: with 400 texts of up to 512 tokens a 0.1 bound cut fp32 throughput by up to a fifth
-and bf16 by a third. So the models set no bound by default, and `m3rag serve` sets one.
+39 texts/s in one pass and 59-66 texts/s under a 0.1 bound. Over a sorted corpus, where
+neighbours pad little anyway and a bound adds passes of short texts, each with its fixed cost, it
+is no default: with `bench_encoder`'s 400 texts of up to 512 tokens, bf16 (the fast path) ran
+2.4x slower under a 0.1 bound (7.6 s against 3.2 s, two runs of the benchmark on one day); fp32
+came out 23% faster in those two runs and up to a fifth slower in an A/B beside another job.
+So the models set no bound by default, and `m3rag serve` sets one.
 """
 
 from __future__ import annotations

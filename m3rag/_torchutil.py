@@ -59,8 +59,8 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
 # The padding bound for a server's small batches of mixed lengths on a CPU (see m3rag._batching):
 # measured best among 0 to 0.3 with a mid-size checkpoint on 2 cores, on random groups of 4 and
 # 16 texts. Not a default for offline encoding: over a sorted corpus of texts up to 512 tokens it
-# cut fp32 throughput by up to a fifth and bf16 by a third (more passes of short texts, whose
-# fixed cost outweighs the padding saved).
+# made bf16 2.4x slower (more passes of short texts, whose fixed cost outweighs the padding
+# saved), and fp32 faster in one measurement and slower in another (see m3rag._batching).
 CPU_MAX_PADDING = 0.1
 
 _DTYPES = {
