@@ -14,8 +14,8 @@ hidden 384) on 2 cores, four texts of random lengths (2.2 slots per real token t
 39 texts/s in one pass and 59-66 texts/s under a 0.1 bound. Over a sorted corpus, where
 neighbours pad little anyway and a bound adds passes of short texts, each with its fixed cost, it
 is no default: with `bench_encoder`'s 400 texts of up to 512 tokens, bf16 (the fast path) ran
-2.4x slower under a 0.1 bound (7.6 s against 3.2 s, two runs of the benchmark on one day); fp32
-came out 23% faster in those two runs and up to a fifth slower in an A/B beside another job.
+2.4x slower under a 0.1 bound (7.6 s against 3.2 s, one benchmark run each, same day); fp32
+came out 23% faster in those runs and up to a fifth slower in an A/B beside another job.
 So the models set no bound by default, and `m3rag serve` sets one.
 """
 
