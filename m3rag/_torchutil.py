@@ -37,11 +37,12 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
     OpenMP's threads otherwise spin at the end of every parallel region, taking the cores the
     loop (and, on one machine, the clients) need. It does nothing when the user chose a policy,
     and nothing once torch is imported into this process, since OpenMP reads the policy once,
-    when torch loads; a ``environ`` given explicitly is always the caller's to decide on.
+    when torch loads; an ``environ`` given explicitly is always the caller's to decide on.
 
-    Measured on the 2-core machine with `m3rag serve` and the tests' tiny checkpoint (32 clients
-    on ``/embed_all``): 267-299 req/s against 176-181 spinning; with a mid-size checkpoint,
-    where the model's own work dominates, no change (34.0 against 33.6 req/s).
+    Measured with `m3rag serve` on the 2-core machine (``bench_serve.py``, docs/serve.md): with
+    the tests' tiny checkpoint, 32 clients on ``/embed_all`` got 1.39x the requests per second
+    of spinning threads, but 8 clients 0.84x; with a mid-size checkpoint, where the model's own
+    work dominates, spinning got 0.97-1.04x of it in every cell.
 
     Returns:
         Whether the policy was set.
