@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from m3rag._inputs import check_positive_int
 from m3rag.serve.batching import WaitPolicy, check_max_wait_ms, check_wait_policy
 
 __all__ = ["ServeConfig"]
-
-
-def _positive(name: str, value: object, *, allow_float: bool = False) -> None:
-    kinds = (int, float) if allow_float else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        what = "a positive number" if allow_float else "a positive int"
-        msg = f"{name} must be {what}, got {value!r}"
-        raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -61,8 +54,15 @@ class ServeConfig:
             "max_request_bytes",
             "max_k",
         ):
-            _positive(name, getattr(self, name))
-        _positive("request_timeout_s", self.request_timeout_s, allow_float=True)
+            check_positive_int(getattr(self, name), name)
+        timeout = self.request_timeout_s
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not timeout > 0  # NaN fails too
+        ):
+            msg = f"request_timeout_s must be a positive number, got {timeout!r}"
+            raise ValueError(msg)
         check_max_wait_ms(self.max_wait_ms)
         check_wait_policy(self.wait_policy)
         if self.api_key is not None and not self.api_key.strip():

@@ -472,6 +472,9 @@ def test_public_surface_and_lazy_imports() -> None:
         ({"max_batch_tokens": 0}, "max_batch_tokens"),
         ({"max_queued_texts": True}, "max_queued_texts"),
         ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"request_timeout_s": float("nan")}, "request_timeout_s"),
+        ({"request_timeout_s": True}, "request_timeout_s"),
+        ({"max_k": 2.5}, "max_k must be a positive int"),
         ({"api_key": "  "}, "api_key is empty"),
     ],
 )
