@@ -802,6 +802,11 @@ def _plain_ahead(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _comparisons(res: dict[str, Any]) -> list[str]:
+    """What a serve run's table says beside it: each variant, one client, the plain endpoint."""
+    return [*_variants_vs_default(res), *_one_client(res), *_plain_ahead(res)]
+
+
 def section_serve(r: Report) -> str:
     res = r.load("serve")
     if res is None:
@@ -816,9 +821,7 @@ def section_serve(r: Report) -> str:
         "*model busy*: the share of the cell's wall time the batcher spent inside the model "
         "(from the server's `/metrics`); *texts/batch*: texts per gathered batch.",
         "",
-        *_variants_vs_default(res),
-        *_one_client(res),
-        *_plain_ahead(res),
+        *_comparisons(res),
     ]
     one = res["servers"][_DEFAULT_SERVER]["/embed_all"][0]
     load = res.get("load_average")
@@ -877,9 +880,7 @@ def section_serve(r: Report) -> str:
             "batcher, the GIL) shows, as it does on a GPU: " + _serve_setup(tiny),
             "",
             *_serve_table(tiny),
-            *_variants_vs_default(tiny),
-            *_one_client(tiny),
-            *_plain_ahead(tiny),
+            *_comparisons(tiny),
         ]
     t = res["targets"]
     r.target(
