@@ -318,6 +318,7 @@ def main() -> None:
     import torch
 
     from m3rag import Collection, HybridRetriever, M3Encoder
+    from m3rag.serve import ServeConfig
     from m3rag.testing import build_m3_checkpoint, multilingual_corpus
 
     torch.manual_seed(0)
@@ -373,7 +374,7 @@ def main() -> None:
         "dtype": str(encoder.dtype).removeprefix("torch."),
         "forward_tokens": forward_tokens,
         "max_wait_ms": args.max_wait_ms,
-        "wait_policy": "adaptive",  # the default server's; "always-wait" runs the other
+        "wait_policy": ServeConfig.wait_policy,  # the default server's; "always-wait" the other
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: m3rag serve sets PASSIVE
         "load_procs": args.load_procs,
         "text_words": list(args.words),
