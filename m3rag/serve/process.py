@@ -7,9 +7,9 @@ small ops each wait their turn. Measured on this project's 2-core machine with t
 checkpoint (16 short texts a call, one torch thread): 6.3 ms a call alone, 11-13 ms beside a busy
 *process* (two processes on two cores), 27-32 ms beside a busy *thread* (the GIL). On a GPU the
 ops are all launches, so the effect is expected to be the same or worse (not measured yet). Where
-the model and the server share the cores (the 2-core CPU machine) the child gained nothing in
-``bench_serve.py``, so ``m3rag serve`` keeps the models in-process unless given
-``--model-process``.
+the model and the server share the cores (the 2-core CPU machine) the child's gain was mixed in
+``bench_serve.py`` (more on ``/search`` under load, up to a fifth less on ``/embed_all``), so
+``m3rag serve`` keeps the models in-process unless given ``--model-process``.
 
 [`ModelProcess`][m3rag.serve.process.ModelProcess] starts a child with the ``spawn`` method (safe
 with CUDA and with the parent's threads), builds the model there from a recipe (a function of
