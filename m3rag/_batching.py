@@ -7,16 +7,18 @@ are the reference's batches and the outputs are bit-identical. With a budget, a 
 (an 8192-token document alone), short texts big ones, and padding stays small because neighbours
 in the sorted order have similar lengths.
 
-``max_padding`` bounds it further: a batch stops growing before padding would take more than that
-share of its slots. It pays where batches are few texts of any length, as a server gathers: on
-a CPU a padded slot costs as much as a real token, so with a mid-size checkpoint (6 layers,
-hidden 384) on 2 cores, four texts of random lengths (2.2 slots per real token together) ran at
-39 texts/s in one pass and 59-66 texts/s under a 0.1 bound. Over a sorted corpus, where
-neighbours pad little anyway and a bound adds passes of short texts, each with its fixed cost, it
-is no default: with `bench_encoder`'s 400 texts of up to 512 tokens, bf16 (the fast path) ran
-2.4x slower under a 0.1 bound (7.6 s against 3.2 s, one benchmark run each, same day); fp32
-came out 23% faster in those runs and up to a fifth slower in an A/B beside another job.
-So the models set no bound by default, and `m3rag serve` sets one.
+By default each batch is filled to those limits. ``batch_overhead`` cuts them by cost instead: a
+forward pass is taken to cost ``batch_overhead + items x longest`` token slots, and the sorted
+texts are cut into the contiguous batches of least total cost (dynamic programming, exact). It
+pays where batches are few texts of any length, as a server gathers: filled to the budget, a
+gathered batch pads its short texts to its longest, and on a CPU a padded slot costs about as
+much as a real token; cut one text a pass, each pass pays its fixed cost, which on a CPU is
+large (small matrix products run far below the cores' peak). In ``bench_serve``'s mid-size run
+(6 layers, hidden 384, 2 cores), one text of 32-512 tokens took as long as 121-175 more tokens
+in a full pass, and random groups of 16 texts ran at 46.2 texts/s cut by cost against 38.3
+filled. With the tests' tiny checkpoint, whose passes are mostly fixed cost, the measured
+overhead (about 700 slots) keeps the groups nearly whole: 598 against 576 texts/s. Over a
+sorted corpus neighbours pad little anyway, so the models fill by default.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def plan_batches(
     *,
     batch_size: int,
     max_batch_tokens: int | None,
-    max_padding: float = 1.0,
+    batch_overhead: int | None = None,
 ) -> tuple[npt.NDArray[np.intp], list[npt.NDArray[np.intp]]]:
     """Sort by length (descending) and cut into batches.
 
@@ -43,35 +45,68 @@ def plan_batches(
         batch_size: Maximum items per batch.
         max_batch_tokens: Maximum ``items x longest item`` per batch, or ``None`` for fixed
             ``batch_size`` chunks (the reference's batching).
-        max_padding: With a token budget, the largest share of a batch's ``items x longest``
-            slots that padding may take (1.0: no bound); ignored without one.
+        batch_overhead: With a token budget, the fixed cost of one batch in token slots: the
+            batches are then the cut of least total ``batch_overhead + items x longest``.
+            ``None`` fills each batch to the limits. Ignored without a budget.
 
     Returns:
         ``(order, batches)``: the sort order, and each batch as indices into the *input*.
     """
     lens = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lens)
-    batches: list[npt.NDArray[np.intp]] = []
-    n = len(order)
-    start = 0
-    while start < n:
-        if max_batch_tokens is None:
-            stop = min(n, start + batch_size)
-        else:
-            longest = max(int(lens[order[start]]), 1)
-            fit = max(1, max_batch_tokens // longest)
-            stop = min(n, start + min(batch_size, fit))
-            if max_padding < 1.0:
-                stop = start + _unpadded(lens[order[start:stop]], longest, max_padding)
-        batches.append(order[start:stop])
-        start = stop
-    return order, batches
+    if max_batch_tokens is None:
+        return order, [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    caps = _caps(lens[order], batch_size, max_batch_tokens)
+    if batch_overhead is None:
+        stops = _filled(caps)
+    else:
+        # an overhead above every cut's padding counts only passes; capped there, the costs
+        # stay within int64 for any corpus
+        widest = max(max_batch_tokens, int(lens.max(initial=1)))
+        stops = _least_cost(lens[order], caps, min(batch_overhead, len(lens) * widest + 1))
+    # each batch runs from the previous stop (0 for the first) to its own
+    return order, [order[a:b] for a, b in zip([0, *stops], stops, strict=False)]
 
 
-def _unpadded(run: npt.NDArray[np.int64], longest: int, max_padding: float) -> int:
-    """How many of ``run`` (descending lengths) fit one batch with padding within the bound."""
-    count = np.arange(1, len(run) + 1)
-    padding = count * longest - np.cumsum(run)
-    fits = padding <= max_padding * count * longest
-    # the first item alone never pads; the batch ends before the first item that breaks it
-    return int(np.argmin(fits)) if not fits.all() else len(run)
+def _caps(ordered: npt.NDArray[np.int64], batch_size: int, max_batch_tokens: int) -> list[int]:
+    """How many items a batch starting at each position may hold (at least the first one)."""
+    n = len(ordered)
+    longest = np.maximum(ordered, 1)
+    fit = np.maximum(1, max_batch_tokens // longest)
+    room = n - np.arange(n)
+    return np.minimum(np.minimum(fit, batch_size), room).tolist()  # type: ignore[no-any-return]
+
+
+def _filled(caps: list[int]) -> list[int]:
+    """Each batch as full as the limits allow: its end positions."""
+    stops, start = [], 0
+    while start < len(caps):
+        start += caps[start]
+        stops.append(start)
+    return stops
+
+
+def _least_cost(ordered: npt.NDArray[np.int64], caps: list[int], overhead: int) -> list[int]:
+    """The end positions of the contiguous cut of least ``sum(overhead + items x longest)``.
+
+    ``best[j]`` is the least cost of the first ``j`` items; a batch starting at ``i`` (its
+    longest item, since the order is descending) may end at ``i + 1 .. i + caps[i]``. On a tie
+    the earlier start -- the bigger last batch -- is kept.
+    """
+    n = len(ordered)
+    best = np.zeros(n + 1, dtype=np.int64)
+    best[1:] = np.iinfo(np.int64).max
+    start = np.zeros(n + 1, dtype=np.intp)
+    for i in range(n):
+        cap = caps[i]
+        cost = best[i] + overhead + max(int(ordered[i]), 1) * np.arange(1, cap + 1)
+        ends = slice(i + 1, i + 1 + cap)
+        better = cost < best[ends]
+        best[ends] = np.where(better, cost, best[ends])
+        start[ends] = np.where(better, i, start[ends])
+    stops = []
+    j = n
+    while j > 0:
+        stops.append(j)
+        j = int(start[j])
+    return stops[::-1]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from m3rag._inputs import check_positive_int
 
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "CPU_MAX_PADDING",
+    "CALIBRATION_ROUNDS",
+    "CALIBRATION_TEXTS",
+    "CALIBRATION_TOKENS",
     "BatchedModel",
     "available_devices",
     "is_oom",
@@ -40,9 +43,10 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
     when torch loads; an ``environ`` given explicitly is always the caller's to decide on.
 
     Measured with `m3rag serve` on the 2-core machine (``bench_serve.py``, docs/serve.md): with
-    the tests' tiny checkpoint, 32 clients on ``/embed_all`` got 1.39x the requests per second
-    of spinning threads, but 8 clients 0.84x; with a mid-size checkpoint, where the model's own
-    work dominates, spinning got 0.97-1.04x of it in every cell.
+    the tests' tiny checkpoint, spinning threads got 0.85-0.95x the requests per second of
+    sleeping ones in every cell; with a mid-size checkpoint, where the model's own work
+    dominates, 0.99-1.09x. An earlier run of the tiny case was mixed (1.39x for sleeping at 32
+    clients, 0.84x at 8).
 
     Returns:
         Whether the policy was set.
@@ -57,12 +61,12 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
     return True
 
 
-# The padding bound for a server's small batches of mixed lengths on a CPU (see m3rag._batching):
-# measured best among 0 to 0.3 with a mid-size checkpoint on 2 cores, on random groups of 4 and
-# 16 texts. Not a default for offline encoding: over a sorted corpus of texts up to 512 tokens it
-# made bf16 2.4x slower (more passes of short texts, whose fixed cost outweighs the padding
-# saved), and fp32 faster in one measurement and slower in another (see m3rag._batching).
-CPU_MAX_PADDING = 0.1
+# How ``batch_overhead="auto"`` measures a forward pass's fixed cost on a CPU (see
+# BatchedModel.batch_overhead): one text of CALIBRATION_TOKENS against CALIBRATION_TEXTS of them
+# in one pass, about a thousand tokens, where a CPU's time per token stops falling.
+CALIBRATION_TOKENS = 128
+CALIBRATION_TEXTS = 8
+CALIBRATION_ROUNDS = 8
 
 _DTYPES = {
     "float32": "float32",
@@ -221,17 +225,22 @@ def run_with_oom_backoff(
 class BatchedModel:
     """Batching shared by the encoder and the reranker: padding, planning, OOM back-off.
 
-    Subclasses call `_init_batching` and set ``device`` and ``_pad_id``.
+    Subclasses call `_init_batching` and set ``device``, ``_pad_id`` and ``_model`` (the
+    module a forward pass runs: ``input_ids`` and ``attention_mask`` in).
     """
 
     batch_size: int
     max_batch_tokens: int | None
     device: torch.device
     _pad_id: int
-    _max_padding: float | None
+    _model: Any
+    _batch_overhead: int | Literal["auto"] | None
 
     def _init_batching(
-        self, batch_size: int, max_batch_tokens: int | None, max_padding: float | None = 1.0
+        self,
+        batch_size: int,
+        max_batch_tokens: int | None,
+        batch_overhead: int | Literal["auto"] | None = None,
     ) -> None:
         check_positive_int(batch_size, "batch_size")
         if max_batch_tokens is not None and (
@@ -243,29 +252,80 @@ class BatchedModel:
             raise ValueError(msg)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.max_padding = max_padding
+        self.batch_overhead = batch_overhead
+        self._measured_overhead: int | None = None
+        self._calibration_lock = threading.Lock()
 
     @property
-    def max_padding(self) -> float:
-        """The largest share of a forward pass's slots that padding may take (1.0: no bound).
+    def batch_overhead(self) -> int | None:
+        """The fixed cost of one forward pass, in token slots, that cuts batches by cost.
 
-        Set ``None`` for the device's choice for small batches of mixed lengths, as a server
-        gathers: `CPU_MAX_PADDING` on a CPU, where a padded slot costs as much as a real token,
-        and no bound on GPUs (not measured there). Only with a token budget
-        (``max_batch_tokens``); without one, batches are the reference's.
+        With it (and a token budget), each call's length-sorted texts are cut into the forward
+        passes of least total ``batch_overhead + texts x longest`` slots (see
+        `m3rag._batching`); ``None`` (the default) fills each pass to ``batch_size`` and
+        ``max_batch_tokens``. Set ``"auto"`` for the device's choice for small batches of mixed
+        lengths, as a server gathers: on a CPU, where a padded slot costs as much as a real
+        token but a small pass runs far below the cores' peak, the cost measured on this model
+        the first time it is read (one text of 128 tokens and eight in one pass, a few times
+        each: about a second for a 6-layer model on 2 cores, ten for BGE-M3's size); on GPUs
+        ``None`` (not measured there). Reads back the value in force.
         """
-        if self._max_padding is not None:
-            return self._max_padding
-        return CPU_MAX_PADDING if self.device.type == "cpu" else 1.0
+        if self._batch_overhead != "auto":
+            return self._batch_overhead
+        if self.device.type != "cpu":
+            return None
+        with self._calibration_lock:
+            if self._measured_overhead is None:
+                self._measured_overhead = self._measure_batch_overhead()
+        return self._measured_overhead
 
-    @max_padding.setter
-    def max_padding(self, value: float | None) -> None:
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+    @batch_overhead.setter
+    def batch_overhead(self, value: int | Literal["auto"] | None) -> None:
+        if (
+            value is not None
+            and value != "auto"
+            and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
         ):
-            msg = f"max_padding must be a number in [0, 1] or None, got {value!r}"
+            msg = f'batch_overhead must be a non-negative int, "auto" or None, got {value!r}'
             raise ValueError(msg)
-        self._max_padding = None if value is None else float(value)
+        self._batch_overhead = value
+
+    def _measure_batch_overhead(self) -> int:
+        """A forward pass's fixed cost in token slots, from the line through two passes.
+
+        One text of `CALIBRATION_TOKENS` and `CALIBRATION_TEXTS` of them in one pass: the
+        difference is the cost of the added slots, and what one text's pass costs beyond its
+        own slots is the fixed part. After one run of each to warm them, the two passes take
+        turns for up to `CALIBRATION_ROUNDS` rounds (at least two, and no more once a second
+        has passed), and each is timed at its best: a busy machine only ever slows a pass.
+        The texts are one token id repeated (the compute does not depend on which).
+        """
+        import time
+
+        import torch
+
+        length = min(CALIBRATION_TOKENS, getattr(self, "max_length", CALIBRATION_TOKENS))
+        row = [0 if self._pad_id != 0 else 1] * length
+        passes = [self._pad([row]), self._pad([row] * CALIBRATION_TEXTS)]
+        best = [float("inf")] * 2
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for ids, mask in passes:
+                self._model(input_ids=ids, attention_mask=mask)
+            for n in range(CALIBRATION_ROUNDS):
+                if n >= 2 and time.perf_counter() - start > 1.0:
+                    break
+                for i, (ids, mask) in enumerate(passes):
+                    t0 = time.perf_counter()
+                    self._model(input_ids=ids, attention_mask=mask)
+                    best[i] = min(best[i], time.perf_counter() - t0)
+        one, full = best
+        per_slot = (full - one) / ((CALIBRATION_TEXTS - 1) * length)
+        # a full pass no slower than one text: the slots cost nothing next to the pass
+        overhead = round(one / per_slot) - length if per_slot > 0 else 1 << 30
+        overhead = max(0, overhead)
+        logger.info("measured the fixed cost of a forward pass: %d token slots", overhead)
+        return overhead
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad token id rows with the pad id; returns ``(input_ids, attention_mask)``."""
@@ -288,7 +348,7 @@ class BatchedModel:
             lengths,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
-            max_padding=self.max_padding,
+            batch_overhead=self.batch_overhead,
         )[1]
 
     @staticmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 
@@ -102,6 +102,16 @@ def serve(
             )
         ),
     ] = "adaptive",
+    batch_overhead: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "The fixed cost of one forward pass, in token slots, by which a gathered "
+                "batch is cut into passes: auto (measured on the model at start on a CPU, "
+                "none on a GPU), none (fill each pass to --max-batch-tokens) or a number."
+            )
+        ),
+    ] = "auto",
     max_queued_texts: Annotated[
         int, typer.Option(help="Texts allowed to wait; more get 429 + Retry-After.")
     ] = 4096,
@@ -130,6 +140,7 @@ def serve(
     _check_host(host, public=public)
     if not 0 < port < 65536:
         raise fail(f"--port must be in 1..65535, got {port}", EXIT_USAGE)
+    overhead = _parse_batch_overhead(batch_overhead)
     target = resolve_target(index, store, required=False)
     if allow_writes and target is None:
         raise fail("--allow-writes needs --index DIR or --store URI", EXIT_USAGE)
@@ -154,22 +165,34 @@ def serve(
     prefer_passive_openmp()
     # one budget for both cuts: what the batcher gathers and what one forward pass holds
     if model_process:
-        encoder = load_model_process("encoder", name, device, max_batch_tokens, max_padding=None)
+        encoder = load_model_process(
+            "encoder", name, device, max_batch_tokens, batch_overhead=overhead
+        )
     else:
-        encoder = serving_batches(load_encoder(name, device, None), max_batch_tokens)
+        encoder = serving_batches(load_encoder(name, device, None), max_batch_tokens, overhead)
     models = [encoder]
     try:
         rr = None
         if reranker and model_process:
-            rr = load_model_process("reranker", reranker, device, max_batch_tokens)
+            rr = load_model_process(
+                "reranker", reranker, device, max_batch_tokens, batch_overhead=overhead
+            )
         elif reranker:
             rr = load_reranker(reranker, device)
+            rr.batch_overhead = overhead
+            rr.batch_overhead  # noqa: B018 - "auto" measures now, before the first request
         models.append(rr)
         col = open_collection(target, encoder, read_only=not allow_writes) if target else None
     except BaseException:
         _close_models(models)
         raise
     try:
+        if encoder.batch_overhead is not None:
+            note(
+                "cutting forward passes by cost: a pass's fixed cost is "
+                f"{encoder.batch_overhead} token slots"
+                + (" (measured on the model)" if overhead == "auto" else "")
+            )
         note(
             f"serving {name} on http://{host}:{port}"
             + (f" with the index {target}" if target else "")
@@ -183,14 +206,27 @@ def serve(
         _close_models(models)
 
 
-def serving_batches(encoder: Any, max_batch_tokens: int) -> Any:
+def _parse_batch_overhead(text: str) -> int | Literal["auto"] | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    if text.isdigit() and text.isascii():
+        return int(text)
+    msg = f"--batch-overhead must be auto, none or a non-negative integer, got {text!r}"
+    raise fail(msg, EXIT_USAGE)
+
+
+def serving_batches(
+    encoder: Any, max_batch_tokens: int, batch_overhead: int | Literal["auto"] | None = "auto"
+) -> Any:
     """``encoder`` cutting its forward passes as the server's batches need; returned.
 
-    One token budget for both cuts (what the batcher gathers, what one pass holds), and the
-    device's padding bound for small batches of mixed lengths (0.1 on a CPU).
+    One token budget for both cuts (what the batcher gathers, what one pass holds), and by
+    default the device's cut by cost for small batches of mixed lengths (see
+    [`M3Encoder`][m3rag.M3Encoder]'s ``batch_overhead``).
     """
     encoder.max_batch_tokens = max_batch_tokens
-    encoder.max_padding = None
+    encoder.batch_overhead = batch_overhead
+    encoder.batch_overhead  # noqa: B018 - "auto" measures now, before the first request
     return encoder
 
 

@@ -26,7 +26,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -174,10 +174,12 @@ class M3Encoder(BatchedModel):
         batch_size: Maximum texts per forward pass.
         max_batch_tokens: Maximum padded tokens per forward pass (long texts get small batches);
             ``None`` batches by count alone, exactly as FlagEmbedding does.
-        max_padding: With a token budget, the largest share of a forward pass that padding may
-            take, in [0, 1]; 1.0 (the default) sets no bound. ``None`` is the choice for
-            small batches of mixed lengths, as `m3rag serve` gathers: 0.1 on a CPU (where
-            padding costs as much as text), no bound on GPUs.
+        batch_overhead: With a token budget, the fixed cost of one forward pass in token slots:
+            each call's sorted texts are then cut into the passes of least total cost
+            (``batch_overhead + texts x longest`` each) instead of filled to the limits (``None``,
+            the default). ``"auto"`` is the choice for small batches of mixed lengths, as
+            `m3rag serve` gathers: on a CPU (where padding costs as much as text) the cost
+            measured on this model when first needed, on GPUs ``None``.
         query_max_length: Truncation length of [`encode_queries`][], specials included.
         passage_max_length: Truncation length of [`encode_corpus`][] and [`encode`][]; capped
             at what the model supports (8192 for BGE-M3).
@@ -211,7 +213,7 @@ class M3Encoder(BatchedModel):
         dtype: str | Any | None = None,
         batch_size: int = 256,
         max_batch_tokens: int | None = 16384,
-        max_padding: float | None = 1.0,
+        batch_overhead: int | Literal["auto"] | None = None,
         query_max_length: int = 512,
         passage_max_length: int = 8192,
         show_progress: bool = False,
@@ -219,7 +221,7 @@ class M3Encoder(BatchedModel):
         cache_dir: str | os.PathLike[str] | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        self._init_batching(batch_size, max_batch_tokens, max_padding)
+        self._init_batching(batch_size, max_batch_tokens, batch_overhead)
         _check_length(query_max_length, "query_max_length")
         _check_length(passage_max_length, "passage_max_length")
 

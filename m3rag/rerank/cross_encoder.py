@@ -163,10 +163,12 @@ class Reranker(BatchedModel):
         batch_size: Maximum pairs per forward pass.
         max_batch_tokens: Maximum padded tokens per forward pass; ``None`` batches by count
             alone, as FlagReranker does.
-        max_padding: With a token budget, the largest share of a forward pass that padding may
-            take, in [0, 1]; 1.0 (the default) sets no bound. ``None`` is the choice for
-            small batches of mixed lengths, as `m3rag serve` gathers: 0.1 on a CPU (where
-            padding costs as much as text), no bound on GPUs.
+        batch_overhead: With a token budget, the fixed cost of one forward pass in token slots:
+            each call's sorted texts are then cut into the passes of least total cost
+            (``batch_overhead + texts x longest`` each) instead of filled to the limits (``None``,
+            the default). ``"auto"`` is the choice for small batches of mixed lengths, as
+            `m3rag serve` gathers: on a CPU (where padding costs as much as text) the cost
+            measured on this model when first needed, on GPUs ``None``.
         max_length: Pair length in tokens, specials included; up to the model's limit (8192 for
             v2-m3, 512 for base/large).
         query_max_length: Query length cap; default ``3/4 * max_length``.
@@ -201,7 +203,7 @@ class Reranker(BatchedModel):
         dtype: str | Any | None = None,
         batch_size: int = 128,
         max_batch_tokens: int | None = 16384,
-        max_padding: float | None = 1.0,
+        batch_overhead: int | Literal["auto"] | None = None,
         max_length: int = 512,
         query_max_length: int | None = None,
         show_progress: bool = False,
@@ -210,7 +212,7 @@ class Reranker(BatchedModel):
         cache_dir: str | os.PathLike[str] | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        self._init_batching(batch_size, max_batch_tokens, max_padding)
+        self._init_batching(batch_size, max_batch_tokens, batch_overhead)
         if isinstance(max_length, bool) or not isinstance(max_length, int):
             msg = f"max_length must be an int, got {max_length!r}"
             raise ValueError(msg)

@@ -66,7 +66,7 @@ def test_only_requested_heads_are_computed(
 
     handles = [count("sparse", sparse), count("colbert", colbert)]
     try:
-        # texts of one length: one forward pass, whatever the padding bound
+        # texts of one length: one forward pass, however passes are cut (no padding either way)
         out = tiny_encoder.encode(["a b c", "d e f"], dense=True, sparse=False, colbert=False)
         assert out.heads == ("dense",) and out.lexical_weights is None and out.colbert_vecs is None
         assert calls == {"sparse": 0, "colbert": 0}

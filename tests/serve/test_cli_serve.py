@@ -143,3 +143,55 @@ def test_allow_writes_needs_an_index(tiny_m3_path) -> None:  # type: ignore[no-u
 def test_a_bad_wait_policy_is_a_usage_error(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
     err = _usage_error("--model", str(tiny_m3_path), "--wait-policy", "never")
     assert "wait_policy must be one of adaptive, always, got 'never'" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [([], "measured"), (["--batch-overhead", "none"], None), (["--batch-overhead", "7"], 7)],
+)
+def test_batch_overhead_reaches_both_models(
+    option, expected, tiny_m3_path, tiny_reranker_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    import m3rag.serve
+    from m3rag.cli import app
+
+    served: dict[str, Any] = {}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the CLI sets it only where unset
+    monkeypatch.setattr(
+        m3rag.serve,
+        "create_app",
+        lambda encoder, reranker, **_: served.update(e=encoder, r=reranker),
+    )
+    monkeypatch.setattr(m3rag.serve, "run", lambda *_, **__: None)
+    args = [
+        "serve",
+        "--model",
+        str(tiny_m3_path),
+        "--reranker",
+        str(tiny_reranker_path),
+        "--device",
+        "cpu",
+    ]
+    done = CliRunner().invoke(app, [*args, *option])
+    assert done.exit_code == 0, done.output
+    announced = "cutting forward passes by cost" in done.output
+    assert announced == (expected is not None)
+    assert ("(measured on the model)" in done.output) == (expected == "measured")
+    for model in (served["e"], served["r"]):
+        if expected == "measured":
+            assert isinstance(model.batch_overhead, int) and model.batch_overhead >= 0
+        else:
+            assert model.batch_overhead == expected
+
+
+@pytest.mark.parametrize("bad", ["-3", "1.5", "lots", "١٢"])
+def test_a_bad_batch_overhead_is_a_usage_error(bad, tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from m3rag.cli import app
+
+    done = CliRunner().invoke(app, ["serve", "--model", str(tiny_m3_path), "--batch-overhead", bad])
+    assert done.exit_code == 2
+    assert "--batch-overhead must be auto, none or a non-negative integer" in done.output
