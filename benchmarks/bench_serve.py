@@ -7,16 +7,19 @@ request to ``/search`` at 1, 8 and 32 concurrent clients, against:
 * ``m3rag serve`` (its dynamic batcher), started as a process, with the model on a thread of the
   server and the adaptive batch wait (the defaults), with ``--wait-policy always`` (every batch
   holds its first request for ``--max-wait-ms``), with OpenMP's threads spinning between ops as
-  libgomp does by default (``m3rag serve`` makes them sleep: ``OMP_WAIT_POLICY=PASSIVE``), and
-  with ``--model-process`` (the model in a child process of its own, out of the event loop's
-  GIL);
+  libgomp does by default (``m3rag serve`` makes them sleep: ``OMP_WAIT_POLICY=PASSIVE``), with
+  ``--batch-overhead none`` (each forward pass filled to the token budget instead of cut by
+  cost), and with ``--model-process`` (the model in a child process of its own, out of the
+  event loop's GIL);
 * a plain endpoint: the same model and routes, each request encoded on its own in a worker
   thread (``asyncio.to_thread``), no batching -- what a hand-written FastAPI wrapper does.
 
 Also measured in the same run: offline ``encode_corpus`` on all the texts in one call
-(throughput ceiling) and the in-process call per text (latency floor). The checkpoint is random,
-in the BGE-M3 layout: ``--size mid`` (6 layers, hidden 384; the CPU default) or ``--size m3``
-(BGE-M3's own shape: 24 layers, hidden 1024, 16 heads; for a GPU); texts 5-120 words.
+(throughput ceiling), the in-process call per text (latency floor), and one call per random
+group of 16 texts (about what the server gathers at 32 clients: the ceiling for its batches).
+The checkpoint is random, in the BGE-M3 layout: ``--size mid`` (6 layers, hidden 384; the CPU
+default) or ``--size m3`` (BGE-M3's own shape: 24 layers, hidden 1024, 16 heads; for a GPU);
+texts 5-120 words.
 
 On a GPU (``--device cuda``) one Python load generator cannot keep up with the server:
 ``--load-procs N`` spreads the clients of a cell over N processes that start together.
@@ -49,17 +52,22 @@ from _common import machine, percentiles
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONCURRENCY = (1, 8, 32)
+# Texts per in-process group in the gathered baseline: about what the server gathers per batch
+# at 32 clients (14-16 in the CPU runs; half the clients are in HTTP or JSON at any moment).
+GATHER = 16
 # Tokens per forward pass, on every side: on CPUs a small budget pads less (texts of 14 to 800
 # tokens); on GPUs the encoder's and the server's default of 16384.
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
 # The servers a run can load: m3rag serve as shipped (the model on a thread of the server, the
-# adaptive batch wait, passive OpenMP threads), the same with --wait-policy always, the same with
-# OpenMP's threads spinning, the same with --model-process (the model in a child process), and a
-# plain per-request endpoint.
+# adaptive batch wait, passive OpenMP threads, forward passes cut by cost), the same with
+# --wait-policy always, the same with OpenMP's threads spinning, the same with each forward pass
+# filled to the token budget, the same with --model-process (the model in a child process), and
+# a plain per-request endpoint.
 SERVERS = {
     "batched": "m3rag serve (dynamic batching)",
     "always-wait": "m3rag serve --wait-policy always",
     "spinning-openmp": "m3rag serve, OpenMP spinning",
+    "filled-passes": "m3rag serve --batch-overhead none",
     "model-process": "m3rag serve --model-process",
     "plain": "plain per-request endpoint",
 }
@@ -361,7 +369,56 @@ def main() -> None:
             per_call.append(time.perf_counter() - t1)
         return offline_s, per_call
 
+    def gathered(encoder: Any) -> dict[str, float]:
+        """Texts/s over random groups of GATHER texts, as a busy server gathers them, with its
+        forward passes cut by cost (its default) and filled to the budget."""
+        groups = [texts[i : i + GATHER] for i in range(0, len(texts), GATHER)]
+        out: dict[str, float] = {}
+        for label, overhead in (("cost_cut", "auto"), ("filled", None)):
+            encoder.batch_overhead = overhead
+            if overhead == "auto":  # measured here, as the server measures its own at start
+                out["batch_overhead"] = encoder.batch_overhead
+            t0 = time.perf_counter()
+            for group in groups:
+                encoder.encode_corpus(group)
+            out[label] = len(texts) / (time.perf_counter() - t0)
+        encoder.batch_overhead = None
+        return out
+
+    def pass_cost(encoder: Any) -> dict[str, Any]:
+        """What one forward pass costs beyond its slots: single texts of 32-512 tokens against
+        the time per token of full passes (the budget in texts of 256 tokens)."""
+        words = multilingual_corpus(1, seed=5, min_words=600, max_words=600)[0].split()
+
+        def text_of(tokens: int) -> str:
+            n = next(
+                n
+                for n in range(1, len(words) + 1)
+                if len(encoder.tokenizer(" ".join(words[:n]))["input_ids"]) >= tokens
+            )
+            return " ".join(words[:n])
+
+        def best_ms(batch: list[str]) -> float:
+            encoder.encode_corpus(batch)
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                encoder.encode_corpus(batch)
+                runs.append(time.perf_counter() - t0)
+            return 1000 * min(runs)
+
+        full = [text_of(256)] * max(1, forward_tokens // 256)
+        per_token = best_ms(full) / (len(full) * 256)
+        single = []
+        for tokens in (32, 128, 256, 512):
+            t = best_ms([text_of(tokens)])
+            single.append({"tokens": tokens, "ms": t, "overhead_tokens": t / per_token - tokens})
+        return {"full_pass_ms_per_token": per_token, "single_text": single}
+
     offline_s, per_call = in_worker_thread(functools.partial(baselines, encoder))
+    passes = in_worker_thread(functools.partial(pass_cost, encoder))
+    # the texts are in random order (random lengths), so consecutive runs are random groups
+    gathers = in_worker_thread(functools.partial(gathered, encoder))
 
     embed_bodies = [{"inputs": [t], "colbert_format": "base64"} for t in texts]
     search_bodies = [{"query": q, "k": 10} for q in queries]
@@ -390,11 +447,18 @@ def main() -> None:
         # the same texts one call each, back to back: what batching has to beat
         "one_by_one_texts_per_s": len(per_call) / sum(per_call),
         "in_process_search": percentiles(search_calls),
+        # what a batching server can reach with the batches it gathers at 32 clients
+        "gathered_texts_per_s": {"texts_per_group": GATHER, **gathers},
+        # the fixed cost of a forward pass, in token slots (CPU_BATCH_OVERHEAD's measurement)
+        "forward_pass_cost": passes,
         "servers": {},
     }
     print(
         f"offline encode_corpus: {len(texts) / offline_s:.1f} texts/s; one call per text: "
-        f"{results['one_by_one_texts_per_s']:.1f} texts/s; in-process search p50 "
+        f"{results['one_by_one_texts_per_s']:.1f} texts/s; groups of {GATHER}: "
+        f"{gathers['cost_cut']:.1f} texts/s cut by cost (overhead {gathers['batch_overhead']}), "
+        f"{gathers['filled']:.1f} filled; "
+        "in-process search p50 "
         f"{results['in_process_search']['p50_ms']:.1f} ms",
         flush=True,
     )
@@ -423,6 +487,7 @@ def main() -> None:
         "batched": serve,
         "always-wait": [*serve, "--wait-policy", "always"],
         "spinning-openmp": serve,  # started with SPINNING_OPENMP in its environment
+        "filled-passes": [*serve, "--batch-overhead", "none"],
         "model-process": [*serve, "--model-process"],
         "plain": [py, str(Path(__file__).resolve()), "--plain-server", str(ckpt), str(index)],
     }

@@ -695,6 +695,12 @@ _SERVE_VARIANTS = {
         "OpenMP's threads spinning (libgomp's default) against sleeping (`m3rag serve`'s "
         "`OMP_WAIT_POLICY=PASSIVE`)",
     ),
+    "m3rag serve --batch-overhead none": (
+        "the same with `--batch-overhead none` (each forward pass filled to the token budget; "
+        "`m3rag serve` cuts a gathered batch into passes by cost)",
+        "Forward passes filled to the token budget (`--batch-overhead none`) against cut by "
+        "cost (the default)",
+    ),
     "m3rag serve --model-process": (
         "the same with `--model-process` (the model in a child process)",
         "The model in a child process (`--model-process`) against the model on a thread of the "
@@ -802,6 +808,50 @@ def _plain_ahead(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _pass_cost(res: dict[str, Any]) -> list[str]:
+    """What a forward pass costs beyond its slots, as the run measured it in-process."""
+    cost = res.get("forward_pass_cost")
+    gathered = res.get("gathered_texts_per_s", {})
+    if cost is None or gathered.get("batch_overhead") is None:
+        return []
+    singles = cost["single_text"]
+    return [
+        "The fixed cost of a forward pass, in-process: one text of "
+        + ", ".join(str(c["tokens"]) for c in singles)
+        + " tokens took "
+        + ", ".join(ms(c["ms"]) for c in singles)
+        + ", the time of "
+        + ", ".join(f"{c['overhead_tokens']:.0f}" for c in singles)
+        + f" more tokens in a full pass ({cost['full_pass_ms_per_token'] * 1000:.0f} µs a "
+        "token). `--batch-overhead auto` measured "
+        f"{gathered['batch_overhead']} token slots on this model (each server measures its own "
+        "at start) and cuts a gathered batch into the passes of least total cost by it.",
+        "",
+    ]
+
+
+def _gathered(res: dict[str, Any]) -> list[str]:
+    """Where 32 clients' throughput stands between the gathered batches' ceiling and offline."""
+    gathered = res.get("gathered_texts_per_s")
+    if gathered is None:
+        return []
+    offline = res["offline"]["texts_per_s"]
+    served = res["servers"][_DEFAULT_SERVER]["/embed_all"][-1]
+    ceiling = gathered["cost_cut"]
+    return [
+        f"Against offline throughput: offline `encode_corpus` sorts all "
+        f"{res['offline']['texts']} texts by length, so each forward pass holds texts of about "
+        f"one length; a server sorts only what it has gathered, at 32 clients "
+        f"{served.get('texts_per_batch', 0):.1f} texts a batch. In-process, the same texts in "
+        f"random groups of {gathered['texts_per_group']} ran at {ceiling:.1f} texts/s with the "
+        f"server's cut by cost ({gathered['filled']:.1f} filled to the budget): "
+        f"{ceiling / offline:.0%} of offline. 32 clients got {served['rps']:.1f} req/s, "
+        f"{served['rps'] / ceiling:.0%} of that ceiling; the rest went to HTTP, JSON and the "
+        "load generator, on the same cores.",
+        "",
+    ]
+
+
 def _comparisons(res: dict[str, Any]) -> list[str]:
     """What a serve run's table says beside it: each variant, one client, the plain endpoint."""
     return [*_variants_vs_default(res), *_one_client(res), *_plain_ahead(res)]
@@ -839,13 +889,21 @@ def section_serve(r: Report) -> str:
     batched = res["servers"][_DEFAULT_SERVER]["/embed_all"]
     if res["targets"]["x32_vs_1_client"] < 3 and "model_busy" in batched[-1]:
         first, last = batched[0], batched[-1]
+        cost = res.get("forward_pass_cost", {}).get("single_text", [])
+        fixed = [c["overhead_tokens"] for c in cost]
         out += [
             "Why the 3× target is missed on this machine: at 32 clients the batcher gathered "
             f"{last['texts_per_batch']:.1f} texts per batch and the model was busy "
             f"{last['model_busy']:.0%} of the time, against {first['model_busy']:.0%} at one "
-            "client. The model bounds throughput, not the server, and on a CPU a batch costs "
-            "about the sum of its texts: a text of a few hundred tokens already fills the "
-            "matrix units, so packing texts into one pass saves little compute. In-process, "
+            "client. The model bounds throughput, not the server, and on a CPU a forward pass "
+            "costs its slots (texts and padding) plus a fixed part"
+            + (
+                f", the time of {min(fixed):.0f}–{max(fixed):.0f} tokens (measured below)"
+                if fixed
+                else ""
+            )
+            + ": packing texts into one pass saves that fixed part on each, no more. "
+            "In-process, "
             "one call on every text ran at "
             f"{res['offline']['texts_per_s']:.1f} texts/s"
             + (
@@ -868,6 +926,7 @@ def section_serve(r: Report) -> str:
             "one text, on a GPU: see *Serving on a GPU* below.",
             "",
         ]
+    out += [*_pass_cost(res), *_gathered(res)]
     tiny_path = RESULTS / ("serve-tiny-quick.json" if r.quick else "serve-tiny.json")
     if tiny_path.exists():
         tiny = json.loads(tiny_path.read_text(encoding="utf-8"))
@@ -881,6 +940,8 @@ def section_serve(r: Report) -> str:
             "",
             *_serve_table(tiny),
             *_comparisons(tiny),
+            *_pass_cost(tiny),
+            *_gathered(tiny),
         ]
     t = res["targets"]
     r.target(
