@@ -449,7 +449,8 @@ def main() -> None:
         "in_process_search": percentiles(search_calls),
         # what a batching server can reach with the batches it gathers at 32 clients
         "gathered_texts_per_s": {"texts_per_group": GATHER, **gathers},
-        # the fixed cost of a forward pass, in token slots (CPU_BATCH_OVERHEAD's measurement)
+        # the fixed cost of a forward pass, in token slots, at four lengths (what
+        # batch_overhead="auto" measures at one)
         "forward_pass_cost": passes,
         "servers": {},
     }

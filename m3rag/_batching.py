@@ -17,8 +17,8 @@ large (small matrix products run far below the cores' peak). In ``bench_serve``'
 (6 layers, hidden 384, 2 cores), one text of 32-512 tokens took as long as 121-175 more tokens
 in a full pass, and random groups of 16 texts ran at 46.2 texts/s cut by cost against 38.3
 filled. With the tests' tiny checkpoint, whose passes are mostly fixed cost, the measured
-overhead (about 700 slots) keeps the groups nearly whole: 598 against 576 texts/s. Over a
-sorted corpus neighbours pad little anyway, so the models fill by default.
+overhead (700-1250 slots in that run) keeps the groups nearly whole: 598 against 576 texts/s.
+Over a sorted corpus neighbours pad little anyway, so the models fill by default.
 """
 
 from __future__ import annotations

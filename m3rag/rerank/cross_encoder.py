@@ -163,12 +163,10 @@ class Reranker(BatchedModel):
         batch_size: Maximum pairs per forward pass.
         max_batch_tokens: Maximum padded tokens per forward pass; ``None`` batches by count
             alone, as FlagReranker does.
-        batch_overhead: With a token budget, the fixed cost of one forward pass in token slots:
-            each call's sorted texts are then cut into the passes of least total cost
-            (``batch_overhead + texts x longest`` each) instead of filled to the limits (``None``,
-            the default). ``"auto"`` is the choice for small batches of mixed lengths, as
-            `m3rag serve` gathers: on a CPU (where padding costs as much as text) the cost
-            measured on this model when first needed, on GPUs ``None``.
+        batch_overhead: As for [`M3Encoder`][m3rag.M3Encoder], over pairs: the fixed cost of
+            one forward pass in token slots, by which each call's length-sorted pairs are cut
+            into the passes of least total cost; ``None`` (the default) fills each pass, and
+            ``"auto"`` measures it on this model on a CPU (``None`` on GPUs).
         max_length: Pair length in tokens, specials included; up to the model's limit (8192 for
             v2-m3, 512 for base/large).
         query_max_length: Query length cap; default ``3/4 * max_length``.
