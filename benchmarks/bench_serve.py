@@ -170,6 +170,20 @@ def in_worker_thread(fn: Any) -> Any:
     return box[0]
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds used so far by ``pid`` and its live children (a server's model processes),
+    from ``/proc``; ``None`` where there is no ``/proc``."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0.0
+        for p in [pid, *map(int, children)]:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def batcher_totals(url: str) -> dict[str, float]:
     """The server's batch counters from ``/metrics``: seconds in the model, batches, texts."""
     import re
@@ -215,10 +229,16 @@ async def load_shard(
         # the model's counters hold only the cell's requests)
         await asyncio.gather(*(http.get("/health") for _ in range(clients)))
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        started = time.time()
+        started, cpu0 = time.time(), time.process_time()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        ended = time.time()
-    return {"latencies": latencies, "errors": errors, "started": started, "ended": ended}
+        ended, cpu = time.time(), time.process_time() - cpu0
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "started": started,
+        "ended": ended,
+        "cpu_s": cpu,
+    }
 
 
 def _run_shard(args: tuple[Any, ...]) -> dict[str, Any]:
@@ -264,6 +284,8 @@ def load(
         "errors": sum(part["errors"] for part in parts),
         "seconds": seconds,
         "rps": len(latencies) / seconds if seconds > 0 else 0.0,
+        # the load generator's CPU time over the cell, in cores (it shares the machine)
+        "client_cpu_cores": sum(p["cpu_s"] for p in parts) / seconds if seconds > 0 else 0.0,
         **percentiles(latencies),
     }
 
@@ -507,7 +529,11 @@ def main() -> None:
                     batching = "serve" in cmd  # both m3rag serve variants report batches
                     httpx.post(url + path, json=bodies[0], timeout=120).raise_for_status()
                     before = batcher_totals(url) if batching else {}
+                    cpu0 = process_cpu_s(child.pid)
                     cell = load(url, path, bodies, clients, budget, args.load_procs)
+                    cpu1 = process_cpu_s(child.pid)
+                    if cpu0 is not None and cpu1 is not None and cell["seconds"] > 0:
+                        cell["server_cpu_cores"] = (cpu1 - cpu0) / cell["seconds"]
                     extra = ""
                     if batching:  # where the time went: in the model, and how full batches were
                         after = batcher_totals(url)
@@ -522,6 +548,11 @@ def main() -> None:
                         extra = (
                             f", model busy {cell['model_busy']:.0%}, "
                             f"{cell['texts_per_batch']:.1f} texts/batch"
+                        )
+                    if "server_cpu_cores" in cell:
+                        extra += (
+                            f", CPU: server {cell['server_cpu_cores']:.2f}, "
+                            f"clients {cell['client_cpu_cores']:.2f} cores"
                         )
                     cells[path].append(cell)
                     results["servers"][name] = cells  # partial results survive a timeout

@@ -660,6 +660,13 @@ def section_bm25(r: Report) -> str:
 
 
 def _serve_table(res: dict[str, Any]) -> list[str]:
+    # runs since the CPU accounting: every cell of every server has both figures
+    cpu = all(
+        "server_cpu_cores" in cell
+        for cells in res["servers"].values()
+        for runs in cells.values()
+        for cell in runs
+    )
     rows = [
         [
             server,
@@ -671,13 +678,19 @@ def _serve_table(res: dict[str, Any]) -> list[str]:
             str(cell["errors"]),
             f"{cell['model_busy']:.0%}" if "model_busy" in cell else "—",
             f"{cell['texts_per_batch']:.1f}" if "texts_per_batch" in cell else "—",
+            *(
+                [f"{cell['server_cpu_cores']:.2f}", f"{cell['client_cpu_cores']:.2f}"]
+                if cpu
+                else []
+            ),
         ]
         for server, cells in res["servers"].items()
         for path, runs in cells.items()
         for cell in runs
     ]
     header = ["server", "route", "clients", "req/s", "p50", "p95", "errors"]
-    return [table([*header, "model busy", "texts/batch"], rows, "llrrrrrrr"), ""]
+    header += ["model busy", "texts/batch", *(["server CPU", "client CPU"] if cpu else [])]
+    return [table(header, rows, "ll" + "r" * (len(header) - 2)), ""]
 
 
 # the m3rag serve variants a run may load besides the default, each compared with it
@@ -847,7 +860,13 @@ def _gathered(res: dict[str, Any]) -> list[str]:
         f"server's cut by cost ({gathered['filled']:.1f} filled to the budget): "
         f"{ceiling / offline:.0%} of offline. 32 clients got {served['rps']:.1f} req/s, "
         f"{served['rps'] / ceiling:.0%} of that ceiling; the rest went to HTTP, JSON and the "
-        "load generator, on the same cores.",
+        "load generator, on the same cores"
+        + (
+            f" (in that cell the load generator used {served['client_cpu_cores']:.2f} of the "
+            f"{res['machine']['cores']} cores, the server {served['server_cpu_cores']:.2f})."
+            if "server_cpu_cores" in served
+            else "."
+        ),
         "",
     ]
 
@@ -869,7 +888,14 @@ def section_serve(r: Report) -> str:
         "",
         *_serve_table(res),
         "*model busy*: the share of the cell's wall time the batcher spent inside the model "
-        "(from the server's `/metrics`); *texts/batch*: texts per gathered batch.",
+        "(from the server's `/metrics`); *texts/batch*: texts per gathered batch"
+        + (
+            "; *server CPU*, *client CPU*: the server's (with its model processes) and the load "
+            f"generator's CPU time over the cell, in cores (the machine has "
+            f"{res['machine']['cores']})."
+            if "server_cpu_cores" in res["servers"][_DEFAULT_SERVER]["/embed_all"][0]
+            else "."
+        ),
         "",
         *_comparisons(res),
     ]
