@@ -859,16 +859,35 @@ def _gathered(res: dict[str, Any]) -> list[str]:
         f"random groups of {gathered['texts_per_group']} ran at {ceiling:.1f} texts/s with the "
         f"server's cut by cost ({gathered['filled']:.1f} filled to the budget): "
         f"{ceiling / offline:.0%} of offline. 32 clients got {served['rps']:.1f} req/s, "
-        f"{served['rps'] / ceiling:.0%} of that ceiling; the rest went to HTTP, JSON and the "
-        "load generator, on the same cores"
-        + (
-            f" (in that cell the load generator used {served['client_cpu_cores']:.2f} of the "
-            f"{res['machine']['cores']} cores, the server {served['server_cpu_cores']:.2f})."
-            if "server_cpu_cores" in served
-            else "."
-        ),
+        f"{served['rps'] / ceiling:.0%} of that ceiling. " + _cpu_split(res, served),
         "",
     ]
+
+
+def _cpu_split(res: dict[str, Any], served: dict[str, Any]) -> str:
+    """Where the cores went in a 32-client cell, where the run recorded it."""
+    if "server_cpu_cores" not in served:
+        return "The rest went to HTTP, JSON and the load generator, on the same cores."
+    cores = res["machine"]["cores"]
+    server, client = served["server_cpu_cores"], served["client_cpu_cores"]
+    idle = cores - server - client
+    out = (
+        f"In that cell the server used {server:.2f} of the {cores} cores (its model, HTTP and "
+        f"JSON) and the load generator {client:.2f}"
+    )
+    plain = res["servers"].get("plain per-request endpoint", {}).get("/embed_all")
+    if idle < 0.2:
+        return out + ": the machine was full."
+    out += (
+        f"; {idle:.2f} stayed idle: the batcher runs one forward pass at a time, and its serial "
+        "parts leave cores free"
+    )
+    if plain and "server_cpu_cores" in plain[-1]:
+        out += (
+            f" (the plain endpoint, whose requests run side by side, used "
+            f"{plain[-1]['server_cpu_cores']:.2f})"
+        )
+    return out + "."
 
 
 def _comparisons(res: dict[str, Any]) -> list[str]:

@@ -14,11 +14,12 @@ pays where batches are few texts of any length, as a server gathers: filled to t
 gathered batch pads its short texts to its longest, and on a CPU a padded slot costs about as
 much as a real token; cut one text a pass, each pass pays its fixed cost, which on a CPU is
 large (small matrix products run far below the cores' peak). In ``bench_serve``'s mid-size run
-(6 layers, hidden 384, 2 cores), one text of 32-512 tokens took as long as 121-175 more tokens
-in a full pass, and random groups of 16 texts ran at 46.2 texts/s cut by cost against 38.3
+(6 layers, hidden 384, 2 cores), one text of 32-512 tokens took as long as 115-156 more tokens
+in a full pass, and random groups of 16 texts ran at 48.9 texts/s cut by cost against 38.7
 filled. With the tests' tiny checkpoint, whose passes are mostly fixed cost, the measured
-overhead (700-1250 slots in that run) keeps the groups nearly whole: 598 against 576 texts/s.
-Over a sorted corpus neighbours pad little anyway, so the models fill by default.
+overhead (445-966 slots in that run) keeps the groups nearly whole, and the fill came out 4%
+ahead (725 against 695 texts/s). Over a sorted corpus neighbours pad little anyway, so the
+models fill by default.
 """
 
 from __future__ import annotations

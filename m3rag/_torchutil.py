@@ -43,10 +43,10 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
     when torch loads; an ``environ`` given explicitly is always the caller's to decide on.
 
     Measured with `m3rag serve` on the 2-core machine (``bench_serve.py``, docs/serve.md): with
-    the tests' tiny checkpoint, spinning threads got 0.85-0.95x the requests per second of
-    sleeping ones in every cell; with a mid-size checkpoint, where the model's own work
-    dominates, 0.99-1.09x. An earlier run of the tiny case was mixed (1.39x for sleeping at 32
-    clients, 0.84x at 8).
+    the tests' tiny checkpoint, spinning threads got 0.95-1.05x the requests per second of
+    sleeping ones in the latest run, 0.85-0.95x in the run before, and 0.72-1.19x in an earlier
+    one; with a mid-size checkpoint, where the model's own work dominates, 0.85-0.98x in the
+    latest run and 0.99-1.09x in the run before.
 
     Returns:
         Whether the policy was set.
