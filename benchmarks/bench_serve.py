@@ -526,7 +526,7 @@ def main() -> None:
             cells: dict[str, list[dict[str, Any]]] = {"/embed_all": [], "/search": []}
             for path, bodies in (("/embed_all", embed_bodies), ("/search", search_bodies)):
                 for clients in CONCURRENCY:
-                    batching = "serve" in cmd  # both m3rag serve variants report batches
+                    batching = "serve" in cmd  # every m3rag serve variant reports its batches
                     httpx.post(url + path, json=bodies[0], timeout=120).raise_for_status()
                     before = batcher_totals(url) if batching else {}
                     cpu0 = process_cpu_s(child.pid)

@@ -659,14 +659,18 @@ def section_bm25(r: Report) -> str:
     return "\n".join(out)
 
 
-def _serve_table(res: dict[str, Any]) -> list[str]:
-    # runs since the CPU accounting: every cell of every server has both figures
-    cpu = all(
+def _has_cpu(res: dict[str, Any]) -> bool:
+    """Whether the run recorded CPU time (runs since the accounting have it in every cell)."""
+    return all(
         "server_cpu_cores" in cell
         for cells in res["servers"].values()
         for runs in cells.values()
         for cell in runs
     )
+
+
+def _serve_table(res: dict[str, Any]) -> list[str]:
+    cpu = _has_cpu(res)
     rows = [
         [
             server,
@@ -912,7 +916,7 @@ def section_serve(r: Report) -> str:
             "; *server CPU*, *client CPU*: the server's (with its model processes) and the load "
             f"generator's CPU time over the cell, in cores (the machine has "
             f"{res['machine']['cores']})."
-            if "server_cpu_cores" in res["servers"][_DEFAULT_SERVER]["/embed_all"][0]
+            if _has_cpu(res)
             else "."
         ),
         "",
