@@ -130,6 +130,16 @@ def serve(
             ),
         ),
     ] = False,
+    model_workers: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "Copies of each model, each in a child process with its own share of the CPU "
+                "cores, running shared batches side by side (N copies of the weights in "
+                "memory). More than 1 implies --model-process."
+            )
+        ),
+    ] = 1,
 ) -> None:
     """Serve embeddings (OpenAI and text-embeddings-inference shapes), reranking and search."""
     from m3rag._torchutil import prefer_passive_openmp
@@ -141,6 +151,9 @@ def serve(
     if not 0 < port < 65536:
         raise fail(f"--port must be in 1..65535, got {port}", EXIT_USAGE)
     overhead = _parse_batch_overhead(batch_overhead)
+    if not 1 <= model_workers <= 64:
+        raise fail(f"--model-workers must be in 1..64, got {model_workers}", EXIT_USAGE)
+    model_process = model_process or model_workers > 1
     target = resolve_target(index, store, required=False)
     if allow_writes and target is None:
         raise fail("--allow-writes needs --index DIR or --store URI", EXIT_USAGE)
@@ -164,29 +177,39 @@ def serve(
     # ops (set before torch loads; a policy the user chose stands)
     prefer_passive_openmp()
     # one budget for both cuts: what the batcher gathers and what one forward pass holds
-    if model_process:
-        encoder = load_model_process(
-            "encoder", name, device, max_batch_tokens, batch_overhead=overhead
-        )
-    else:
-        encoder = serving_batches(load_encoder(name, device, None), max_batch_tokens, overhead)
-    models = [encoder]
+    models: list[Any] = []
     try:
-        rr = None
+        if model_process:
+            encoders = load_model_processes(
+                "encoder", name, device, max_batch_tokens, model_workers, overhead, models
+            )
+        else:
+            encoders = [
+                serving_batches(load_encoder(name, device, None), max_batch_tokens, overhead)
+            ]
+        encoder = encoders[0]
+        rerankers: list[Any] = []
         if reranker and model_process:
-            rr = load_model_process(
-                "reranker", reranker, device, max_batch_tokens, batch_overhead=overhead
+            rerankers = load_model_processes(
+                "reranker", reranker, device, max_batch_tokens, model_workers, overhead, models
             )
         elif reranker:
             rr = load_reranker(reranker, device)
             rr.batch_overhead = overhead
             rr.batch_overhead  # noqa: B018 - "auto" measures now, before the first request
-        models.append(rr)
+            rerankers = [rr]
+        rr = rerankers[0] if rerankers else None
         col = open_collection(target, encoder, read_only=not allow_writes) if target else None
     except BaseException:
         _close_models(models)
         raise
     try:
+        if model_workers > 1:
+            threads = encoder.torch_threads
+            note(
+                f"{model_workers} model workers, each in its own process with {threads} torch "
+                f"thread{'s' if threads != 1 else ''}"
+            )
         if encoder.batch_overhead is not None:
             note(
                 "cutting forward passes by cost: a pass's fixed cost is "
@@ -199,7 +222,15 @@ def serve(
             + (" (writes on)" if allow_writes else "")
             + (" (API key required)" if api_key else "")
         )
-        run(create_app(encoder, reranker=rr, collection=col, config=config), host=host, port=port)
+        served = create_app(
+            encoder,
+            reranker=rr,
+            collection=col,
+            config=config,
+            encoder_replicas=encoders[1:],
+            reranker_replicas=rerankers[1:],
+        )
+        run(served, host=host, port=port)
     finally:
         if col is not None:
             col.close()
@@ -241,6 +272,47 @@ def load_model_process(
         return cls(
             model_name_or_path=model, device=device, max_batch_tokens=max_batch_tokens, **options
         )
+
+
+def load_model_processes(
+    kind: str,
+    model: str,
+    device: str | None,
+    max_batch_tokens: int,
+    workers: int,
+    batch_overhead: int | Literal["auto"] | None,
+    started: list[Any],
+) -> list[Any]:
+    """``workers`` copies of a model, each in a child process of its own.
+
+    Each copy is appended to ``started`` as soon as it runs, so the caller can close them all if
+    a later one fails. Several copies split the CPU cores between them for torch's CPU ops (at
+    least one thread each; on a GPU they share the device). The first copy measures ``"auto"``'s
+    pass overhead alone (the others are not started yet, so nothing competes with the
+    measurement) and the rest reuse its figure.
+    """
+    threads = max(1, available_cores() // workers) if workers > 1 else None
+    out: list[Any] = []
+    for i in range(workers):
+        options: dict[str, Any] = {"batch_overhead": batch_overhead}
+        if threads is not None:
+            options["torch_threads"] = threads
+        one = load_model_process(kind, model, device, max_batch_tokens, **options)
+        started.append(one)
+        out.append(one)
+        if i == 0:
+            batch_overhead = one.batch_overhead  # measured (or given) once, for every copy
+    return out
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover -- not Linux
+        return os.cpu_count() or 1
 
 
 def _close_models(models: list[Any]) -> None:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from m3rag._optional import require
@@ -38,6 +39,8 @@ def create_app(
     reranker: Any | None = None,
     collection: Any | None = None,
     config: ServeConfig | None = None,
+    encoder_replicas: Sequence[Any] = (),
+    reranker_replicas: Sequence[Any] = (),
 ) -> FastAPI:
     """The ASGI app serving the routes of `m3rag serve` (see the "Serve over HTTP" page).
 
@@ -49,6 +52,10 @@ def create_app(
         reranker: A [`Reranker`][m3rag.Reranker] for ``/rerank`` and reranked searches.
         collection: A [`Collection`][m3rag.Collection] for ``/search`` and ``/documents``.
         config: Limits, batching and security (default ``ServeConfig()``).
+        encoder_replicas: More copies of ``encoder`` (such as
+            [`ProcessEncoder`][m3rag.serve.process.ProcessEncoder]s of the same checkpoint),
+            each running shared batches on a worker thread of its own.
+        reranker_replicas: The same for ``reranker``.
 
     Returns:
         A FastAPI app; run it with uvicorn (or ``m3rag.serve.run``).
@@ -59,7 +66,14 @@ def create_app(
     _require_extra()
     from m3rag.serve.app import create_app as make
 
-    return make(encoder, reranker=reranker, collection=collection, config=config)
+    return make(
+        encoder,
+        reranker=reranker,
+        collection=collection,
+        config=config,
+        encoder_replicas=encoder_replicas,
+        reranker_replicas=reranker_replicas,
+    )
 
 
 def run(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

@@ -15,7 +15,7 @@ import base64
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -139,6 +139,8 @@ def create_app(
     reranker: Any | None = None,
     collection: Any | None = None,
     config: ServeConfig | None = None,
+    encoder_replicas: Sequence[Any] = (),
+    reranker_replicas: Sequence[Any] = (),
 ) -> FastAPI:
     """The ASGI app serving ``encoder`` (and optionally a reranker and a collection).
 
@@ -147,6 +149,10 @@ def create_app(
         reranker: A [`Reranker`][m3rag.Reranker] for ``/rerank`` and reranked searches.
         collection: A [`Collection`][m3rag.Collection] for ``/search`` and ``/documents``.
         config: Limits, batching and security (default [`ServeConfig()`][m3rag.serve.ServeConfig]).
+        encoder_replicas: More copies of ``encoder`` (e.g.
+            [`ProcessEncoder`][m3rag.serve.process.ProcessEncoder]s of the same checkpoint), each
+            running shared batches on a worker thread of its own (see [`m3rag.serve.batching`][]).
+        reranker_replicas: The same for ``reranker``.
 
     Returns:
         A FastAPI app; run it with uvicorn. Its lifespan starts and stops the batcher.
@@ -162,6 +168,7 @@ def create_app(
         max_wait_ms=cfg.max_wait_ms,
         max_queued_texts=cfg.max_queued_texts,
         wait_policy=cfg.wait_policy,
+        replicas=encoder_replicas,
     )
     batcher_box["b"] = batcher
     rerank_batcher = (
@@ -171,6 +178,7 @@ def create_app(
             max_wait_ms=cfg.max_wait_ms,
             max_queued_texts=cfg.max_queued_texts,
             wait_policy=cfg.wait_policy,
+            replicas=reranker_replicas,
         )
         if reranker is not None
         else None
@@ -350,15 +358,21 @@ def create_app(
         return HTMLResponse(PAGE)
 
     def _dead_models() -> list[str]:
-        # a model in a child process (ProcessEncoder, ProcessReranker) can die on its own
-        models = {"encoder": encoder, "reranker": reranker}
-        return [name for name, m in models.items() if not getattr(m, "alive", True)]
+        # a model in a child process (ProcessEncoder, ProcessReranker) can die on its own; one
+        # replica down is reported too (the others serve on, but the server needs a restart)
+        dead = []
+        for name, b in (("encoder", batcher), ("reranker", rerank_batcher)):
+            models = b.models if b is not None else ()
+            down = sum(not getattr(m, "alive", True) for m in models)
+            if down:
+                dead.append(name if len(models) == 1 else f"{name} ({down} of {len(models)})")
+        return dead
 
     @app.get("/health", summary="The process and its models are up")
     async def health() -> JSONResponse:
         dead = _dead_models()
         if dead:
-            body = {"status": "down", "message": f"the {' and '.join(dead)} process exited"}
+            body = {"status": "down", "message": f"model process exited: {', '.join(dead)}"}
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok"})
 

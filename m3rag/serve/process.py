@@ -37,6 +37,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from m3rag._inputs import check_positive_int
 from m3rag._torchutil import prefer_passive_openmp
 from m3rag.errors import ModelProcessError
 
@@ -94,7 +95,13 @@ def _portable(exc: BaseException) -> tuple[str, str, BaseException | None]:
     return name, str(exc), exc
 
 
-def _child(conn: Any, recipe: str, kwargs: dict[str, Any], attributes: Sequence[str]) -> None:
+def _child(
+    conn: Any,
+    recipe: str,
+    kwargs: dict[str, Any],
+    attributes: Sequence[str],
+    torch_threads: int | None = None,
+) -> None:
     """The child's loop: build the model, report its attributes, then answer calls."""
     # Ctrl-C at a terminal reaches the whole process group: the parent decides when the child
     # stops (it closes the pipe or terminates it), so the child ignores the interrupt
@@ -105,6 +112,10 @@ def _child(conn: Any, recipe: str, kwargs: dict[str, Any], attributes: Sequence[
     # thread, in a run before the child set it; with it, 29.4 against 31.4
     prefer_passive_openmp()
     try:
+        import torch
+
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
         model = _RECIPES[recipe](**kwargs)
         described: dict[str, Any] = {}
         for name in attributes:
@@ -115,6 +126,7 @@ def _child(conn: Any, recipe: str, kwargs: dict[str, Any], attributes: Sequence[
                 described[name] = str(getattr(model, name)).removeprefix("torch.")
         if hasattr(model, "fingerprint"):
             described["fingerprint"] = model.fingerprint()
+        described["torch_threads"] = torch.get_num_threads()
     except BaseException as exc:
         conn.send(("error", _portable(exc)))
         return
@@ -153,7 +165,10 @@ class ModelProcess:
         recipe: ``"encoder"`` ([`M3Encoder`][m3rag.M3Encoder]) or ``"reranker"``
             ([`Reranker`][m3rag.Reranker]).
         kwargs: The model's constructor arguments (plain values: they cross to the child).
-        attributes: Attributes read once after loading, kept in ``attributes``.
+        attributes: Attributes read once after loading, kept in ``attributes`` (with
+            ``torch_threads``, the child's torch thread count, besides).
+        torch_threads: Threads for torch's CPU ops in the child (``None``: torch's default,
+            one per core); give several replicas sharing the cores a share each.
 
     Raises:
         Whatever the model's constructor raises in the child (the same exception type when it
@@ -161,10 +176,19 @@ class ModelProcess:
         it); ``ModelProcessError`` when the child exits before it reports.
     """
 
-    def __init__(self, recipe: str, kwargs: dict[str, Any], attributes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        recipe: str,
+        kwargs: dict[str, Any],
+        attributes: Sequence[str] = (),
+        *,
+        torch_threads: int | None = None,
+    ) -> None:
         if recipe not in _RECIPES:
             msg = f"recipe must be one of {sorted(_RECIPES)}, got {recipe!r}"
             raise ValueError(msg)
+        if torch_threads is not None:
+            check_positive_int(torch_threads, "torch_threads")
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_end = ctx.Pipe()
         self._lock = threading.Lock()
@@ -172,7 +196,7 @@ class ModelProcess:
         self.recipe = recipe
         self._process = ctx.Process(
             target=_child,
-            args=(child_end, recipe, kwargs, tuple(attributes)),
+            args=(child_end, recipe, kwargs, tuple(attributes), torch_threads),
             name=f"m3rag-{recipe}",
             daemon=True,  # never outlives the server
         )
@@ -271,8 +295,10 @@ class _Remote:
     _ATTRIBUTES: tuple[str, ...] = ()
     _RECIPE = ""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self._proc = ModelProcess(self._RECIPE, kwargs, self._ATTRIBUTES)
+    def __init__(self, *, torch_threads: int | None = None, **kwargs: Any) -> None:
+        self._proc = ModelProcess(
+            self._RECIPE, kwargs, self._ATTRIBUTES, torch_threads=torch_threads
+        )
         self._fetched: dict[str, Any] = {}
 
     @property
@@ -314,7 +340,8 @@ class ProcessEncoder(_Remote):
     """An [`M3Encoder`][m3rag.M3Encoder] running in a child process, with the same interface.
 
     Takes `M3Encoder`'s keyword arguments (``model_name_or_path``, ``device``, ``dtype``,
-    ``max_batch_tokens`` ...). The encode methods return the same
+    ``max_batch_tokens`` ...), and ``torch_threads`` (see
+    [`ModelProcess`][m3rag.serve.process.ModelProcess]). The encode methods return the same
     [`M3Output`][m3rag.M3Output] the encoder gives in-process; attributes (``heads``, ``dim``,
     ``fingerprint()`` ...) are read once after loading.
     """
@@ -347,7 +374,11 @@ class ProcessEncoder(_Remote):
 
 
 class ProcessReranker(_Remote):
-    """A [`Reranker`][m3rag.Reranker] running in a child process, with the same interface."""
+    """A [`Reranker`][m3rag.Reranker] running in a child process, with the same interface.
+
+    Takes `Reranker`'s keyword arguments and ``torch_threads`` (see
+    [`ModelProcess`][m3rag.serve.process.ModelProcess]).
+    """
 
     _ATTRIBUTES = RERANKER_ATTRIBUTES
     _RECIPE = "reranker"

@@ -195,3 +195,72 @@ def test_a_bad_batch_overhead_is_a_usage_error(bad, tiny_m3_path) -> None:  # ty
     done = CliRunner().invoke(app, ["serve", "--model", str(tiny_m3_path), "--batch-overhead", bad])
     assert done.exit_code == 2
     assert "--batch-overhead must be auto, none or a non-negative integer" in done.output
+
+
+def test_model_workers_start_copies_that_split_the_cores(
+    tiny_m3_path, tiny_reranker_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    import m3rag.serve
+    from m3rag.cli import app
+    from m3rag.cli._serve import available_cores
+
+    served: dict[str, Any] = {}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setattr(m3rag.serve, "create_app", lambda *a, **kw: served.update(kw, e=a[0]))
+    monkeypatch.setattr(m3rag.serve, "run", lambda *_, **__: None)
+    args = ["serve", "--model", str(tiny_m3_path), "--reranker", str(tiny_reranker_path)]
+    done = CliRunner().invoke(app, [*args, "--device", "cpu", "--model-workers", "2"])
+    assert done.exit_code == 0, done.output
+    threads = max(1, available_cores() // 2)
+    assert f"2 model workers, each in its own process with {threads} torch thread" in done.output
+    encoders = [served["e"], *served["encoder_replicas"]]
+    rerankers = [served["reranker"], *served["reranker_replicas"]]
+    for copies in (encoders, rerankers):
+        assert len(copies) == 2
+        assert len({c.process.pid for c in copies}) == 2  # a process each
+        assert [c.torch_threads for c in copies] == [threads, threads]
+        first = copies[0].batch_overhead
+        assert isinstance(first, int) and first >= 0  # measured by the first copy alone,
+        assert copies[1].batch_overhead == first  # and given to the others
+        assert not any(c.alive for c in copies)  # the CLI stopped them when the server ended
+
+
+def test_model_workers_out_of_range_are_a_usage_error(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from m3rag.cli import app
+
+    for bad in ("0", "65", "-1"):
+        done = CliRunner().invoke(
+            app, ["serve", "--model", str(tiny_m3_path), "--model-workers", bad]
+        )
+        assert done.exit_code == 2
+        assert "--model-workers must be in 1..64" in done.output
+
+
+def test_a_copy_that_fails_to_start_stops_the_ones_started(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from m3rag.cli import _serve
+
+    class Copy:
+        def __init__(self, overhead: Any, threads: int) -> None:
+            self.batch_overhead = 55 if overhead == "auto" else overhead
+            self.torch_threads = threads
+
+    calls: list[dict[str, Any]] = []
+
+    def fake(kind: str, model: str, device: Any, budget: int, **options: Any) -> Copy:
+        calls.append(options)
+        if len(calls) == 3:
+            raise MemoryError("no room for a third copy")
+        return Copy(options["batch_overhead"], options["torch_threads"])
+
+    monkeypatch.setattr(_serve, "load_model_process", fake)
+    monkeypatch.setattr(_serve, "available_cores", lambda: 8)
+    started: list[Any] = []
+    with pytest.raises(MemoryError):
+        _serve.load_model_processes("encoder", "m", "cpu", 2048, 3, "auto", started)
+    assert len(started) == 2  # the caller closes these
+    assert [c["batch_overhead"] for c in calls] == ["auto", 55, 55]
+    assert [c["torch_threads"] for c in calls] == [2, 2, 2]

@@ -205,3 +205,45 @@ def test_the_server_cuts_the_child_encoders_passes_by_cost(tiny_m3_path) -> None
         assert isinstance(enc.batch_overhead, int) and enc.batch_overhead >= 0
     finally:
         enc.close()
+
+
+def test_a_child_runs_the_torch_threads_it_is_given(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    with ProcessEncoder(model_name_or_path=str(tiny_m3_path), device="cpu", torch_threads=1) as e:
+        assert e.torch_threads == 1
+        assert e.encode_corpus(["one thread"]).dense_vecs.shape[0] == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
+def test_bad_torch_threads_are_refused_before_a_child_starts(bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="torch_threads"):
+        ModelProcess("encoder", {}, torch_threads=bad)
+
+
+def test_a_dead_replica_is_reported_while_the_other_serves(
+    tiny_m3_path, tiny_encoder, live
+) -> None:  # type: ignore[no-untyped-def]
+    from m3rag.serve import ServeConfig, create_app
+
+    encs = [ProcessEncoder(model_name_or_path=str(tiny_m3_path), device="cpu") for _ in range(2)]
+    try:
+        app = create_app(encs[0], encoder_replicas=encs[1:], config=ServeConfig(max_wait_ms=1))
+        server = live(app)
+        want = tiny_encoder.encode_corpus(TEXTS, dense=True, sparse=False, colbert=False)
+        for i, text in enumerate(TEXTS):  # whichever replica runs it, the same rows
+            r = httpx.post(server.url + "/embed", json={"inputs": text}, timeout=30)
+            assert r.status_code == 200
+            np.testing.assert_allclose(r.json()[0], want.dense_vecs[i], atol=1e-5)
+        os.kill(encs[1].process.pid, signal.SIGKILL)
+        _wait_dead(encs[1])
+        for probe in ("/health", "/ready"):
+            r = httpx.get(server.url + probe)
+            assert r.status_code == 503, probe
+            assert r.json()["status"] == "down"
+        assert "encoder (1 of 2)" in httpx.get(server.url + "/health").json()["message"]
+        # the dead replica hands back what it gathers and retires: nothing fails
+        for _ in range(8):
+            r = httpx.post(server.url + "/embed", json={"inputs": "still?"}, timeout=30)
+            assert r.status_code == 200
+    finally:
+        for e in encs:
+            e.close()
