@@ -20,6 +20,7 @@ __all__ = [
     "CALIBRATION_TEXTS",
     "CALIBRATION_TOKENS",
     "BatchedModel",
+    "available_cores",
     "available_devices",
     "is_oom",
     "prefer_passive_openmp",
@@ -78,6 +79,14 @@ _DTYPES = {
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
 }
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover -- not Linux
+        return os.cpu_count() or 1
 
 
 def available_devices() -> list[str]:

@@ -291,6 +291,8 @@ def load_model_processes(
     pass overhead alone (the others are not started yet, so nothing competes with the
     measurement) and the rest reuse its figure.
     """
+    from m3rag._torchutil import available_cores
+
     threads = max(1, available_cores() // workers) if workers > 1 else None
     out: list[Any] = []
     for i in range(workers):
@@ -303,16 +305,6 @@ def load_model_processes(
         if i == 0:
             batch_overhead = one.batch_overhead  # measured (or given) once, for every copy
     return out
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover -- not Linux
-        return os.cpu_count() or 1
 
 
 def _close_models(models: list[Any]) -> None:

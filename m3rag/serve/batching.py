@@ -47,6 +47,7 @@ from typing import Any, Literal
 import numpy as np
 
 from m3rag._inputs import check_positive_int, check_rerank_inputs
+from m3rag._torchutil import available_cores
 from m3rag.errors import M3RagError
 from m3rag.rerank.cross_encoder import RerankResult, RerankScores, rank_passages
 from m3rag.types import M3Output
@@ -167,6 +168,15 @@ class _SharedBatcher(abc.ABC):
         self._arrived_while_running = 0
         self._under_load = False
         self._serving = len(self.models)  # workers still taking batches (guarded by _cond)
+        # what a replica running alone may use: every replica's share (see _lend_cores)
+        shares = [getattr(m, "torch_threads", None) for m in self.models]
+        self._pooled_threads = (
+            min(available_cores(), sum(n for n in shares if isinstance(n, int)))
+            if len(shares) > 1
+            and all(isinstance(n, int) for n in shares)
+            and all(hasattr(m, "use_threads") for m in self.models)
+            else None
+        )
         self._threads = [
             threading.Thread(
                 target=self._work,
@@ -311,6 +321,7 @@ class _SharedBatcher(abc.ABC):
                 return
             if not getattr(model, "alive", True) and self._retire(jobs):
                 return
+            self._lend_cores(model)
             live = [j for j in jobs if not j.cancelled]
             start = time.perf_counter()
             if live:
@@ -331,6 +342,24 @@ class _SharedBatcher(abc.ABC):
                 self.on_batch(n, seconds)
             if not getattr(model, "alive", True) and self._retire([]):
                 return
+
+    def _lend_cores(self, model: Any) -> None:
+        """Give a replica that starts a batch alone the torch threads of every replica.
+
+        Replicas each start with a share of the cores (``torch_threads``); one running while
+        the others idle (a lone request) would leave their shares unused, so it takes them
+        all (as many as the process has cores at most), and its share again when it starts a
+        batch beside another. A batch already running keeps its count, so the cores can be
+        oversubscribed while two overlap.
+        """
+        if self._pooled_threads is None:
+            return
+        with self._cond:
+            alone = self._running == 1
+        try:
+            model.use_threads(self._pooled_threads if alone else model.torch_threads)
+        except Exception:  # a dead child: the batch's own call reports it
+            logger.debug("could not set a replica's threads", exc_info=True)
 
     def _retire(self, jobs: list[_Job]) -> bool:
         """Whether a worker whose model died may stop, handing ``jobs`` back to the queue.

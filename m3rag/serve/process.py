@@ -140,7 +140,13 @@ def _child(
             return
         op, name, args, kw = message
         try:
-            out = getattr(model, name)(*args, **kw) if op == "call" else getattr(model, name)
+            if op == "threads":
+                torch.set_num_threads(args[0])
+                out = torch.get_num_threads()
+            elif op == "call":
+                out = getattr(model, name)(*args, **kw)
+            else:
+                out = getattr(model, name)
         except BaseException as exc:
             conn.send(("error", _portable(exc)))
             continue
@@ -257,6 +263,12 @@ class ModelProcess:
         """``model.name`` from the child (for what ``attributes`` did not read)."""
         return self._ask("get", name, (), {})
 
+    def set_torch_threads(self, n: int) -> int:
+        """Set the child's torch thread count (for its next calls); returns the count now."""
+        check_positive_int(n, "torch_threads")
+        out: int = self._ask("threads", "", (n,), {})
+        return out
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child: politely when no call is running, else (or if it lingers) by force.
 
@@ -300,6 +312,7 @@ class _Remote:
             self._RECIPE, kwargs, self._ATTRIBUTES, torch_threads=torch_threads
         )
         self._fetched: dict[str, Any] = {}
+        self._threads_now = self._proc.attributes["torch_threads"]
 
     @property
     def process(self) -> ModelProcess:
@@ -324,6 +337,14 @@ class _Remote:
             except AttributeError:
                 raise AttributeError(name) from None
         return fetched[name]
+
+    def use_threads(self, n: int) -> None:
+        """Run the next calls on ``n`` torch threads (a message to the child only on a change).
+
+        A batcher with several replicas lends one running alone the cores of the idle ones.
+        """
+        if n != self._threads_now:
+            self._threads_now = self._proc.set_torch_threads(n)
 
     def close(self) -> None:
         """Stop the model's process."""

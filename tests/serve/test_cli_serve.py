@@ -203,8 +203,8 @@ def test_model_workers_start_copies_that_split_the_cores(
     from typer.testing import CliRunner
 
     import m3rag.serve
+    from m3rag._torchutil import available_cores
     from m3rag.cli import app
-    from m3rag.cli._serve import available_cores
 
     served: dict[str, Any] = {}
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
@@ -257,7 +257,7 @@ def test_a_copy_that_fails_to_start_stops_the_ones_started(monkeypatch) -> None:
         return Copy(options["batch_overhead"], options["torch_threads"])
 
     monkeypatch.setattr(_serve, "load_model_process", fake)
-    monkeypatch.setattr(_serve, "available_cores", lambda: 8)
+    monkeypatch.setattr("m3rag._torchutil.available_cores", lambda: 8)
     started: list[Any] = []
     with pytest.raises(MemoryError):
         _serve.load_model_processes("encoder", "m", "cpu", 2048, 3, "auto", started)

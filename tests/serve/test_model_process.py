@@ -211,6 +211,11 @@ def test_a_child_runs_the_torch_threads_it_is_given(tiny_m3_path) -> None:  # ty
     with ProcessEncoder(model_name_or_path=str(tiny_m3_path), device="cpu", torch_threads=1) as e:
         assert e.torch_threads == 1
         assert e.encode_corpus(["one thread"]).dense_vecs.shape[0] == 1
+        assert e.process.set_torch_threads(2) == 2  # lent a second core, for the next calls
+        assert e.encode_corpus(["two threads"]).dense_vecs.shape[0] == 1
+        assert e.torch_threads == 1  # its share, as started
+        with pytest.raises(ValueError, match="torch_threads"):
+            e.process.set_torch_threads(0)
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])

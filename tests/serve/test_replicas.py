@@ -32,6 +32,11 @@ class Replica:
         self.gate = threading.Event()
         self.gate.set()
         self.alive = True
+        self.torch_threads = 1  # its share of the cores, as a ProcessEncoder reports it
+        self.threads_used: list[int] = []
+
+    def use_threads(self, n: int) -> None:
+        self.threads_used.append(n)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -60,6 +65,7 @@ def fresh(replicas) -> list[Replica]:  # type: ignore[no-untyped-def]
         r.started.clear()
         r.gate.set()
         r.alive = True
+        r.threads_used.clear()
     return replicas  # type: ignore[no-any-return]
 
 
@@ -104,6 +110,8 @@ def test_a_replica_runs_a_batch_while_another_is_busy(fresh) -> None:  # type: i
         assert first.wait(10)
         assert busy.batch_sizes == [1] and free.batch_sizes == [1]
         assert busy.threads != free.threads  # each replica on a thread of its own
+        # the first ran alone and borrowed the other's core; the second ran beside it
+        assert busy.threads_used == [2] and free.threads_used == [1]
         assert batcher.stats.batches == 2 and batcher.stats.texts == 2
     finally:
         batcher.close()
@@ -185,3 +193,20 @@ def test_a_replica_found_dead_hands_its_batch_back(fresh) -> None:  # type: igno
         assert batcher.queued_texts == 0
     finally:
         batcher.close()
+
+
+def test_a_lone_replica_borrows_no_more_threads_than_there_are_cores(fresh, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("m3rag.serve.batching.available_cores", lambda: 3)
+    for r in fresh:
+        r.torch_threads = 2  # three replicas of 2 threads: 6, on 3 cores
+    batcher = DynamicBatcher(fresh[0], replicas=fresh[1:], max_wait_ms=0)
+    try:
+        for text in TEXTS:
+            done, box = submit(batcher, text)
+            assert done.wait(10) and box["exc"] is None
+        used = [n for r in fresh for n in r.threads_used]
+        assert used == [3] * len(TEXTS)  # each ran alone: every core, not 6 threads
+    finally:
+        batcher.close()
+        for r in fresh:
+            r.torch_threads = 1
