@@ -194,10 +194,9 @@ def serve(
                 "reranker", reranker, device, max_batch_tokens, model_workers, overhead, models
             )
         elif reranker:
-            rr = load_reranker(reranker, device)
-            rr.batch_overhead = overhead
-            rr.batch_overhead  # noqa: B018 - "auto" measures now, before the first request
-            rerankers = [rr]
+            rerankers = [
+                serving_batches(load_reranker(reranker, device), max_batch_tokens, overhead)
+            ]
         rr = rerankers[0] if rerankers else None
         col = open_collection(target, encoder, read_only=not allow_writes) if target else None
     except BaseException:
@@ -247,18 +246,18 @@ def _parse_batch_overhead(text: str) -> int | Literal["auto"] | None:
 
 
 def serving_batches(
-    encoder: Any, max_batch_tokens: int, batch_overhead: int | Literal["auto"] | None = "auto"
+    model: Any, max_batch_tokens: int, batch_overhead: int | Literal["auto"] | None = "auto"
 ) -> Any:
-    """``encoder`` cutting its forward passes as the server's batches need; returned.
+    """``model`` (an encoder or a reranker) cutting its passes as the server's batches need.
 
-    One token budget for both cuts (what the batcher gathers, what one pass holds), and by
-    default the device's cut by cost for small batches of mixed lengths (see
-    [`M3Encoder`][m3rag.M3Encoder]'s ``batch_overhead``).
+    Returns the model it was given. One token budget for both cuts (what the batcher gathers,
+    what one pass holds), and by default the device's cut by cost for small batches of mixed
+    lengths (see [`M3Encoder`][m3rag.M3Encoder]'s ``batch_overhead``).
     """
-    encoder.max_batch_tokens = max_batch_tokens
-    encoder.batch_overhead = batch_overhead
-    encoder.batch_overhead  # noqa: B018 - "auto" measures now, before the first request
-    return encoder
+    model.max_batch_tokens = max_batch_tokens
+    model.batch_overhead = batch_overhead
+    model.batch_overhead  # noqa: B018 - "auto" measures now, before the first request
+    return model
 
 
 def load_model_process(

@@ -149,7 +149,7 @@ def test_a_bad_wait_policy_is_a_usage_error(tiny_m3_path) -> None:  # type: igno
     ("option", "expected"),
     [([], "measured"), (["--batch-overhead", "none"], None), (["--batch-overhead", "7"], 7)],
 )
-def test_batch_overhead_reaches_both_models(
+def test_the_batch_budget_and_overhead_reach_both_models(
     option, expected, tiny_m3_path, tiny_reranker_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
@@ -173,6 +173,8 @@ def test_batch_overhead_reaches_both_models(
         str(tiny_reranker_path),
         "--device",
         "cpu",
+        "--max-batch-tokens",
+        "3000",
     ]
     done = CliRunner().invoke(app, [*args, *option])
     assert done.exit_code == 0, done.output
@@ -180,6 +182,7 @@ def test_batch_overhead_reaches_both_models(
     assert announced == (expected is not None)
     assert ("(measured on the model)" in done.output) == (expected == "measured")
     for model in (served["e"], served["r"]):
+        assert model.max_batch_tokens == 3000  # in-process, as in a model process
         if expected == "measured":
             assert isinstance(model.batch_overhead, int) and model.batch_overhead >= 0
         else:
