@@ -723,7 +723,14 @@ _SERVE_VARIANTS = {
         "The model in a child process (`--model-process`) against the model on a thread of the "
         "server (the default)",
     ),
+    "m3rag serve --model-workers 2": (
+        "the same with `--model-workers 2` (two copies of the model in child processes, each "
+        "with half the cores, running batches side by side)",
+        "Two model workers (`--model-workers 2`) against one model on a thread of the server "
+        "(the default)",
+    ),
 }
+_WORKERS_SERVER = "m3rag serve --model-workers 2"
 _DEFAULT_SERVER = "m3rag serve (dynamic batching)"
 
 
@@ -807,11 +814,17 @@ def _plain_ahead(res: dict[str, Any]) -> list[str]:
     plain = res["servers"].get("plain per-request endpoint")
     if not plain:
         return []
-    ahead = [
-        f"`{path}` at {p['clients']} clients ({p['rps']:.1f} against {d['rps']:.1f} req/s)"
+    ahead_cells = [
+        (path, p)
         for path in ("/embed_all", "/search")
         for p, d in zip(plain[path], res["servers"][_DEFAULT_SERVER][path], strict=False)
         if p["clients"] > 1 and p["rps"] > d["rps"]
+    ]
+    default = res["servers"][_DEFAULT_SERVER]
+    ahead = [
+        f"`{path}` at {p['clients']} clients ({p['rps']:.1f} against "
+        f"{next(d['rps'] for d in default[path] if d['clients'] == p['clients']):.1f} req/s)"
+        for path, p in ahead_cells
     ]
     if not ahead:
         return []
@@ -820,9 +833,28 @@ def _plain_ahead(res: dict[str, Any]) -> list[str]:
         "Our reading (not isolated by this run): its requests run at once on several threads, "
         "each small forward pass beside the others, while the batcher runs one pass at a time "
         "on the model's thread; on a CPU, several small passes side by side can use the cores "
-        "better than one pass over their texts.",
+        "better than one pass over their texts."
+        + (
+            " `--model-workers 2`, which runs two batches side by side, served more than the "
+            "plain endpoint in every one of these cells."
+            if _workers_ahead(res, ahead_cells)
+            else ""
+        ),
         "",
     ]
+
+
+def _workers_ahead(res: dict[str, Any], cells: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether the model workers served more than the plain endpoint in each of ``cells``."""
+    workers = res["servers"].get(_WORKERS_SERVER)
+    if not workers or not cells:
+        return False
+    return all(
+        w["rps"] > p["rps"]
+        for path, p in cells
+        for w in workers[path]
+        if w["clients"] == p["clients"]
+    )
 
 
 def _pass_cost(res: dict[str, Any]) -> list[str]:
@@ -868,6 +900,33 @@ def _gathered(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _workers(res: dict[str, Any]) -> list[str]:
+    """What two model workers did with the cores one model left idle, where the run loaded them."""
+    cells = res["servers"].get(_WORKERS_SERVER, {}).get("/embed_all")
+    if not cells:
+        return []
+    offline = res["offline"]["texts_per_s"]
+    default = res["servers"][_DEFAULT_SERVER]["/embed_all"]
+    many, alone = cells[-1], cells[0]
+    out = (
+        f"Two model workers (`--model-workers 2`) run two batches at once, each on one core: "
+        f"at 32 clients {many['rps']:.1f} req/s, {many['rps'] / offline:.0%} of offline "
+        f"({many['rps'] / default[-1]['rps']:.2f}× one model), with "
+        f"{many.get('texts_per_batch', 0):.1f} texts a batch"
+    )
+    if "server_cpu_cores" in many:
+        out += (
+            f"; the server and its model processes used {many['server_cpu_cores']:.2f} of the "
+            f"{res['machine']['cores']} cores"
+        )
+    out += (
+        f". At one client a lone request runs on one copy, lent the other's core: "
+        f"{alone['rps']:.1f} against {default[0]['rps']:.1f} req/s for one model, p95 "
+        f"{ms(alone['p95_ms'])} against {ms(default[0]['p95_ms'])}."
+    )
+    return [out, ""]
+
+
 def _cpu_split(res: dict[str, Any], served: dict[str, Any]) -> str:
     """Where the cores went in a 32-client cell, where the run recorded it."""
     if "server_cpu_cores" not in served:
@@ -891,6 +950,8 @@ def _cpu_split(res: dict[str, Any], served: dict[str, Any]) -> str:
             f" (the plain endpoint, whose requests run side by side, used "
             f"{plain[-1]['server_cpu_cores']:.2f})"
         )
+    if _WORKERS_SERVER in res["servers"]:
+        out += "; two model workers put them to work (below)"
     return out + "."
 
 
@@ -911,7 +972,8 @@ def section_serve(r: Report) -> str:
         "",
         *_serve_table(res),
         "*model busy*: the share of the cell's wall time the batcher spent inside the model "
-        "(from the server's `/metrics`); *texts/batch*: texts per gathered batch"
+        "(from the server's `/metrics`; summed over the copies with `--model-workers`, so up "
+        "to 200% with two); *texts/batch*: texts per gathered batch"
         + (
             "; *server CPU*, *client CPU*: the server's (with its model processes) and the load "
             f"generator's CPU time over the cell, in cores (the machine has "
@@ -975,7 +1037,7 @@ def section_serve(r: Report) -> str:
             "one text, on a GPU: see *Serving on a GPU* below.",
             "",
         ]
-    out += [*_pass_cost(res), *_gathered(res)]
+    out += [*_pass_cost(res), *_gathered(res), *_workers(res)]
     tiny_path = RESULTS / ("serve-tiny-quick.json" if r.quick else "serve-tiny.json")
     if tiny_path.exists():
         tiny = json.loads(tiny_path.read_text(encoding="utf-8"))
@@ -991,6 +1053,7 @@ def section_serve(r: Report) -> str:
             *_comparisons(tiny),
             *_pass_cost(tiny),
             *_gathered(tiny),
+            *_workers(tiny),
         ]
     t = res["targets"]
     r.target(
@@ -1008,6 +1071,23 @@ def section_serve(r: Report) -> str:
         ratio(t["p95_1_client_vs_in_process"]),
         t["p95_1_client_vs_in_process"] <= 1.5,
     )
+    w = res.get("targets_model_workers")
+    if w is not None:
+        r.target(
+            "serve `--model-workers 2`: 32 clients ≥ 3× one client",
+            ratio(w["x32_vs_1_client"]),
+            w["x32_vs_1_client"] >= 3,
+        )
+        r.target(
+            "serve `--model-workers 2`: 32 clients ≥ 80% of offline encode",
+            f"{w['x32_vs_offline']:.0%}",
+            w["x32_vs_offline"] >= 0.8,
+        )
+        r.target(
+            "serve `--model-workers 2`: p95 at 1 client ≤ 1.5× the in-process call",
+            ratio(w["p95_1_client_vs_in_process"]),
+            w["p95_1_client_vs_in_process"] <= 1.5,
+        )
     return "\n".join(out)
 
 
