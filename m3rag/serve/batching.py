@@ -1,19 +1,19 @@
 """Dynamic batching: texts from concurrent requests packed into token-budgeted forward passes.
 
-A worker thread owns the model (and one more owns each replica, below). Requests put jobs (a list
-of texts, query or passage truncation, the heads wanted) on a bounded queue and await a future; a
-free worker takes the oldest
-job, then keeps taking jobs while the batch stays under ``max_batch_tokens`` (estimated) and
-``max_wait_ms`` has not passed since the first one arrived, and encodes them together: one
+A worker thread owns the model (and one more owns each replica, below). Requests put jobs (a
+list of texts, query or passage truncation, the heads wanted) on a bounded queue and await a
+future; a free worker takes the oldest job, then keeps taking jobs while the batch stays under
+``max_batch_tokens`` (estimated) and ``max_wait_ms`` has not passed since the first one
+arrived, and encodes them together: one
 [`M3Encoder.encode`][m3rag.M3Encoder.encode] call per truncation length, whose own length-sorted
 token budgeting (``m3rag._batching``) cuts the forward passes. Each job gets its rows back.
 
 ``replicas``: further copies of the model (in child processes, see [`m3rag.serve.process`][]),
 each owned by a worker thread of its own on the same queue: while one runs a batch, the next
-gathers and runs on another. On a CPU, two replicas of one torch thread each kept both cores
-busy where one model of two threads left a third of a core idle between its serial parts; in an
-in-process experiment on random groups of 16 texts (mid-size checkpoint, 2 cores) they encoded
-72 texts/s against 54-56, close to one call on all 256 texts (73-75). See ``docs/serve.md``.
+gathers and runs on another. A copy that starts a batch alone borrows the idle copies' torch
+threads (`_lend_cores`). On the 2-core CPU one model kept about 1.5 of the cores busy between its
+serial parts; two copies of one thread each served ``/embed_all`` 1.50x faster at 8 clients and
+1.24x at 32, 83% of offline encoding (``bench_serve.py``; see ``docs/serve.md``).
 
 When the first job waits (``wait_policy``): ``"adaptive"`` (the default) holds it for company
 only when the batcher is under load, that is when other jobs are queued with it, or the last
