@@ -950,8 +950,9 @@ def _cpu_split(res: dict[str, Any], served: dict[str, Any]) -> str:
             f" (the plain endpoint, whose requests run side by side, used "
             f"{plain[-1]['server_cpu_cores']:.2f})"
         )
-    if _WORKERS_SERVER in res["servers"]:
-        out += "; two model workers put them to work (below)"
+    workers = res["servers"].get(_WORKERS_SERVER, {}).get("/embed_all")
+    if workers and "server_cpu_cores" in workers[-1]:
+        out += f"; with two model workers the server used {workers[-1]['server_cpu_cores']:.2f}"
     return out + "."
 
 
