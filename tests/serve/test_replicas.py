@@ -202,9 +202,15 @@ def test_a_lone_replica_borrows_no_more_threads_than_there_are_cores(fresh, monk
         r.torch_threads = 2  # three replicas of 2 threads: 6, on 3 cores
     batcher = DynamicBatcher(fresh[0], replicas=fresh[1:], max_wait_ms=0)
     try:
-        for text in TEXTS:
+        for k, text in enumerate(TEXTS, 1):
             done, box = submit(batcher, text)
             assert done.wait(10) and box["exc"] is None
+            # a job's answer comes before its worker counts the batch done: wait for that,
+            # so the next request finds every replica idle
+            deadline = time.monotonic() + 10
+            while batcher.stats.texts < k:
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
         used = [n for r in fresh for n in r.threads_used]
         assert used == [3] * len(TEXTS)  # each ran alone: every core, not 6 threads
     finally:
