@@ -961,22 +961,23 @@ def _comparisons(res: dict[str, Any]) -> list[str]:
     return [*_variants_vs_default(res), *_one_client(res), *_plain_ahead(res)]
 
 
-def _serve_targets(r: Report, server: str, t: dict[str, float]) -> None:
-    """Issue #17's three targets, as one server's run measured them."""
+def _serve_targets(r: Report, server: str, t: dict[str, float], met: dict[str, bool]) -> None:
+    """Issue #17's three targets, as one server's run measured and judged them (the thresholds
+    are `bench_serve`'s, in ``met``)."""
     r.target(
         f"{server}: 32 clients ≥ 3× one client (`/embed_all`)",
         ratio(t["x32_vs_1_client"]),
-        t["x32_vs_1_client"] >= 3,
+        met["x32_vs_1_client>=3"],
     )
     r.target(
         f"{server}: 32 clients ≥ 80% of offline encode",
         f"{t['x32_vs_offline']:.0%}",
-        t["x32_vs_offline"] >= 0.8,
+        met["x32_vs_offline>=0.8"],
     )
     r.target(
         f"{server}: p95 at 1 client ≤ 1.5× the in-process call",
         ratio(t["p95_1_client_vs_in_process"]),
-        t["p95_1_client_vs_in_process"] <= 1.5,
+        met["p95_1_client<=1.5x"],
     )
 
 
@@ -1018,7 +1019,8 @@ def section_serve(r: Report) -> str:
             "",
         ]
     batched = res["servers"][_DEFAULT_SERVER]["/embed_all"]
-    if res["targets"]["x32_vs_1_client"] < 3 and "model_busy" in batched[-1]:
+    missed_3x = not res["targets_met"]["x32_vs_1_client>=3"]
+    if missed_3x and "model_busy" in batched[-1]:
         first, last = batched[0], batched[-1]
         cost = res.get("forward_pass_cost", {}).get("single_text", [])
         fixed = [c["overhead_tokens"] for c in cost]
@@ -1049,7 +1051,7 @@ def section_serve(r: Report) -> str:
             "text, on a GPU: see *Serving on a GPU* below.",
             "",
         ]
-    elif res["targets"]["x32_vs_1_client"] < 3:
+    elif missed_3x:
         out += [
             "Why the 3× target is missed here (our reading; this run does not isolate it): on a "
             "CPU a forward pass already keeps the cores busy at one text, so packing texts into "
@@ -1075,9 +1077,14 @@ def section_serve(r: Report) -> str:
             *_gathered(tiny),
             *_workers(tiny),
         ]
-    _serve_targets(r, "serve", res["targets"])
+    _serve_targets(r, "serve", res["targets"], res["targets_met"])
     if "targets_model_workers" in res:
-        _serve_targets(r, "serve `--model-workers 2`", res["targets_model_workers"])
+        _serve_targets(
+            r,
+            "serve `--model-workers 2`",
+            res["targets_model_workers"],
+            res["targets_met_model_workers"],
+        )
     return "\n".join(out)
 
 
