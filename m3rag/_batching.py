@@ -13,13 +13,14 @@ texts are cut into the contiguous batches of least total cost (dynamic programmi
 pays where batches are few texts of any length, as a server gathers: filled to the budget, a
 gathered batch pads its short texts to its longest, and on a CPU a padded slot costs about as
 much as a real token; cut one text a pass, each pass pays its fixed cost, which on a CPU is
-large (small matrix products run far below the cores' peak). In ``bench_serve``'s mid-size run
-(6 layers, hidden 384, 2 cores), one text of 32-512 tokens took as long as 115-156 more tokens
-in a full pass, and random groups of 16 texts ran at 48.9 texts/s cut by cost against 38.7
-filled. With the tests' tiny checkpoint, whose passes are mostly fixed cost, the measured
-overhead (445-966 slots in that run) keeps the groups nearly whole, and the fill came out 4%
-ahead (725 against 695 texts/s). Over a sorted corpus neighbours pad little anyway, so the
-models fill by default.
+large (small matrix products run far below the cores' peak). In ``bench_serve``'s latest
+mid-size run (6 layers, hidden 384, 2 cores), one text of 32-512 tokens took as long as 87-122
+more tokens in a full pass, and random groups of 16 texts ran at 53.7 texts/s cut by cost
+against 44.4 filled. With the tests' tiny checkpoint, whose passes are mostly fixed cost, the
+measured overhead (568 slots) keeps the groups nearly whole and the cut changes little (761
+against 729 texts/s; the fill was 4% ahead in the run before). ``docs/serve.md`` keeps the
+figures of each run. Over a sorted corpus neighbours pad little anyway, so the models fill by
+default.
 """
 
 from __future__ import annotations

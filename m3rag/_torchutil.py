@@ -43,11 +43,11 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
     and nothing once torch is imported into this process, since OpenMP reads the policy once,
     when torch loads; an ``environ`` given explicitly is always the caller's to decide on.
 
-    Measured with `m3rag serve` on the 2-core machine (``bench_serve.py``, docs/serve.md): with
-    the tests' tiny checkpoint, spinning threads got 0.95-1.05x the requests per second of
-    sleeping ones in the latest run, 0.85-0.95x in the run before, and 0.72-1.19x in an earlier
-    one; with a mid-size checkpoint, where the model's own work dominates, 0.85-0.98x in the
-    latest run and 0.99-1.09x in the run before.
+    Measured with `m3rag serve` on the 2-core machine (``bench_serve.py``; docs/serve.md keeps
+    each run's figures), the runs disagree: with the tests' tiny checkpoint spinning threads got
+    0.72-1.19x the requests per second of sleeping ones, with a mid-size checkpoint 0.85-1.18x.
+    Sleeping is kept for where spinning measurably hurt: a model in a child process (a third of
+    the throughput on ``/search``, in one run).
 
     Returns:
         Whether the policy was set.

@@ -8,8 +8,9 @@ checkpoint (16 short texts a call, one torch thread): 6.3 ms a call alone, 11-13
 *process* (two processes on two cores), 27-32 ms beside a busy *thread* (the GIL). On a GPU the
 ops are all launches, so the effect is expected to be the same or worse (not measured yet). Where
 the model and the server share the cores (the 2-core CPU machine) the child's gain was mixed in
-``bench_serve.py`` (up to 1.29x on ``/search`` under load, 0.92-1.11x on ``/embed_all``), so
-``m3rag serve`` keeps the models in-process unless given ``--model-process``.
+``bench_serve.py``'s runs (0.80-1.29x on ``/search``, 0.89-1.11x on ``/embed_all``), so
+``m3rag serve`` keeps the models in-process unless given ``--model-process`` (or
+``--model-workers``, which builds on it).
 
 [`ModelProcess`][m3rag.serve.process.ModelProcess] starts a child with the ``spawn`` method (safe
 with CUDA and with the parent's threads), builds the model there from a recipe (a function of
