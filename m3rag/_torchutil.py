@@ -32,6 +32,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+M = TypeVar("M", bound="BatchedModel")
 
 
 def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
@@ -335,6 +336,21 @@ class BatchedModel:
         overhead = max(0, overhead)
         logger.info("measured the fixed cost of a forward pass: %d token slots", overhead)
         return overhead
+
+    def thread_copy(self: M) -> M:
+        """A copy for another thread: the same weights (nothing copied), its own tokenizer.
+
+        For running forward passes on several threads at once (as ``m3rag serve
+        --model-threads`` does): torch modules in inference may be called from several threads,
+        while a fast tokenizer used from two threads at once can fail ("Already borrowed").
+        The copy starts with this model's settings (token budget, ``batch_overhead``, measured
+        or not); changing them on either afterwards leaves the other as it was.
+        """
+        import copy
+
+        twin = copy.copy(self)
+        twin.tokenizer = copy.deepcopy(self.tokenizer)  # type: ignore[attr-defined]
+        return twin
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad token id rows with the pad id; returns ``(input_ids, attention_mask)``."""

@@ -1,11 +1,13 @@
 """The ASGI app of ``m3rag serve`` (FastAPI): routes, auth, limits, metrics.
 
 Every model call leaves the event loop: encoding goes through the
-[`DynamicBatcher`][m3rag.serve.batching.DynamicBatcher] (one thread owns the encoder),
-reranking through the [`RerankBatcher`][m3rag.serve.batching.RerankBatcher] (one thread owns
-the reranker; ``/rerank`` requests and reranked searches share its batches), and searching and
-writing run on one more worker thread (the index's owner). Fast tokenizers must not be shared
-between threads, so each model has exactly one.
+[`DynamicBatcher`][m3rag.serve.batching.DynamicBatcher] (one thread owns the encoder, and one
+more each of its replicas), reranking through the
+[`RerankBatcher`][m3rag.serve.batching.RerankBatcher] (the same for the reranker; ``/rerank``
+requests and reranked searches share its batches), and searching and writing run on one more
+worker thread (the index's owner). Fast tokenizers must not be shared between threads, so each
+model, and each replica, has a thread of its own (thread replicas, `m3rag.serve.threads`, have
+a tokenizer each).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from m3rag.serve.schemas import (
     RerankRequest,
     SearchRequest,
 )
+from m3rag.serve.threads import current_torch_threads, pin_torch_threads
 from m3rag.serve.wire import output_to_json, results_to_json
 from m3rag.types import M3Output
 
@@ -159,7 +162,14 @@ def create_app(
     """
     cfg = config if config is not None else ServeConfig()
     batcher_box: dict[str, DynamicBatcher] = {}
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3rag-worker")
+    # the index's thread: torch's full thread count for its scans, whatever count the model
+    # threads last set as the process's default (see m3rag.serve.threads)
+    pool = ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="m3rag-worker",
+        initializer=pin_torch_threads,
+        initargs=(current_torch_threads(),),
+    )
     key = cfg.api_key.encode("utf-8") if cfg.api_key is not None else None
 
     batcher = DynamicBatcher(
