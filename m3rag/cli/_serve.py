@@ -140,6 +140,16 @@ def serve(
             )
         ),
     ] = 1,
+    model_threads: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Worker threads running shared batches side by side on one in-process copy "
+                "of each model, each with its own share of the CPU cores: auto (2 on a CPU "
+                "with 2 cores or more, else 1) or 1..64."
+            )
+        ),
+    ] = "auto",
 ) -> None:
     """Serve embeddings (OpenAI and text-embeddings-inference shapes), reranking and search."""
     from m3rag._torchutil import prefer_passive_openmp
@@ -153,6 +163,13 @@ def serve(
     overhead = _parse_batch_overhead(batch_overhead)
     if not 1 <= model_workers <= 64:
         raise fail(f"--model-workers must be in 1..64, got {model_workers}", EXIT_USAGE)
+    threads = _parse_model_threads(model_threads)
+    if threads is not None and threads > 1 and (model_process or model_workers > 1):
+        msg = (
+            "--model-threads runs the models in the server's process: it cannot be combined "
+            "with --model-process or --model-workers"
+        )
+        raise fail(msg, EXIT_USAGE)
     model_process = model_process or model_workers > 1
     target = resolve_target(index, store, required=False)
     if allow_writes and target is None:
@@ -184,9 +201,9 @@ def serve(
                 "encoder", name, device, max_batch_tokens, model_workers, overhead, models
             )
         else:
-            encoders = [
-                serving_batches(load_encoder(name, device, None), max_batch_tokens, overhead)
-            ]
+            encoders = in_process_models(
+                load_encoder(name, device, None), max_batch_tokens, overhead, threads
+            )
         encoder = encoders[0]
         rerankers: list[Any] = []
         if reranker and model_process:
@@ -194,20 +211,21 @@ def serve(
                 "reranker", reranker, device, max_batch_tokens, model_workers, overhead, models
             )
         elif reranker:
-            rerankers = [
-                serving_batches(load_reranker(reranker, device), max_batch_tokens, overhead)
-            ]
+            rerankers = in_process_models(
+                load_reranker(reranker, device), max_batch_tokens, overhead, threads
+            )
         rr = rerankers[0] if rerankers else None
         col = open_collection(target, encoder, read_only=not allow_writes) if target else None
     except BaseException:
         _close_models(models)
         raise
     try:
-        if model_workers > 1:
-            threads = encoder.torch_threads
+        if len(encoders) > 1:
+            share = encoder.torch_threads
+            where = "process" if model_process else "thread, sharing one copy of the model,"
             note(
-                f"{model_workers} model workers, each in its own process with {threads} torch "
-                f"thread{'s' if threads != 1 else ''}"
+                f"{len(encoders)} model workers, each in its own {where} with {share} torch "
+                f"thread{'s' if share != 1 else ''}"
             )
         if encoder.batch_overhead is not None:
             note(
@@ -245,6 +263,16 @@ def _parse_batch_overhead(text: str) -> int | Literal["auto"] | None:
     raise fail(msg, EXIT_USAGE)
 
 
+def _parse_model_threads(text: str) -> int | None:
+    """``--model-threads``: ``None`` for auto, else a count in 1..64."""
+    if text == "auto":
+        return None
+    if text.isdigit() and text.isascii() and 1 <= int(text) <= 64:
+        return int(text)
+    msg = f"--model-threads must be auto or in 1..64, got {text!r}"
+    raise fail(msg, EXIT_USAGE)
+
+
 def serving_batches(
     model: Any, max_batch_tokens: int, batch_overhead: int | Literal["auto"] | None = "auto"
 ) -> Any:
@@ -258,6 +286,39 @@ def serving_batches(
     model.batch_overhead = batch_overhead
     model.batch_overhead  # noqa: B018 - "auto" measures now, before the first request
     return model
+
+
+def in_process_models(
+    model: Any,
+    max_batch_tokens: int,
+    batch_overhead: int | Literal["auto"] | None,
+    threads: int | None,
+) -> list[Any]:
+    """``model`` set up for the server's batches, as ``threads`` replicas sharing its weights.
+
+    ``threads=None`` is auto (`m3rag.serve.threads.auto_model_threads`). The replicas
+    (`m3rag.serve.threads`) split the CPU cores. The pass overhead (``"auto"``) is measured
+    on the share of cores one replica runs with, before the copies are made, so they take the
+    figure with them.
+    """
+    from m3rag._torchutil import available_cores
+    from m3rag.serve.threads import auto_model_threads, thread_replicas
+
+    if threads is None:
+        threads = auto_model_threads(model.device.type)
+    if threads == 1:
+        return [serving_batches(model, max_batch_tokens, batch_overhead)]
+    import torch
+
+    cores = available_cores()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, cores // threads))
+    try:
+        serving_batches(model, max_batch_tokens, batch_overhead)
+    finally:
+        torch.set_num_threads(before)
+    return thread_replicas(model, threads, cores=cores)
 
 
 def load_model_process(

@@ -243,6 +243,62 @@ def test_model_workers_out_of_range_are_a_usage_error(tiny_m3_path) -> None:  # 
         assert "--model-workers must be in 1..64" in done.output
 
 
+@pytest.mark.parametrize(("option", "cores", "expected"), [([], 2, 2), ([], 1, 1), (["3"], 4, 3)])
+def test_model_threads_share_one_model_and_split_the_cores(
+    option, cores, expected, tiny_m3_path, tiny_reranker_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    import m3rag.serve
+    from m3rag.cli import app
+    from m3rag.serve.threads import ThreadReplica
+
+    served: dict[str, Any] = {}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    for where in ("m3rag._torchutil", "m3rag.serve.threads"):
+        monkeypatch.setattr(f"{where}.available_cores", lambda: cores)
+    monkeypatch.setattr(m3rag.serve, "create_app", lambda *a, **kw: served.update(kw, e=a[0]))
+    monkeypatch.setattr(m3rag.serve, "run", lambda *_, **__: None)
+    args = ["serve", "--model", str(tiny_m3_path), "--reranker", str(tiny_reranker_path)]
+    threads = ["--model-threads", *option] if option else []  # none: auto, the default
+    done = CliRunner().invoke(app, [*args, "--device", "cpu", *threads])
+    assert done.exit_code == 0, done.output
+    encoders = [served["e"], *served["encoder_replicas"]]
+    rerankers = [served["reranker"], *served["reranker_replicas"]]
+    for copies in (encoders, rerankers):
+        assert len(copies) == expected
+        if expected == 1:  # one core: the model itself, as before model threads
+            assert not isinstance(copies[0], ThreadReplica)
+            continue
+        assert all(isinstance(c, ThreadReplica) for c in copies)
+        assert len({id(c.model._model) for c in copies}) == 1  # one copy of the weights
+        assert len({id(c.tokenizer) for c in copies}) == expected  # a tokenizer each
+        assert sum(c.torch_threads for c in copies) == cores  # the cores split between them
+        overhead = copies[0].batch_overhead
+        assert isinstance(overhead, int) and all(c.batch_overhead == overhead for c in copies)
+    assert ("model workers, each in its own thread" in done.output) == (expected > 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model-threads", "0"], "--model-threads must be auto or in 1..64, got '0'"),
+        (["--model-threads", "65"], "--model-threads must be auto or in 1..64"),
+        (["--model-threads", "two"], "--model-threads must be auto or in 1..64"),
+        (["--model-threads", "2", "--model-process"], "cannot be combined"),
+        (["--model-threads", "2", "--model-workers", "2"], "cannot be combined"),
+    ],
+)
+def test_bad_model_threads_are_a_usage_error(args, message, tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from m3rag.cli import app
+
+    done = CliRunner().invoke(app, ["serve", "--model", str(tiny_m3_path), *args])
+    assert done.exit_code == 2
+    assert message in " ".join(done.output.split())
+
+
 def test_a_copy_that_fails_to_start_stops_the_ones_started(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from m3rag.cli import _serve
 
