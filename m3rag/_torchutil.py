@@ -265,6 +265,9 @@ class BatchedModel:
         self.batch_overhead = batch_overhead
         self._measured_overhead: int | None = None
         self._calibration_lock = threading.Lock()
+        # a fast tokenizer used from two threads at once can fail ("Already borrowed"): every
+        # call goes through _tokenize_locked, and thread copies share this lock
+        self._tokenizer_lock = threading.RLock()
 
     @property
     def batch_overhead(self) -> int | None:
@@ -338,19 +341,27 @@ class BatchedModel:
         return overhead
 
     def thread_copy(self: M) -> M:
-        """A copy for another thread: the same weights (nothing copied), its own tokenizer.
+        """A copy for another thread: the same weights and tokenizer (nothing copied).
 
         For running forward passes on several threads at once (as ``m3rag serve
-        --model-threads`` does): torch modules in inference may be called from several threads,
-        while a fast tokenizer used from two threads at once can fail ("Already borrowed").
-        The copy starts with this model's settings (token budget, ``batch_overhead``, measured
-        or not); changing them on either afterwards leaves the other as it was.
+        --model-threads`` does): torch modules in inference may be called from several threads.
+        The tokenizer's calls take a lock that the model and all its copies share, since a fast
+        tokenizer used from two threads at once can fail ("Already borrowed"); tokenising is a
+        small part of a batch's time. The copy starts with this model's settings (token budget,
+        ``batch_overhead``, measured or not); changing them on either afterwards leaves the
+        other as it was.
         """
         import copy
 
-        twin = copy.copy(self)
-        twin.tokenizer = copy.deepcopy(self.tokenizer)  # type: ignore[attr-defined]
-        return twin
+        return copy.copy(self)
+
+    def _tokenizer_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.tokenizer.<method>(*args, **kwargs)``, under the model's tokenizer lock.
+
+        The model shares the lock with its thread copies (see `thread_copy`).
+        """
+        with self._tokenizer_lock:
+            return getattr(self.tokenizer, method)(*args, **kwargs)  # type: ignore[attr-defined]
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad token id rows with the pad id; returns ``(input_ids, attention_mask)``."""

@@ -471,15 +471,15 @@ class M3Encoder(BatchedModel):
         One extra token of room tells which texts were cut; those few are re-tokenised at
         ``max_length`` so their ids are exactly the tokenizer's own truncation.
         """
-        probe = self.tokenizer(
-            texts, truncation=True, max_length=max_length + 1, add_special_tokens=True
+        probe = self._tokenizer_call(
+            "__call__", texts, truncation=True, max_length=max_length + 1, add_special_tokens=True
         )["input_ids"]
         truncated = np.array([len(x) > max_length for x in probe], dtype=np.bool_)
         if truncated.any():
             cut = np.flatnonzero(truncated)
-            again = self.tokenizer([texts[i] for i in cut], truncation=True, max_length=max_length)[
-                "input_ids"
-            ]
+            again = self._tokenizer_call(
+                "__call__", [texts[i] for i in cut], truncation=True, max_length=max_length
+            )["input_ids"]
             for i, row in zip(cut, again, strict=False):
                 probe[i] = row
         return [list(x) for x in probe], truncated
@@ -625,7 +625,7 @@ class M3Encoder(BatchedModel):
         if not items:
             return self._empty(("dense",))
         cls_id, eos_id = int(self.tokenizer.cls_token_id), int(self.tokenizer.sep_token_id)
-        body = self.tokenizer(items, add_special_tokens=False)["input_ids"]
+        body = self._tokenizer_call("__call__", items, add_special_tokens=False)["input_ids"]
         rows: list[list[int]] = []
         truncated = np.zeros(len(items), dtype=np.bool_)
         for i, ids in enumerate(body):

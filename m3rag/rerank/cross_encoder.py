@@ -294,14 +294,19 @@ class Reranker(BatchedModel):
         self, queries: list[str], passages: list[str]
     ) -> tuple[list[list[int]], npt.NDArray[np.bool_]]:
         """Model inputs ``<s> q </s></s> p </s>`` and which pairs were truncated."""
-        q_full = self.tokenizer(
+        q_full = self._tokenizer_call(
+            "__call__",
             queries,
             add_special_tokens=False,
             truncation=True,
             max_length=self.query_max_length + 1,
         )["input_ids"]
-        p_full = self.tokenizer(
-            passages, add_special_tokens=False, truncation=True, max_length=self.max_length + 1
+        p_full = self._tokenizer_call(
+            "__call__",
+            passages,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_length + 1,
         )["input_ids"]
         rows: list[list[int]] = []
         truncated = np.zeros(len(queries), dtype=np.bool_)
@@ -321,12 +326,13 @@ class Reranker(BatchedModel):
 
         def decode(ids: list[int]) -> str:
             return str(
-                self.tokenizer.decode(
-                    ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+                self._tokenizer_call(
+                    "decode", ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
                 )
             )
 
-        encoded = self.tokenizer(
+        encoded = self._tokenizer_call(
+            "__call__",
             decode(q_ids),
             decode(p_ids),
             truncation="only_second",

@@ -5,9 +5,9 @@ Every model call leaves the event loop: encoding goes through the
 more each of its replicas), reranking through the
 [`RerankBatcher`][m3rag.serve.batching.RerankBatcher] (the same for the reranker; ``/rerank``
 requests and reranked searches share its batches), and searching and writing run on one more
-worker thread (the index's owner). Fast tokenizers must not be shared between threads, so each
-model, and each replica, has a thread of its own (thread replicas, `m3rag.serve.threads`, have
-a tokenizer each).
+worker thread (the index's owner). A fast tokenizer must not be used from two threads at once:
+each model takes a lock around its tokenizer calls, which its thread replicas
+(`m3rag.serve.threads`) share.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ into ``n`` [`ThreadReplica`][m3rag.serve.threads.ThreadReplica]s for a batcher's
 ``replicas`` (``m3rag serve --model-threads N``): each batcher worker thread runs its own batches
 on its own share of the CPU cores, while the weights stay one copy in memory. The first replica
 wraps the model itself; the others wrap [`thread_copy`][m3rag.M3Encoder.thread_copy]s, which
-share the weights and get a tokenizer of their own.
+share the weights and the tokenizer (whose calls take a lock the copies share: a fast tokenizer
+used from two threads at once can fail).
 
 Why: on a CPU one forward pass of a small batch keeps only part of the cores busy (its serial
 parts leave the other threads idle), so two passes side by side on one thread each get more done

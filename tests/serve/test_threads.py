@@ -31,15 +31,30 @@ def _restore_torch_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def test_a_thread_copy_shares_the_weights_and_owns_its_tokenizer(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+def test_a_thread_copy_shares_the_weights_and_the_tokenizer_lock(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
     twin = tiny_encoder.thread_copy()
-    assert type(twin) is type(tiny_encoder)
+    assert type(twin) is type(tiny_encoder) and twin is not tiny_encoder
     assert twin._model is tiny_encoder._model  # one copy of the weights
     assert twin._colbert is tiny_encoder._colbert and twin._sparse is tiny_encoder._sparse
-    assert twin.tokenizer is not tiny_encoder.tokenizer
-    assert twin.tokenizer("北京 x")["input_ids"] == tiny_encoder.tokenizer("北京 x")["input_ids"]
+    assert twin.tokenizer is tiny_encoder.tokenizer
+    assert twin._tokenizer_lock is tiny_encoder._tokenizer_lock
     twin.max_batch_tokens = 77  # its settings are its own from now on
     assert tiny_encoder.max_batch_tokens != 77
+
+
+def test_a_copy_tokenizes_only_while_no_other_thread_does(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    """The shared lock keeps two threads out of the tokenizer at once (transformers' fast
+    tokenizers can raise "Already borrowed" when one thread changes the truncation while
+    another encodes)."""
+    twin = tiny_encoder.thread_copy()
+    done = threading.Event()
+    worker = threading.Thread(
+        target=lambda: (twin.encode_corpus(TEXTS, dense=True), done.set()), daemon=True
+    )
+    with tiny_encoder._tokenizer_lock:  # the original tokenizing, as far as the copy knows
+        worker.start()
+        assert not done.wait(0.5)  # the copy waits for the tokenizer
+    assert done.wait(30)  # and runs once it is free
 
 
 def test_a_reranker_thread_copy_scores_as_the_original(tiny_reranker_path) -> None:  # type: ignore[no-untyped-def]
@@ -47,9 +62,16 @@ def test_a_reranker_thread_copy_scores_as_the_original(tiny_reranker_path) -> No
 
     rr = Reranker(tiny_reranker_path, device="cpu")
     twin = rr.thread_copy()
-    assert twin._model is rr._model and twin.tokenizer is not rr.tokenizer
+    assert twin._model is rr._model and twin._tokenizer_lock is rr._tokenizer_lock
     pairs = [("q", "passage one"), ("北京", "北京是中国的首都。")]
     np.testing.assert_array_equal(twin.score(pairs).scores, rr.score(pairs).scores)
+    with rr._tokenizer_lock:  # its tokenizer calls take the shared lock too
+        worker = threading.Thread(target=twin.score, args=(pairs,), daemon=True)
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()
+    worker.join(30)
+    assert not worker.is_alive()
 
 
 def test_use_threads_sets_the_calling_threads_count_only() -> None:
