@@ -4,8 +4,11 @@ A load generator (asyncio + httpx, loopback only, bounded in requests and second
 text per request to ``/embed_all`` (all three heads, ColBERT as base64) and one query per
 request to ``/search`` at 1, 8 and 32 concurrent clients, against:
 
-* ``m3rag serve`` (its dynamic batcher), started as a process, with the model on a thread of the
-  server and the adaptive batch wait (the defaults), with ``--wait-policy always`` (every batch
+* ``m3rag serve`` (its dynamic batcher), started as a process, with its defaults: the adaptive
+  batch wait, and on a CPU of 2 cores or more two model threads (``--model-threads auto``), each
+  with half the cores, running batches side by side on one in-process copy of the model; with
+  ``--model-threads 1`` (one model thread, the default before model threads), with
+  ``--wait-policy always`` (every batch
   holds its first request for ``--max-wait-ms``), with OpenMP's threads spinning between ops as
   libgomp does by default (``m3rag serve`` makes them sleep: ``OMP_WAIT_POLICY=PASSIVE``), with
   ``--batch-overhead none`` (each forward pass filled to the token budget instead of cut by
@@ -60,13 +63,14 @@ GATHER = 16
 # Tokens per forward pass, on every side: on CPUs a small budget pads less (texts of 14 to 800
 # tokens); on GPUs the encoder's and the server's default of 16384.
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
-# The servers a run can load: m3rag serve as shipped (the model on a thread of the server, the
-# adaptive batch wait, passive OpenMP threads, forward passes cut by cost), the same with
-# --wait-policy always, the same with OpenMP's threads spinning, the same with each forward pass
+# The servers a run can load: m3rag serve as shipped (model threads sharing one in-process copy
+# of the model, the adaptive batch wait, passive OpenMP threads, forward passes cut by cost), the
+# same with one model thread, the same with --wait-policy always, the same with OpenMP's threads spinning, the same with each forward pass
 # filled to the token budget, the same with --model-process (the model in a child process), the
 # same with --model-workers 2 (two copies in child processes), and a plain per-request endpoint.
 SERVERS = {
     "batched": "m3rag serve (dynamic batching)",
+    "one-thread": "m3rag serve --model-threads 1",
     "always-wait": "m3rag serve --wait-policy always",
     "spinning-openmp": "m3rag serve, OpenMP spinning",
     "filled-passes": "m3rag serve --batch-overhead none",
@@ -352,6 +356,7 @@ def main() -> None:
 
     from m3rag import Collection, HybridRetriever, M3Encoder
     from m3rag.serve import ServeConfig
+    from m3rag.serve.threads import auto_model_threads
     from m3rag.testing import build_m3_checkpoint, multilingual_corpus
 
     torch.manual_seed(0)
@@ -457,6 +462,8 @@ def main() -> None:
         "forward_tokens": forward_tokens,
         "max_wait_ms": args.max_wait_ms,
         "wait_policy": ServeConfig.wait_policy,  # the default server's; "always-wait" the other
+        # the default server's model threads (--model-threads auto) on this machine
+        "model_threads": auto_model_threads(args.device),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: m3rag serve sets PASSIVE
         "load_procs": args.load_procs,
         "text_words": list(args.words),
@@ -511,6 +518,7 @@ def main() -> None:
     ]
     commands = {
         "batched": serve,
+        "one-thread": [*serve, "--model-threads", "1"],
         "always-wait": [*serve, "--wait-policy", "always"],
         "spinning-openmp": serve,  # started with SPINNING_OPENMP in its environment
         "filled-passes": [*serve, "--batch-overhead", "none"],

@@ -697,13 +697,23 @@ def _serve_table(res: dict[str, Any]) -> list[str]:
     return [table(header, rows, "ll" + "r" * (len(header) - 2)), ""]
 
 
-# the m3rag serve variants a run may load besides the default, each compared with it
-_SERVE_VARIANTS = {
+# the m3rag serve variants a run may load besides the default: how the setup names each, the
+# lead of its comparison ({default} is what the default runs the model on), and the server it is
+# compared with (None: the default)
+_ONE_THREAD_SERVER = "m3rag serve --model-threads 1"
+_SERVE_VARIANTS: dict[str, tuple[str, str, str | None]] = {
+    _ONE_THREAD_SERVER: (
+        "the same with `--model-threads 1` (one model thread, the default before model threads)",
+        # read the other way round: the default's gain over one model thread
+        "{default} against one (`--model-threads 1`)",
+        None,
+    ),
     "m3rag serve --wait-policy always": (
         "the same with `--wait-policy always` (every batch holds its first request for "
         "`--max-wait-ms`)",
         "Every batch holding its first request (`--wait-policy always`) against the adaptive "
         "wait (the default)",
+        None,
     ),
     "m3rag serve, OpenMP spinning": (
         "the same with OpenMP's threads spinning between ops as libgomp does by default "
@@ -711,27 +721,51 @@ _SERVE_VARIANTS = {
         "a policy is set)",
         "OpenMP's threads spinning (libgomp's default) against sleeping (`m3rag serve`'s "
         "`OMP_WAIT_POLICY=PASSIVE`)",
+        None,
     ),
     "m3rag serve --batch-overhead none": (
         "the same with `--batch-overhead none` (each forward pass filled to the token budget; "
         "`m3rag serve` cuts a gathered batch into passes by cost)",
         "Forward passes filled to the token budget (`--batch-overhead none`) against cut by "
         "cost (the default)",
+        None,
     ),
     "m3rag serve --model-process": (
-        "the same with `--model-process` (the model in a child process)",
-        "The model in a child process (`--model-process`) against the model on a thread of the "
-        "server (the default)",
+        "the same with `--model-process` (one model, in a child process)",
+        "The model in a child process (`--model-process`) against {baseline}",
+        _ONE_THREAD_SERVER,
     ),
     "m3rag serve --model-workers 2": (
         "the same with `--model-workers 2` (two copies of the model in child processes, each "
         "with half the cores, running batches side by side)",
-        "Two model workers (`--model-workers 2`) against one model on a thread of the server "
-        "(the default)",
+        "Two model workers in child processes (`--model-workers 2`) against {baseline}",
+        None,
     ),
 }
+# how a comparison names a baseline other than the default
+_BASELINES = {_ONE_THREAD_SERVER: "one model thread in the server's process (`--model-threads 1`)"}
 _WORKERS_SERVER = "m3rag serve --model-workers 2"
 _DEFAULT_SERVER = "m3rag serve (dynamic batching)"
+
+
+def _model_threads(res: dict[str, Any]) -> int:
+    """The default server's model threads in a run (1 in runs from before model threads)."""
+    return int(res.get("model_threads", 1))
+
+
+def _threads_desc(res: dict[str, Any]) -> str:
+    """The default's model threads, to open a sentence: "Two model threads (the default)"."""
+    n = _model_threads(res)
+    words = {1: "One", 2: "Two", 3: "Three", 4: "Four"}
+    return f"{words.get(n, str(n))} model thread{'s' if n > 1 else ''} (the default)"
+
+
+def _default_desc(res: dict[str, Any]) -> str:
+    """What the default server runs its model on, in a run."""
+    n = _model_threads(res)
+    if n == 1:
+        return "one model thread (the default)"
+    return f"{n} model threads sharing one copy of the model (the default on this machine)"
 
 
 def _serve_setup(res: dict[str, Any]) -> str:
@@ -739,9 +773,9 @@ def _serve_setup(res: dict[str, Any]) -> str:
     ck = res["checkpoint"]
     against = ", ".join(
         [
-            f"`m3rag serve` (dynamic batching, the {res['wait_policy']} batch wait; the model on "
-            "a thread of the server)",
-            *(setup for name, (setup, _) in _SERVE_VARIANTS.items() if name in res["servers"]),
+            f"`m3rag serve` (dynamic batching, the {res['wait_policy']} batch wait; "
+            f"{_default_desc(res)})",
+            *(setup for name, (setup, _, _) in _SERVE_VARIANTS.items() if name in res["servers"]),
         ]
     )
     return (
@@ -768,15 +802,23 @@ def _variants_vs_default(res: dict[str, Any]) -> list[str]:
     """A sentence for each m3rag serve variant the run loaded, against the default server."""
     servers = res["servers"]
     out = []
-    for name, (_, lead) in _SERVE_VARIANTS.items():
+    for name, (_, lead, baseline) in _SERVE_VARIANTS.items():
         if name not in servers:
             continue
+        if baseline in servers:
+            lead = lead.format(baseline=_BASELINES[baseline])
+        else:
+            baseline = _DEFAULT_SERVER
+            lead = lead.format(baseline=_default_desc(res), default=_threads_desc(res))
+        first, second = name, baseline
+        if name == _ONE_THREAD_SERVER:
+            first, second = second, first
         lines = []
         for path in ("/embed_all", "/search"):
             parts = [
                 f"{v['clients']} client{'s' if v['clients'] > 1 else ''} {v['rps']:.1f} against "
                 f"{d['rps']:.1f} req/s ({v['rps'] / d['rps']:.2f}×)"
-                for v, d in zip(servers[name][path], servers[_DEFAULT_SERVER][path], strict=False)
+                for v, d in zip(servers[first][path], servers[second][path], strict=False)
                 if d["rps"]
             ]
             lines.append(f"`{path}`: " + "; ".join(parts))
@@ -830,10 +872,15 @@ def _plain_ahead(res: dict[str, Any]) -> list[str]:
         return []
     return [
         "Where the plain endpoint served more than the batcher: " + "; ".join(ahead) + ". "
-        "Our reading (not isolated by this run): its requests run at once on several threads, "
-        "each small forward pass beside the others, while the batcher runs one pass at a time "
-        "on the model's thread; on a CPU, several small passes side by side can use the cores "
-        "better than one pass over their texts."
+        "Our reading (not isolated by this run): its requests run at once on as many threads "
+        "as there are clients, each small forward pass beside the others, while the batcher "
+        + (
+            "runs one pass at a time on the model's thread"
+            if _model_threads(res) == 1
+            else f"runs at most {_model_threads(res)} passes at a time"
+        )
+        + "; on a CPU, several small passes side by side can use the cores better than one "
+        "pass over their texts."
         + (
             " `--model-workers 2`, which runs two batches side by side, served more than the "
             "plain endpoint in every one of these cells."
@@ -894,37 +941,56 @@ def _gathered(res: dict[str, Any]) -> list[str]:
         f"{served.get('texts_per_batch', 0):.1f} texts a batch. In-process, the same texts in "
         f"random groups of {gathered['texts_per_group']} ran at {ceiling:.1f} texts/s with the "
         f"server's cut by cost ({gathered['filled']:.1f} filled to the budget): "
-        f"{ceiling / offline:.0%} of offline. 32 clients got {served['rps']:.1f} req/s, "
-        f"{served['rps'] / ceiling:.0%} of that ceiling. " + _cpu_split(res, served),
+        f"{ceiling / offline:.0%} of offline, one group after another. 32 clients got "
+        f"{served['rps']:.1f} req/s, {served['rps'] / ceiling:.2f}× that"
+        + (
+            f" ({_model_threads(res)} model threads run groups side by side)"
+            if _model_threads(res) > 1
+            else ""
+        )
+        + ". "
+        + _cpu_split(res, served),
         "",
     ]
 
 
 def _workers(res: dict[str, Any]) -> list[str]:
-    """What two model workers did with the cores one model left idle, where the run loaded them."""
-    cells = res["servers"].get(_WORKERS_SERVER, {}).get("/embed_all")
-    if not cells:
-        return []
+    """What running batches side by side did with the cores: the default's model threads, and
+    the model workers, where the run loaded them, each against one model thread."""
+    servers = res["servers"]
     offline = res["offline"]["texts_per_s"]
-    default = res["servers"][_DEFAULT_SERVER]["/embed_all"]
-    many, alone = cells[-1], cells[0]
-    out = (
-        f"Two model workers (`--model-workers 2`) run two batches at once, each on one core: "
-        f"at 32 clients {many['rps']:.1f} req/s, {many['rps'] / offline:.0%} of offline "
-        f"({many['rps'] / default[-1]['rps']:.2f}× one model), with "
-        f"{many.get('texts_per_batch', 0):.1f} texts a batch"
-    )
-    if "server_cpu_cores" in many:
-        out += (
-            f"; the server and its model processes used {many['server_cpu_cores']:.2f} of the "
-            f"{res['machine']['cores']} cores"
+    one = servers.get(_ONE_THREAD_SERVER, {}).get("/embed_all")
+    out = []
+    for name, what in (
+        (
+            _DEFAULT_SERVER,
+            f"{_threads_desc(res)} run as many batches at once on one copy of the model",
+        ),
+        (_WORKERS_SERVER, "Two model workers (`--model-workers 2`) run two batches at once"),
+    ):
+        cells = servers.get(name, {}).get("/embed_all")
+        if not cells or (name == _DEFAULT_SERVER and _model_threads(res) == 1):
+            continue
+        many, alone = cells[-1], cells[0]
+        line = (
+            f"{what}, each on its share of the cores: at 32 clients {many['rps']:.1f} req/s, "
+            f"{many['rps'] / offline:.0%} of offline"
+            + (f" ({many['rps'] / one[-1]['rps']:.2f}× one model thread)" if one else "")
+            + f", with {many.get('texts_per_batch', 0):.1f} texts a batch"
         )
-    out += (
-        f". At one client a lone request runs on one copy, lent the other's core: "
-        f"{alone['rps']:.1f} against {default[0]['rps']:.1f} req/s for one model, p95 "
-        f"{ms(alone['p95_ms'])} against {ms(default[0]['p95_ms'])}."
-    )
-    return [out, ""]
+        if "server_cpu_cores" in many:
+            line += (
+                f"; the server used {many['server_cpu_cores']:.2f} of the "
+                f"{res['machine']['cores']} cores"
+            )
+        line += ". At one client a lone request runs on one of them, lent the others' cores"
+        if one:
+            line += (
+                f": {alone['rps']:.1f} against {one[0]['rps']:.1f} req/s for one model thread, "
+                f"p95 {ms(alone['p95_ms'])} against {ms(one[0]['p95_ms'])}"
+            )
+        out += [line + ".", ""]
+    return out
 
 
 def _cpu_split(res: dict[str, Any], served: dict[str, Any]) -> str:
@@ -941,14 +1007,18 @@ def _cpu_split(res: dict[str, Any], served: dict[str, Any]) -> str:
     plain = res["servers"].get("plain per-request endpoint", {}).get("/embed_all")
     if idle < 0.2:
         return out + ": the machine was full."
-    out += (
-        f"; {idle:.2f} stayed idle: the batcher runs one forward pass at a time, and its serial "
-        "parts leave cores free"
+    out += f"; {idle:.2f} stayed idle" + (
+        ": the batcher runs one forward pass at a time, and its serial parts leave cores free"
+        if _model_threads(res) == 1
+        else ""
     )
+    one = res["servers"].get(_ONE_THREAD_SERVER, {}).get("/embed_all")
+    if one and "server_cpu_cores" in one[-1]:
+        out += f" (with one model thread the server used {one[-1]['server_cpu_cores']:.2f})"
     if plain and "server_cpu_cores" in plain[-1]:
         out += (
-            f" (the plain endpoint, whose requests run side by side, used "
-            f"{plain[-1]['server_cpu_cores']:.2f})"
+            f"; the plain endpoint, whose requests run side by side, used "
+            f"{plain[-1]['server_cpu_cores']:.2f}"
         )
     workers = res["servers"].get(_WORKERS_SERVER, {}).get("/embed_all")
     if workers and "server_cpu_cores" in workers[-1]:
@@ -993,8 +1063,8 @@ def section_serve(r: Report) -> str:
         "",
         *_serve_table(res),
         "*model busy*: the share of the cell's wall time the batcher spent inside the model "
-        "(from the server's `/metrics`; summed over the copies with `--model-workers`, so up "
-        "to 200% with two); *texts/batch*: texts per gathered batch"
+        "(from the server's `/metrics`; summed over the model threads or copies, so up to "
+        "200% with two); *texts/batch*: texts per gathered batch"
         + (
             "; *server CPU*, *client CPU*: the server's (with its model processes) and the load "
             f"generator's CPU time over the cell, in cores (the machine has "
@@ -1027,7 +1097,13 @@ def section_serve(r: Report) -> str:
         out += [
             "Why the 3× target is missed on this machine: at 32 clients the batcher gathered "
             f"{last['texts_per_batch']:.1f} texts per batch and the model was busy "
-            f"{last['model_busy']:.0%} of the time, against {first['model_busy']:.0%} at one "
+            f"{last['model_busy']:.0%} of the time"
+            + (
+                f" (summed over its {_model_threads(res)} threads)"
+                if _model_threads(res) > 1
+                else ""
+            )
+            + f", against {first['model_busy']:.0%} at one "
             "client. The model bounds throughput, not the server, and on a CPU a forward pass "
             "costs its slots (texts and padding) plus a fixed part"
             + (
