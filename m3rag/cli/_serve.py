@@ -125,8 +125,8 @@ def serve(
             "--model-process/--in-process",
             help=(
                 "Run each model in a child process, so the event loop never shares a GIL with "
-                "it (meant for GPUs); --in-process (default) keeps it on a thread of the "
-                "server's process."
+                "it (meant for GPUs); --in-process (default) keeps it on threads of the "
+                "server's process (see --model-threads)."
             ),
         ),
     ] = False,
@@ -222,10 +222,12 @@ def serve(
     try:
         if len(encoders) > 1:
             share = encoder.torch_threads
-            where = "process" if model_process else "thread, sharing one copy of the model,"
+            torch_threads = f"{share} torch thread{'s' if share != 1 else ''}"
             note(
-                f"{len(encoders)} model workers, each in its own {where} with {share} torch "
-                f"thread{'s' if share != 1 else ''}"
+                f"{len(encoders)} model workers, each in its own process with {torch_threads}"
+                if model_process
+                else f"{len(encoders)} model threads sharing one copy of each model, each with "
+                f"{torch_threads}"
             )
         if encoder.batch_overhead is not None:
             note(
@@ -311,7 +313,6 @@ def in_process_models(
     import torch
 
     cores = available_cores()
-
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, cores // threads))
     try:

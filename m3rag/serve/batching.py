@@ -8,12 +8,14 @@ arrived, and encodes them together: one
 [`M3Encoder.encode`][m3rag.M3Encoder.encode] call per truncation length, whose own length-sorted
 token budgeting (``m3rag._batching``) cuts the forward passes. Each job gets its rows back.
 
-``replicas``: further copies of the model (in child processes, see [`m3rag.serve.process`][]),
-each owned by a worker thread of its own on the same queue: while one runs a batch, the next
-gathers and runs on another. A copy that starts a batch alone borrows the idle copies' torch
-threads (`_lend_cores`). On the 2-core CPU one model kept about 1.5 of the cores busy between its
-serial parts; two copies of one thread each served ``/embed_all`` 1.50x faster at 8 clients and
-1.24x at 32, 83% of offline encoding (``bench_serve.py``; see ``docs/serve.md``).
+``replicas``: further handles on the model, each owned by a worker thread of its own on the
+same queue: while one runs a batch, the next gathers and runs on another. They are thread
+replicas sharing one copy of the weights ([`m3rag.serve.threads`][]) or copies in child
+processes ([`m3rag.serve.process`][]). A replica that starts a batch alone borrows the idle
+ones' torch threads (`_lend_cores`). On the 2-core CPU one model thread kept about 1.4 of the
+cores busy between its serial parts; two threads of one core each served ``/embed_all`` 1.41x
+faster at 8 clients and 1.28x at 32, 81% of offline encoding, and two processes about the same
+(``bench_serve.py``; see ``docs/serve.md``).
 
 When the first job waits (``wait_policy``): ``"adaptive"`` (the default) holds it for company
 only when the batcher is under load, that is when other jobs are queued with it, or the last

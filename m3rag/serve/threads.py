@@ -19,8 +19,9 @@ Thread counts: ATen's OpenMP backend keeps a thread count per thread, taken from
 default the first time a thread uses torch. ``ThreadReplica.use_threads`` sets it on the
 calling thread, which for a batcher is the replica's own worker, before each batch (only when
 it changes), so the batcher can lend a replica running alone the idle ones' cores. Setting a
-thread's count also sets the process's default for threads that have not used torch yet; the
-server's other threads barely run torch ops.
+thread's count also sets the process's default for threads that have not used torch yet, so
+the server pins its index thread's count when the thread starts
+([`pin_torch_threads`][m3rag.serve.threads.pin_torch_threads]).
 """
 
 from __future__ import annotations

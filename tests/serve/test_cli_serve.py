@@ -276,7 +276,8 @@ def test_model_threads_share_one_model_and_split_the_cores(
         assert sum(c.torch_threads for c in copies) == cores  # the cores split between them
         overhead = copies[0].batch_overhead
         assert isinstance(overhead, int) and all(c.batch_overhead == overhead for c in copies)
-    assert ("model workers, each in its own thread" in done.output) == (expected > 1)
+    shown = f"{expected} model threads sharing one copy of each model, each with"
+    assert (shown in done.output) == (expected > 1)
 
 
 @pytest.mark.parametrize(
