@@ -294,20 +294,15 @@ class Reranker(BatchedModel):
         self, queries: list[str], passages: list[str]
     ) -> tuple[list[list[int]], npt.NDArray[np.bool_]]:
         """Model inputs ``<s> q </s></s> p </s>`` and which pairs were truncated."""
-        q_full = self._tokenizer_call(
-            "__call__",
-            queries,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=self.query_max_length + 1,
-        )["input_ids"]
-        p_full = self._tokenizer_call(
-            "__call__",
-            passages,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=self.max_length + 1,
-        )["input_ids"]
+
+        def ids(texts: list[str], limit: int) -> list[list[int]]:  # one more: was it cut?
+            out = self._tokenizer_call(
+                "__call__", texts, add_special_tokens=False, truncation=True, max_length=limit + 1
+            )
+            return list(out["input_ids"])
+
+        q_full = ids(queries, self.query_max_length)
+        p_full = ids(passages, self.max_length)
         rows: list[list[int]] = []
         truncated = np.zeros(len(queries), dtype=np.bool_)
         for i, (q, p) in enumerate(zip(q_full, p_full, strict=True)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -114,16 +115,18 @@ def test_bad_counts_are_refused(bad, tiny_encoder) -> None:  # type: ignore[no-u
         ThreadReplica(tiny_encoder, bad)
 
 
-def submit(batcher: DynamicBatcher, text: str) -> tuple[threading.Event, dict[str, Any]]:
-    done = threading.Event()
-    box: dict[str, Any] = {}
+def encode(batcher: DynamicBatcher, texts: list[str]) -> list[Any]:
+    """Each text as a request of its own, all in flight at once; their outputs."""
 
-    def settle(out: Any, exc: BaseException | None) -> None:
-        box["out"], box["exc"] = out, exc
-        done.set()
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                batcher.encode([t], kind="passage", dense=True, sparse=True, colbert=True)
+                for t in texts
+            )
+        )
 
-    batcher.submit([text], kind="passage", dense=True, sparse=True, colbert=True, done=settle)
-    return done, box
+    return asyncio.run(all_at_once())
 
 
 @settings(
@@ -142,10 +145,8 @@ def test_threads_running_batches_at_once_give_every_request_its_rows(
     batcher = DynamicBatcher(replicas[0], replicas=replicas[1:], max_wait_ms=1)
     want = tiny_encoder.encode_corpus(TEXTS, dense=True, sparse=True, colbert=True)
     try:
-        sent = [(i, *submit(batcher, TEXTS[i])) for i in picks]
-        for i, done, box in sent:
-            assert done.wait(60) and box["exc"] is None
-            got = box["out"]
+        outs = encode(batcher, [TEXTS[i] for i in picks])
+        for i, got in zip(picks, outs, strict=True):
             # another thread count may sum in another order: equal to float32's last bits
             np.testing.assert_allclose(got.dense_vecs[0], want.dense_vecs[i], atol=1e-6)
             assert got.lexical_weights[0].keys() == want.lexical_weights[i].keys()
@@ -174,8 +175,7 @@ def test_a_replica_alone_borrows_the_others_cores(tiny_m3_path, monkeypatch) -> 
     batcher = DynamicBatcher(replicas[0], replicas=replicas[1:], max_wait_ms=0)
     try:
         for n, text in enumerate(TEXTS[:3], 1):  # one at a time: each runs alone
-            done, box = submit(batcher, text)
-            assert done.wait(30) and box["exc"] is None
+            encode(batcher, [text])
             while batcher.stats.batches < n:  # its answer comes before the batch is counted
                 time.sleep(0.001)
     finally:
