@@ -8,19 +8,19 @@ request to ``/search`` at 1, 8 and 32 concurrent clients, against:
   batch wait, and on a CPU of 2 cores or more two model threads (``--model-threads auto``), each
   with half the cores, running batches side by side on one in-process copy of the model; with
   ``--model-threads 1`` (one model thread, the default before model threads), with
-  ``--wait-policy always`` (every batch
-  holds its first request for ``--max-wait-ms``), with OpenMP's threads spinning between ops as
-  libgomp does by default (``m3rag serve`` makes them sleep: ``OMP_WAIT_POLICY=PASSIVE``), with
-  ``--batch-overhead none`` (each forward pass filled to the token budget instead of cut by
-  cost), with ``--model-process`` (the model in a child process of its own, out of the
-  event loop's GIL), and with ``--model-workers 2`` (two copies of the model in child
-  processes, each with half the cores, running batches side by side);
+  ``--wait-policy always`` (every batch holds its first request for ``--max-wait-ms``), with
+  OpenMP's threads spinning between ops as libgomp does by default (``m3rag serve`` makes them
+  sleep: ``OMP_WAIT_POLICY=PASSIVE``), with ``--batch-overhead none`` (each forward pass filled
+  to the token budget instead of cut by cost), with ``--model-process`` (the model in a child
+  process of its own, out of the event loop's GIL), and with ``--model-workers 2`` (two copies
+  of the model in child processes, each with half the cores, running batches side by side);
 * a plain endpoint: the same model and routes, each request encoded on its own in a worker
   thread (``asyncio.to_thread``), no batching -- what a hand-written FastAPI wrapper does.
 
 Also measured in the same run: offline ``encode_corpus`` on all the texts in one call
 (throughput ceiling), the in-process call per text (latency floor), and one call per random
-group of 16 texts (about what the server gathers at 32 clients: the ceiling for its batches).
+group of 16 texts (about what one model thread gathers at 32 clients: the ceiling for its
+batches).
 The checkpoint is random, in the BGE-M3 layout: ``--size mid`` (6 layers, hidden 384; the CPU
 default) or ``--size m3`` (BGE-M3's own shape: 24 layers, hidden 1024, 16 heads; for a GPU);
 texts 5-120 words.
@@ -65,9 +65,10 @@ GATHER = 16
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
 # The servers a run can load: m3rag serve as shipped (model threads sharing one in-process copy
 # of the model, the adaptive batch wait, passive OpenMP threads, forward passes cut by cost), the
-# same with one model thread, the same with --wait-policy always, the same with OpenMP's threads spinning, the same with each forward pass
-# filled to the token budget, the same with --model-process (the model in a child process), the
-# same with --model-workers 2 (two copies in child processes), and a plain per-request endpoint.
+# same with one model thread, the same with --wait-policy always, the same with OpenMP's threads
+# spinning, the same with each forward pass filled to the token budget, the same with
+# --model-process (one model in a child process), the same with --model-workers 2 (two copies in
+# child processes), and a plain per-request endpoint.
 SERVERS = {
     "batched": "m3rag serve (dynamic batching)",
     "one-thread": "m3rag serve --model-threads 1",

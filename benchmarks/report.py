@@ -698,8 +698,8 @@ def _serve_table(res: dict[str, Any]) -> list[str]:
 
 
 # the m3rag serve variants a run may load besides the default: how the setup names each, the
-# lead of its comparison ({default} is what the default runs the model on), and the server it is
-# compared with (None: the default)
+# lead of its comparison ({baseline}: what it is compared with; {default}: the default's model
+# threads), and the server it is compared with (None, or one the run lacks: the default)
 _ONE_THREAD_SERVER = "m3rag serve --model-threads 1"
 _SERVE_VARIANTS: dict[str, tuple[str, str, str | None]] = {
     _ONE_THREAD_SERVER: (

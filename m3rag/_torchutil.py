@@ -266,7 +266,7 @@ class BatchedModel:
         self._measured_overhead: int | None = None
         self._calibration_lock = threading.Lock()
         # a fast tokenizer used from two threads at once can fail ("Already borrowed"): every
-        # call goes through _tokenize_locked, and thread copies share this lock
+        # call goes through _tokenizer_call, and thread copies share this lock
         self._tokenizer_lock = threading.RLock()
 
     @property

@@ -12,10 +12,11 @@ token budgeting (``m3rag._batching``) cuts the forward passes. Each job gets its
 same queue: while one runs a batch, the next gathers and runs on another. They are thread
 replicas sharing one copy of the weights ([`m3rag.serve.threads`][]) or copies in child
 processes ([`m3rag.serve.process`][]). A replica that starts a batch alone borrows the idle
-ones' torch threads (`_lend_cores`). On the 2-core CPU one model thread kept about 1.4 of the
-cores busy between its serial parts; two threads of one core each served ``/embed_all`` 1.41x
-faster at 8 clients and 1.28x at 32, 81% of offline encoding, and two processes about the same
-(``bench_serve.py``; see ``docs/serve.md``).
+ones' torch threads (`_lend_cores`). On the 2-core CPU a server with one model thread kept
+about 1.4-1.5 of the cores busy at 32 clients; two threads of one core each served
+``/embed_all`` 1.41-1.59x faster at 8 clients and 1.19-1.40x at 32 in three runs (81-90% of
+offline encoding), and two processes as fast or faster (``bench_serve.py``; see
+``docs/serve.md``).
 
 When the first job waits (``wait_policy``): ``"adaptive"`` (the default) holds it for company
 only when the batcher is under load, that is when other jobs are queued with it, or the last
