@@ -993,6 +993,40 @@ def _workers(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _threads_in_process(r: Report) -> list[str]:
+    """``bench_model_threads.py``'s in-process run, where its results file exists."""
+    path = RESULTS / ("model-threads-quick.json" if r.quick else "model-threads.json")
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text(encoding="utf-8"))
+    ck, best = res["checkpoint"], res["best_texts_per_s"]
+    shape = "BGE-M3's shape" if ck["size"] == "m3" else f"the {ck['size']} checkpoint"
+    shares = res["torch_threads_each"]
+    share = str(shares[0]) if len(set(shares)) == 1 else "–".join(map(str, sorted(set(shares))))
+    rounds = res["rounds_texts_per_s"]
+    return [
+        f"### Model threads at {shape}, in-process",
+        "",
+        "`python benchmarks/bench_model_threads.py"
+        + (" --quick" if r.quick else "")
+        + f"` — a checkpoint of {shape} "
+        f"({ck['num_layers']} layers, hidden {ck['hidden_size']}; random weights), "
+        f"{res['texts']} texts in random groups of {res['texts_per_group']}, all three heads, "
+        "passes cut by cost, `OMP_WAIT_POLICY=PASSIVE` as `m3rag serve` sets it. One group "
+        f"after another on one thread with all {res['cores']} cores: {best['one_thread']:.2f} "
+        f"texts/s; {res['threads']} threads side by side, {share} core(s) each, sharing one "
+        f"copy of the model as `--model-threads {res['threads']}` does: "
+        f"{best['side_by_side']:.2f} texts/s ({res['ratio']:.2f}×). Best of "
+        f"{len(rounds['one_thread'])} rounds each (one thread: "
+        + ", ".join(f"{x:.2f}" for x in rounds["one_thread"])
+        + "; side by side: "
+        + ", ".join(f"{x:.2f}" for x in rounds["side_by_side"])
+        + "). `bench_serve.py` cannot load this shape on a CPU in reasonable time; this is "
+        "the model's side of what the server gains, without HTTP or the event loop.",
+        "",
+    ]
+
+
 def _cpu_split(res: dict[str, Any], served: dict[str, Any]) -> str:
     """Where the cores went in a 32-client cell, where the run recorded it."""
     if "server_cpu_cores" not in served:
@@ -1141,7 +1175,7 @@ def section_serve(r: Report) -> str:
             "one text, on a GPU: see *Serving on a GPU* below.",
             "",
         ]
-    out += [*_pass_cost(res), *_gathered(res), *_workers(res)]
+    out += [*_pass_cost(res), *_gathered(res), *_workers(res), *_threads_in_process(r)]
     tiny_path = RESULTS / ("serve-tiny-quick.json" if r.quick else "serve-tiny.json")
     if tiny_path.exists():
         tiny = json.loads(tiny_path.read_text(encoding="utf-8"))
@@ -1170,7 +1204,16 @@ def section_serve(r: Report) -> str:
     return "\n".join(out)
 
 
-DEFAULT_STEPS = ("encoder", "reranker", "index", "bm25", "retriever", "ingest", "serve")
+DEFAULT_STEPS = (
+    "encoder",
+    "reranker",
+    "index",
+    "bm25",
+    "retriever",
+    "ingest",
+    "serve",
+    "model-threads",
+)
 """The steps ``run_all.py`` runs without ``--large``."""
 
 PEERS = (

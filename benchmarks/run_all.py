@@ -41,6 +41,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("retriever", ["bench_retriever.py", "--sizes", "10000,100000"]),
     ("ingest", ["bench_ingest.py"]),
     ("serve", ["bench_serve.py"]),
+    ("model-threads", ["bench_model_threads.py"]),
 ]
 LARGE: list[tuple[str, list[str]]] = [
     (
