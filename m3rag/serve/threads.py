@@ -85,12 +85,7 @@ class ThreadReplica:
         ident = threading.get_ident()
         if self._threads_now.get(ident) == n:
             return
-        import torch
-
-        # ATen sets a thread's count from the process default on the thread's first use of
-        # torch; take that first use now, or it would undo the count set next
-        torch.get_num_threads()
-        torch.set_num_threads(n)
+        pin_torch_threads(n)
         self._threads_now[ident] = n
 
     def __repr__(self) -> str:
@@ -116,7 +111,9 @@ def pin_torch_threads(n: int | None) -> None:
         return
     import torch
 
-    torch.get_num_threads()  # the thread's first use, which would reset the count set next
+    # ATen sets a thread's count from the process default on the thread's first use of torch;
+    # take that first use now, or it would undo the count set next
+    torch.get_num_threads()
     torch.set_num_threads(n)
 
 

@@ -176,7 +176,11 @@ def test_a_replica_alone_borrows_the_others_cores(tiny_m3_path, monkeypatch) -> 
     try:
         for n, text in enumerate(TEXTS[:3], 1):  # one at a time: each runs alone
             encode(batcher, [text])
-            while batcher.stats.batches < n:  # its answer comes before the batch is counted
+            # its answer comes before its worker counts the batch done: wait for that, so the
+            # next request finds every replica idle
+            deadline = time.monotonic() + 10
+            while batcher.stats.batches < n:
+                assert time.monotonic() < deadline
                 time.sleep(0.001)
     finally:
         batcher.close()
