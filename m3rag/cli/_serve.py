@@ -230,10 +230,13 @@ def serve(
                 f"{torch_threads}"
             )
         if encoder.batch_overhead is not None:
+            costs = f"{encoder.batch_overhead} token slots"
+            if rr is not None and rr.batch_overhead is not None:
+                costs += f" for the encoder, {rr.batch_overhead} for the reranker"
+            measured = " (measured on each model)" if rr is not None else " (measured on the model)"
             note(
-                "cutting forward passes by cost: a pass's fixed cost is "
-                f"{encoder.batch_overhead} token slots"
-                + (" (measured on the model)" if overhead == "auto" else "")
+                f"cutting forward passes by cost: a pass's fixed cost is {costs}"
+                + (measured if overhead == "auto" else "")
             )
         note(
             f"serving {name} on http://{host}:{port}"

@@ -180,7 +180,13 @@ def test_the_batch_budget_and_overhead_reach_both_models(
     assert done.exit_code == 0, done.output
     announced = "cutting forward passes by cost" in done.output
     assert announced == (expected is not None)
-    assert ("(measured on the model)" in done.output) == (expected == "measured")
+    assert ("(measured on each model)" in done.output) == (expected == "measured")
+    if expected is not None:  # each model's own figure, named
+        costs = (
+            f"{served['e'].batch_overhead} token slots for the encoder, "
+            f"{served['r'].batch_overhead} for the reranker"
+        )
+        assert costs in " ".join(done.output.split()), done.output
     for model in (served["e"], served["r"]):
         assert model.max_batch_tokens == 3000  # in-process, as in a model process
         if expected == "measured":
