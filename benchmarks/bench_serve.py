@@ -60,8 +60,13 @@ CONCURRENCY = (1, 8, 32)
 # Texts per in-process group in the gathered baseline: about what the server gathers per batch
 # at 32 clients (14-16 in the CPU runs; half the clients are in HTTP or JSON at any moment).
 GATHER = 16
-# Tokens per forward pass, on every side: on CPUs a small budget pads less (texts of 14 to 800
-# tokens); on GPUs the encoder's and the server's default of 16384.
+# Tokens per gathered batch and per forward pass, on every side (``--max-batch-tokens``): on
+# CPUs 2048, where it was chosen when passes were filled to the budget (a small budget pads
+# less); on GPUs the server's, the encoder's and the reranker's default of 16384. Hand-run
+# checks on the 2-core CPU (2026-11-30, not kept in the results): the server at its default
+# 16384 served /embed_all at 1.07-1.22x of 2048 at 32 clients, but offline encode_corpus
+# (filled passes) ran at 35-37 texts/s at 16384 against 56 at 2048, so the offline ceiling
+# stays at 2048.
 FORWARD_TOKENS = {"cpu": 2048, "cuda": 16384}
 # The servers a run can load: m3rag serve as shipped (model threads sharing one in-process copy
 # of the model, the adaptive batch wait, passive OpenMP threads, forward passes cut by cost), the
@@ -99,7 +104,7 @@ def free_port() -> int:
 # -- the plain endpoint (run as its own process with --plain-server) -------------------------------
 
 
-def plain_server(model: str, index: str, port: int, device: str) -> None:
+def plain_server(model: str, index: str, port: int, device: str, batch_tokens: int) -> None:
     """The same model behind FastAPI, one forward pass per request (no batching)."""
     import uvicorn
     from fastapi import FastAPI
@@ -107,7 +112,7 @@ def plain_server(model: str, index: str, port: int, device: str) -> None:
     from m3rag import Collection, HybridRetriever, M3Encoder
     from m3rag.serve.wire import output_to_json, results_to_json
 
-    encoder = M3Encoder(model, device=device, max_batch_tokens=FORWARD_TOKENS[device])
+    encoder = M3Encoder(model, device=device, max_batch_tokens=batch_tokens)
     collection = Collection.open(index, encoder=encoder, read_only=True)
     retriever = HybridRetriever(collection, encoder=encoder)
     app = FastAPI()
@@ -298,7 +303,7 @@ def load(
     }
 
 
-def _server_stack() -> dict[str, str | None]:
+def server_stack() -> dict[str, str | None]:
     """What uvicorn runs on here: its event loop and HTTP parser pick the fastest installed."""
     import importlib.metadata as md
     import importlib.util
@@ -321,6 +326,13 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per cell at most")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
     parser.add_argument("--device", choices=sorted(FORWARD_TOKENS), default="cpu")
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="tokens per gathered batch and forward pass, on every side (default: 2048 on "
+        "CPUs, 16384 on GPUs)",
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="mid", help="the checkpoint")
     parser.add_argument(
         "--load-procs", type=int, default=1, help="load-generator processes per cell"
@@ -339,14 +351,16 @@ def main() -> None:
         default=",".join(SERVERS),
         help=f"which servers to load, comma-separated, from {','.join(SERVERS)}",
     )
-    parser.add_argument("--plain-server", nargs=4, metavar=("MODEL", "INDEX", "PORT", "DEVICE"))
+    parser.add_argument(
+        "--plain-server", nargs=5, metavar=("MODEL", "INDEX", "PORT", "DEVICE", "TOKENS")
+    )
     args = parser.parse_args()
     chosen = [x.strip() for x in args.servers.split(",") if x.strip()]
     if "batched" not in chosen or any(x not in SERVERS for x in chosen):
         parser.error(f"--servers takes names from {sorted(SERVERS)} and must include 'batched'")
     if args.plain_server:
-        model, index, port, device = args.plain_server
-        plain_server(model, index, int(port), device)
+        model, index, port, device, tokens = args.plain_server
+        plain_server(model, index, int(port), device, int(tokens))
         return
     if args.quick and args.out == parser.get_default("out"):
         args.out = args.out.with_name(f"{args.out.stem}-quick.json")
@@ -363,7 +377,7 @@ def main() -> None:
     torch.manual_seed(0)
     tmp = tempfile.TemporaryDirectory(prefix="m3rag-bench-serve-")
     ckpt = build_m3_checkpoint(Path(tmp.name) / "m3", vocab_size=4000, **SIZES[args.size])
-    forward_tokens = FORWARD_TOKENS[args.device]
+    forward_tokens = args.max_batch_tokens or FORWARD_TOKENS[args.device]
     texts = multilingual_corpus(
         n_requests, seed=11, min_words=args.words[0], max_words=args.words[1]
     )
@@ -468,7 +482,7 @@ def main() -> None:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: m3rag serve sets PASSIVE
         "load_procs": args.load_procs,
         "text_words": list(args.words),
-        "server_stack": _server_stack(),
+        "server_stack": server_stack(),
         "requests_per_cell": n_requests,
         "budget_s": budget,
         "offline": {
@@ -533,7 +547,11 @@ def main() -> None:
     for name, (key, cmd) in servers.items():
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [*cmd, "--port", str(port)] if "serve" in cmd else [*cmd, str(port), args.device]
+        cmd = (
+            [*cmd, "--port", str(port)]
+            if "serve" in cmd
+            else [*cmd, str(port), args.device, str(forward_tokens)]
+        )
         child = start(cmd, url, SPINNING_OPENMP if key == "spinning-openmp" else {})
         try:
             cells: dict[str, list[dict[str, Any]]] = {"/embed_all": [], "/search": []}
