@@ -784,7 +784,8 @@ def _serve_setup(res: dict[str, Any]) -> str:
         f"concurrent clients over loopback, against {against}, and the same model behind a "
         "plain FastAPI endpoint that encodes each request on its own; a random checkpoint in "
         f"the BGE-M3 layout ({ck['num_layers']} layers, hidden {ck['hidden_size']}), "
-        f"`--max-wait-ms {res['max_wait_ms']:g}`. In the "
+        f"`--max-wait-ms {res['max_wait_ms']:g}`, {res['forward_tokens']} tokens per gathered "
+        "batch and per forward pass on every side (`--max-batch-tokens`). In the "
         f"same run: offline `encode_corpus` on all the texts, "
         f"{res['offline']['texts_per_s']:.1f} texts/s; the in-process call per text, p50 "
         f"{ms(inproc['p50_ms'])}, p95 {ms(inproc['p95_ms'])}; in-process `retrieve`, p50 "
@@ -1085,6 +1086,146 @@ def _serve_targets(r: Report, server: str, t: dict[str, float], met: dict[str, b
     )
 
 
+_RERANK_DEFAULT = "m3rag serve --reranker (shared batches)"
+_RERANK_ONE_THREAD = "m3rag serve --reranker --model-threads 1"
+_RERANK_WORKERS = "m3rag serve --reranker --model-workers 2"
+_RERANK_PLAIN = "plain per-request endpoint"
+
+
+def _rerank_table(res: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            server,
+            str(cell["clients"]),
+            f"{cell['rps']:.1f}",
+            f"{cell['pairs_per_s']:.1f}",
+            ms(cell["p50_ms"]),
+            ms(cell["p95_ms"]),
+            str(cell["errors"]),
+            f"{cell['model_busy']:.0%}" if "model_busy" in cell else "—",
+            f"{cell['pairs_per_batch']:.1f}" if "pairs_per_batch" in cell else "—",
+            f"{cell['server_cpu_cores']:.2f}" if "server_cpu_cores" in cell else "—",
+            f"{cell['client_cpu_cores']:.2f}",
+        ]
+        for server, cells in res["servers"].items()
+        for cell in cells
+    ]
+    header = ["server", "clients", "req/s", "pairs/s", "p50", "p95", "errors"]
+    header += ["model busy", "pairs/batch", "server CPU", "client CPU"]
+    return [table(header, rows, "l" + "r" * (len(header) - 1)), ""]
+
+
+def _rerank_against(res: dict[str, Any], name: str, baseline: str, lead: str) -> list[str]:
+    """One sentence: ``name``'s req/s against ``baseline``'s at each concurrency."""
+    servers = res["servers"]
+    if name not in servers or baseline not in servers:
+        return []
+    parts = [
+        f"{a['clients']} client{'s' if a['clients'] > 1 else ''} {a['rps']:.2f} against "
+        f"{b['rps']:.2f} req/s ({a['rps'] / b['rps']:.2f}×)"
+        for a, b in zip(servers[name], servers[baseline], strict=False)
+        if b["rps"]
+    ]
+    return [f"{lead}: " + "; ".join(parts) + ".", ""]
+
+
+def _serve_rerank(r: Report) -> list[str]:
+    """``bench_serve_rerank.py``: ``/rerank`` under load, where its results file exists."""
+    res = r.load("serve-rerank")
+    if res is None:
+        return [
+            "### Reranking under `m3rag serve`",
+            "",
+            "No results yet: `python benchmarks/bench_serve_rerank.py`.",
+            "",
+        ]
+    ck, inproc, offline = res["checkpoint"], res["in_process_call"], res["offline"]
+    n = _model_threads(res)
+    loaded = [s for s in (_RERANK_ONE_THREAD, _RERANK_WORKERS) if s in res["servers"]]
+    out = [
+        "### Reranking under `m3rag serve`",
+        "",
+        "`python benchmarks/bench_serve_rerank.py"
+        + (" --quick" if r.quick else "")
+        + f"` — `/rerank` in text-embeddings-inference's shape, one query and "
+        f"{res['passages_per_request']} passages (10–120 words, `truncate: true`) per request, "
+        f"{res['requests_per_cell']} requests per cell at 1, 8 and 32 concurrent clients over "
+        "loopback, against `m3rag serve --reranker` with its defaults (shared reranker "
+        f"batches on {_model_threads(res)} model thread{'s' if n > 1 else ''})"
+        + "".join(f", `{s.removeprefix('m3rag serve --reranker ')}`" for s in loaded)
+        + " and the same reranker behind a plain FastAPI endpoint that scores each request on "
+        "its own. A random cross-encoder in the bge-reranker-v2-m3 layout "
+        f"({ck['num_layers']} layers, hidden {ck['hidden_size']}), {res['forward_tokens']} "
+        "tokens per gathered batch and per forward pass on every side (`--max-batch-tokens`). "
+        "In the same run, in-process: "
+        f"one `Reranker.score` call on all {offline['pairs']} pairs, "
+        f"{offline['pairs_per_s']:.1f} pairs/s ({offline['requests_per_s']:.2f} requests/s); "
+        f"one call per request, p50 {ms(inproc['p50_ms'])}, p95 {ms(inproc['p95_ms'])}, "
+        f"{res['one_by_one_requests_per_s']:.2f} requests/s back to back.",
+        "",
+        *_rerank_table(res),
+        "*model busy*: the share of the cell's wall time the reranker's batcher spent in the "
+        "model (summed over its model threads or copies); *pairs/batch*: pairs per gathered "
+        "batch; *server CPU*, *client CPU*: the server's and the load generator's CPU time over "
+        "the cell, in cores.",
+        "",
+        *_rerank_against(
+            res, _RERANK_DEFAULT, _RERANK_PLAIN, "The default server against the plain endpoint"
+        ),
+        *(
+            _rerank_against(
+                res,
+                _RERANK_DEFAULT,
+                _RERANK_ONE_THREAD,
+                f"{_threads_desc(res)} against one (`--model-threads 1`)",
+            )
+            if n > 1
+            else []
+        ),
+        *_rerank_against(
+            res,
+            _RERANK_WORKERS,
+            _RERANK_DEFAULT,
+            "Two model workers in child processes (`--model-workers 2`) against the default",
+        ),
+    ]
+    bound = offline["requests_per_s"] / res["one_by_one_requests_per_s"]
+    for key, server in (
+        ("batched", "the default server"),
+        ("model-workers", "`--model-workers 2`"),
+    ):
+        f = res.get("figures", {}).get(key)
+        if f is None:
+            continue
+        out += [
+            f"The three figures of the `/embed_all` targets, for `/rerank` with {server} (the "
+            "issue sets none for `/rerank`): 32 clients against one, "
+            f"{f['x32_vs_1_client']:.2f}×; against the offline call, "
+            f"{f['x32_vs_offline']:.0%}; p95 at one client against the in-process call, "
+            f"{f['p95_1_client_vs_in_process']:.2f}×.",
+            "",
+        ]
+    one = res["servers"][_RERANK_DEFAULT][0]
+    if one["p50_ms"] < inproc["p50_ms"]:
+        out += [
+            "The default server at one client came out faster than the same call in-process "
+            f"(p50 {ms(one['p50_ms'])} against {ms(inproc['p50_ms'])}). Two differences may "
+            "explain it, and this run does not separate them: the in-process call fills its "
+            "forward passes to the budget (the library's default) where the server cuts them "
+            "by cost, and the in-process calls ran first, on a machine (2 cores, shared with "
+            "other jobs) that may have been busier then.",
+            "",
+        ]
+    out += [
+        "Each request already brings a batch of "
+        f"{res['passages_per_request']} pairs, so there is less for shared batches to gain "
+        "than with one text per request: in-process, one call on every pair ran "
+        f"{bound:.2f}× as many requests a second as one call per request.",
+        "",
+    ]
+    return out
+
+
 def section_serve(r: Report) -> str:
     res = r.load("serve")
     if res is None:
@@ -1193,6 +1334,7 @@ def section_serve(r: Report) -> str:
             *_gathered(tiny),
             *_workers(tiny),
         ]
+    out += _serve_rerank(r)
     _serve_targets(r, "serve", res["targets"], res["targets_met"])
     if "targets_model_workers" in res:
         _serve_targets(
@@ -1213,6 +1355,7 @@ DEFAULT_STEPS = (
     "ingest",
     "serve",
     "model-threads",
+    "serve-rerank",
 )
 """The steps ``run_all.py`` runs without ``--large``."""
 

@@ -42,6 +42,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("ingest", ["bench_ingest.py"]),
     ("serve", ["bench_serve.py"]),
     ("model-threads", ["bench_model_threads.py"]),
+    ("serve-rerank", ["bench_serve_rerank.py"]),
 ]
 LARGE: list[tuple[str, list[str]]] = [
     (
