@@ -19,6 +19,7 @@ __all__ = [
     "CALIBRATION_ROUNDS",
     "CALIBRATION_TEXTS",
     "CALIBRATION_TOKENS",
+    "CPU_BATCH_OVERHEAD",
     "BatchedModel",
     "available_cores",
     "available_devices",
@@ -69,6 +70,11 @@ def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bo
 CALIBRATION_TOKENS = 128
 CALIBRATION_TEXTS = 8
 CALIBRATION_ROUNDS = 8
+# What ``batch_overhead="device"`` (the models' default) takes a CPU forward pass's fixed cost
+# to be, without measuring: a typical figure. "auto" measured 53-230 token slots for a 6-layer,
+# hidden-384 model at 1-2 torch threads and 94 for BGE-M3's shape on 2 cores; the cut is flat
+# near the optimum, and what it prevents is passes padded to 2.5x their text (2026-11-30).
+CPU_BATCH_OVERHEAD = 128
 
 _DTYPES = {
     "float32": "float32",
@@ -244,13 +250,13 @@ class BatchedModel:
     device: torch.device
     _pad_id: int
     _model: Any
-    _batch_overhead: int | Literal["auto"] | None
+    _batch_overhead: int | Literal["auto", "device"] | None
 
     def _init_batching(
         self,
         batch_size: int,
         max_batch_tokens: int | None,
-        batch_overhead: int | Literal["auto"] | None = None,
+        batch_overhead: int | Literal["auto", "device"] | None = "device",
     ) -> None:
         check_positive_int(batch_size, "batch_size")
         if max_batch_tokens is not None and (
@@ -275,31 +281,44 @@ class BatchedModel:
 
         With it (and a token budget), each call's length-sorted texts are cut into the forward
         passes of least total ``batch_overhead + texts x longest`` slots (see
-        `m3rag._batching`); ``None`` (the default) fills each pass to ``batch_size`` and
-        ``max_batch_tokens``. Set ``"auto"`` for the device's choice for small batches of mixed
-        lengths, as a server gathers: on a CPU, where a padded slot costs as much as a real
-        token but a small pass runs far below the cores' peak, the cost measured on this model
-        the first time it is read (one text of 128 tokens and eight in one pass, a few times
-        each: about a second for a 6-layer model on 2 cores, ten for BGE-M3's size); on GPUs
-        ``None`` (not measured there). Reads back the value in force.
+        `m3rag._batching`); ``None`` fills each pass to ``batch_size`` and
+        ``max_batch_tokens``. On a CPU a padded slot costs as much as a real token, but a small
+        pass runs far below the cores' peak, so both the padding and the passes count there:
+
+        * ``"device"`` (the default): on a CPU, `CPU_BATCH_OVERHEAD` (128) slots, a typical
+          figure, not measured; on GPUs ``None`` (not measured there). Filled passes of a
+          call of a hundred mixed-length texts were padded to 2.5x their text at BGE-M3's
+          shape, and ran at less than half the speed (see `docs/encoder.md`).
+        * ``"auto"``: on a CPU, the cost measured on this model the first time it is read (one
+          text of 128 tokens and eight in one pass, a few times each: about a second for a
+          6-layer model on 2 cores, nine for BGE-M3's size), as `m3rag serve` does for its
+          small gathered batches; on GPUs ``None``.
+
+        Reads back the value in force.
         """
-        if self._batch_overhead != "auto":
-            return self._batch_overhead
+        mode = self._batch_overhead
+        if not isinstance(mode, str):
+            return mode
         if self.device.type != "cpu":
             return None
+        if mode == "device":
+            return CPU_BATCH_OVERHEAD
         with self._calibration_lock:
             if self._measured_overhead is None:
                 self._measured_overhead = self._measure_batch_overhead()
         return self._measured_overhead
 
     @batch_overhead.setter
-    def batch_overhead(self, value: int | Literal["auto"] | None) -> None:
+    def batch_overhead(self, value: int | Literal["auto", "device"] | None) -> None:
         if (
             value is not None
-            and value != "auto"
+            and not (isinstance(value, str) and value in ("auto", "device"))
             and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
         ):
-            msg = f'batch_overhead must be a non-negative int, "auto" or None, got {value!r}'
+            msg = (
+                'batch_overhead must be a non-negative int, "auto", "device" or None, '
+                f"got {value!r}"
+            )
             raise ValueError(msg)
         self._batch_overhead = value
 

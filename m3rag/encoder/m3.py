@@ -176,10 +176,10 @@ class M3Encoder(BatchedModel):
             ``None`` batches by count alone, exactly as FlagEmbedding does.
         batch_overhead: With a token budget, the fixed cost of one forward pass in token slots:
             each call's sorted texts are then cut into the passes of least total cost
-            (``batch_overhead + texts x longest`` each) instead of filled to the limits (``None``,
-            the default). ``"auto"`` is the choice for small batches of mixed lengths, as
-            `m3rag serve` gathers: on a CPU (where padding costs as much as text) the cost
-            measured on this model when first needed, on GPUs ``None``.
+            (``batch_overhead + texts x longest`` each) instead of filled to the limits
+            (``None``). ``"device"`` (the default) is a typical CPU figure (128) on a CPU, where
+            padding costs as much as text, and ``None`` on GPUs; ``"auto"`` measures it on this
+            model when first needed (on a CPU; ``None`` on GPUs), as `m3rag serve` does.
         query_max_length: Truncation length of [`encode_queries`][], specials included.
         passage_max_length: Truncation length of [`encode_corpus`][] and [`encode`][]; capped
             at what the model supports (8192 for BGE-M3).
@@ -213,7 +213,7 @@ class M3Encoder(BatchedModel):
         dtype: str | Any | None = None,
         batch_size: int = 256,
         max_batch_tokens: int | None = 16384,
-        batch_overhead: int | Literal["auto"] | None = None,
+        batch_overhead: int | Literal["auto", "device"] | None = "device",
         query_max_length: int = 512,
         passage_max_length: int = 8192,
         show_progress: bool = False,

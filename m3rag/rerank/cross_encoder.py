@@ -165,8 +165,9 @@ class Reranker(BatchedModel):
             alone, as FlagReranker does.
         batch_overhead: As for [`M3Encoder`][m3rag.M3Encoder], over pairs: the fixed cost of
             one forward pass in token slots, by which each call's length-sorted pairs are cut
-            into the passes of least total cost; ``None`` (the default) fills each pass, and
-            ``"auto"`` measures it on this model on a CPU (``None`` on GPUs).
+            into the passes of least total cost; ``"device"`` (the default) is 128 on a CPU and
+            ``None`` (fill each pass) on GPUs, and ``"auto"`` measures it on this model on a CPU
+            (``None`` on GPUs).
         max_length: Pair length in tokens, specials included; up to the model's limit (8192 for
             v2-m3, 512 for base/large).
         query_max_length: Query length cap; default ``3/4 * max_length``.
@@ -201,7 +202,7 @@ class Reranker(BatchedModel):
         dtype: str | Any | None = None,
         batch_size: int = 128,
         max_batch_tokens: int | None = 16384,
-        batch_overhead: int | Literal["auto"] | None = None,
+        batch_overhead: int | Literal["auto", "device"] | None = "device",
         max_length: int = 512,
         query_max_length: int | None = None,
         show_progress: bool = False,

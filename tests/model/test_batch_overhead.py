@@ -16,11 +16,17 @@ from m3rag import M3Encoder, Reranker
 pytestmark = pytest.mark.model
 
 
-def test_passes_are_filled_by_default_and_auto_is_measured_once(
+def test_a_cpu_cuts_by_a_typical_cost_by_default_and_auto_is_measured_once(
     tiny_m3_path, tiny_reranker_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
+    from m3rag._torchutil import CPU_BATCH_OVERHEAD
+
     enc = M3Encoder(tiny_m3_path, device="cpu")
-    assert enc.batch_overhead is None  # offline encoding: each pass filled to the limits
+    measured = []
+    monkeypatch.setattr(enc, "_measure_batch_overhead", lambda: measured.append(1) or 5)
+    # the default ("device"): a typical CPU figure, never measured
+    assert enc.batch_overhead == CPU_BATCH_OVERHEAD == 128 and not measured
+    monkeypatch.undo()
     measured = []
     real = enc._measure_batch_overhead
     monkeypatch.setattr(enc, "_measure_batch_overhead", lambda: measured.append(real()) or 7)
@@ -31,16 +37,40 @@ def test_passes_are_filled_by_default_and_auto_is_measured_once(
     assert enc.batch_overhead == 0
     enc.batch_overhead = "auto"
     assert enc.batch_overhead == 7 and len(measured) == 1  # kept from the first measurement
-    assert Reranker(tiny_reranker_path, device="cpu").batch_overhead is None
+    assert Reranker(tiny_reranker_path, device="cpu").batch_overhead == CPU_BATCH_OVERHEAD
+    enc.batch_overhead = None  # each pass filled to the limits
+    assert enc.batch_overhead is None
     rr = Reranker(tiny_reranker_path, device="cpu", batch_overhead="auto")
     assert isinstance(rr.batch_overhead, int)
     assert Reranker(tiny_reranker_path, device="cpu", batch_overhead=7).batch_overhead == 7
 
 
-def test_auto_is_no_cut_on_a_gpu(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
-    enc = M3Encoder(tiny_m3_path, device="cpu", batch_overhead="auto")
-    enc.device = torch.device("cuda")  # only the device's kind is read: nothing runs on it
-    assert enc.batch_overhead is None
+def test_the_default_pads_a_mixed_call_far_less_than_filled_passes(tiny_m3_path) -> None:  # type: ignore[no-untyped-def]
+    """A call of a hundred texts of 5-120 words: filled to the default budget it goes in two
+    passes padded to 2.5x its tokens (BGE-M3's shape ran 2.3x slower so on 2 cores)."""
+    from m3rag.testing import multilingual_corpus
+
+    enc = M3Encoder(tiny_m3_path, device="cpu")
+    texts = multilingual_corpus(96, seed=11, min_words=5, max_words=120)
+    lengths = np.array([len(ids) for ids in enc.tokenizer(texts)["input_ids"]])
+
+    def padding() -> float:
+        plan = enc._plan(lengths)
+        return float(sum(len(b) * lengths[b].max() for b in plan) / lengths.sum())
+
+    cut = padding()
+    enc.batch_overhead = None
+    assert cut < 1.2 < 2 < padding()
+
+
+@pytest.mark.parametrize("mode", ["auto", "device"])
+def test_auto_and_the_default_are_no_cut_on_a_gpu(mode, tiny_m3_path, tiny_reranker_path) -> None:  # type: ignore[no-untyped-def]
+    for model in (
+        M3Encoder(tiny_m3_path, device="cpu", batch_overhead=mode),
+        Reranker(tiny_reranker_path, device="cpu", batch_overhead=mode),
+    ):
+        model.device = torch.device("cuda")  # only the device's kind is read: nothing runs
+        assert model.batch_overhead is None
 
 
 class _AffineModel(torch.nn.Module):
@@ -79,7 +109,7 @@ def test_the_server_cuts_its_models_passes_by_cost(tiny_m3_path) -> None:  # typ
 
 @pytest.mark.parametrize("bad", [-1, 1.5, float("nan"), True, "100", "AUTO", 10.0])
 def test_a_bad_overhead_is_refused_before_loading(tiny_m3_path, tiny_reranker_path, bad) -> None:  # type: ignore[no-untyped-def]
-    message = r'batch_overhead must be a non-negative int, "auto" or None'
+    message = r'batch_overhead must be a non-negative int, "auto", "device" or None'
     with pytest.raises(ValueError, match=message):
         M3Encoder(tiny_m3_path, device="cpu", batch_overhead=bad)
     with pytest.raises(ValueError, match=message):
