@@ -1210,10 +1210,10 @@ def _serve_rerank(r: Report) -> list[str]:
         out += [
             "The default server at one client came out faster than the same call in-process "
             f"(p50 {ms(one['p50_ms'])} against {ms(inproc['p50_ms'])}). Two differences may "
-            "explain it, and this run does not separate them: the in-process call fills its "
-            "forward passes to the budget (the library's default) where the server cuts them "
-            "by cost, and the in-process calls ran first, on a machine (2 cores, shared with "
-            "other jobs) that may have been busier then.",
+            "explain it, and this run does not separate them: the server cuts its passes by "
+            "the cost it measured at start, the in-process call by the library's default, and "
+            "the in-process calls ran first, on a machine (2 cores, shared with other jobs) "
+            "that may have been busier then.",
             "",
         ]
     out += [
