@@ -167,6 +167,20 @@ def start(cmd: list[str], url: str, extra_env: dict[str, str]) -> subprocess.Pop
     raise RuntimeError(msg)
 
 
+def start_server(
+    cmd: list[str], device: str, batch_tokens: int, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``cmd`` started on a free loopback port, and its URL: ``m3rag serve`` gets ``--port``, a
+    plain server (a benchmark's ``--plain-server``) its port, device and token budget."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    if "serve" in cmd:
+        cmd = [*cmd, "--port", str(port)]
+    else:
+        cmd = [*cmd, str(port), device, str(batch_tokens)]
+    return start(cmd, url, extra_env or {}), url
+
+
 def in_worker_thread(fn: Any) -> Any:
     """``fn()`` on a fresh thread, as the server runs its model (on its batcher thread).
 
@@ -184,6 +198,20 @@ def in_worker_thread(fn: Any) -> Any:
     return box[0]
 
 
+def offline_and_per_call(call: Any, whole: Any, parts: list[Any]) -> tuple[float, list[float]]:
+    """The in-process baselines: seconds for ``call(whole)`` (the throughput ceiling), then the
+    seconds of ``call(part)`` for each part, back to back (the latency floor)."""
+    t0 = time.perf_counter()
+    call(whole)
+    offline_s = time.perf_counter() - t0
+    per_call = []
+    for part in parts:
+        t1 = time.perf_counter()
+        call(part)
+        per_call.append(time.perf_counter() - t1)
+    return offline_s, per_call
+
+
 def process_cpu_s(pid: int) -> float | None:
     """CPU seconds used so far by ``pid`` and its live children (a server's model processes),
     from ``/proc``; ``None`` where there is no ``/proc``."""
@@ -198,15 +226,16 @@ def process_cpu_s(pid: int) -> float | None:
     return total
 
 
-def batcher_totals(url: str) -> dict[str, float]:
-    """The server's batch counters from ``/metrics``: seconds in the model, batches, texts."""
+def batcher_totals(url: str, prefix: str = "m3rag_batch") -> dict[str, float]:
+    """A batcher's counters from ``/metrics`` (``prefix``: ``m3rag_batch`` for the encoder's,
+    ``m3rag_rerank_batch`` for the reranker's): seconds in the model, batches, items."""
     import re
 
     import httpx
 
     text = httpx.get(url + "/metrics", timeout=10).text
-    found = dict(re.findall(r"^(m3rag_batch_\w+?_(?:sum|count))\s+(\S+)$", text, re.MULTILINE))
-    return {name: float(value) for name, value in found.items()}
+    pattern = rf"^({prefix}_\w+?_(?:sum|count))\s+(\S+)$"
+    return {name: float(value) for name, value in re.findall(pattern, text, re.MULTILINE)}
 
 
 async def load_shard(
@@ -304,6 +333,48 @@ def load(
     }
 
 
+def run_cell(
+    url: str,
+    path: str,
+    bodies: list[dict[str, Any]],
+    clients: int,
+    budget_s: float,
+    procs: int,
+    pid: int,
+    batcher: tuple[str, str] | None,
+) -> tuple[dict[str, Any], str]:
+    """One cell against the server ``pid`` at ``url``: the route warmed, then `load`, with the
+    server's CPU time and, for an m3rag batcher (``(metrics prefix, items)``, e.g.
+    ``("m3rag_batch", "texts")``), where the time went. Returns the cell and a summary."""
+    import httpx
+
+    httpx.post(url + path, json=bodies[0], timeout=120).raise_for_status()
+    before = batcher_totals(url, batcher[0]) if batcher else {}
+    cpu0 = process_cpu_s(pid)
+    cell = load(url, path, bodies, clients, budget_s, procs)
+    cpu1 = process_cpu_s(pid)
+    if cpu0 is not None and cpu1 is not None and cell["seconds"] > 0:
+        cell["server_cpu_cores"] = (cpu1 - cpu0) / cell["seconds"]
+    extra = ""
+    if batcher:  # where the time went: in the model, and how full batches were
+        prefix, items = batcher
+        after = batcher_totals(url, prefix)
+        delta = {k: after[k] - before.get(k, 0.0) for k in after}
+        model_s = delta.get(f"{prefix}_seconds_sum", 0.0)
+        batches = delta.get(f"{prefix}_seconds_count", 0.0)
+        cell["model_busy"] = model_s / cell["seconds"] if cell["seconds"] else 0.0
+        cell["batches"] = int(batches)
+        per_batch = delta.get(f"{prefix}_{items}_sum", 0.0) / batches if batches else 0.0
+        cell[f"{items}_per_batch"] = per_batch
+        extra = f", model busy {cell['model_busy']:.0%}, {per_batch:.1f} {items}/batch"
+    if "server_cpu_cores" in cell:
+        extra += (
+            f", CPU: server {cell['server_cpu_cores']:.2f}, "
+            f"clients {cell['client_cpu_cores']:.2f} cores"
+        )
+    return cell, extra
+
+
 def server_stack() -> dict[str, str | None]:
     """What uvicorn runs on here: its event loop and HTTP parser pick the fastest installed."""
     import importlib.metadata as md
@@ -320,12 +391,12 @@ def server_stack() -> dict[str, str | None]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def load_options(parser: argparse.ArgumentParser, out: Path, servers: dict[str, str]) -> None:
+    """The options every serve benchmark takes: the load, the budget, the servers to load."""
     parser.add_argument("--quick", action="store_true", help="few requests, short budgets")
     parser.add_argument("--requests", type=int, default=128, help="requests per cell")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per cell at most")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
+    parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--device", choices=sorted(FORWARD_TOKENS), default="cpu")
     parser.add_argument(
         "--max-batch-tokens",
@@ -334,11 +405,33 @@ def main() -> None:
         help="tokens per gathered batch and forward pass, on every side (default: 2048 on "
         "CPUs, 16384 on GPUs)",
     )
-    parser.add_argument("--size", choices=sorted(SIZES), default="mid", help="the checkpoint")
     parser.add_argument(
         "--load-procs", type=int, default=1, help="load-generator processes per cell"
     )
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="the server's batch wait")
+    parser.add_argument(
+        "--servers",
+        default=",".join(servers),
+        help=f"which servers to load, comma-separated, from {','.join(servers)}",
+    )
+
+
+def chosen_servers(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, servers: dict[str, str]
+) -> list[str]:
+    """``--servers`` checked: known names, the default server ("batched") among them."""
+    chosen = [x.strip() for x in args.servers.split(",") if x.strip()]
+    if "batched" not in chosen or any(x not in servers for x in chosen):
+        parser.error(f"--servers takes names from {sorted(servers)} and must include 'batched'")
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    load_options(parser, HERE / "results" / "serve.json", SERVERS)
+    parser.add_argument("--size", choices=sorted(SIZES), default="mid", help="the checkpoint")
     parser.add_argument(
         "--words",
         type=int,
@@ -348,17 +441,10 @@ def main() -> None:
         help="words per /embed_all text (m3rag's 512-token chunks hold about 150-350)",
     )
     parser.add_argument(
-        "--servers",
-        default=",".join(SERVERS),
-        help=f"which servers to load, comma-separated, from {','.join(SERVERS)}",
-    )
-    parser.add_argument(
         "--plain-server", nargs=5, metavar=("MODEL", "INDEX", "PORT", "DEVICE", "TOKENS")
     )
     args = parser.parse_args()
-    chosen = [x.strip() for x in args.servers.split(",") if x.strip()]
-    if "batched" not in chosen or any(x not in SERVERS for x in chosen):
-        parser.error(f"--servers takes names from {sorted(SERVERS)} and must include 'batched'")
+    chosen = chosen_servers(parser, args, SERVERS)
     if args.plain_server:
         model, index, port, device, tokens = args.plain_server
         plain_server(model, index, int(port), device, int(tokens))
@@ -403,17 +489,6 @@ def main() -> None:
         search_calls.append(time.perf_counter() - t1)
     col.close()
     encoder.encode_corpus(texts[:8])
-
-    def baselines(encoder: Any) -> tuple[float, list[float]]:
-        t0 = time.perf_counter()
-        encoder.encode_corpus(texts)
-        offline_s = time.perf_counter() - t0
-        per_call = []
-        for t in texts:
-            t1 = time.perf_counter()
-            encoder.encode_corpus([t])
-            per_call.append(time.perf_counter() - t1)
-        return offline_s, per_call
 
     def gathered(encoder: Any) -> dict[str, float]:
         """Texts/s over random groups of GATHER texts, as a busy server gathers them, with its
@@ -461,7 +536,9 @@ def main() -> None:
             single.append({"tokens": tokens, "ms": t, "overhead_tokens": t / per_token - tokens})
         return {"full_pass_ms_per_token": per_token, "single_text": single}
 
-    offline_s, per_call = in_worker_thread(functools.partial(baselines, encoder))
+    offline_s, per_call = in_worker_thread(
+        functools.partial(offline_and_per_call, encoder.encode_corpus, texts, [[t] for t in texts])
+    )
     passes = in_worker_thread(functools.partial(pass_cost, encoder))
     # the texts are in random order (random lengths), so consecutive runs are random groups
     gathers = in_worker_thread(functools.partial(gathered, encoder))
@@ -543,49 +620,19 @@ def main() -> None:
         "plain": [py, str(Path(__file__).resolve()), "--plain-server", str(ckpt), str(index)],
     }
     servers = {SERVERS[key]: (key, commands[key]) for key in SERVERS if key in chosen}
-    import httpx
 
     for name, (key, cmd) in servers.items():
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = (
-            [*cmd, "--port", str(port)]
-            if "serve" in cmd
-            else [*cmd, str(port), args.device, str(forward_tokens)]
-        )
-        child = start(cmd, url, SPINNING_OPENMP if key == "spinning-openmp" else {})
+        env = SPINNING_OPENMP if key == "spinning-openmp" else {}
+        child, url = start_server(cmd, args.device, forward_tokens, env)
         try:
             cells: dict[str, list[dict[str, Any]]] = {"/embed_all": [], "/search": []}
             for path, bodies in (("/embed_all", embed_bodies), ("/search", search_bodies)):
                 for clients in CONCURRENCY:
-                    batching = "serve" in cmd  # every m3rag serve variant reports its batches
-                    httpx.post(url + path, json=bodies[0], timeout=120).raise_for_status()
-                    before = batcher_totals(url) if batching else {}
-                    cpu0 = process_cpu_s(child.pid)
-                    cell = load(url, path, bodies, clients, budget, args.load_procs)
-                    cpu1 = process_cpu_s(child.pid)
-                    if cpu0 is not None and cpu1 is not None and cell["seconds"] > 0:
-                        cell["server_cpu_cores"] = (cpu1 - cpu0) / cell["seconds"]
-                    extra = ""
-                    if batching:  # where the time went: in the model, and how full batches were
-                        after = batcher_totals(url)
-                        delta = {k: after[k] - before.get(k, 0.0) for k in after}
-                        model_s = delta.get("m3rag_batch_seconds_sum", 0.0)
-                        batches = delta.get("m3rag_batch_seconds_count", 0.0)
-                        cell["model_busy"] = model_s / cell["seconds"] if cell["seconds"] else 0.0
-                        cell["batches"] = int(batches)
-                        cell["texts_per_batch"] = (
-                            delta.get("m3rag_batch_texts_sum", 0.0) / batches if batches else 0.0
-                        )
-                        extra = (
-                            f", model busy {cell['model_busy']:.0%}, "
-                            f"{cell['texts_per_batch']:.1f} texts/batch"
-                        )
-                    if "server_cpu_cores" in cell:
-                        extra += (
-                            f", CPU: server {cell['server_cpu_cores']:.2f}, "
-                            f"clients {cell['client_cpu_cores']:.2f} cores"
-                        )
+                    # every m3rag serve variant reports its batches
+                    batcher = ("m3rag_batch", "texts") if "serve" in cmd else None
+                    cell, extra = run_cell(
+                        url, path, bodies, clients, budget, args.load_procs, child.pid, batcher
+                    )
                     cells[path].append(cell)
                     results["servers"][name] = cells  # partial results survive a timeout
                     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

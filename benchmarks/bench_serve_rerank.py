@@ -38,10 +38,8 @@ import asyncio
 import functools
 import json
 import os
-import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +48,13 @@ from bench_serve import (
     CONCURRENCY,
     FORWARD_TOKENS,
     SIZES,
-    free_port,
+    chosen_servers,
     in_worker_thread,
-    load,
-    process_cpu_s,
+    load_options,
+    offline_and_per_call,
+    run_cell,
     server_stack,
-    start,
+    start_server,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -92,15 +91,6 @@ def plain_server(reranker_path: str, port: int, device: str, batch_tokens: int) 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def rerank_totals(url: str) -> dict[str, float]:
-    """The reranker batcher's counters from ``/metrics``: seconds in the model, batches, pairs."""
-    import httpx
-
-    text = httpx.get(url + "/metrics", timeout=10).text
-    pattern = r"^(m3rag_rerank_batch_\w+?_(?:sum|count))\s+(\S+)$"
-    return {name: float(value) for name, value in re.findall(pattern, text, re.MULTILINE)}
-
-
 def targets(results: dict[str, Any], server: str) -> dict[str, float]:
     """The three figures of issue #17's ``/embed_all`` targets, for one server's ``/rerank``."""
     cells = results["servers"][server]
@@ -114,41 +104,19 @@ def targets(results: dict[str, Any], server: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="few requests, short budgets")
-    parser.add_argument("--requests", type=int, default=128, help="requests per cell")
+    load_options(parser, HERE / "results" / "serve-rerank.json", SERVERS)
     parser.add_argument("--passages", type=int, default=8, help="passages per request")
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds per cell at most")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "serve-rerank.json")
-    parser.add_argument("--device", choices=sorted(FORWARD_TOKENS), default="cpu")
-    parser.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=None,
-        help="tokens per gathered batch and forward pass, on every side (default: as "
-        "bench_serve.py, 2048 on CPUs, 16384 on GPUs)",
-    )
     parser.add_argument(
         "--size",
         choices=sorted(SIZES),
         default=None,
         help="the reranker (default mid; tiny with --quick)",
     )
-    parser.add_argument(
-        "--load-procs", type=int, default=1, help="load-generator processes per cell"
-    )
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="the server's batch wait")
-    parser.add_argument(
-        "--servers",
-        default=",".join(SERVERS),
-        help=f"which servers to load, comma-separated, from {','.join(SERVERS)}",
-    )
     parser.add_argument("--plain-server", nargs=4, metavar=("RERANKER", "PORT", "DEVICE", "TOKENS"))
     args = parser.parse_args()
-    chosen = [x.strip() for x in args.servers.split(",") if x.strip()]
-    if "batched" not in chosen or any(x not in SERVERS for x in chosen):
-        parser.error(f"--servers takes names from {sorted(SERVERS)} and must include 'batched'")
-    if args.passages < 1 or args.requests < 1:
-        parser.error("--passages and --requests must be at least 1")
+    chosen = chosen_servers(parser, args, SERVERS)
+    if args.passages < 1:
+        parser.error("--passages must be at least 1")
     if args.plain_server:
         path, port, device, tokens = args.plain_server
         plain_server(path, int(port), device, int(tokens))
@@ -190,19 +158,10 @@ def main() -> None:
 
     reranker = Reranker(reranker_ckpt, device=args.device, max_batch_tokens=forward_tokens)
 
-    def baselines(reranker: Any) -> tuple[float, list[float]]:
-        reranker.score(requests[0])  # warm-up
-        t0 = time.perf_counter()
-        reranker.score(all_pairs)
-        offline_s = time.perf_counter() - t0
-        per_call = []
-        for pairs in requests:
-            t1 = time.perf_counter()
-            reranker.score(pairs)
-            per_call.append(time.perf_counter() - t1)
-        return offline_s, per_call
-
-    offline_s, per_call = in_worker_thread(functools.partial(baselines, reranker))
+    in_worker_thread(functools.partial(reranker.score, requests[0]))  # warm-up
+    offline_s, per_call = in_worker_thread(
+        functools.partial(offline_and_per_call, reranker.score, all_pairs, requests)
+    )
     results: dict[str, Any] = {
         "benchmark": "serve-rerank",
         "machine": machine(),
@@ -253,45 +212,18 @@ def main() -> None:
         "model-workers": [*serve, "--model-workers", "2"],
         "plain": [py, str(Path(__file__).resolve()), "--plain-server", str(reranker_ckpt)],
     }
-    import httpx
 
     for key in (k for k in SERVERS if k in chosen):
         name, cmd = SERVERS[key], commands[key]
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = (
-            [*cmd, "--port", str(port)]
-            if "serve" in cmd
-            else [*cmd, str(port), args.device, str(forward_tokens)]
-        )
-        child = start(cmd, url, {})
+        child, url = start_server(cmd, args.device, forward_tokens)
         try:
             cells: list[dict[str, Any]] = []
             for clients in CONCURRENCY:
-                batching = "serve" in cmd
-                httpx.post(url + "/rerank", json=bodies[0], timeout=120).raise_for_status()
-                before = rerank_totals(url) if batching else {}
-                cpu0 = process_cpu_s(child.pid)
-                cell = load(url, "/rerank", bodies, clients, budget, args.load_procs)
-                cpu1 = process_cpu_s(child.pid)
+                batcher = ("m3rag_rerank_batch", "pairs") if "serve" in cmd else None
+                cell, extra = run_cell(
+                    url, "/rerank", bodies, clients, budget, args.load_procs, child.pid, batcher
+                )
                 cell["pairs_per_s"] = cell["rps"] * args.passages
-                if cpu0 is not None and cpu1 is not None and cell["seconds"] > 0:
-                    cell["server_cpu_cores"] = (cpu1 - cpu0) / cell["seconds"]
-                extra = ""
-                if batching:  # where the time went: in the reranker, and how full batches were
-                    after = rerank_totals(url)
-                    delta = {k: after[k] - before.get(k, 0.0) for k in after}
-                    batches = delta.get("m3rag_rerank_batch_seconds_count", 0.0)
-                    model_s = delta.get("m3rag_rerank_batch_seconds_sum", 0.0)
-                    cell["model_busy"] = model_s / cell["seconds"] if cell["seconds"] else 0.0
-                    cell["batches"] = int(batches)
-                    cell["pairs_per_batch"] = (
-                        delta.get("m3rag_rerank_batch_pairs_sum", 0.0) / batches if batches else 0.0
-                    )
-                    extra = (
-                        f", model busy {cell['model_busy']:.0%}, "
-                        f"{cell['pairs_per_batch']:.1f} pairs/batch"
-                    )
                 cells.append(cell)
                 results["servers"][name] = cells  # partial results survive a timeout
                 args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
