@@ -677,11 +677,7 @@ def _serve_table(res: dict[str, Any]) -> list[str]:
             f"`{path}`",
             str(cell["clients"]),
             f"{cell['rps']:.1f}",
-            ms(cell["p50_ms"]),
-            ms(cell["p95_ms"]),
-            str(cell["errors"]),
-            f"{cell['model_busy']:.0%}" if "model_busy" in cell else "—",
-            f"{cell['texts_per_batch']:.1f}" if "texts_per_batch" in cell else "—",
+            *_cell_columns(cell, "texts_per_batch"),
             *(
                 [f"{cell['server_cpu_cores']:.2f}", f"{cell['client_cpu_cores']:.2f}"]
                 if cpu
@@ -695,6 +691,28 @@ def _serve_table(res: dict[str, Any]) -> list[str]:
     header = ["server", "route", "clients", "req/s", "p50", "p95", "errors"]
     header += ["model busy", "texts/batch", *(["server CPU", "client CPU"] if cpu else [])]
     return [table(header, rows, "ll" + "r" * (len(header) - 2)), ""]
+
+
+def _cell_columns(cell: dict[str, Any], per_batch: str) -> list[str]:
+    """A load cell's latency, errors and batching columns (``per_batch``: the key of its items
+    per gathered batch, ``texts_per_batch`` or ``pairs_per_batch``)."""
+    return [
+        ms(cell["p50_ms"]),
+        ms(cell["p95_ms"]),
+        str(cell["errors"]),
+        f"{cell['model_busy']:.0%}" if "model_busy" in cell else "—",
+        f"{cell[per_batch]:.1f}" if per_batch in cell else "—",
+    ]
+
+
+def _rps_against(cells: list[Json], baseline: list[Json], digits: int = 1) -> str:
+    """One server's req/s against another's at each concurrency, "; "-joined."""
+    return "; ".join(
+        f"{a['clients']} client{'s' if a['clients'] > 1 else ''} {a['rps']:.{digits}f} against "
+        f"{b['rps']:.{digits}f} req/s ({a['rps'] / b['rps']:.2f}×)"
+        for a, b in zip(cells, baseline, strict=False)
+        if b["rps"]
+    )
 
 
 # the m3rag serve variants a run may load besides the default: how the setup names each, the
@@ -814,15 +832,10 @@ def _variants_vs_default(res: dict[str, Any]) -> list[str]:
         first, second = name, baseline
         if name == _ONE_THREAD_SERVER:
             first, second = second, first
-        lines = []
-        for path in ("/embed_all", "/search"):
-            parts = [
-                f"{v['clients']} client{'s' if v['clients'] > 1 else ''} {v['rps']:.1f} against "
-                f"{d['rps']:.1f} req/s ({v['rps'] / d['rps']:.2f}×)"
-                for v, d in zip(servers[first][path], servers[second][path], strict=False)
-                if d["rps"]
-            ]
-            lines.append(f"`{path}`: " + "; ".join(parts))
+        lines = [
+            f"`{path}`: " + _rps_against(servers[first][path], servers[second][path])
+            for path in ("/embed_all", "/search")
+        ]
         out += [f"{lead}: " + "; ".join(lines) + ".", ""]
     return out
 
@@ -1099,11 +1112,7 @@ def _rerank_table(res: dict[str, Any]) -> list[str]:
             str(cell["clients"]),
             f"{cell['rps']:.1f}",
             f"{cell['pairs_per_s']:.1f}",
-            ms(cell["p50_ms"]),
-            ms(cell["p95_ms"]),
-            str(cell["errors"]),
-            f"{cell['model_busy']:.0%}" if "model_busy" in cell else "—",
-            f"{cell['pairs_per_batch']:.1f}" if "pairs_per_batch" in cell else "—",
+            *_cell_columns(cell, "pairs_per_batch"),
             f"{cell['server_cpu_cores']:.2f}" if "server_cpu_cores" in cell else "—",
             f"{cell['client_cpu_cores']:.2f}",
         ]
@@ -1120,13 +1129,7 @@ def _rerank_against(res: dict[str, Any], name: str, baseline: str, lead: str) ->
     servers = res["servers"]
     if name not in servers or baseline not in servers:
         return []
-    parts = [
-        f"{a['clients']} client{'s' if a['clients'] > 1 else ''} {a['rps']:.2f} against "
-        f"{b['rps']:.2f} req/s ({a['rps'] / b['rps']:.2f}×)"
-        for a, b in zip(servers[name], servers[baseline], strict=False)
-        if b["rps"]
-    ]
-    return [f"{lead}: " + "; ".join(parts) + ".", ""]
+    return [f"{lead}: " + _rps_against(servers[name], servers[baseline], digits=2) + ".", ""]
 
 
 def _serve_rerank(r: Report) -> list[str]:
