@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -42,6 +40,7 @@ from m3rag.rerank.cross_encoder import rank_passages
 from m3rag.serve.batching import BatchedReranker, DynamicBatcher, QueueFullError, RerankBatcher
 from m3rag.serve.config import ServeConfig
 from m3rag.serve.errors import ApiError, error_body
+from m3rag.serve.guard import Guard, route_labels
 from m3rag.serve.page import PAGE
 from m3rag.serve.schemas import (
     DeleteRequest,
@@ -259,48 +258,20 @@ def create_app(
         message = "invalid request: " + "; ".join(problems)
         return _error(request, ApiError(status, message))
 
-    def known(path: str) -> str:
-        # a metric label per route, never per raw path: arbitrary paths would grow the registry
-        return path if path in {getattr(r, "path", None) for r in app.routes} else "other"
+    def record(route: str, status: int, seconds: float | None) -> None:
+        metrics.requests.labels(route, str(status)).inc()
+        if seconds is not None:
+            metrics.latency.labels(route).observe(seconds)
 
-    @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
-        start = time.perf_counter()
-        open_read = path in OPEN_PATHS and request.method in ("GET", "HEAD")
-        if key is not None and not open_read and request.method != "OPTIONS":
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(
-                token.strip().encode("utf-8"), key
-            )
-            if not ok:
-                response: Response = _error(
-                    request,
-                    ApiError(
-                        401,
-                        "missing or wrong API key: send `Authorization: Bearer <key>`",
-                        headers={"WWW-Authenticate": "Bearer"},
-                    ),
-                )
-                metrics.requests.labels(known(path), "401").inc()
-                return response
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
-            msg = (
-                f"the request body is {length} bytes; the limit is {cfg.max_request_bytes} "
-                "(--max-request-bytes): split the request"
-            )
-            metrics.requests.labels(known(path), "413").inc()
-            return _error(request, ApiError(413, msg))
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "other")
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - start)
-        return response
+    # added last, so outermost: a refused request reaches neither CORS nor the routes
+    app.add_middleware(
+        Guard,
+        key=key,
+        max_request_bytes=cfg.max_request_bytes,
+        open_paths=OPEN_PATHS,
+        record=record,
+        label=route_labels(app.routes),
+    )
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -28,7 +28,8 @@ class ServeConfig:
         request_timeout_s: Seconds a request may wait for the model before a 503.
         max_k: The largest ``k`` a search may ask for.
         api_key: When set, every route but ``/``, ``/health`` and ``/ready`` needs
-            ``Authorization: Bearer <key>`` (compared in constant time, never logged).
+            ``Authorization: Bearer <key>`` (compared in constant time, never logged). Printable
+            ASCII without spaces, as HTTP headers carry it.
         allow_writes: Serve ``/documents`` writes (off unless asked).
         cors_origins: Origins allowed by CORS; empty (the default) adds no CORS headers.
     """
@@ -65,9 +66,18 @@ class ServeConfig:
             raise ValueError(msg)
         check_max_wait_ms(self.max_wait_ms)
         check_wait_policy(self.wait_policy)
-        if self.api_key is not None and not self.api_key.strip():
-            msg = "api_key is empty; give a non-empty key or none"
-            raise ValueError(msg)
+        if self.api_key is not None:
+            if not self.api_key.strip():
+                msg = "api_key is empty; give a non-empty key or none"
+                raise ValueError(msg)
+            if not all("!" <= c <= "~" for c in self.api_key):
+                # HTTP clients send a header's other characters in different encodings (or not
+                # at all, or trimmed): such a key would be refused for every client
+                msg = (
+                    "api_key must be printable ASCII without spaces (letters, digits and "
+                    "punctuation): headers cannot carry other characters reliably"
+                )
+                raise ValueError(msg)
 
     def __repr__(self) -> str:
         # the key never appears in logs or tracebacks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 import time
 from pathlib import Path
@@ -263,6 +264,15 @@ def test_oversized_body_is_413(live, tiny_encoder) -> None:  # type: ignore[no-u
     server = live(create_app(tiny_encoder, config=ServeConfig(max_request_bytes=1000)))
     r = post(server, "/embed", {"inputs": ["x" * 2000]})
     assert r.status_code == 413 and "1000" in r.json()["error"]
+    # a chunked upload says no length: it is counted as it arrives, and never reaches the model
+    body = json.dumps({"input": ["y" * 5000]}).encode()
+    chunks = (body[i : i + 256] for i in range(0, len(body), 256))
+    r = httpx.post(
+        server.url + "/v1/embeddings", content=chunks, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and "1000" in r.json()["error"]["message"]
+    assert "m3rag_batch_texts_count 0.0" in httpx.get(server.url + "/metrics").text
+    assert post(server, "/embed", {"inputs": ["fits"]}).status_code == 200
 
 
 def test_no_index_no_reranker_no_writes(live, tiny_encoder, collection) -> None:  # type: ignore[no-untyped-def]
@@ -476,6 +486,10 @@ def test_public_surface_and_lazy_imports() -> None:
         ({"request_timeout_s": True}, "request_timeout_s"),
         ({"max_k": 2.5}, "max_k must be a positive int"),
         ({"api_key": "  "}, "api_key is empty"),
+        ({"api_key": " padded"}, "printable ASCII without spaces"),
+        ({"api_key": "two words"}, "printable ASCII without spaces"),
+        ({"api_key": "clé"}, "printable ASCII without spaces"),
+        ({"api_key": "line\nbreak"}, "printable ASCII without spaces"),
     ],
 )
 def test_config_refuses_bad_values(kwargs, match) -> None:  # type: ignore[no-untyped-def]
