@@ -32,6 +32,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m3rag._inputs import validate_pairs
 from m3rag._version import __version__
@@ -252,11 +253,33 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for e in exc.errors():
+            if e.get("type") == "json_invalid":  # loc is ("body", character offset)
+                at = e.get("loc", (None, "?"))[-1]
+                why = e.get("ctx", {}).get("error", "")
+                problems.append(f"the body is not valid JSON (character {at}: {why})")
+                continue
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             problems.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
         status = 400 if request.url.path.startswith("/v1/") else 422
         message = "invalid request: " + "; ".join(problems)
         return _error(request, ApiError(status, message))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's and FastAPI's own refusals (no such route, wrong method, a body that is
+        # not UTF-8 text), in the route's error shape instead of their {"detail": ...}
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}: the routes are listed at /docs"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            message = (
+                "invalid request: the body could not be read as JSON; send UTF-8 JSON with "
+                "`Content-Type: application/json`"
+            )
+        else:
+            message = str(exc.detail)
+        return _error(request, ApiError(exc.status_code, message, headers=dict(exc.headers or {})))
 
     def record(route: str, status: int, seconds: float | None) -> None:
         metrics.requests.labels(route, str(status)).inc()

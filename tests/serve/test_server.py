@@ -275,6 +275,29 @@ def test_oversized_body_is_413(live, tiny_encoder) -> None:  # type: ignore[no-u
     assert post(server, "/embed", {"inputs": ["fits"]}).status_code == 200
 
 
+def test_framework_refusals_come_in_the_routes_error_shape(server) -> None:  # type: ignore[no-untyped-def]
+    """No route, a wrong method, a body that is not UTF-8: never FastAPI's bare {"detail"}."""
+    r = post(server, "/no-such-route", {})
+    assert r.status_code == 404 and r.json()["error_type"] == "NotFound"
+    assert "/no-such-route" in r.json()["error"]
+    r = post(server, "/v1/no-such-route", {})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    r = httpx.get(server.url + "/embed")
+    assert r.status_code == 405 and "GET" in r.json()["error"] and "POST" in r.headers["allow"]
+    for path in ("/embed", "/v1/embeddings"):
+        r = httpx.post(
+            server.url + path, content=b"\x80\x81", headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400 and "detail" not in r.json()
+        assert "UTF-8 JSON" in r.text
+    r = httpx.post(
+        server.url + "/embed",
+        content=b'{"inputs": [1',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422 and "not valid JSON (character 13" in r.json()["error"]
+
+
 def test_no_index_no_reranker_no_writes(live, tiny_encoder, collection) -> None:  # type: ignore[no-untyped-def]
     bare = live(create_app(tiny_encoder))
     r = post(bare, "/search", {"query": "x"})
