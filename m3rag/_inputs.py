@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "as_list",
+    "check_api_key",
     "check_min_score",
     "check_positive_int",
     "check_rerank_inputs",
@@ -54,6 +55,28 @@ def check_strings(value: object, name: str = "texts") -> list[str]:
     """
     items = as_list(value, name, "strings")
     return [check_text(item, f"{name}[{i}]") for i, item in enumerate(items)]
+
+
+def check_api_key(value: object, name: str = "api_key") -> str:
+    """An API key: a non-empty string of printable ASCII without spaces.
+
+    HTTP clients send a header's other characters in different encodings (Latin-1, UTF-8) or not
+    at all, and servers trim its spaces, so such a key could not match for every client. The
+    message never shows the key.
+
+    Raises:
+        ValueError: Anything else.
+    """
+    if not isinstance(value, str) or not value.strip():
+        msg = f"{name} is empty; give a non-empty key or none"
+        raise ValueError(msg)
+    if not all("!" <= c <= "~" for c in value):
+        msg = (
+            f"{name} must be printable ASCII without spaces (letters, digits and punctuation): "
+            "headers cannot carry other characters reliably"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def check_positive_int(value: object, name: str) -> int:

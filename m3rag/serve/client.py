@@ -10,6 +10,7 @@ library only (``urllib``): no extra to install on the client side.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import urllib.error
@@ -17,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from m3rag._inputs import check_rerank_inputs, validate_texts
+from m3rag._inputs import check_api_key, check_rerank_inputs, validate_texts
 from m3rag.errors import M3RagError
 from m3rag.rerank.cross_encoder import RankedPassage, RerankResult
 from m3rag.results import SearchResults
@@ -49,7 +50,11 @@ class _Client:
             )
             raise ValueError(msg)
         self.base_url = base_url.rstrip("/")
-        self._api_key = api_key if api_key is not None else os.environ.get("M3RAG_API_KEY")
+        if api_key is not None:
+            check_api_key(api_key)
+        elif os.environ.get("M3RAG_API_KEY"):
+            api_key = check_api_key(os.environ["M3RAG_API_KEY"], "M3RAG_API_KEY")
+        self._api_key = api_key
         self.timeout = timeout
 
     def __repr__(self) -> str:
@@ -57,33 +62,38 @@ class _Client:
 
     def post(self, path: str, body: Mapping[str, Any]) -> Any:
         data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        return self._send(path, data, {"Content-Type": "application/json"})
+
+    def get(self, path: str) -> Any:
+        return self._send(path, None, {})
+
+    def _send(self, path: str, data: bytes | None, headers: dict[str, str]) -> Any:
+        """The server's JSON answer to a POST (``data``) or a GET; any failure a RemoteError."""
+        headers = {**headers, "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__
-            self.base_url + path, data=data, headers=headers, method="POST"
+            self.base_url + path,
+            data=data,
+            headers=headers,
+            method="GET" if data is None else "POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                return json.loads(response.read())
+                raw = response.read()
         except urllib.error.HTTPError as exc:
             raise RemoteError(_message(exc), exc.code) from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            msg = f"cannot reach the m3rag server at {self.base_url}: {exc}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            # refused, reset, timed out, or an answer that is not HTTP
+            msg = f"cannot reach the m3rag server at {self.base_url}: {exc or type(exc).__name__}"
             raise RemoteError(msg) from exc
-
-    def get(self, path: str) -> Any:
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self.base_url + path, headers=headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise RemoteError(_message(exc), exc.code) from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            msg = f"cannot reach the m3rag server at {self.base_url}: {exc}"
+            return json.loads(raw)
+        except ValueError as exc:  # a proxy's HTML page, a truncated body
+            msg = (
+                f"the server at {self.base_url} answered {path} with something other than JSON "
+                f"({len(raw)} bytes): is it an m3rag server?"
+            )
             raise RemoteError(msg) from exc
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from m3rag._inputs import check_positive_int
+from m3rag._inputs import check_api_key, check_positive_int
 from m3rag.serve.batching import WaitPolicy, check_max_wait_ms, check_wait_policy
 
 __all__ = ["ServeConfig"]
@@ -67,17 +67,7 @@ class ServeConfig:
         check_max_wait_ms(self.max_wait_ms)
         check_wait_policy(self.wait_policy)
         if self.api_key is not None:
-            if not self.api_key.strip():
-                msg = "api_key is empty; give a non-empty key or none"
-                raise ValueError(msg)
-            if not all("!" <= c <= "~" for c in self.api_key):
-                # HTTP clients send a header's other characters in different encodings (or not
-                # at all, or trimmed): such a key would be refused for every client
-                msg = (
-                    "api_key must be printable ASCII without spaces (letters, digits and "
-                    "punctuation): headers cannot carry other characters reliably"
-                )
-                raise ValueError(msg)
+            check_api_key(self.api_key)
 
     def __repr__(self) -> str:
         # the key never appears in logs or tracebacks

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,52 @@ def test_a_wrong_key_or_no_server_is_a_clear_error(url, port) -> None:  # type: 
         RemoteRetriever(f"http://127.0.0.1:{port}", timeout=2).retrieve("x")
     with pytest.raises(ValueError, match="http"):
         RemoteEncoder("127.0.0.1:8000")
+
+
+@pytest.mark.parametrize("key", ["clé", "two words", " padded", "密钥", "line\nbreak", ""])
+def test_a_key_headers_cannot_carry_is_refused_before_any_request(key, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Not a UnicodeEncodeError from http.client at the first call, nor a 401 every time."""
+    with pytest.raises(ValueError, match="api_key") as info:
+        RemoteEncoder("http://127.0.0.1:9", api_key=key)
+    assert key.strip() == "" or key not in str(info.value)  # the message never shows the key
+    if key:
+        monkeypatch.setenv("M3RAG_API_KEY", key)
+        with pytest.raises(ValueError, match="M3RAG_API_KEY"):
+            RemoteRetriever("http://127.0.0.1:9")
+
+
+class _NotM3rag(http.server.BaseHTTPRequestHandler):
+    """A server that is not m3rag: an HTML page, or a connection closed without an answer."""
+
+    def do_POST(self) -> None:
+        if self.path == "/hang-up":
+            self.close_connection = True
+            self.wfile.write(b"garbage that is not HTTP\r\n\r\n")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>a proxy's login page</html>")
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_server_that_answers_no_json_is_a_remote_error() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotM3rag)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with pytest.raises(RemoteError, match="other than JSON"):
+            RemoteEncoder(url).encode_corpus(["x"], dense=True, sparse=False, colbert=False)
+        with pytest.raises(RemoteError, match="cannot reach"):
+            RemoteEncoder(url).post("/hang-up", {})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_langchain_adapters_with_base_url(url, tiny_encoder, reranker, collection) -> None:  # type: ignore[no-untyped-def]
