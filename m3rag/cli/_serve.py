@@ -117,6 +117,15 @@ def serve(
     ] = 4096,
     max_client_batch_size: Annotated[int, typer.Option(help="Texts per request.")] = 256,
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 * 2**20,
+    max_colbert_tokens: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "Most tokens one request may get ColBERT vectors for (/embed_all, /documents):"
+                " each is colbert_dim floats."
+            )
+        ),
+    ] = 32768,
     timeout: Annotated[float, typer.Option(help="Seconds a request may wait.")] = 60.0,
     device: DeviceOption = None,
     model_process: Annotated[
@@ -185,6 +194,7 @@ def serve(
         max_queued_texts=max_queued_texts,
         max_client_batch_size=max_client_batch_size,
         max_request_bytes=max_request_bytes,
+        max_colbert_tokens=max_colbert_tokens,
         request_timeout_s=timeout,
         api_key=api_key,
         allow_writes=allow_writes,

@@ -146,6 +146,21 @@ class FakeEncoder:
         """Encode passages."""
         return self._encode(texts, dense=dense, sparse=sparse, colbert=colbert)
 
+    def count_tokens(
+        self, texts: str | Sequence[str], *, max_length: int | None = None
+    ) -> np.ndarray:
+        """Tokens each text encodes to, specials included (``M3Output.token_counts``)."""
+        from m3rag._inputs import validate_texts
+
+        length = self.max_length if max_length is None else min(max_length, self.max_length)
+        return np.array(
+            [
+                min(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) + 2, length)
+                for t in validate_texts(texts)
+            ],
+            dtype=np.int64,
+        )
+
     def _vector(self, token_id: int, size: int, salt: int) -> np.ndarray:
         rng = np.random.default_rng([token_id, salt])
         v = rng.standard_normal(size)

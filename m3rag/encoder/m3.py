@@ -413,20 +413,51 @@ class M3Encoder(BatchedModel):
         """
         items = validate_texts(texts)
         heads = self._select_heads(dense=dense, sparse=sparse, colbert=colbert)
-        if max_length is None:
-            length = self.passage_max_length
-        else:
-            length = _check_length(max_length, "max_length")
-            if length > self.max_length:
-                msg = (
-                    f"max_length={length} exceeds the {self.max_length} tokens "
-                    f"{self.model_name_or_path!r} supports; lower it"
-                )
-                raise InputTooLongError(msg)
+        length = self.passage_max_length if max_length is None else self._length(max_length)
         if not items:
             return self._empty(heads)
         ids, truncated = self._tokenize(items, length)
         return self._encode_ids(ids, truncated, heads)
+
+    def count_tokens(
+        self, texts: str | Sequence[str], *, max_length: int | None = None
+    ) -> npt.NDArray[np.int64]:
+        """How many tokens each text encodes to, specials included, without running the model.
+
+        What [`encode`][] would report as ``M3Output.token_counts`` for the same texts: a
+        tokenizer call only, to size chunks or refuse a request before encoding it.
+
+        Args:
+            texts: A string or a list of strings.
+            max_length: Truncation length, as in [`encode`][] (default ``passage_max_length``;
+                ``query_max_length`` for queries).
+
+        Returns:
+            One count per text, in input order.
+
+        Raises:
+            TypeError: A text is not a string.
+            ValueError: A text holds a lone surrogate, or ``max_length`` < 3.
+            InputTooLongError: ``max_length`` exceeds what the model supports.
+        """
+        items = validate_texts(texts)
+        length = self.passage_max_length if max_length is None else self._length(max_length)
+        if not items:
+            return np.zeros(0, dtype=np.int64)
+        ids = self._tokenizer_call(
+            "__call__", items, truncation=True, max_length=length, add_special_tokens=True
+        )["input_ids"]
+        return np.array([len(row) for row in ids], dtype=np.int64)
+
+    def _length(self, max_length: int) -> int:
+        length = _check_length(max_length, "max_length")
+        if length > self.max_length:
+            msg = (
+                f"max_length={length} exceeds the {self.max_length} tokens "
+                f"{self.model_name_or_path!r} supports; lower it"
+            )
+            raise InputTooLongError(msg)
+        return length
 
     def _select_heads(
         self, *, dense: bool | None, sparse: bool | None, colbert: bool | None

@@ -339,6 +339,32 @@ def create_app(
             msg = f"no result within {cfg.request_timeout_s:g} s; the server is overloaded"
             raise ApiError(503, msg, headers={"Retry-After": "5"}) from exc
 
+    async def check_colbert_size(texts: list[str], *, kind: str, what: str) -> None:
+        """413 before encoding when ``texts`` get ColBERT vectors for too many tokens.
+
+        Each token is a vector, and the answer (or the write) holds them all.
+        """
+        length = encoder.query_max_length if kind == "query" else encoder.passage_max_length
+        # an upper bound first, so that most requests are cleared without a tokenizer call: a
+        # token covers a byte of its text or more, except where NFKC (which XLM-R's tokenizer
+        # applies) expands a character, at most into 18 (U+FDFA, 3 bytes): 6 tokens a byte
+        bound = sum(min(6 * len(t.encode("utf-8", "surrogatepass")) + 2, length) for t in texts)
+        if bound <= cfg.max_colbert_tokens:
+            return
+        loop = asyncio.get_running_loop()
+        counts = await batched(
+            loop.run_in_executor(None, lambda: encoder.count_tokens(texts, max_length=length)),
+            param=what,
+        )
+        total = int(np.sum(counts))
+        if total > cfg.max_colbert_tokens:
+            msg = (
+                f"`{what}` hold {total} tokens after truncation; this server gives ColBERT "
+                f"vectors for at most {cfg.max_colbert_tokens} tokens per request "
+                "(--max-colbert-tokens): split the request, or ask for colbert: false"
+            )
+            raise ApiError(413, msg, param=what)
+
     def check_heads(**wanted: bool) -> None:
         for head, on in wanted.items():
             if on and head not in encoder.heads:
@@ -533,6 +559,8 @@ def create_app(
         if not (body.dense or body.sparse or body.colbert):
             raise ApiError(422, "ask for at least one of dense, sparse, colbert")
         check_heads(dense=body.dense, sparse=body.sparse, colbert=body.colbert)
+        if body.colbert:
+            await check_colbert_size(texts, kind=body.kind, what="inputs")
         out = await encode(
             texts, kind=body.kind, dense=body.dense, sparse=body.sparse, colbert=body.colbert
         )
@@ -611,6 +639,8 @@ def create_app(
         except (ValueError, TypeError) as exc:
             raise ApiError(422, str(exc), param="documents") from exc
         heads = dict.fromkeys(encoder.heads, True)
+        if "colbert" in heads:  # the index stores them: the same bound as an answer
+            await check_colbert_size([d.text for d in docs], kind="passage", what="documents")
         out = await encode([d.text for d in docs], kind="passage", **heads)
 
         def run() -> tuple[list[str], int]:

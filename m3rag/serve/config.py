@@ -24,7 +24,12 @@ class ServeConfig:
         max_queued_texts: Texts allowed to wait for the model; beyond it requests get 429
             with ``Retry-After``.
         max_client_batch_size: Texts (or rerank passages) allowed in one request.
-        max_request_bytes: Largest request body (``Content-Length``) accepted; larger get 413.
+        max_request_bytes: Largest request body accepted (counted as it arrives, whether or not
+            it declares a ``Content-Length``); larger get 413.
+        max_colbert_tokens: Most tokens (after truncation) one request may ask ColBERT vectors
+            for (``/embed_all`` with ``colbert``, ``/documents``); more get 413. Each token is a
+            vector of ``colbert_dim`` floats (1024 for BGE-M3: 4 KiB as float32, about 20 KB as
+            JSON), so the default of 32768 bounds one answer to 128 MiB of float32.
         request_timeout_s: Seconds a request may wait for the model before a 503.
         max_k: The largest ``k`` a search may ask for.
         api_key: When set, every route but ``/``, ``/health`` and ``/ready`` needs
@@ -41,6 +46,7 @@ class ServeConfig:
     max_queued_texts: int = 4096
     max_client_batch_size: int = 256
     max_request_bytes: int = 8 * 1024 * 1024
+    max_colbert_tokens: int = 32768
     request_timeout_s: float = 60.0
     max_k: int = 1000
     api_key: str | None = None
@@ -53,6 +59,7 @@ class ServeConfig:
             "max_queued_texts",
             "max_client_batch_size",
             "max_request_bytes",
+            "max_colbert_tokens",
             "max_k",
         ):
             check_positive_int(getattr(self, name), name)

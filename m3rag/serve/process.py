@@ -394,6 +394,10 @@ class ProcessEncoder(_Remote):
         """See [`M3Encoder.encode`][m3rag.M3Encoder.encode]."""
         return self._proc.call("encode", _plain(texts), **kwargs)
 
+    def count_tokens(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
+        """See [`M3Encoder.count_tokens`][m3rag.M3Encoder.count_tokens]."""
+        return self._proc.call("count_tokens", _plain(texts), **kwargs)
+
 
 class ProcessReranker(_Remote):
     """A [`Reranker`][m3rag.Reranker] running in a child process, with the same interface.

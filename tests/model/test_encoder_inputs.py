@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from m3rag import InputTooLongError, M3Encoder, M3Output, UnsupportedOutputError
 
@@ -184,3 +186,30 @@ def test_unsupported_head_on_dense_only_model(minilm_path) -> None:  # type: ign
         enc.encode_queries(["x"], colbert=True)
     with pytest.raises(UnsupportedOutputError):
         enc.compute_score([("a", "b")])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(
+        st.text(st.characters(codec="utf-8"), max_size=300)
+        | st.sampled_from(["", "ﷺ" * 40, "北京是中国的首都。", "word " * 3000]),
+        max_size=6,
+    ),
+    max_length=st.sampled_from([None, 3, 16, 512]),
+)
+def test_count_tokens_is_what_encode_reports(
+    tiny_encoder: M3Encoder, texts: list[str], max_length: int | None
+) -> None:
+    """The tokenizer's count, truncation included, without the model: encode's token_counts."""
+    counts = tiny_encoder.count_tokens(texts, max_length=max_length)
+    out = tiny_encoder.encode(texts, max_length=max_length, sparse=False, colbert=False)
+    np.testing.assert_array_equal(counts, out.token_counts)
+    assert counts.dtype == np.int64 and len(counts) == len(texts)
+
+
+def test_count_tokens_refuses_what_encode_refuses(tiny_encoder: M3Encoder) -> None:
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        tiny_encoder.count_tokens(["ok", 3])  # type: ignore[list-item]
+    with pytest.raises(InputTooLongError, match="max_length"):
+        tiny_encoder.count_tokens(["ok"], max_length=tiny_encoder.max_length + 1)
+    assert tiny_encoder.count_tokens("one text").shape == (1,)

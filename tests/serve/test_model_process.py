@@ -76,6 +76,10 @@ def test_any_texts_encode_as_in_process(proc_encoder, tiny_encoder, texts) -> No
             proc_encoder.encode_corpus(texts, sparse=True, colbert=True)
         return
     assert_same_output(proc_encoder.encode_corpus(texts, sparse=True, colbert=True), want)
+    counted = proc_encoder.count_tokens(texts, max_length=tiny_encoder.query_max_length)
+    np.testing.assert_array_equal(
+        counted, tiny_encoder.count_tokens(texts, max_length=tiny_encoder.query_max_length)
+    )
 
 
 def test_attributes_and_fingerprint_are_the_encoders(proc_encoder, tiny_encoder) -> None:  # type: ignore[no-untyped-def]

@@ -298,6 +298,38 @@ def test_framework_refusals_come_in_the_routes_error_shape(server) -> None:  # t
     assert r.status_code == 422 and "not valid JSON (character 13" in r.json()["error"]
 
 
+def test_colbert_for_too_many_tokens_is_refused_before_encoding(
+    live, tiny_encoder, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Each token is a vector in the answer (or the index): a request over the cap gets 413,
+    counted exactly, and the model never runs for it; without ColBERT the same texts pass."""
+    col = Collection.create(tmp_path / "c", encoder=tiny_encoder)
+    server = live(
+        create_app(
+            tiny_encoder,
+            collection=col,
+            config=ServeConfig(max_colbert_tokens=1000, allow_writes=True),
+        )
+    )
+    text = "word " * 100  # 402 tokens with the test tokenizer
+    assert int(tiny_encoder.count_tokens(text)[0]) == 402
+
+    def batches() -> str:
+        return httpx.get(server.url + "/metrics").text.split("m3rag_batch_texts_count ")[1]
+
+    before = batches()
+    r = post(server, "/embed_all", {"inputs": [text] * 3})
+    assert r.status_code == 413 and "1206 tokens" in r.json()["error"]
+    assert "--max-colbert-tokens" in r.json()["error"] and batches() == before
+    r = post(server, "/documents", {"documents": [{"text": text}] * 3})
+    assert r.status_code == 413 and "`documents`" in r.json()["error"] and col.count() == 0
+    # the byte bound (6 tokens a byte) is over the cap here: the exact count lets it through
+    assert post(server, "/embed_all", {"inputs": [text] * 2}).status_code == 200
+    assert post(server, "/embed_all", {"inputs": [text] * 3, "colbert": False}).status_code == 200
+    r = post(server, "/documents", {"documents": [{"text": text}] * 2})
+    assert r.status_code == 200 and r.json()["count"] == 2
+
+
 def test_no_index_no_reranker_no_writes(live, tiny_encoder, collection) -> None:  # type: ignore[no-untyped-def]
     bare = live(create_app(tiny_encoder))
     r = post(bare, "/search", {"query": "x"})
@@ -509,6 +541,7 @@ def test_public_surface_and_lazy_imports() -> None:
         ({"request_timeout_s": True}, "request_timeout_s"),
         ({"max_k": 2.5}, "max_k must be a positive int"),
         ({"api_key": "  "}, "api_key is empty"),
+        ({"max_colbert_tokens": 0}, "max_colbert_tokens"),
         ({"api_key": " padded"}, "printable ASCII without spaces"),
         ({"api_key": "two words"}, "printable ASCII without spaces"),
         ({"api_key": "clé"}, "printable ASCII without spaces"),

@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from m3rag.encoder import Encoder
 from m3rag.testing import FakeEncoder
@@ -73,3 +75,15 @@ def test_a_collection_is_a_store(tmp_path: Path) -> None:
         assert isinstance(col, Store) and isinstance(col, WritableStore)
     with Collection.open(tmp_path / "c", read_only=True) as reader:
         assert isinstance(reader, Store)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=80) | st.just("w " * 600), max_size=5),
+    max_length=st.sampled_from([None, 4, 64]),
+)
+def test_count_tokens_is_what_the_fake_encodes(texts: list[str], max_length: int | None) -> None:
+    """As on M3Encoder: the counts ``token_counts`` reports, without encoding."""
+    fake = FakeEncoder(max_length=max_length or 512)
+    counts = fake.count_tokens(texts)
+    np.testing.assert_array_equal(counts, fake.encode_corpus(texts).token_counts)
