@@ -33,7 +33,7 @@ class Guard:
 
     Args:
         app: The app to guard.
-        key: The API key (UTF-8), or None for none. Compared in constant time.
+        key: The API key (its bytes), or None for none. Compared in constant time.
         max_request_bytes: The largest body accepted.
         open_paths: Paths that answer GET and HEAD without a key.
         record: Called once per request with its route label, status and seconds.
@@ -108,7 +108,7 @@ class Guard:
             return None
         if path in self.open_paths and method in ("GET", "HEAD"):
             return None
-        # the bytes as sent (ASGI servers decode headers as Latin-1), against the key's UTF-8
+        # the bytes as sent (ASGI servers decode headers as Latin-1), against the key's bytes
         raw = headers.get("authorization", "").encode("latin-1")
         scheme, _, token = raw.partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
