@@ -63,6 +63,13 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Log one line per request (uvicorn's access log).",
+        ),
+    ] = True,
     public: Annotated[
         bool, typer.Option("--public", help="Allow a --host other than loopback.")
     ] = False,
@@ -262,7 +269,7 @@ def serve(
             encoder_replicas=encoders[1:],
             reranker_replicas=rerankers[1:],
         )
-        run(served, host=host, port=port)
+        run(served, host=host, port=port, access_log=access_log)
     finally:
         if col is not None:
             col.close()

@@ -76,8 +76,22 @@ def create_app(
     )
 
 
-def run(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def run(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> None:
     """Serve ``app`` with uvicorn until interrupted.
+
+    Args:
+        app: The ASGI app (``create_app``'s).
+        host: The address to bind (loopback by default).
+        port: The port to bind.
+        log_level: uvicorn's log level.
+        access_log: Log one line per request.
 
     Raises:
         MissingDependencyError: The ``serve`` extra is not installed.
@@ -85,4 +99,4 @@ def run(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str =
     _require_extra()
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)

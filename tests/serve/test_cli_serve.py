@@ -116,6 +116,7 @@ def test_serve_process_with_index_reranker_and_env_key(
         )
     assert key not in out and key not in err
     assert f"serving {tiny_m3_path}" in err and "API key required" in err
+    assert '"POST /search HTTP/1.1" 200' in out  # uvicorn's access log, on by default
 
 
 def _usage_error(*args: str) -> str:
@@ -193,6 +194,23 @@ def test_the_batch_budget_and_overhead_reach_both_models(
             assert isinstance(model.batch_overhead, int) and model.batch_overhead >= 0
         else:
             assert model.batch_overhead == expected
+
+
+@pytest.mark.parametrize(("option", "expected"), [([], True), (["--no-access-log"], False)])
+def test_the_access_log_switch_reaches_uvicorn(option, expected, tiny_m3_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    import m3rag.serve
+    from m3rag.cli import app
+
+    ran: dict[str, Any] = {}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setattr(m3rag.serve, "create_app", lambda *_, **__: "app")
+    monkeypatch.setattr(m3rag.serve, "run", lambda served, **kw: ran.update(kw, app=served))
+    args = ["serve", "--model", str(tiny_m3_path), "--device", "cpu", "--batch-overhead", "none"]
+    done = CliRunner().invoke(app, [*args, *option])
+    assert done.exit_code == 0, done.output
+    assert ran["app"] == "app" and ran["access_log"] is expected
 
 
 @pytest.mark.parametrize("bad", ["-3", "1.5", "lots", "١٢"])
