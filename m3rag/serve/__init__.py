@@ -1,7 +1,7 @@
 """``m3rag serve``: embeddings, reranking and hybrid search over HTTP.
 
-The app needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client), imported only when an
-app is made: ``import m3rag.serve`` stays cheap and works without it. The remote client
+The app needs the ``serve`` extra (FastAPI, uvicorn, orjson, prometheus-client), imported only
+when an app is made: ``import m3rag.serve`` stays cheap and works without it. The remote client
 (``m3rag.serve.client``) needs nothing beyond the standard library.
 
 Example:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DynamicBatcher", "QueueFullError", "ServeConfig", "create_app", "run"]
 
-_DEPENDENCIES = ("fastapi", "uvicorn", "prometheus_client")
+_DEPENDENCIES = ("fastapi", "uvicorn", "orjson", "prometheus_client")
 
 
 def _require_extra() -> None:

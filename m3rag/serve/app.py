@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -66,6 +67,10 @@ T = TypeVar("T")
 # Probes and the page answer GETs without a key (the page asks for one and sends it with
 # searches); ``POST /`` encodes, as text-embeddings-inference's root route does, and needs it.
 OPEN_PATHS = frozenset({"/", "/health", "/ready"})
+
+# ColBERT answers longer than this many tokens are written to JSON on a worker thread: at
+# BGE-M3's size they take the event loop tens of milliseconds and more
+LONG_ANSWER_TOKENS = 4096
 
 
 class _Metrics:
@@ -553,8 +558,13 @@ def create_app(
 
     # -- m3rag -----------------------------------------------------------------------------
 
-    @app.post("/embed_all", summary="Dense, lexical and ColBERT in one pass")
-    async def embed_all(body: EmbedAllRequest) -> dict[str, Any]:
+    @app.post(
+        "/embed_all",
+        summary="Dense, lexical and ColBERT in one pass",
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}}},
+    )
+    async def embed_all(body: EmbedAllRequest) -> Response:
         texts = _texts(body.inputs, "inputs", cfg.max_client_batch_size)
         if not (body.dense or body.sparse or body.colbert):
             raise ApiError(422, "ask for at least one of dense, sparse, colbert")
@@ -564,10 +574,20 @@ def create_app(
         out = await encode(
             texts, kind=body.kind, dense=body.dense, sparse=body.sparse, colbert=body.colbert
         )
-        return {
-            "model": cfg.model_name,
-            "data": output_to_json(out, colbert_format=body.colbert_format),
-        }
+
+        def render() -> bytes:
+            items = output_to_json(out, colbert_format=body.colbert_format, arrays=True)
+            # one item at a time: a long answer gives the GIL back to the loop between texts
+            parts = [b'{"model":', orjson.dumps(cfg.model_name), b',"data":[']
+            for i, item in enumerate(items):
+                parts.append(b"," if i else b"")
+                parts.append(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY))
+            parts.append(b"]}")
+            return b"".join(parts)
+
+        if out.colbert_vecs is not None and int(out.token_counts.sum()) > LONG_ANSWER_TOKENS:
+            return Response(await asyncio.to_thread(render), media_type="application/json")
+        return Response(render(), media_type="application/json")
 
     def _need_index() -> Any:
         if collection is None:

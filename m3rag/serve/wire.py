@@ -49,10 +49,15 @@ def decode_matrix(value: Mapping[str, Any]) -> npt.NDArray[np.float32]:
     return raw.reshape(shape).astype(np.float32)
 
 
-def output_to_json(out: M3Output, *, colbert_format: str = "json") -> list[dict[str, Any]]:
+def output_to_json(
+    out: M3Output, *, colbert_format: str = "json", arrays: bool = False
+) -> list[dict[str, Any]]:
     """One object per text: ``dense``, ``lexical_weights``, ``colbert``, ``token_count``.
 
     Lexical weights' token ids become string keys (JSON); heads not computed are left out.
+    With ``arrays``, dense vectors and JSON-form ColBERT matrices stay float32 arrays, for a
+    serializer that writes numpy arrays itself (orjson's ``OPT_SERIALIZE_NUMPY``) instead of
+    going through a Python float per number.
     """
     items: list[dict[str, Any]] = []
     for i in range(len(out)):
@@ -61,12 +66,15 @@ def output_to_json(out: M3Output, *, colbert_format: str = "json") -> list[dict[
             "truncated": bool(out.truncated[i]),
         }
         if out.dense_vecs is not None:
-            item["dense"] = out.dense_vecs[i].tolist()
+            item["dense"] = out.dense_vecs[i] if arrays else out.dense_vecs[i].tolist()
         if out.lexical_weights is not None:
             item["lexical_weights"] = {str(k): v for k, v in out.lexical_weights[i].items()}
         if out.colbert_vecs is not None:
             mat = out.colbert_vecs[i]
-            item["colbert"] = encode_matrix(mat) if colbert_format == "base64" else mat.tolist()
+            if colbert_format == "base64":
+                item["colbert"] = encode_matrix(mat)
+            else:
+                item["colbert"] = np.ascontiguousarray(mat) if arrays else mat.tolist()
         items.append(item)
     return items
 

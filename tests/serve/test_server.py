@@ -15,6 +15,7 @@ import pytest
 
 from m3rag import Collection, HybridRetriever, M3Encoder, Reranker
 from m3rag.serve import ServeConfig, create_app
+from m3rag.serve.wire import decode_matrix
 from m3rag.testing import MULTILINGUAL_SAMPLES, multilingual_corpus
 
 httpx = pytest.importorskip("httpx")
@@ -117,6 +118,31 @@ def test_embed_all_equals_every_head(server, tiny_encoder, kind) -> None:  # typ
         assert b["colbert"]["shape"] == list(want.colbert_vecs[i].shape)
         np.testing.assert_array_equal(raw.reshape(b["colbert"]["shape"]), col)
         assert j["token_count"] == want.token_counts[i]
+
+
+def test_a_long_json_answer_is_written_off_the_loop_and_exact(server, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Over LONG_ANSWER_TOKENS the answer is written on a worker thread: the same numbers,
+    float32-exact as JSON, and the response is valid JSON as a whole."""
+    from m3rag.serve.app import LONG_ANSWER_TOKENS
+
+    texts = multilingual_corpus(24, seed=5, min_words=90, max_words=120)
+    want = tiny_encoder.encode_corpus(texts)
+    assert int(want.token_counts.sum()) > LONG_ANSWER_TOKENS
+    for some in (texts, texts[:1]):  # the worker thread's path, and the loop's
+        r = post(server, "/embed_all", {"inputs": some})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        data = json.loads(r.content)["data"]
+        packed = post(server, "/embed_all", {"inputs": some, "colbert_format": "base64"}).json()
+        assert len(data) == len(some)
+        for i, (item, b64) in enumerate(zip(data, packed["data"], strict=True)):
+            np.testing.assert_allclose(item["dense"], want.dense_vecs[i], atol=1e-6)
+            got = np.asarray(item["colbert"], np.float32).reshape(-1, tiny_encoder.colbert_dim)
+            np.testing.assert_allclose(got, want.colbert_vecs[i], atol=1e-6)
+            # the JSON numbers are the float32 values exactly (the compact form's bytes)
+            np.testing.assert_array_equal(got, decode_matrix(b64["colbert"]))
+            np.testing.assert_array_equal(
+                np.asarray(item["dense"], np.float32), np.asarray(b64["dense"], np.float32)
+            )
 
 
 def test_rerank_equals_reranker(server, reranker) -> None:  # type: ignore[no-untyped-def]
