@@ -117,6 +117,31 @@ def _check_length(value: int, name: str) -> int:
     return value
 
 
+def check_max_length(max_length: int, *, limit: int, model: str) -> int:
+    """``max_length`` if it is an int from 3 to ``limit`` (the model's own maximum).
+
+    Raises:
+        ValueError: Not an int, or under 3.
+        InputTooLongError: Over ``limit``.
+    """
+    length = _check_length(max_length, "max_length")
+    if length > limit:
+        msg = f"max_length={length} exceeds the {limit} tokens {model!r} supports; lower it"
+        raise InputTooLongError(msg)
+    return length
+
+
+def count_with(tokenize: Any, texts: list[str], max_length: int) -> npt.NDArray[np.int64]:
+    """Tokens per text, specials included, cut at ``max_length``.
+
+    ``tokenize`` is called as a Hugging Face tokenizer is.
+    """
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    ids = tokenize(texts, truncation=True, max_length=max_length, add_special_tokens=True)
+    return np.array([len(row) for row in ids["input_ids"]], dtype=np.int64)
+
+
 def head_outputs(
     hidden: torch.Tensor,
     mask: torch.Tensor,
@@ -442,22 +467,14 @@ class M3Encoder(BatchedModel):
         """
         items = validate_texts(texts)
         length = self.passage_max_length if max_length is None else self._length(max_length)
-        if not items:
-            return np.zeros(0, dtype=np.int64)
-        ids = self._tokenizer_call(
-            "__call__", items, truncation=True, max_length=length, add_special_tokens=True
-        )["input_ids"]
-        return np.array([len(row) for row in ids], dtype=np.int64)
+        return count_with(
+            lambda *args, **kw: self._tokenizer_call("__call__", *args, **kw), items, length
+        )
 
     def _length(self, max_length: int) -> int:
-        length = _check_length(max_length, "max_length")
-        if length > self.max_length:
-            msg = (
-                f"max_length={length} exceeds the {self.max_length} tokens "
-                f"{self.model_name_or_path!r} supports; lower it"
-            )
-            raise InputTooLongError(msg)
-        return length
+        return check_max_length(
+            max_length, limit=self.max_length, model=str(self.model_name_or_path)
+        )
 
     def _select_heads(
         self, *, dense: bool | None, sparse: bool | None, colbert: bool | None

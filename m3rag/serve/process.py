@@ -313,6 +313,7 @@ class _Remote:
             self._RECIPE, kwargs, self._ATTRIBUTES, torch_threads=torch_threads
         )
         self._fetched: dict[str, Any] = {}
+        self._count_lock = threading.Lock()
         self._threads_now = self._proc.attributes["torch_threads"]
 
     @property
@@ -394,9 +395,24 @@ class ProcessEncoder(_Remote):
         """See [`M3Encoder.encode`][m3rag.M3Encoder.encode]."""
         return self._proc.call("encode", _plain(texts), **kwargs)
 
-    def count_tokens(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
-        """See [`M3Encoder.count_tokens`][m3rag.M3Encoder.count_tokens]."""
-        return self._proc.call("count_tokens", _plain(texts), **kwargs)
+    def count_tokens(self, texts: str | Sequence[str], *, max_length: int | None = None) -> Any:
+        """See [`M3Encoder.count_tokens`][m3rag.M3Encoder.count_tokens].
+
+        Counted in this process, with the model's tokenizer (fetched from the child once), so a
+        count never waits behind a batch the child is running.
+        """
+        from m3rag._inputs import validate_texts
+        from m3rag.encoder.m3 import check_max_length, count_with
+
+        items = validate_texts(texts)
+        length = (
+            self.passage_max_length
+            if max_length is None
+            else check_max_length(max_length, limit=self.max_length, model=self.model_name_or_path)
+        )
+        tokenizer = self.tokenizer
+        with self._count_lock:  # a fast tokenizer must not be used from two threads at once
+            return count_with(tokenizer, items, length)
 
 
 class ProcessReranker(_Remote):

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m3rag.errors import ModelLoadError, ModelProcessError
+from m3rag.errors import InputTooLongError, ModelLoadError, ModelProcessError
 from m3rag.serve.process import (
     ModelProcess,
     ProcessEncoder,
@@ -80,6 +80,22 @@ def test_any_texts_encode_as_in_process(proc_encoder, tiny_encoder, texts) -> No
     np.testing.assert_array_equal(
         counted, tiny_encoder.count_tokens(texts, max_length=tiny_encoder.query_max_length)
     )
+
+
+def test_counting_tokens_never_waits_on_the_child(proc_encoder, tiny_encoder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The server counts a long request's tokens before encoding it: with the tokenizer here,
+    not over the pipe, where the count would queue behind the batch the child is running."""
+    texts = ["a b c", "北京是中国的首都。", "word " * 5000]
+    want = tiny_encoder.count_tokens(texts)
+    proc_encoder.tokenizer  # noqa: B018 - fetched from the child once, as the server's first count does
+    monkeypatch.setattr(
+        proc_encoder.process, "call", lambda *_, **__: pytest.fail("counted over the pipe")
+    )
+    np.testing.assert_array_equal(proc_encoder.count_tokens(texts), want)
+    with pytest.raises(InputTooLongError):
+        proc_encoder.count_tokens(texts, max_length=tiny_encoder.max_length + 1)
+    with pytest.raises(ValueError, match="max_length"):
+        proc_encoder.count_tokens(texts, max_length=2)
 
 
 def test_attributes_and_fingerprint_are_the_encoders(proc_encoder, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
