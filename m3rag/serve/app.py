@@ -41,7 +41,7 @@ from m3rag.errors import M3RagError, ModelProcessError, ReadOnlyError, UnknownId
 from m3rag.rerank.cross_encoder import rank_passages
 from m3rag.serve.batching import BatchedReranker, DynamicBatcher, QueueFullError, RerankBatcher
 from m3rag.serve.config import ServeConfig
-from m3rag.serve.errors import ApiError, error_body
+from m3rag.serve.errors import ApiError, error_response
 from m3rag.serve.guard import Guard, route_labels
 from m3rag.serve.page import PAGE
 from m3rag.serve.schemas import (
@@ -243,16 +243,9 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
 
-    def _error(request: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(
-            error_body(request.url.path, err.status, err.message, err.param),
-            status_code=err.status,
-            headers=err.headers,
-        )
-
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(request, exc)
+        return error_response(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -267,7 +260,7 @@ def create_app(
             problems.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
         status = 400 if request.url.path.startswith("/v1/") else 422
         message = "invalid request: " + "; ".join(problems)
-        return _error(request, ApiError(status, message))
+        return error_response(request.url.path, ApiError(status, message))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -284,7 +277,9 @@ def create_app(
             )
         else:
             message = str(exc.detail)
-        return _error(request, ApiError(exc.status_code, message, headers=dict(exc.headers or {})))
+        return error_response(
+            request.url.path, ApiError(exc.status_code, message, headers=dict(exc.headers or {}))
+        )
 
     def record(route: str, status: int, seconds: float | None) -> None:
         metrics.requests.labels(route, str(status)).inc()

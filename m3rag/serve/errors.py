@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ApiError", "error_body"]
+from starlette.responses import JSONResponse
+
+__all__ = ["ApiError", "error_body", "error_response"]
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -68,3 +70,12 @@ def error_body(path: str, status: int, message: str, param: str | None = None) -
             }
         }
     return {"error": message, "error_type": _TEI_TYPES.get(status, "Backend")}
+
+
+def error_response(path: str, err: ApiError) -> JSONResponse:
+    """``err`` as the response a client of ``path``'s API expects: its body, status, headers."""
+    return JSONResponse(
+        error_body(path, err.status, err.message, err.param),
+        status_code=err.status,
+        headers=err.headers,
+    )

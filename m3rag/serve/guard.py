@@ -17,10 +17,9 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from m3rag.serve.errors import ApiError, error_body
+from m3rag.serve.errors import ApiError, error_response
 
 __all__ = ["Guard", "route_labels"]
 
@@ -152,12 +151,7 @@ class Guard:
     async def _refuse(
         self, path: str, err: ApiError, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        response = JSONResponse(
-            error_body(path, err.status, err.message, err.param),
-            status_code=err.status,
-            headers=err.headers,
-        )
-        await response(scope, receive, send)
+        await error_response(path, err)(scope, receive, send)
         self.record(self.label(path), err.status, None)
 
 
