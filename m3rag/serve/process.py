@@ -313,7 +313,6 @@ class _Remote:
             self._RECIPE, kwargs, self._ATTRIBUTES, torch_threads=torch_threads
         )
         self._fetched: dict[str, Any] = {}
-        self._count_lock = threading.Lock()
         self._threads_now = self._proc.attributes["torch_threads"]
 
     @property
@@ -371,6 +370,11 @@ class ProcessEncoder(_Remote):
 
     _ATTRIBUTES = ENCODER_ATTRIBUTES
     _RECIPE = "encoder"
+
+    def __init__(self, *, torch_threads: int | None = None, **kwargs: Any) -> None:
+        super().__init__(torch_threads=torch_threads, **kwargs)
+        # the tokenizer fetched here for count_tokens, used from the server's threads
+        self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
         a = self._proc.attributes
