@@ -2,9 +2,9 @@
 
 A worker thread owns the model (and one more owns each replica, below). Requests put jobs (a
 list of texts, query or passage truncation, the heads wanted) on a bounded queue and await a
-future; a free worker takes the oldest job, then keeps taking jobs while the batch stays under
-``max_batch_tokens`` (estimated) and ``max_wait_ms`` has not passed since the first one
-arrived, and encodes them together: one
+future; the first free worker (the model's, then the replicas' in order) takes the oldest
+job, then keeps taking jobs while the batch stays under ``max_batch_tokens`` (estimated) and
+``max_wait_ms`` has not passed since the first one arrived, and encodes them together: one
 [`M3Encoder.encode`][m3rag.M3Encoder.encode] call per truncation length, whose own length-sorted
 token budgeting (``m3rag._batching``) cuts the forward passes. Each job gets its rows back.
 
@@ -171,6 +171,8 @@ class _SharedBatcher(abc.ABC):
         self._arrived_while_running = 0
         self._under_load = False
         self._serving = len(self.models)  # workers still taking batches (guarded by _cond)
+        # the workers waiting for a job, by index (guarded by _cond; see _gather)
+        self._idle: set[int] = set()
         # what a replica running alone may use: every replica's share (see _lend_cores)
         shares = [getattr(m, "torch_threads", None) for m in self.models]
         self._pooled_threads = (
@@ -183,7 +185,7 @@ class _SharedBatcher(abc.ABC):
         self._threads = [
             threading.Thread(
                 target=self._work,
-                args=(m,),
+                args=(i, m),
                 name=self.thread_name if i == 0 else f"{self.thread_name}-{i}",
                 daemon=True,
             )
@@ -212,7 +214,9 @@ class _SharedBatcher(abc.ABC):
             self._queued_texts += len(job.items)
             if self._running:
                 self._arrived_while_running += 1
-            self._cond.notify()
+            # every waiter: the one notify() would wake may be a worker that must leave the job
+            # to a preferred one, or the worker gathering company for its batch
+            self._cond.notify_all()
         return job
 
     async def _await(
@@ -284,12 +288,26 @@ class _SharedBatcher(abc.ABC):
 
     # -- worker side --------------------------------------------------------------------------
 
-    def _gather(self) -> list[_Job] | None:
+    def _gather(self, index: int) -> list[_Job] | None:
+        """The next batch's jobs for worker ``index``, or ``None`` once closed and drained.
+
+        An idle worker leaves a job to an idle worker before it in `models`, so a lone request
+        always runs on the same worker, not on whichever waited longest (``notify``'s order).
+        Handed from one model thread to the other, a lone request's reranker batches kept 1.7
+        of the 2-core CPU's cores busy and ran at 0.76-0.90x the speed of batches kept on one
+        thread (2.0 cores busy), with OpenMP's threads spinning between ops (libgomp's
+        default); with ``OMP_WAIT_POLICY=PASSIVE``, as `m3rag serve` sets it, the two were
+        even (in-process, mid-size reranker, best of four rounds; see ``docs/serve.md``).
+        """
         with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
+            self._idle.add(index)
+            try:
+                while not self._queue or any(i < index for i in self._idle):
+                    if self._closed and not self._queue:
+                        return None
+                    self._cond.wait()
+            finally:
+                self._idle.discard(index)
             first = self._queue.popleft()
             jobs, tokens = [first], first.tokens
             deadline = first.enqueued + self._wait_s()
@@ -306,6 +324,8 @@ class _SharedBatcher(abc.ABC):
                     break
                 self._cond.wait(left)
             self._queued_texts -= sum(len(j.items) for j in jobs)
+            if self._queue:  # what this batch left: for the next idle worker
+                self._cond.notify_all()
             if not self._running:
                 self._arrived_while_running = 0
             self._running += 1
@@ -317,9 +337,9 @@ class _SharedBatcher(abc.ABC):
             return self.max_wait_s
         return 0.0
 
-    def _work(self, model: Any) -> None:
+    def _work(self, index: int, model: Any) -> None:
         while True:
-            jobs = self._gather()
+            jobs = self._gather(index)
             if jobs is None:
                 return
             if not getattr(model, "alive", True) and self._retire(jobs):
@@ -379,7 +399,7 @@ class _SharedBatcher(abc.ABC):
                 self._queue.extendleft(reversed(jobs))
                 self._queued_texts += sum(len(j.items) for j in jobs)
                 self._running -= 1
-                self._cond.notify()
+                self._cond.notify_all()
             logger.error("a model replica died; %d left serving", self._serving)
             return True
 

@@ -1,11 +1,12 @@
-"""A real server on 127.0.0.1 at a free port: uvicorn in a thread, stopped at teardown."""
+"""A real server on 127.0.0.1 at a free port: uvicorn in a thread, stopped at teardown; and a
+wait for a batcher's workers to go idle."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -66,3 +67,23 @@ def live() -> Iterator[Any]:
     yield start
     for server in started:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def wait_idle() -> Callable[[Any], None]:
+    """``wait_idle(batcher)`` waits until every worker of the batcher waits for a job.
+
+    A job's answer comes before its worker counts the batch done and goes back for the next:
+    a test sending requests one at a time waits for that, so each finds every worker idle.
+    """
+
+    def wait(batcher: Any) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            with batcher._cond:
+                if len(batcher._idle) == batcher._serving:
+                    return
+            assert time.monotonic() < deadline, "the batcher's workers never went idle"
+            time.sleep(0.001)
+
+    return wait

@@ -103,6 +103,7 @@ def test_a_replica_runs_a_batch_while_another_is_busy(fresh, monkeypatch) -> Non
         assert batcher.models == (a, b)
         assert batcher.encoder is a
         first, busy, free = hold_one(a, b, batcher)
+        assert busy is a  # both idle: the first replica takes it
         second, box = submit(batcher, TEXTS[1])
         # the second request is answered while the first still holds its replica
         assert second.wait(10) and box["exc"] is None
@@ -183,37 +184,76 @@ def test_a_replica_that_dies_in_a_batch_fails_it_and_retires(fresh) -> None:  # 
 
 def test_a_replica_found_dead_hands_its_batch_back(fresh) -> None:  # type: ignore[no-untyped-def]
     a, b, c = fresh
-    b.alive = c.alive = False  # died while idle: whoever takes a batch first finds out
+    # died while idle: the first replica, which idle replicas leave a job to, takes the first
+    # batch and finds out
+    a.alive = c.alive = False
     batcher = DynamicBatcher(a, replicas=[b, c], max_wait_ms=0)
     try:
         for text in TEXTS * 2:
             done, box = submit(batcher, text)
             assert done.wait(10) and box["exc"] is None  # none lost, none failed
-        assert b.batch_sizes == [] and c.batch_sizes == []
-        assert sum(a.batch_sizes) == 2 * len(TEXTS)
+        assert a.batch_sizes == [] and c.batch_sizes == []
+        assert sum(b.batch_sizes) == 2 * len(TEXTS)
         assert batcher.queued_texts == 0
+        assert batcher._serving == 2  # the first retired; the third never took a batch
     finally:
         batcher.close()
 
 
-def test_a_lone_replica_borrows_no_more_threads_than_there_are_cores(fresh, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_lone_replica_borrows_no_more_threads_than_there_are_cores(
+    fresh, monkeypatch, wait_idle
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr("m3rag.serve.batching.available_cores", lambda: 3)
     for r in fresh:
         r.torch_threads = 2  # three replicas of 2 threads: 6, on 3 cores
     batcher = DynamicBatcher(fresh[0], replicas=fresh[1:], max_wait_ms=0)
     try:
-        for k, text in enumerate(TEXTS, 1):
+        for text in TEXTS:
             done, box = submit(batcher, text)
             assert done.wait(10) and box["exc"] is None
-            # a job's answer comes before its worker counts the batch done: wait for that,
-            # so the next request finds every replica idle
-            deadline = time.monotonic() + 10
-            while batcher.stats.texts < k:
-                assert time.monotonic() < deadline
-                time.sleep(0.002)
+            wait_idle(batcher)
         used = [n for r in fresh for n in r.threads_used]
         assert used == [3] * len(TEXTS)  # each ran alone: every core, not 6 threads
     finally:
         batcher.close()
         for r in fresh:
             r.torch_threads = 1
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "always"])
+def test_lone_requests_all_run_on_the_first_replica(fresh, wait_idle, policy) -> None:  # type: ignore[no-untyped-def]
+    # handed from worker to worker, a lone request's batches ran slower (each worker thread
+    # keeps its own OpenMP team and caches); idle workers leave a job to the first
+    batcher = DynamicBatcher(fresh[0], replicas=fresh[1:], max_wait_ms=1, wait_policy=policy)
+    try:
+        wait_idle(batcher)
+        for text in TEXTS * 2:
+            done, box = submit(batcher, text)
+            assert done.wait(10) and box["exc"] is None
+            wait_idle(batcher)
+        assert [len(r.batch_sizes) for r in fresh] == [2 * len(TEXTS), 0, 0]
+        assert len(fresh[0].threads) == 1
+    finally:
+        batcher.close()
+
+
+def test_with_the_first_replica_busy_the_next_idle_one_takes_the_job(fresh, wait_idle) -> None:  # type: ignore[no-untyped-def]
+    a, b, c = fresh
+    batcher = DynamicBatcher(a, replicas=[b, c], max_wait_ms=0)
+    try:
+        wait_idle(batcher)
+        a.gate.clear()
+        held = submit(batcher, TEXTS[0])[0]
+        assert a.started.wait(10)
+        for text in TEXTS:  # one at a time while the first is held: the second takes each
+            done, box = submit(batcher, text)
+            assert done.wait(10) and box["exc"] is None
+            deadline = time.monotonic() + 10
+            while 1 not in batcher._idle:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+        assert len(b.batch_sizes) == len(TEXTS) and c.batch_sizes == []
+        a.gate.set()
+        assert held.wait(10)
+    finally:
+        batcher.close()

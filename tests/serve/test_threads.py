@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -158,7 +157,7 @@ def test_threads_running_batches_at_once_give_every_request_its_rows(
     assert batcher.stats.texts == len(picks)
 
 
-def test_a_replica_alone_borrows_the_others_cores(tiny_m3_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_replica_alone_borrows_the_others_cores(tiny_m3_path, monkeypatch, wait_idle) -> None:  # type: ignore[no-untyped-def]
     from m3rag import M3Encoder
 
     monkeypatch.setattr("m3rag.serve.batching.available_cores", lambda: 4)
@@ -174,14 +173,9 @@ def test_a_replica_alone_borrows_the_others_cores(tiny_m3_path, monkeypatch) -> 
     replicas = thread_replicas(enc, 2, cores=4)
     batcher = DynamicBatcher(replicas[0], replicas=replicas[1:], max_wait_ms=0)
     try:
-        for n, text in enumerate(TEXTS[:3], 1):  # one at a time: each runs alone
+        for text in TEXTS[:3]:  # one at a time: each runs alone
             encode(batcher, [text])
-            # its answer comes before its worker counts the batch done: wait for that, so the
-            # next request finds every replica idle
-            deadline = time.monotonic() + 10
-            while batcher.stats.batches < n:
-                assert time.monotonic() < deadline
-                time.sleep(0.001)
+            wait_idle(batcher)
     finally:
         batcher.close()
     assert counts == [4, 4, 4]  # every replica's share, not its own 2
