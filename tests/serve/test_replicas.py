@@ -237,23 +237,40 @@ def test_lone_requests_all_run_on_the_first_replica(fresh, wait_idle, policy) ->
         batcher.close()
 
 
-def test_with_the_first_replica_busy_the_next_idle_one_takes_the_job(fresh, wait_idle) -> None:  # type: ignore[no-untyped-def]
-    a, b, c = fresh
-    batcher = DynamicBatcher(a, replicas=[b, c], max_wait_ms=0)
+@pytest.mark.parametrize("busy", [{0}, {1}, {0, 1}, {0, 2}, {1, 2}])
+def test_while_some_replicas_are_busy_the_first_idle_one_takes_each_job(
+    fresh, wait_idle, busy
+) -> None:  # type: ignore[no-untyped-def]
+    batcher = DynamicBatcher(fresh[0], replicas=fresh[1:], max_wait_ms=0)
+    held = {}
     try:
         wait_idle(batcher)
-        a.gate.clear()
-        held = submit(batcher, TEXTS[0])[0]
-        assert a.started.wait(10)
-        for text in TEXTS:  # one at a time while the first is held: the second takes each
+        # make replicas 0..max(busy) busy one by one (each next request finds the ones
+        # before it busy), then let those not in `busy` finish
+        for i in range(max(busy) + 1):
+            fresh[i].gate.clear()
+            held[i] = submit(batcher, TEXTS[0])[0]
+            assert fresh[i].started.wait(10), f"replica {i} did not take the request"
+        for i in range(max(busy) + 1):
+            if i not in busy:
+                fresh[i].gate.set()
+                assert held.pop(i).wait(10)
+        first_idle = min(set(range(3)) - busy)
+        for r in fresh:
+            r.batch_sizes.clear()
+        for text in TEXTS:  # one at a time: each goes to the first idle replica
             done, box = submit(batcher, text)
             assert done.wait(10) and box["exc"] is None
             deadline = time.monotonic() + 10
-            while 1 not in batcher._idle:
+            while first_idle not in batcher._idle:
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
-        assert len(b.batch_sizes) == len(TEXTS) and c.batch_sizes == []
-        a.gate.set()
-        assert held.wait(10)
+        assert [len(r.batch_sizes) for r in fresh] == [
+            len(TEXTS) if i == first_idle else 0 for i in range(3)
+        ]
     finally:
+        for r in fresh:
+            r.gate.set()
+        for done in held.values():
+            assert done.wait(10)
         batcher.close()
