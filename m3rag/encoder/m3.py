@@ -117,16 +117,24 @@ def _check_length(value: int, name: str) -> int:
     return value
 
 
-def check_max_length(max_length: int, *, limit: int, model: str) -> int:
-    """``max_length`` if it is an int from 3 to ``limit`` (the model's own maximum).
+def truncation_length(model: Any, max_length: int | None) -> int:
+    """The truncation length a call on ``model`` (an encoder, in process or not) uses.
+
+    Its ``passage_max_length`` when ``max_length`` is None, else ``max_length`` if it is an int
+    from 3 to the model's own ``max_length``.
 
     Raises:
         ValueError: Not an int, or under 3.
-        InputTooLongError: Over ``limit``.
+        InputTooLongError: Over the model's ``max_length``.
     """
+    if max_length is None:
+        return int(model.passage_max_length)
     length = _check_length(max_length, "max_length")
-    if length > limit:
-        msg = f"max_length={length} exceeds the {limit} tokens {model!r} supports; lower it"
+    if length > model.max_length:
+        msg = (
+            f"max_length={length} exceeds the {model.max_length} tokens "
+            f"{str(model.model_name_or_path)!r} supports; lower it"
+        )
         raise InputTooLongError(msg)
     return length
 
@@ -438,7 +446,7 @@ class M3Encoder(BatchedModel):
         """
         items = validate_texts(texts)
         heads = self._select_heads(dense=dense, sparse=sparse, colbert=colbert)
-        length = self.passage_max_length if max_length is None else self._length(max_length)
+        length = truncation_length(self, max_length)
         if not items:
             return self._empty(heads)
         ids, truncated = self._tokenize(items, length)
@@ -466,14 +474,9 @@ class M3Encoder(BatchedModel):
             InputTooLongError: ``max_length`` exceeds what the model supports.
         """
         items = validate_texts(texts)
-        length = self.passage_max_length if max_length is None else self._length(max_length)
+        length = truncation_length(self, max_length)
         return count_with(
             lambda *args, **kw: self._tokenizer_call("__call__", *args, **kw), items, length
-        )
-
-    def _length(self, max_length: int) -> int:
-        return check_max_length(
-            max_length, limit=self.max_length, model=str(self.model_name_or_path)
         )
 
     def _select_heads(

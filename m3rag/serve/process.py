@@ -406,14 +406,10 @@ class ProcessEncoder(_Remote):
         count never waits behind a batch the child is running.
         """
         from m3rag._inputs import validate_texts
-        from m3rag.encoder.m3 import check_max_length, count_with
+        from m3rag.encoder.m3 import count_with, truncation_length
 
         items = validate_texts(texts)
-        length = (
-            self.passage_max_length
-            if max_length is None
-            else check_max_length(max_length, limit=self.max_length, model=self.model_name_or_path)
-        )
+        length = truncation_length(self, max_length)
         tokenizer = self.tokenizer
         with self._count_lock:  # a fast tokenizer must not be used from two threads at once
             return count_with(tokenizer, items, length)

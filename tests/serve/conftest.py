@@ -70,18 +70,20 @@ def live() -> Iterator[Any]:
 
 
 @pytest.fixture
-def wait_idle() -> Callable[[Any], None]:
-    """``wait_idle(batcher)`` waits until every worker of the batcher waits for a job.
+def wait_idle() -> Callable[..., None]:
+    """``wait_idle(batcher, *workers)`` waits until those workers of the batcher (by index;
+    default: every one still serving) wait for a job.
 
     A job's answer comes before its worker counts the batch done and goes back for the next:
-    a test sending requests one at a time waits for that, so each finds every worker idle.
+    a test sending requests one at a time waits for that, so each finds the workers idle.
     """
 
-    def wait(batcher: Any) -> None:
+    def wait(batcher: Any, *workers: int) -> None:
         deadline = time.monotonic() + 10
         while True:
             with batcher._cond:
-                if len(batcher._idle) == batcher._serving:
+                idle = set(batcher._idle)
+                if set(workers) <= idle if workers else len(idle) == batcher._serving:
                     return
             assert time.monotonic() < deadline, "the batcher's workers never went idle"
             time.sleep(0.001)

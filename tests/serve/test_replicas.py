@@ -261,10 +261,7 @@ def test_while_some_replicas_are_busy_the_first_idle_one_takes_each_job(
         for text in TEXTS:  # one at a time: each goes to the first idle replica
             done, box = submit(batcher, text)
             assert done.wait(10) and box["exc"] is None
-            deadline = time.monotonic() + 10
-            while first_idle not in batcher._idle:
-                assert time.monotonic() < deadline
-                time.sleep(0.001)
+            wait_idle(batcher, first_idle)
         assert [len(r.batch_sizes) for r in fresh] == [
             len(TEXTS) if i == first_idle else 0 for i in range(3)
         ]
