@@ -64,6 +64,34 @@ EXAMPLE_MODEL = (
 )
 EXAMPLE_RERANKER = ("examples/langchain_qa.py", "examples/llamaindex_qa.py")
 EXPECTED_EXIT = re.compile(r"#.*\bexits? (?:with )?(?:code )?(\d+)")
+# What some commands must print, by the command as written (without a leading ``.venv/bin/``).
+# Every key must be a command some page runs: test_every_output_check_names_a_run_command.
+OUTPUT_CHECKS = {
+    # the bundled sample's documents, with every path's score
+    "m3rag search 'What is hybrid search?' --index m3rag-demo": (
+        "hybrid-search.md",
+        "dense",
+        "lexical",
+        "colbert",
+        "bm25",
+    ),
+    # three cited passages, the retrieval score kept beside the rerank score
+    "python examples/langchain_qa.py 'What is hybrid search?'": (
+        "answer:",
+        "[1]",
+        "[3]",
+        "retrieval=",
+    ),
+    # MockLLM echoes its prompt, which ends with the question
+    "python examples/llamaindex_qa.py 'What is hybrid search?'": (
+        "MockLLM echoes it",
+        "Query: What is hybrid search?",
+        "[1]",
+        "[3]",
+        "retrieval=",
+    ),
+    "python examples/milvus_hybrid.py 'What is hybrid search?'": ("[1] score=", "[3] score="),
+}
 
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
 
@@ -95,7 +123,7 @@ def _plan(line: str, model: Path, reranker: Path) -> list[tuple[list[str] | None
     plan: list[tuple[list[str] | None, int, str]] = []
     for part in line.split("&&"):
         argv = shlex.split(part, comments=True)
-        written = " ".join(argv)
+        written = shlex.join(argv)
         if any(written == skip or written.startswith(skip + " ") for skip in SKIPPED_COMMANDS):
             plan.append((None, 0, written))
             continue
@@ -145,7 +173,7 @@ def test_the_plan_adds_only_model_flags() -> None:
             0,
             ".venv/bin/m3rag index d --index i",
         ),
-        (["m3rag", "search", "a b", "--index", "i"], 0, "m3rag search a b --index i"),
+        (["m3rag", "search", "a b", "--index", "i"], 0, "m3rag search 'a b' --index i"),
     ]
     ((argv, _, _),) = _plan("m3rag ask q --index i  # exits 1", model, reranker)
     assert argv == ["m3rag", "ask", "q", "--index", "i", "--reranker", "/r"]
@@ -206,10 +234,12 @@ def test_shell_commands_run(
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"  # the tiny checkpoints are local; nothing is downloaded
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # The checkout's code, not whatever copy the virtual environment has installed.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "integrations")])
     examples_before = sorted((ROOT / "examples").rglob("*"))
+    root_before = sorted(ROOT.iterdir())
     ran = 0
     for lang, code in _blocks(page):
         if lang not in SHELL:
@@ -225,8 +255,46 @@ def test_shell_commands_run(
                     f"{page}: `{written}` exited {done.returncode}, expected {expected}\n"
                     f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
                 )
+                if expected == 0:
+                    assert "Traceback" not in done.stderr, f"{page}: `{written}`\n{done.stderr}"
+                for text in OUTPUT_CHECKS.get(written.removeprefix(".venv/bin/"), ()):
+                    assert text in done.stdout, f"{page}: `{written}` did not print {text!r}"
+                if argv[1:2] == ["index"] and "--index" in argv:  # it went where it was told
+                    where = tmp_path / argv[argv.index("--index") + 1]
+                    assert (where / "manifest.json").is_file(), f"{page}: `{written}`"
                 ran += 1
     assert ran, f"{page}: no command ran"
     assert sorted((ROOT / "examples").rglob("*")) == examples_before, (
         "a command wrote into examples/"
     )
+    assert sorted(ROOT.iterdir()) == root_before, "a command wrote into the repository"
+
+
+def test_every_output_check_names_a_run_command() -> None:
+    model, reranker = Path("/m"), Path("/r")
+    run = {
+        written.removeprefix(".venv/bin/")
+        for page in _shell_pages()
+        for lang, code in _blocks(page)
+        if lang in SHELL
+        for line in _command_lines(code, lang)
+        for argv, _, written in _plan(line, model, reranker)
+        if argv is not None
+    }
+    assert set(OUTPUT_CHECKS) <= run, set(OUTPUT_CHECKS) - run
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/quickstart.md"])
+def test_setup_installs_indexes_the_sample_and_searches_it(page: str) -> None:
+    """The first thing a new user types: install, index the bundled sample, search it."""
+    lang, code = next((lang, code) for lang, code in _blocks(page) if lang in SHELL)
+    steps = [
+        written.removeprefix(".venv/bin/")
+        for line in _command_lines(code, lang)
+        for _, _, written in _plan(line, Path("/m"), Path("/r"))
+    ]
+    assert steps[-2:] == [
+        "m3rag index examples/data --index m3rag-demo --chunk-tokens 128",
+        "m3rag search 'What is hybrid search?' --index m3rag-demo",
+    ], steps
+    assert any("install" in step for step in steps[:-2]), steps
