@@ -24,6 +24,8 @@ def main() -> None:
         col = Collection.open(folder)
     else:
         col = Collection.create(folder, heads=("dense", "sparse", "colbert"), dim=16, colbert_dim=8)
+    sys.stdout.write("ready\n")  # imported and opened: the parent's clock for the kill starts
+    sys.stdout.flush()
     while True:
         gen = col.generation + 1
         batch = random_outputs(20, seed=gen)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from m3rag import Collection
 from m3rag.testing import random_outputs
 
 CHILD = Path(__file__).with_name("_crash_writer.py")
+KILLS = 20
 
 
 def _replay(logfile: Path, generation: int) -> dict[str, str]:
@@ -45,11 +47,19 @@ def test_sigkill_at_random_moments_keeps_committed_state(tmp_path: Path) -> None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     kills = 0
     last_generation = 0
-    for _ in range(14):
-        child = subprocess.Popen([sys.executable, str(CHILD), str(folder), str(logfile)], env=env)
-        time.sleep(rng.uniform(1.2, 3.0))  # imports take ~1s; then commits every few ms
+    for _ in range(KILLS):
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD), str(folder), str(logfile)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        assert ready and child.stdout.readline() == "ready\n", "the writer did not start"
+        time.sleep(rng.uniform(0.0, 0.9))  # it commits every few ms from here on
         child.send_signal(signal.SIGKILL)
-        child.wait()
+        child.communicate()  # reaps it and closes the pipe
         kills += 1
         if not (folder / "manifest.json").exists():
             continue
@@ -84,5 +94,5 @@ def test_sigkill_at_random_moments_keeps_committed_state(tmp_path: Path) -> None
                     ).all()  # type: ignore[index]
         finally:
             col.close()
-    assert kills == 14
+    assert kills == KILLS
     assert last_generation > 5  # the writer made progress between kills
