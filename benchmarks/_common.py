@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing, machine description, synthetic lexical data."""
+"""Helpers shared by the benchmark scripts: timing, machine description, synthetic data."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
     }
+
+
+def colbert_mats(n: int, *, dim: int, rows: int, seed: int) -> list[np.ndarray]:
+    """``n`` ColBERT matrices of unit rows, about ``rows`` each (normal, sd ``rows / 4``)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        m = rng.standard_normal((max(1, int(rng.normal(rows, rows / 4))), dim), dtype=np.float32)
+        out.append(m / np.linalg.norm(m, axis=1, keepdims=True))
+    return out
 
 
 def zipf_probabilities() -> np.ndarray:

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import VOCAB, percentiles, warm_page_cache, zipf_lexical, zipf_probabilities
+from _common import (
+    VOCAB,
+    colbert_mats,
+    percentiles,
+    warm_page_cache,
+    zipf_lexical,
+    zipf_probabilities,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,15 +62,6 @@ def synthetic(
     # the lexical part has its own stream, so it does not depend on the dense size
     lexical = zipf_lexical(n, tokens=tokens, rng=np.random.default_rng(seed + 1_000_003), p=zipf_p)
     return dense, lexical
-
-
-def colbert_mats(n: int, *, dim: int, rows: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        m = rng.standard_normal((max(1, int(rng.normal(rows, rows / 4))), dim), dtype=np.float32)
-        out.append(m / np.linalg.norm(m, axis=1, keepdims=True))
-    return out
 
 
 def build(

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from run_all import STEPS
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -516,6 +518,7 @@ def section_index(r: Report) -> str:
                 "units; storing ColBERT as bfloat16 also removes the widening.",
                 "",
             ]
+    out += _maxsim_blocks(r)
     if len(rows) >= 2:
 
         def draw(ax: Any) -> None:
@@ -543,6 +546,76 @@ def section_index(r: Report) -> str:
 
         out += [r.plot("index", draw, size=(6.5, 4.0)), ""]
     return "\n".join(out)
+
+
+def _maxsim_blocks(r: Report) -> list[str]:
+    """``bench_maxsim_blocks.py``: MaxSim's block of token rows, the default against the rest."""
+    res = r.load("maxsim-blocks")
+    if res is None:
+        return []
+    cells = res["cells"]
+    labels = list(cells[0]["p50_ms"]["float32"])
+    shapes = res["shapes"]
+    out = [
+        "MaxSim gathers, widens and multiplies the candidates' token rows a block at a time. "
+        "`python benchmarks/bench_maxsim_blocks.py"
+        + (" --quick" if r.quick else "")
+        + "` times it with blocks of 1–16 MiB of float32 rows and with the 8192 rows "
+        "at every width it used before, taking turns within each of "
+        f"{res['rounds']} rounds on the same random candidates (a {res['query_rows']}-row "
+        f"query; *passages*: {shapes['passages']['candidates']} candidates of "
+        f"~{shapes['passages']['rows']} rows, *short*: {shapes['short']['candidates']} of "
+        f"~{shapes['short']['rows']}), with one torch thread and with one per core. p50 in ms, "
+        "float32 products / bfloat16 products:",
+        "",
+        table(
+            ["width", "storage", "candidates", "threads", *labels, "default vs before"],
+            [
+                [
+                    str(c["dim"]),
+                    c["dtype"],
+                    c["shape"],
+                    str(c["torch_threads"]),
+                    *(
+                        f"{c['p50_ms']['float32'][label]:.1f} / "
+                        f"{c['p50_ms']['bfloat16'][label]:.1f}"
+                        for label in labels
+                    ),
+                    " / ".join(
+                        ratio(c["speedup_default_vs_before"][p]) for p in ("float32", "bfloat16")
+                    ),
+                ]
+                for c in cells
+            ],
+        ),
+        "",
+    ]
+    long = [
+        c["speedup_default_vs_before"]["float32"]
+        for c in cells
+        if c["shape"] == "passages" and c["torch_threads"] == 1
+    ]
+    if long:
+        out += [
+            f"With one thread, the default ran passage-length candidates in float32 "
+            f"{min(long):.2f}–{max(long):.2f}× as fast as 8192 rows: a block's rows are "
+            "gathered, widened and multiplied while they are still in the cache, where 8192 "
+            "rows of 1024 floats (32 MiB, 48 with the gathered copy) are not. Two threads' "
+            "figures move with the machine: its second core is shared.",
+            "",
+        ]
+    steps = (r.load("run_all") or {}).get("steps", {})
+    index, blocks = steps.get("index", {}), steps.get("maxsim-blocks", {})
+    if index.get("finished", "") < blocks.get("finished", ""):
+        out += [
+            f"The ColBERT store table above is `bench_index.py`'s run of "
+            f"{index.get('finished', 'an earlier day')[:10]}, with the blocks of that day's "
+            f"code; this comparison ran on {blocks['finished'][:10]}. This machine's speed moves "
+            "between days, so read each run's own ratios, not one day's figures against the "
+            "other's.",
+            "",
+        ]
+    return out
 
 
 def section_bm25(r: Report) -> str:
@@ -1349,17 +1422,7 @@ def section_serve(r: Report) -> str:
     return "\n".join(out)
 
 
-DEFAULT_STEPS = (
-    "encoder",
-    "reranker",
-    "index",
-    "bm25",
-    "retriever",
-    "ingest",
-    "serve",
-    "model-threads",
-    "serve-rerank",
-)
+DEFAULT_STEPS = tuple(name for name, _ in STEPS)
 """The steps ``run_all.py`` runs without ``--large``."""
 
 PEERS = (

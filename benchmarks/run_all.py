@@ -36,6 +36,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("encoder", ["bench_encoder.py"]),
     ("reranker", ["bench_reranker.py"]),
     ("index", ["bench_index.py"]),
+    ("maxsim-blocks", ["bench_maxsim_blocks.py"]),
     ("bm25", ["bench_bm25.py"]),
     ("bm25_analyzer", ["bench_bm25_analyzer.py"]),
     ("retriever", ["bench_retriever.py", "--sizes", "10000,100000"]),

@@ -22,11 +22,12 @@ def _mats(n: int, seed: int, dim: int = 32) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
-@pytest.mark.parametrize("block", [7, 8192])
+@pytest.mark.parametrize("block", [7, None])
 def test_maxsim_precisions_against_brute_force(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, block: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, block: int | None
 ) -> None:
-    monkeypatch.setattr(stores, "_MAXSIM_ROWS", block)  # documents straddle row blocks
+    if block is not None:  # documents straddle row blocks
+        monkeypatch.setattr(stores, "maxsim_block_rows", lambda dim: block)
     monkeypatch.setattr(stores, "_COLBERT_APPEND", 13)  # and are written 13 at a time
     mats = _mats(120, 1)
     with Collection.create(
@@ -51,3 +52,10 @@ def test_maxsim_precisions_against_brute_force(
     kept = np.concatenate(stored)
     tolerance = {"float32": 0, "float16": 2.0**-11, "bfloat16": 2.0**-8, "int8": 2.0**-7}[dtype]
     assert np.abs(kept - given).max() <= tolerance * np.abs(given).max() + 1e-12
+
+
+def test_a_maxsim_block_is_4_mib_of_float32_rows() -> None:
+    assert stores.maxsim_block_rows(1024) == 1024  # BGE-M3's ColBERT width
+    assert stores.maxsim_block_rows(384) == 2560  # 2730, down to a multiple of 256
+    assert stores.maxsim_block_rows(32) == 32768
+    assert stores.maxsim_block_rows(1 << 20) == 256  # never below 256 rows
