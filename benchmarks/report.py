@@ -582,7 +582,8 @@ def _maxsim_blocks(r: Report) -> list[str]:
                         for label in labels
                     ),
                     " / ".join(
-                        ratio(c["speedup_default_vs_before"][p]) for p in ("float32", "bfloat16")
+                        ratio((c["speedup_default_vs_before"] or {}).get(p))
+                        for p in ("float32", "bfloat16")
                     ),
                 ]
                 for c in cells
@@ -593,7 +594,7 @@ def _maxsim_blocks(r: Report) -> list[str]:
     long = [
         c["speedup_default_vs_before"]["float32"]
         for c in cells
-        if c["shape"] == "passages" and c["torch_threads"] == 1
+        if c["shape"] == "passages" and c["torch_threads"] == 1 and c["speedup_default_vs_before"]
     ]
     if long:
         out += [
@@ -607,9 +608,10 @@ def _maxsim_blocks(r: Report) -> list[str]:
     steps = (r.load("run_all") or {}).get("steps", {})
     index, blocks = steps.get("index", {}), steps.get("maxsim-blocks", {})
     if index.get("finished", "") < blocks.get("finished", ""):
+        day = index["finished"][:10] if "finished" in index else "an earlier day"
         out += [
-            f"The ColBERT store table above is `bench_index.py`'s run of "
-            f"{index.get('finished', 'an earlier day')[:10]}, with the blocks of that day's "
+            f"The ColBERT store table above is `bench_index.py`'s run of {day}, with the "
+            "blocks of that day's "
             f"code; this comparison ran on {blocks['finished'][:10]}. This machine's speed moves "
             "between days, so read each run's own ratios, not one day's figures against the "
             "other's.",
