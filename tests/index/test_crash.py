@@ -54,12 +54,14 @@ def test_sigkill_at_random_moments_keeps_committed_state(tmp_path: Path) -> None
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert child.stdout is not None
-        ready, _, _ = select.select([child.stdout], [], [], 60)
-        assert ready and child.stdout.readline() == "ready\n", "the writer did not start"
-        time.sleep(rng.uniform(0.0, 0.9))  # it commits every few ms from here on
-        child.send_signal(signal.SIGKILL)
-        child.communicate()  # reaps it and closes the pipe
+        try:
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 60)
+            assert ready and child.stdout.readline() == "ready\n", "the writer did not start"
+            time.sleep(rng.uniform(0.0, 0.9))  # it commits every few ms from here on
+        finally:  # a writer that failed to start is not left running either
+            child.send_signal(signal.SIGKILL)
+            child.communicate()  # reaps it and closes the pipe
         kills += 1
         if not (folder / "manifest.json").exists():
             continue
