@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -15,6 +16,12 @@ import numpy as np
 
 VOCAB = 250_002
 """BGE-M3's vocabulary size."""
+
+
+def write_results(path: Path, results: Any) -> None:
+    """Write a benchmark's results as indented JSON, making its folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, median_time, percentiles
+from _common import machine, median_time, percentiles, write_results
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "scifact"
@@ -345,8 +345,7 @@ def main() -> None:
         "ratios": ratios,
         "targets": targets(rows),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
     print(
         f"{dataset.name}: {len(corpus)} documents, {len(queries)} queries, "
         f"median of {args.passes} passes per query"

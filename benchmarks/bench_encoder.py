@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, median_time
+from _common import machine, median_time, write_results
 
 HERE = Path(__file__).resolve().parent
 SCIFACT = HERE.parent.parent / "shared" / "data" / "scifact"
@@ -178,8 +178,7 @@ def main() -> None:
         },
         "bf16_drift_minilm_scifact": None if args.quick else _minilm_drift(1000),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
 
     print(f"{n_texts} texts, {tokens} tokens, max_length {max_len}, median of {repeats}")
     print("| side | s | texts/s | tokens/s | vs FlagEmbedding |")

@@ -31,6 +31,7 @@ from _common import (
     colbert_mats,
     percentiles,
     warm_page_cache,
+    write_results,
     zipf_lexical,
     zipf_probabilities,
 )
@@ -398,8 +399,7 @@ def main() -> None:
                 print(json.dumps(row))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

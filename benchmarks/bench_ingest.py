@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, zipf_probabilities
+from _common import machine, write_results, zipf_probabilities
 from bench_retriever import data, lexical_text, precomputed_embeddings
 
 HERE = Path(__file__).resolve().parent
@@ -520,8 +520,7 @@ def main() -> None:
             results["rows"].append(row)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
     print(f"wrote {args.out}")
 
 

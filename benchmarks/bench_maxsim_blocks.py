@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import colbert_mats, machine
+from _common import colbert_mats, machine, write_results
 
 HERE = Path(__file__).resolve().parent
 OLD_ROWS = 8192
@@ -194,8 +194,7 @@ def main() -> None:
                     shutil.rmtree(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

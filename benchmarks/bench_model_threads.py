@@ -20,7 +20,6 @@ Run: ``.venv/bin/python benchmarks/bench_model_threads.py [--size m3] [--texts 6
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import sys
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine
+from _common import machine, write_results
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -141,8 +140,7 @@ def main() -> None:
         "load_average": list(os.getloadavg()),
     }
     print(f"best: {best['side_by_side'] / best['one_thread']:.2f}x side by side")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
     tmp.cleanup()
 
 

@@ -12,13 +12,12 @@ Run: ``.venv/bin/python benchmarks/bench_reranker.py [--quick] [--out results.js
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, median_time
+from _common import machine, median_time, write_results
 
 HERE = Path(__file__).resolve().parent
 
@@ -110,8 +109,7 @@ def main() -> None:
         "parity_max_abs": diff,
         "bf16_spearman_vs_fp32": spearman,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
     print(
         f"{n_pairs} pairs ({results['truncated_pairs']} truncated), max_length {max_len}, "
         f"median of {repeats}"

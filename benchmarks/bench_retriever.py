@@ -45,7 +45,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, percentiles, warm_page_cache, zipf_lexical, zipf_probabilities
+from _common import (
+    machine,
+    percentiles,
+    warm_page_cache,
+    write_results,
+    zipf_lexical,
+    zipf_probabilities,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -424,8 +431,7 @@ def main() -> None:
             print(json.dumps(row))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import socket
 import subprocess
@@ -52,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine, percentiles
+from _common import machine, percentiles, write_results
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -635,7 +634,7 @@ def main() -> None:
                     )
                     cells[path].append(cell)
                     results["servers"][name] = cells  # partial results survive a timeout
-                    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+                    write_results(args.out, results)
                     print(
                         f"{name:32s} {path:10s} {clients:3d} clients: {cell['rps']:7.1f} req/s "
                         f"p50 {cell['p50_ms']:7.1f} ms p95 {cell['p95_ms']:7.1f} ms"
@@ -661,8 +660,7 @@ def main() -> None:
         results[f"targets{suffix}"], results[f"targets_met{suffix}"] = targets, met
         for (k, v), ok in zip(targets.items(), met.values(), strict=True):
             print(f"{SERVERS[key]}: {k}: {v:.2f} ({'met' if ok else 'NOT met'})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
     tmp.cleanup()
 
 

@@ -36,14 +36,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import machine, percentiles
+from _common import machine, percentiles, write_results
 from bench_serve import (
     CONCURRENCY,
     FORWARD_TOKENS,
@@ -226,7 +225,7 @@ def main() -> None:
                 cell["pairs_per_s"] = cell["rps"] * args.passages
                 cells.append(cell)
                 results["servers"][name] = cells  # partial results survive a timeout
-                args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+                write_results(args.out, results)
                 print(
                     f"{name:42s} {clients:3d} clients: {cell['rps']:6.1f} req/s "
                     f"({cell['pairs_per_s']:6.1f} pairs/s) p50 {cell['p50_ms']:7.1f} ms "
@@ -247,7 +246,7 @@ def main() -> None:
     for key, figures in results["figures"].items():
         shown = ", ".join(f"{k} {v:.2f}" for k, v in figures.items())
         print(f"{SERVERS[key]}: {shown}")
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, results)
     tmp.cleanup()
 
 
