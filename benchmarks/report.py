@@ -555,13 +555,15 @@ def _maxsim_blocks(r: Report) -> list[str]:
         return []
     cells = res["cells"]
     labels = list(cells[0]["p50_ms"]["float32"])
+    budgets = [int(label.split()[0]) for label in labels if " MiB" in label]
+    before = next(label for label in labels if "before" in label).removesuffix(" (before)")
     shapes = res["shapes"]
     out = [
         "MaxSim gathers, widens and multiplies the candidates' token rows a block at a time. "
         "`python benchmarks/bench_maxsim_blocks.py"
         + (" --quick" if r.quick else "")
-        + "` times it with blocks of 1–16 MiB of float32 rows and with the 8192 rows "
-        "at every width it used before, taking turns within each of "
+        + f"` times it with blocks of {min(budgets)}–{max(budgets)} MiB of float32 rows and "
+        f"with the {before} at every width it used before, taking turns within each of "
         f"{res['rounds']} rounds on the same random candidates (a {res['query_rows']}-row "
         f"query; *passages*: {shapes['passages']['candidates']} candidates of "
         f"~{shapes['passages']['rows']} rows, *short*: {shapes['short']['candidates']} of "
