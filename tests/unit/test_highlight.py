@@ -61,3 +61,33 @@ def test_spans_are_terms_on_word_boundaries(text: str, query: str) -> None:
             assert b == len(text) or not text[b].isalnum()
     # rendering never raises, whatever the brackets
     Console(width=80, file=io.StringIO()).print(highlight(text, query))
+
+
+def _one_alternation(query: str) -> re.Pattern[str] | None:
+    """The pattern before the split into CJK and word groups: the oracle of the one below."""
+    parts = [
+        re.escape(t)
+        if re.fullmatch(
+            r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+            r"\uac00-\ud7af]+",
+            t,
+        )
+        else rf"(?<!\w){re.escape(t)}(?!\w)"
+        for t in query_terms(query)
+    ]
+    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+
+
+# letters whose case folding is unusual (Kelvin sign, dotted and dotless i, sharp s, final
+# sigma), digits, the underscore, accents, CJK and Hangul, and separators
+_MIXED = st.text(
+    alphabet="abkKİıiIßsSσςΣéÉ1_ 北京日本한국어-.'\u212a\u0301", min_size=0, max_size=40
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_MIXED, query=_MIXED)
+def test_same_spans_as_one_longest_first_alternation(text: str, query: str) -> None:
+    oracle = _one_alternation(query)
+    expected = [] if oracle is None else [m.span() for m in oracle.finditer(text)]
+    assert match_spans(text, query) == expected
