@@ -89,13 +89,12 @@ class FusionConfig:
             msg = f"method must be 'weighted' or 'rrf', got {self.method!r}"
             raise ValueError(msg)
         check_normalization(self.normalization)
-        if (
-            isinstance(self.rrf_k, bool)
-            or not isinstance(self.rrf_k, (int, float))
-            or not math.isfinite(self.rrf_k)
-            or self.rrf_k < 0
-        ):
-            msg = f"rrf_k must be a finite non-negative number (60 is usual), got {self.rrf_k!r}"
+        rrf_k = _finite_float(self.rrf_k)
+        if rrf_k is None or rrf_k < 0:
+            msg = (
+                "rrf_k must be a finite non-negative number (60 is usual), got "
+                f"{_brief(self.rrf_k)}"
+            )
             raise ValueError(msg)
         if not isinstance(self.weights, Mapping):
             msg = f"weights must be a dict of path -> weight, got {type(self.weights).__name__}"
@@ -104,28 +103,50 @@ class FusionConfig:
         if unknown:
             msg = f"unknown path(s) {unknown} in weights; valid paths are {list(PATHS)}"
             raise ValueError(msg)
+        given: dict[str, float] = {}
         for path, w in self.weights.items():
-            if (
-                isinstance(w, bool)
-                or not isinstance(w, (int, float))
-                or not math.isfinite(w)
-                or w < 0
-            ):
-                msg = f"weight of {path!r} must be a finite non-negative number, got {w!r}"
+            value = _finite_float(w)
+            if value is None or value < 0:
+                msg = f"weight of {path!r} must be a finite non-negative number, got {_brief(w)}"
                 raise ValueError(msg)
-        total = float(sum(self.weights.values()))
+            given[path] = value
+        total = sum(given.values())
         if total <= 0:
             msg = f"weights are all zero; give at least one of {list(PATHS)} a positive weight"
             raise ValueError(msg)
-        normalised = {
-            p: float(self.weights[p]) / total for p in PATHS if self.weights.get(p, 0) > 0
-        }
+        if not math.isfinite(total):  # finite weights whose sum overflows: scale them first
+            top = max(given.values())
+            given = {p: w / top for p, w in given.items()}
+            total = sum(given.values())
+        normalised = {p: given[p] / total for p in PATHS if given.get(p, 0) / total > 0}
         object.__setattr__(self, "weights", MappingProxyType(normalised))
 
     @property
     def paths(self) -> tuple[str, ...]:
         """The paths with a positive weight, in `PATHS` order."""
         return tuple(self.weights)
+
+
+def _finite_float(value: object) -> float | None:
+    """``value`` as a finite float, or ``None`` if it is not a finite real number.
+
+    An int too large for a float (``10**400``) is not finite either; a bool is not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _brief(value: object) -> str:
+    """``repr(value)``, but an int too large for a float as its size (its repr may not exist)."""
+    if isinstance(value, int) and not isinstance(value, bool) and _finite_float(value) is None:
+        digits = int(abs(value).bit_length() * math.log10(2)) + 1
+        return f"an integer of about {digits} digits, too large for a float"
+    return repr(value)
 
 
 def normalize(scores: npt.ArrayLike, method: Normalization) -> FloatArray:

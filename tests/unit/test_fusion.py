@@ -134,3 +134,37 @@ def test_ranks_are_competition_ranks(values: list[float]) -> None:
     r = ranks(values)
     for i, v in enumerate(values):
         assert r[i] == 1 + sum(1 for w in values if w > v)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(PATHS),
+        st.floats(min_value=1e300, max_value=1.7976931348623157e308),
+        min_size=2,
+    ),
+    st.floats(min_value=1e-300, max_value=1e300),
+)
+def test_huge_weights_normalise_as_their_ratios(weights: dict[str, float], scale: float) -> None:
+    """Finite weights whose sum overflows still normalise to their ratios (not to all 0)."""
+    cfg = FusionConfig(weights=weights)
+    top = max(weights.values())
+    small = FusionConfig(weights={p: w / top * scale for p, w in weights.items()})
+    assert math.fsum(cfg.weights.values()) == pytest.approx(1.0)
+    assert dict(cfg.weights) == pytest.approx(dict(small.weights), rel=1e-12)
+    scores = {p: [1.0, 2.0] for p in weights}
+    np.testing.assert_allclose(fuse(scores, cfg), [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rrf_k": 10**400},
+        {"rrf_k": -(10**400)},
+        {"weights": {"dense": 10**400}},
+        {"weights": {"dense": 1.0, "bm25": 10**5000}},
+    ],
+)
+def test_ints_too_large_for_a_float_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="too large for a float"):
+        FusionConfig(**kwargs)  # type: ignore[arg-type]
