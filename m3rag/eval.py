@@ -59,6 +59,8 @@ class BeirDataset:
         titles: ``doc_id -> title``.
         queries: ``query_id -> text``, only queries that have judgements.
         qrels: ``query_id -> {doc_id: relevance}``.
+        empty: ``"corpus.jsonl:<line>: <doc_id>"`` of the documents left out of ``corpus``
+            because they have neither title nor text.
     """
 
     name: str
@@ -66,14 +68,21 @@ class BeirDataset:
     titles: dict[str, str]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+    empty: tuple[str, ...] = ()
 
 
 def load_beir(folder: str | Path, *, split: str = "test") -> BeirDataset:
     """Read a BEIR folder.
 
+    A document's text is its title and text joined by a space (a ``null`` title or text counts
+    as empty); a document with neither is left out of the corpus and listed in
+    ``BeirDataset.empty``. Relevance scores in the qrels are integers.
+
     Raises:
         FileNotFoundError: A required file is missing (the message names it).
-        ValueError: A malformed line (the message names file and line).
+        ValueError: A malformed line (the message names file and line): not a JSON object, a
+            missing or mistyped field, a lone surrogate, a judged query without text, a
+            relevance that is not an integer; or no query of ``queries.jsonl`` is judged.
     """
     root = Path(folder)
     needed = [root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{split}.tsv"]
@@ -86,16 +95,20 @@ def load_beir(folder: str | Path, *, split: str = "test") -> BeirDataset:
             raise FileNotFoundError(msg)
     corpus: dict[str, str] = {}
     titles: dict[str, str] = {}
-    for n, row in enumerate(_jsonl(needed[0]), 1):
-        try:
-            doc_id, text = str(row["_id"]), str(row["text"])
-        except KeyError as exc:
-            msg = f"{needed[0]}:{n}: missing field {exc}"
-            raise ValueError(msg) from exc
-        title = str(row.get("title") or "")
+    empty: list[str] = []
+    for n, row in _jsonl(needed[0]):
+        doc_id = _field(row, "_id", needed[0], n)
+        text = _text(row, "text", needed[0], n)
+        title = _text(row, "title", needed[0], n, required=False)
+        if not title.strip() and not text.strip():
+            empty.append(f"{needed[0].name}:{n}: {doc_id}")
+            continue
         titles[doc_id] = title
         corpus[doc_id] = f"{title} {text}".strip() if title else text
-    queries_all = {str(r["_id"]): str(r["text"]) for r in _jsonl(needed[1])}
+    queries_all = {
+        _field(row, "_id", needed[1], n): (_text(row, "text", needed[1], n), n)
+        for n, row in _jsonl(needed[1])
+    }
     qrels: dict[str, dict[str, int]] = {}
     with needed[2].open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -105,22 +118,82 @@ def load_beir(folder: str | Path, *, split: str = "test") -> BeirDataset:
             if len(parts) != 3:
                 msg = f"{needed[2]}:{n}: expected 3 tab-separated fields"
                 raise ValueError(msg)
-            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    queries = {q: t for q, t in queries_all.items() if q in qrels}
-    return BeirDataset(root.name, corpus, titles, queries, qrels)
+            try:
+                relevance = int(parts[2])
+            except ValueError as exc:
+                msg = f"{needed[2]}:{n}: the score must be an integer relevance, got {parts[2]!r}"
+                raise ValueError(msg) from exc
+            qrels.setdefault(parts[0], {})[parts[1]] = relevance
+    queries = {q: t for q, (t, _) in queries_all.items() if q in qrels}
+    for q, (text, n) in queries_all.items():
+        if q in queries and not text.strip():
+            msg = f"{needed[1]}:{n}: the judged query {q!r} has no text"
+            raise ValueError(msg)
+    if not queries:
+        msg = (
+            f"no query of {needed[1]} is judged in {needed[2]}"
+            if qrels
+            else f"{needed[2]} holds no judgements"
+        )
+        raise ValueError(msg)
+    return BeirDataset(root.name, corpus, titles, queries, qrels, tuple(empty))
 
 
-def _jsonl(path: Path) -> list[dict[str, object]]:
+def _jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
+    """The JSON objects of a jsonl file, with their line numbers."""
     rows = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
-                except ValueError as exc:
+                    row = json.loads(line)
+                except (ValueError, RecursionError) as exc:
                     msg = f"{path}:{n}: not JSON ({exc})"
                     raise ValueError(msg) from exc
+                if not isinstance(row, dict):
+                    msg = f"{path}:{n}: expected a JSON object, got {type(row).__name__}"
+                    raise ValueError(msg)
+                rows.append((n, row))
     return rows
+
+
+def _field(row: Mapping[str, object], key: str, path: Path, line: int) -> str:
+    """An id field: present, a string or an integer."""
+    if key not in row:
+        msg = f'{path}:{line}: missing field "{key}"'
+        raise ValueError(msg)
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        msg = f'{path}:{line}: "{key}" must be a string or an integer, got {value!r}'
+        raise ValueError(msg)
+    return _utf8(str(value), key, path, line)
+
+
+def _text(
+    row: Mapping[str, object], key: str, path: Path, line: int, *, required: bool = True
+) -> str:
+    """A text field: a string, or ``null`` (empty); ``required`` fields must be present."""
+    if required and key not in row:
+        msg = f'{path}:{line}: missing field "{key}"'
+        raise ValueError(msg)
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        msg = f'{path}:{line}: "{key}" must be a string or null, got {type(value).__name__}'
+        raise ValueError(msg)
+    return _utf8(value, key, path, line)
+
+
+def _utf8(value: str, key: str, path: Path, line: int) -> str:
+    """``value``, checked to be text (JSON escapes can make lone surrogates, which are not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        msg = f'{path}:{line}: "{key}" holds a lone surrogate ({bad!r}), which is not text'
+        raise ValueError(msg) from exc
+    return value
 
 
 def evaluate_run(
@@ -131,36 +204,55 @@ def evaluate_run(
 ) -> dict[str, float]:
     """nDCG@k, Recall@k and MRR@k of a run, averaged over the judged queries.
 
+    A run is a ranking: each query's documents are ranked by score, best first, and documents
+    with equal scores keep their order in the mapping (the retriever's ranking, as `evaluate`
+    builds it from its hits). Every metric scores that one ranking: pytrec_eval is given the
+    ranks, not the scores, since trec_eval would otherwise break ties by document id.
+
     Args:
-        run: ``query_id -> {doc_id: score}`` (higher is better).
+        run: ``query_id -> {doc_id: score}`` (higher is better; ties in mapping order).
         qrels: ``query_id -> {doc_id: relevance}``.
         k_values: Cut-offs.
 
     Returns:
-        ``{"ndcg@10": ..., "recall@10": ..., "mrr@10": ..., ...}``; a judged query missing
+        ``{"ndcg@10": ..., "recall@10": ..., "mrr@10": ...}``; a judged query missing
         from the run counts as 0.
+
+    Raises:
+        ValueError: ``qrels`` judge no query (there is nothing to average).
     """
     pytrec_eval = require("pytrec_eval", extra="eval", purpose="m3rag.eval")
     judged = {q: dict(d) for q, d in qrels.items()}
-    full_run = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in judged}
+    if not judged:
+        msg = "no judged query to evaluate; the qrels must judge at least one query"
+        raise ValueError(msg)
+    ranked = {q: _ranking(run.get(q, {})) for q in judged}
     # pytrec_eval skips queries with an empty run; give them a dummy non-relevant document
-    for docs in full_run.values():
+    for docs in ranked.values():
         if not docs:
-            docs["__m3rag_empty__"] = 0.0
+            docs.append("__m3rag_empty__")
     ks = sorted({int(k) for k in k_values})
     measures = {f"ndcg_cut.{','.join(map(str, ks))}", f"recall.{','.join(map(str, ks))}"}
-    per_query = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(full_run)
+    evaluator = pytrec_eval.RelevanceEvaluator(judged, measures)
+    per_query = evaluator.evaluate(_by_rank(ranked, None))
     out: dict[str, float] = {}
     for k in ks:
         out[f"ndcg@{k}"] = statistics.mean(v[f"ndcg_cut_{k}"] for v in per_query.values())
         out[f"recall@{k}"] = statistics.mean(v[f"recall_{k}"] for v in per_query.values())
-        cut = {
-            q: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:k])
-            for q, docs in full_run.items()
-        }
-        mrr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
+        mrr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(_by_rank(ranked, k))
         out[f"mrr@{k}"] = statistics.mean(v["recip_rank"] for v in mrr.values())
     return out
+
+
+def _ranking(docs: Mapping[str, float]) -> list[str]:
+    """Document ids best first; equal scores keep their mapping order (``sorted`` is stable)."""
+    scored = [(d, float(s)) for d, s in docs.items()]
+    return [d for d, _ in sorted(scored, key=lambda ds: -ds[1])]
+
+
+def _by_rank(ranked: Mapping[str, list[str]], k: int | None) -> dict[str, dict[str, float]]:
+    """Rankings (cut at ``k``) as pytrec_eval runs whose distinct scores give exactly that order."""
+    return {q: {d: float(-i) for i, d in enumerate(docs[:k])} for q, docs in ranked.items()}
 
 
 MODES = ("dense", "lexical", "bm25", "colbert", "hybrid", "hybrid+rerank")
@@ -379,7 +471,8 @@ def evaluate(
 
     Raises:
         ValueError: Unknown mode, a mode the model cannot serve, ``hybrid+rerank`` without a
-            reranker, or an unknown normalisation (all checked before any query is encoded).
+            reranker, an unknown normalisation, or no queries (all checked before any query
+            is encoded).
     """
     from m3rag.fusion import FusionConfig, check_normalization
     from m3rag.retriever import HybridRetriever, available_paths
@@ -389,6 +482,9 @@ def evaluate(
     available = available_paths(collection, encoder)
     check_modes(modes, available, reranker=reranker is not None)
     qs = dict(queries) if queries is not None else dataset.queries
+    if not qs:
+        msg = "no queries to evaluate; give at least one query judged in dataset.qrels"
+        raise ValueError(msg)
     depth = max(int(k) for k in k_values)
     heads = [h for p, h in _HEADS if p in available]
     encoded = query_embeddings
@@ -480,12 +576,16 @@ def tune_weights(
         normalization: As in [`evaluate`][m3rag.eval.evaluate].
 
     Raises:
-        ValueError: A path in ``paths`` that the collection or encoder does not offer.
+        ValueError: A path in ``paths`` that the collection or encoder does not offer, or no
+            dev queries.
     """
     import itertools
 
     from m3rag.retriever import available_paths
 
+    if not dev_queries:
+        msg = "tune_weights needs at least one dev query (judged in dataset.qrels)"
+        raise ValueError(msg)
     offered = available_paths(collection, encoder)
     if paths is None:
         available: tuple[str, ...] = offered

@@ -140,8 +140,18 @@ def eval_(
         raise fail(f"--out {out_file} is a folder; give a file name", EXIT_USAGE)
     try:
         data = load_beir(dataset)
+        # the dev split is checked before anything is indexed
+        queries, dev = (
+            _dev_split(data, dataset)
+            if tune or target_precision is not None
+            else (data.queries, {})
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
+    if data.empty:
+        shown = ", ".join(data.empty[:3]) + (", ..." if len(data.empty) > 3 else "")
+        docs = "document" if len(data.empty) == 1 else "documents"
+        note(f"skipped {len(data.empty)} corpus {docs} with neither title nor text ({shown})")
     needs_model = any(m != "bm25" for m in mode_list) or tune
     encoder = load_encoder(model or DEFAULT_MODEL, device, dtype) if needs_model else None
     # the modes must fit the model (and a kept index) before anything is indexed
@@ -167,7 +177,8 @@ def eval_(
             k_values,
             rr,
             tune,
-            dataset,
+            queries,
+            dev,
             lang or ("en" if isinstance(folder, StoreURI) else "auto"),
             target_precision,
         )
@@ -209,6 +220,40 @@ def eval_(
         note(f"report written to {out_file}")
 
 
+def _dev_split(data: Any, dataset: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The evaluated queries and the dev queries of ``--tune`` and ``--target-precision``.
+
+    The dev queries are those of ``qrels/dev.tsv`` (their judgements join ``data.qrels``), else
+    the first half of the test queries, and the report is on the other half.
+
+    Raises:
+        ValueError: ``qrels/dev.tsv`` is malformed or judges no query, or there is no
+            ``qrels/dev.tsv`` and fewer than 2 test queries to split.
+    """
+    from m3rag.eval import load_beir
+
+    queries: dict[str, str] = data.queries
+    if (dataset / "qrels" / "dev.tsv").exists():
+        dev_data = load_beir(dataset, split="dev")
+        data.qrels.update(dev_data.qrels)
+        return queries, dev_data.queries
+    if len(queries) < 2:
+        msg = (
+            f"--tune and --target-precision need a dev split: add {dataset}/qrels/dev.tsv, or "
+            f"judge at least 2 test queries (half become the dev split; there is "
+            f"{len(queries)})"
+        )
+        raise ValueError(msg)
+    ids = list(queries)
+    dev = {q: queries[q] for q in ids[: len(ids) // 2]}
+    queries = {q: queries[q] for q in ids[len(ids) // 2 :]}
+    note(
+        f"no qrels/dev.tsv: {len(dev)} test queries are the dev split, the report is on the "
+        f"other {len(queries)}"
+    )
+    return queries, dev
+
+
 def _run(
     data: Any,
     folder: Target,
@@ -217,11 +262,12 @@ def _run(
     k_values: list[int],
     rr: Any,
     tune: bool,
-    dataset: Path,
+    queries: dict[str, str],
+    dev: dict[str, str],
     lang: str,
     target_precision: float | None = None,
 ) -> tuple[Any, dict[str, float] | None]:
-    from m3rag.eval import evaluate, index_corpus, load_beir, tune_weights
+    from m3rag.eval import evaluate, index_corpus, tune_weights
 
     col = open_collection(
         folder,
@@ -248,25 +294,7 @@ def _run(
                     f"{len(data.queries)} queries"
                 )
             )
-            queries = data.queries
             tuned = None
-            dev: dict[str, str] = {}
-            if tune or target_precision is not None:
-                dev_file = dataset / "qrels" / "dev.tsv"
-                if dev_file.exists():
-                    dev_data = load_beir(dataset, split="dev")
-                    dev = dev_data.queries
-                    data.qrels.update(dev_data.qrels)
-                else:
-                    ids = list(queries)
-                    dev = {q: queries[q] for q in ids[: len(ids) // 2]}
-                    queries = {q: queries[q] for q in ids[len(ids) // 2 :]}
-                    progress.console.print(
-                        Text(
-                            f"no qrels/dev.tsv: {len(dev)} test queries are the dev split, "
-                            f"the report is on the other {len(queries)}"
-                        )
-                    )
             if tune:
                 tuning = progress.add_task("tuning fusion weights", total=None)
                 tuned, score = tune_weights(data, col, encoder=encoder, dev_queries=dev)
