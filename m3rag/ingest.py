@@ -64,7 +64,9 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
+        # a file name that is not valid UTF-8 holds surrogates, which no console can print
+        path = str(self.path).encode("utf-8", "backslashreplace").decode("utf-8")
+        where = f"{path}:{self.line}" if self.line is not None else path
         return f"{where}: {self.reason}"
 
 
@@ -191,8 +193,15 @@ def read_file(path: Path, root: Path) -> Iterator[tuple[Document | None, Problem
 
     A text, Markdown, HTML or PDF file is one document whose id is its path relative to
     ``root``; a jsonl or parquet file holds one record per line or row (`record_document`).
+    A path that is not valid UTF-8 (ids and ``source`` metadata are text) is a problem.
     This is what `read_documents` does per file, and what a distributed reader runs per task.
     """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # the path is the document's id and source; ids and metadata are UTF-8 text
+        yield None, Problem(path, "the file name is not valid UTF-8; rename the file to index it")
+        return
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
     suffix = path.suffix.lower()
     try:
@@ -389,7 +398,8 @@ def chunk_document(
 
     Returns:
         The chunks (ids ``"{parent_id}#{n}"``) and ``None``, or no chunks and the `Problem`
-        (the text cannot be chunked, or holds no tokens).
+        (the text cannot be chunked, holds no tokens, or its ``page_offsets`` are not a
+        sorted list of non-negative integers).
     """
     source = Path(str(doc.metadata.get("source", "")))
     parent = str(doc.id)
@@ -400,12 +410,17 @@ def chunk_document(
     if not pieces:
         return [], Problem(source, f"{parent}: no text")
     sha = document_sha256(doc) if sha256 is None else sha256
-    chunks = [
-        Document(
-            c.text, c.id, chunk_metadata(c, parent, doc.metadata, sha256=sha, parent_text=doc.text)
-        )
-        for c in pieces
-    ]
+    try:
+        chunks = [
+            Document(
+                c.text,
+                c.id,
+                chunk_metadata(c, parent, doc.metadata, sha256=sha, parent_text=doc.text),
+            )
+            for c in pieces
+        ]
+    except ValueError as exc:  # metadata the chunks cannot carry, e.g. bad page_offsets
+        return [], Problem(source, f"{parent}: {exc}")
     return chunks, None
 
 

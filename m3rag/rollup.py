@@ -27,6 +27,7 @@ filters on it apply to chunks.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
@@ -108,7 +109,20 @@ def chunk_metadata(
             ``page_offsets``, which become the chunk's ``page_start``/``page_end``).
         sha256: The parent's content hash (`m3rag.ingest.document_sha256`).
         parent_text: The parent's text, for the heading path (omitted without it).
+
+    Raises:
+        ValueError: The parent's ``page_offsets`` are not a sorted list of non-negative
+            integers.
     """
+    offsets = parent_metadata.get(PAGE_OFFSETS)
+    if offsets is not None and not _sorted_offsets(offsets):
+        shown = repr(offsets)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        msg = (
+            f'"{PAGE_OFFSETS}" must be a sorted list of non-negative integers (where each page '
+            f"starts in the text), got {shown}"
+        )
+        raise ValueError(msg)
     meta = {k: v for k, v in parent_metadata.items() if k != PAGE_OFFSETS}
     meta.update(
         {
@@ -119,8 +133,7 @@ def chunk_metadata(
             CONTENT_SHA: sha256,
         }
     )
-    offsets = parent_metadata.get(PAGE_OFFSETS)
-    if isinstance(offsets, list) and offsets:
+    if offsets:
         meta[PAGE_START] = bisect.bisect_right(offsets, chunk.start)
         meta[PAGE_END] = bisect.bisect_right(offsets, max(chunk.start, chunk.end - 1))
     if parent_text is not None:
@@ -128,6 +141,15 @@ def chunk_metadata(
         if path:
             meta[HEADINGS] = path
     return meta
+
+
+def _sorted_offsets(offsets: object) -> bool:
+    """Whether ``offsets`` is a list (or tuple) of non-negative ints in non-decreasing order."""
+    if not isinstance(offsets, (list, tuple)):
+        return False
+    if any(isinstance(o, bool) or not isinstance(o, int) or o < 0 for o in offsets):
+        return False
+    return all(a <= b for a, b in itertools.pairwise(offsets))
 
 
 def citation(metadata: Mapping[str, Any], fallback: str) -> str:

@@ -205,10 +205,24 @@ def check_lang(lang: str | None, *, auto: bool = True) -> None:
 
     if lang is None or (auto and lang == AUTO):
         return
+    if not auto and lang.strip().lower() == AUTO:
+        msg = (
+            f"--lang {lang} is not available here: a query is analysed as one language; give "
+            "an ISO 639-1 code such as 'en', or leave --lang out to use every analysis the "
+            "index holds"
+        )
+        raise fail(msg, EXIT_USAGE)
     try:
         family_of(lang)
     except UnknownLanguageError as exc:
-        raise fail(f"--lang: {exc}", EXIT_USAGE) from exc
+        if auto:
+            raise fail(f"--lang: {exc}", EXIT_USAGE) from exc
+        # the library's message offers 'auto', which this option refuses
+        msg = (
+            f"--lang: {lang!r} is not a language code; use an ISO 639-1 code such as 'en', "
+            "'zh', 'th' or 'pt-BR'"
+        )
+        raise fail(msg, EXIT_USAGE) from exc
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ from m3rag.cli._app import (
     resolve_target,
     stored_model,
 )
+from m3rag.ingest import SUFFIXES
+
+# the file types ingest reads, from its own table so the messages cannot drift from it
+_KINDS_HELP = " ".join(SUFFIXES)
+_KINDS_TEXT = ", ".join(SUFFIXES[:-1]) + f" or {SUFFIXES[-1]}"
 
 MIN_CHUNK_TOKENS = 8
 # BGE-M3 (XLM-RoBERTa) and BERT-style models add two special tokens to a text
@@ -54,9 +59,7 @@ SPECIALS = 2
 @app.command()
 @handled
 def index(
-    paths: Annotated[
-        list[Path], typer.Argument(help="Files and folders (.txt .md .html .pdf .jsonl).")
-    ],
+    paths: Annotated[list[Path], typer.Argument(help=f"Files and folders ({_KINDS_HELP}).")],
     index: Annotated[
         Path | None, typer.Option("--index", help="The index folder (or give --store).")
     ] = None,
@@ -128,7 +131,7 @@ def index(
     for problem in problems:
         _print_problem(problem)
     if not files:
-        msg = "no .txt, .md, .html, .pdf or .jsonl files found in the given paths"
+        msg = f"no {_KINDS_TEXT} files found in the given paths"
         raise fail(msg, EXIT_NOTHING)
 
     kept = peek_manifest(target)
