@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from m3rag.analysis import (
 from m3rag.errors import (
     CollectionClosedError,
     CollectionExistsError,
+    CollectionNotFoundError,
     CommitError,
     DuplicateIdError,
     EncoderMismatchError,
@@ -74,8 +75,14 @@ from m3rag.index.lexical import (
     quantization_error,
 )
 from m3rag.index.manifest import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest
-from m3rag.index.snapshot import Snapshot
-from m3rag.index.stores import COLBERT_DTYPES, ColbertStore, DenseStore, LexicalStore
+from m3rag.index.snapshot import Snapshot, live_mask
+from m3rag.index.stores import (
+    COLBERT_DTYPES,
+    ColbertStore,
+    DenseStore,
+    LexicalStore,
+    check_offsets,
+)
 from m3rag.index.validation import (
     F32_MAX,
     assign_ids,
@@ -225,6 +232,7 @@ class Collection:
         self._id_cache: dict[int, str] = {}
         self._pending = _Pending.empty()
         self._pending_max_norm = float(manifest.get("dense_max_norm", 0.0))
+        self._checked_keys = 0  # the keys whose store offsets a loaded snapshot has checked
         self._closed = False
         try:
             if not read_only:
@@ -327,19 +335,26 @@ class Collection:
                 Recorded in the manifest.
 
         Raises:
-            CollectionExistsError: The folder already holds a collection (or other files).
+            CollectionExistsError: The folder already holds a collection (or other files),
+                or ``path`` is a file.
+            CollectionNotFoundError: No folder can be made at ``path`` (a name too long, a
+                NUL, a file on the way), as `open` reports such a path.
             ValueError: Bad heads, sizes or dtypes.
             UnknownLanguageError: ``lang`` is not a language code or ``"auto"``.
         """
         folder = Path(path)
         if lang != AUTO:
             family_of(lang)  # raises UnknownLanguageError naming the value
-        if (folder / MANIFEST).exists():
-            msg = f"{folder} already holds a collection; use Collection.open({str(folder)!r})"
-            raise CollectionExistsError(msg)
-        if folder.exists() and any(folder.iterdir()):
-            msg = f"{folder} is not empty; create a collection in a new or empty folder"
-            raise CollectionExistsError(msg)
+        with _path_errors(folder):
+            if (folder / MANIFEST).exists():
+                msg = f"{folder} already holds a collection; use Collection.open({str(folder)!r})"
+                raise CollectionExistsError(msg)
+            if folder.is_dir() and any(folder.iterdir()):
+                msg = f"{folder} is not empty; create a collection in a new or empty folder"
+                raise CollectionExistsError(msg)
+            if not folder.is_dir() and (folder.is_symlink() or folder.exists()):
+                msg = f"{folder} exists and is not a folder; create a collection in a new folder"
+                raise CollectionExistsError(msg)
         fingerprint = encoder.fingerprint() if encoder is not None else None
         chosen, dim, colbert_dim, vocab_size = store_shape(
             encoder, heads, dim, colbert_dim, vocab_size
@@ -385,7 +400,8 @@ class Collection:
                     else:
                         ann_config[key] = value
             require("usearch.index", extra="ann", purpose="Collection(ann=True)")
-        folder.mkdir(parents=True, exist_ok=True)
+        with _path_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(folder)
         lock.acquire()
         manifest = {
@@ -542,8 +558,13 @@ class Collection:
         n = int(manifest["next_key"])
         lengths = {k: int(v) for k, v in manifest.get("lengths", {}).items()}
         tomb = self._tombstones.read(lengths.get("tombstones", 0))
-        alive = np.ones(n, dtype=np.bool_)
-        alive[np.asarray(tomb, dtype=np.int64)] = False
+        alive = live_mask(tomb, n, self._tombstones.path)
+        # the offsets are checked here, once, so that searches can index the data unchecked
+        checked = self._checked_keys if self._checked_keys <= n else 0
+        if self._colbert is not None:
+            check_offsets(self._colbert.offsets, n, lengths.get("colbert", 0), checked)
+        if self._lexstore is not None:
+            check_offsets(self._lexstore.offsets, n, lengths.get("lexical", 0), checked)
         dense_matrix = self._dense.matrix(n) if self._dense is not None else None
         dense_scan = self._dense.scan_view(n) if self._dense is not None else None
         searcher = self._tantivy.searcher()
@@ -556,6 +577,7 @@ class Collection:
                 missing = np.arange(len(self._ann), n, dtype=np.int64)
                 self._ann.add(missing, dense_matrix[len(self._ann) :])
                 self._ann.save()
+        self._checked_keys = n
         return Snapshot(
             manifest=manifest,
             alive=alive,
@@ -586,7 +608,6 @@ class Collection:
             column.truncate(rows)
         self._docs.drop_from(n)
         self._tantivy.purge_after(int(manifest["generation"]))
-        self._tantivy.commit()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -598,6 +619,8 @@ class Collection:
             dim=self.dim,
             colbert_dim=self.colbert_dim,
             vocab_size=self._vocab_size,
+            dense_dtype=self._dense.dtype.name if self._dense is not None else "float32",
+            colbert_dtype=self._colbert.dtype if self._colbert is not None else "float32",
         )
 
     def _embed(
@@ -690,10 +713,12 @@ class Collection:
             DuplicateIdError: An id repeats in the call or already exists (use [`upsert`][]).
             InvalidDocumentError: Empty text, a text, id or metadata string UTF-8 cannot encode
                 (a lone surrogate), metadata JSON cannot hold (NaN, objects, non-string keys)
-                or nested deeper than `MAX_METADATA_DEPTH`.
+                or nested deeper than `MAX_METADATA_DEPTH`, or metadata filters could not
+                match as written (a string or key holding NUL, an int past 64 bits).
             EmbeddingMismatchError: ``embeddings`` do not fit: count, heads, sizes, NaN or
-                infinity, token ids outside ``[0, vocab_size)``, negative weights (the message
-                names the document, its id and the head).
+                infinity in the stored dtype (float16 holds ``|x| <= 65504``), token ids
+                outside ``[0, vocab_size)``, negative weights (the message names the
+                document, its id and the head).
             TypeError: Wrong input types (a metadata entry that is not a dict, a non-str id).
             CollectionClosedError: The collection is closed.
             ReadOnlyError: The collection is open read-only.
@@ -980,7 +1005,11 @@ class Collection:
         return self._docs.ids(keys.tolist())
 
     def metadata_values(self, field: str) -> set[Any]:
-        """Distinct values of a metadata field over the live committed documents."""
+        """Distinct values of a metadata field over the live committed documents.
+
+        JSON ``true`` comes back as ``True`` (a set still holds one of ``True`` and ``1``, which
+        Python counts equal), a list or dict as its JSON text.
+        """
         self._check_open()
         if not isinstance(field, str) or not field:
             msg = f"field must be a non-empty string, got {field!r}"
@@ -1392,6 +1421,41 @@ def _check_analysis(manifest: Mapping[str, Any], folder: Path) -> None:
             "(re-add its documents, e.g. with `m3rag index`) or use the m3rag that built it"
         )
         raise IndexFormatError(msg)
+
+
+_BAD_PATH = {
+    errno.ENAMETOOLONG,
+    errno.ENOTDIR,
+    errno.ELOOP,
+    errno.ENOENT,
+    errno.EINVAL,
+    errno.EEXIST,  # a parent that is a dangling symlink
+}
+
+
+@contextlib.contextmanager
+def _path_errors(folder: Path) -> Iterator[None]:
+    """A path no folder can be made at, as a `CollectionNotFoundError` naming it.
+
+    As ``open`` reports such a path (too long, a NUL, under a file). Permission and disk
+    errors stay what they are.
+    """
+    try:
+        yield
+    except CollectionExistsError:
+        raise
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in _BAD_PATH:
+            raise
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = getattr(exc, "filename", None)
+        if where is not None and str(where) != str(folder):
+            why = f"{why}: {where}"
+        msg = (
+            f"cannot create a collection at {str(folder)!r}: {why}; pass the path of a new or "
+            "empty folder"
+        )
+        raise CollectionNotFoundError(msg) from exc
 
 
 def _open_docs(path: Path, *, read_only: bool, next_key: int, create: bool) -> DocStore:

@@ -23,6 +23,8 @@ from m3rag.index.filters import Filter, json_path, plain_field
 
 __all__ = ["DocStore"]
 
+_BOOLS = {"true": True, "false": False}  # json_type of a JSON bool -> its value
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     key INTEGER PRIMARY KEY,
@@ -196,22 +198,26 @@ class DocStore:
             return any(alive[int(key)] for (key,) in rows)
 
     def field_values(self, field: str, next_key: int) -> list[tuple[int, Any]]:
-        """``(key, value)`` of a metadata field for committed rows that have it."""
+        """``(key, value)`` of a metadata field for committed rows that have it.
+
+        JSON ``true`` and ``false`` come back as bools (SQLite reads them as 1 and 0, which
+        would merge them with the ints); arrays and objects as their JSON text.
+        """
         with self._reading():
             if plain_field(field):
                 path = json_path(field)
                 rows = self._db.execute(
-                    "SELECT key, json_extract(metadata, ?) FROM docs WHERE key < ? "
-                    "AND json_type(metadata, ?) IS NOT NULL",
-                    (path, next_key, path),
+                    "SELECT key, json_extract(metadata, ?), json_type(metadata, ?) FROM docs "
+                    "WHERE key < ? AND json_type(metadata, ?) IS NOT NULL",
+                    (path, path, next_key, path),
                 ).fetchall()
             else:  # a name a JSON path cannot spell: match the decoded key itself
                 rows = self._db.execute(
-                    "SELECT docs.key, je.value FROM docs, json_each(docs.metadata) AS je "
+                    "SELECT docs.key, je.value, je.type FROM docs, json_each(docs.metadata) AS je "
                     "WHERE docs.key < ? AND je.key = ?",
                     (next_key, field),
                 ).fetchall()
-        return [(int(k), v) for k, v in rows]
+        return [(int(k), _BOOLS.get(t, v)) for k, v, t in rows]
 
     def all_ids(self, next_key: int) -> list[tuple[int, str]]:
         """``(key, id)`` of every committed row."""

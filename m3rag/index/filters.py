@@ -46,7 +46,10 @@ def _check_scalar(field: str, value: object) -> Scalar:
         and not isinstance(value, bool)
         and not _INT64[0] <= value <= _INT64[1]
     ):
-        msg = f"filter on {field!r}: {value} is outside the 64-bit integers metadata can hold"
+        msg = (
+            f"filter on {field!r}: an int of {value.bit_length()} bits is outside the signed "
+            "64-bit integers metadata can hold"
+        )
         raise ValueError(msg)
     if isinstance(value, str) and not _encodable(value):
         msg = f"filter on {field!r}: {value!r} is not valid Unicode (a lone surrogate)"
@@ -61,7 +64,17 @@ def _check_scalar(field: str, value: object) -> Scalar:
 
 
 def _check_number(field: str, op: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"filter on {field!r}: {op} needs a finite number, got {value!r}"
+        raise ValueError(msg)
+    # ints first: math.isfinite(10**400) raises OverflowError, and SQLite binds int64 only
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        msg = (
+            f"filter on {field!r}: {op} bound, an int of {value.bit_length()} bits, is outside "
+            "the signed 64-bit integers metadata can hold; use a float bound"
+        )
+        raise ValueError(msg)
+    if isinstance(value, float) and not math.isfinite(value):
         msg = f"filter on {field!r}: {op} needs a finite number, got {value!r}"
         raise ValueError(msg)
     return value

@@ -238,16 +238,22 @@ class LexicalIndex:
             self._writer.delete_documents_by_term("key", int(key))
 
     def purge_after(self, gen: int) -> None:
-        """Stage deletion of every document written by a generation after ``gen``."""
-        query = self._tantivy.Query.range_query(
-            self.schema,
-            "gen",
-            self._tantivy.FieldType.Unsigned,
-            lower_bound=gen + 1,
-            upper_bound=None,
-            include_lower=True,
-        )
-        self._writer.delete_documents_by_query(query)
+        """Delete every document written by a generation after ``gen``, and commit.
+
+        Raises:
+            IndexFormatError: tantivy fails (a damaged segment): never a raw tantivy error.
+        """
+        with tantivy_errors(self.folder, "remove the documents of an interrupted commit"):
+            query = self._tantivy.Query.range_query(
+                self.schema,
+                "gen",
+                self._tantivy.FieldType.Unsigned,
+                lower_bound=gen + 1,
+                upper_bound=None,
+                include_lower=True,
+            )
+            self._writer.delete_documents_by_query(query)
+            self._writer.commit()
 
     def commit(self) -> None:
         """Persist staged changes (tantivy's own atomic commit)."""
@@ -391,6 +397,7 @@ class TermQueries:
         self._schema = index.schema
         self._pipeline = index.pipeline
         self._term_query = index._tantivy.Query.term_query
+        self._folder = index.folder
         self._searcher = searcher
         # (family, word) -> ((field, term), term query), or None: a stop word, or no document
         # holds the term
@@ -419,8 +426,10 @@ class TermQueries:
         if term is None:
             return None
         field = family_field(family)
-        if self._searcher.doc_freq(field, term) == 0:
-            return None
+        # once per word and snapshot (cached): a damaged segment fails here first
+        with tantivy_errors(self._folder, "look up a term"):
+            if self._searcher.doc_freq(field, term) == 0:
+                return None
         return (field, term), self._term_query(self._schema, field, term)
 
 

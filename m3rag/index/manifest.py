@@ -9,6 +9,7 @@ never as a
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from dataclasses import dataclass
@@ -187,7 +188,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             a field (the message names the file and the field).
     """
     path = folder / MANIFEST
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system
+        if isinstance(exc, OSError) and exc.errno != errno.ENAMETOOLONG:
+            raise
+        found = False
+    if not found:
         msg = f"no collection at {folder} (no {MANIFEST}); create one with Collection.create"
         raise CollectionNotFoundError(msg)
     try:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from m3rag.errors import IndexFormatError
 from m3rag.index.lexical import TermQueries
 
-__all__ = ["Snapshot"]
+__all__ = ["Snapshot", "live_mask"]
+
+_FIX = "the collection is damaged; restore it from a backup or rebuild it"
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,3 +79,31 @@ class Snapshot:
         that whatever happens in between, its next commit follows the one made.
         """
         return replace(self, manifest=manifest)
+
+
+def live_mask(tombstones: npt.ArrayLike, next_key: int, path: Path) -> npt.NDArray[np.bool_]:
+    """``bool[next_key]``: the committed keys not named in ``tombstones`` (read from ``path``).
+
+    A commit records each deleted or replaced key once, and only a committed one: a key outside
+    ``[0, next_key)`` or named twice is damage, reported as an `IndexFormatError` (a negative
+    key would silently hide a document from the end, a large one fail every search). The file
+    carries no checksum, so a damaged key that still names another committed document once
+    cannot be told from a deletion.
+    """
+    tomb = np.asarray(tombstones, dtype=np.int64)
+    alive = np.ones(next_key, dtype=np.bool_)
+    if len(tomb) == 0:
+        return alive
+    low, high = int(tomb.min()), int(tomb.max())
+    if low < 0 or high >= next_key:
+        bad = low if low < 0 else high
+        msg = (
+            f"{path} names document key {bad}, outside the {next_key} committed keys "
+            f"[0, {next_key}): {_FIX}"
+        )
+        raise IndexFormatError(msg)
+    alive[tomb] = False
+    if next_key - int(np.count_nonzero(alive)) != len(tomb):
+        msg = f"{path} names a document key twice (a deletion is recorded once): {_FIX}"
+        raise IndexFormatError(msg)
+    return alive

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from m3rag.errors import IndexFormatError
 from m3rag.index._files import Column, gather_rows
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "DenseScan",
     "DenseStore",
     "LexicalStore",
+    "check_offsets",
     "quantise_rows",
     "scan_width",
 ]
@@ -79,6 +81,43 @@ def top_values(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float3
     return np.asarray(vals[np.isfinite(vals)], dtype=np.float32)
 
 
+def check_offsets(offsets: Column, docs: int, total: int, first: int = 0) -> None:
+    """Check the ``(start, len)`` rows of documents ``first .. docs - 1`` as written.
+
+    A store appends each document's rows after the previous document's, so the offsets
+    tile the data: the first starts at 0, each starts where the previous ends, the last ends
+    at ``total`` (the data rows the manifest counts). Rows below ``first`` were checked when
+    an earlier snapshot was loaded (the files are append-only), so a commit checks only its
+    own. One vectorised pass at load time: searches then index the data unchecked.
+
+    Raises:
+        IndexFormatError: An offset out of place (naming the file and the document key).
+    """
+    if first >= docs:
+        return
+    low = max(first - 1, 0)  # the last row checked before: where the next must start
+    rows = np.asarray(offsets.read(docs)[low:], dtype=np.int64)
+    starts, lengths = rows[:, 0], rows[:, 1]
+    inside = (starts >= 0) & (starts <= total) & (lengths >= 0) & (lengths <= total)
+    if inside.all():  # no overflow below: every value is within [0, total]
+        ends = starts + lengths
+        follows = np.ones(len(rows), dtype=np.bool_)
+        follows[1:] = starts[1:] == ends[:-1]
+        follows[0] = low > 0 or starts[0] == 0
+        if follows.all() and int(ends[-1]) == total:
+            return
+        bad = int(np.argmin(follows)) if not follows.all() else len(rows) - 1
+    else:
+        bad = int(np.argmin(inside))
+    start, length = rows[bad].tolist()
+    msg = (
+        f"{offsets.path} is damaged: document key {low + bad} has offset (start {start}, "
+        f"length {length}), which does not follow the previous document within the {total} "
+        "committed rows of its data; restore the collection from a backup or rebuild it"
+    )
+    raise IndexFormatError(msg)
+
+
 def _buffer(name: str, dtype: Any, rows: int, dim: int) -> Any:
     """A per-thread reusable ``[rows, dim]`` torch buffer (grown as needed, never shrunk)."""
     import torch
@@ -117,6 +156,21 @@ def _matvec(rows: npt.NDArray[np.float32], q: npt.NDArray[np.float32]) -> npt.ND
         out: npt.NDArray[np.float32] = torch.mv(torch.from_numpy(rows), torch.from_numpy(q)).numpy()
         return out
     return np.asarray(rows @ q, dtype=np.float32)
+
+
+_HALF_SAFE = 2.0**14  # a quarter of float16's largest value, 65504
+
+
+def _half_fits(q: npt.NDArray[np.float32], max_norm: float) -> bool:
+    """Whether a float16 scan of ``q`` stays finite: ``|q|`` and every ``|q . d|`` in range.
+
+    A query the half-precision product would overflow (1e5 is infinity as float16) would
+    score every row NaN or infinite, and the search answer nothing: such a query is scanned
+    in float32 instead.
+    """
+    with np.errstate(all="ignore"):
+        qn = float(np.linalg.norm(q))
+    return qn < _HALF_SAFE and qn * max_norm < _HALF_SAFE
 
 
 def _int8_kernel() -> bool:
@@ -311,7 +365,7 @@ class DenseStore:
         if use_scan:
             assert scan is not None  # noqa: S101 - checked above
             approx = scan.approx(q)
-        elif matrix.dtype == np.float32:
+        elif matrix.dtype == np.float32 or not _half_fits(q, max_norm):
             scores = DenseStore.scores(matrix, q)
             if mask is not None and not mask.all():
                 scores[~mask] = -np.inf
@@ -602,5 +656,8 @@ class LexicalStore:
         inside = q_ids < size
         table = np.zeros(size, dtype=np.float32)
         table[q_ids[inside]] = q_w[inside]
-        contrib = table[d_ids] * d_w
-        return np.bincount(owner, weights=contrib, minlength=n).astype(np.float32)
+        # weights are finite float32s, so a score past float32 (a weight of 1e38 in a query
+        # and a document) is +inf, its float32 value, not a warning
+        with np.errstate(over="ignore"):
+            contrib = table[d_ids] * d_w
+            return np.bincount(owner, weights=contrib, minlength=n).astype(np.float32)

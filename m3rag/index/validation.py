@@ -35,6 +35,7 @@ __all__ = [
     "colbert_query",
     "dense_query",
     "finite32",
+    "finite_as_stored",
     "id_list",
     "lexical_query",
     "metadata_json",
@@ -50,6 +51,10 @@ MAX_METADATA_DEPTH = 32
 MAX_TOKEN_ID = 2**31 - 1
 """Lexical token ids are stored as int32: the bound when no vocabulary size is recorded."""
 F32_MAX = float(np.finfo(np.float32).max)
+# float32 values from this magnitude up round to infinity as bfloat16 (round to nearest even:
+# the bit pattern halfway between bfloat16's largest finite value and infinity)
+_BF16_OVERFLOW = float(np.array(0x7F7F8000, dtype=np.uint32).view(np.float32))
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def normalise(
@@ -149,11 +154,16 @@ def check_embeddings(
     dim: int | None,
     colbert_dim: int | None,
     vocab_size: int,
+    dense_dtype: str = "float32",
+    colbert_dtype: str = "float32",
 ) -> M3Output:
     """Every head of every document fits: count, heads, sizes, finite, ids in vocabulary.
 
     Checked before anything is staged: a NaN ColBERT vector or an out-of-vocabulary token
     id would otherwise be committed and break every later search, or every later commit.
+    Vectors must be finite in the form they are stored in (``dense_dtype``,
+    ``colbert_dtype``): 1e5 is a float32 but infinity as float16, and one infinite row in a
+    float16 matrix makes the int8 scan's error bound NaN, so every dense search answers nothing.
     """
     n = len(ids)
     if not isinstance(embeddings, M3Output):
@@ -177,17 +187,17 @@ def check_embeddings(
         if embeddings.dim != dim:
             msg = f"dense vectors have {embeddings.dim} dimensions, the collection {dim}"
             raise EmbeddingMismatchError(msg)
-        rows = ~finite32(embeddings.dense_vecs).all(axis=1)
+        rows = ~finite_as_stored(embeddings.dense_vecs, dense_dtype).all(axis=1)
         if rows.any():
-            raise bad(int(np.flatnonzero(rows)[0]), "dense", "NaN or infinity (as float32)")
+            raise bad(int(np.flatnonzero(rows)[0]), "dense", _not_finite(dense_dtype))
     if "colbert" in heads and embeddings.colbert_vecs is not None:
         for i, m in enumerate(embeddings.colbert_vecs):
             shape = getattr(m, "shape", None)
             if not isinstance(m, np.ndarray) or m.ndim != 2 or m.shape[1] != colbert_dim:
                 expected = f"[t, {colbert_dim}]"
                 raise bad(i, "colbert", f"shape {shape}, expected {expected}")
-            if not finite32(m).all():
-                raise bad(i, "colbert", "NaN or infinity (as float32)")
+            if not finite_as_stored(m, colbert_dtype).all():
+                raise bad(i, "colbert", _not_finite(colbert_dtype))
     if "sparse" in heads and embeddings.lexical_weights is not None:
         check_lexical_docs(embeddings.lexical_weights, bad, vocab_size)
     return embeddings
@@ -328,6 +338,31 @@ def finite32(values: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         return np.isfinite(np.asarray(values, dtype=np.float32))
 
 
+def finite_as_stored(values: npt.ArrayLike, dtype: str) -> npt.NDArray[np.bool_]:
+    """Elementwise: finite once stored as ``dtype`` (a dense or ColBERT store dtype).
+
+    Values reach a store as float32 first, then its dtype: float16 holds up to 65504,
+    bfloat16 about 3.39e38 (int8 stores keep a float32 scale per row, float32 as is).
+    """
+    with np.errstate(all="ignore"):
+        x = np.asarray(values, dtype=np.float32)
+        if dtype == "float16":
+            return np.isfinite(x.astype(np.float16))
+        if dtype == "bfloat16":
+            return np.abs(x) < _BF16_OVERFLOW  # False for NaN and infinity too
+        return np.isfinite(x)
+
+
+def _not_finite(dtype: str) -> str:
+    if dtype in ("float16", "bfloat16"):
+        largest = {"float16": "65504", "bfloat16": "3.39e38"}[dtype]
+        return (
+            f"NaN or infinity as {dtype}, the form the collection stores it in (finite up to "
+            f"|x| = {largest})"
+        )
+    return "NaN or infinity (as float32)"
+
+
 def token_problem(token: object, limit: int) -> str | None:
     """What is wrong with a lexical token id (an int in ``[0, limit)``), or ``None``."""
     if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
@@ -367,13 +402,15 @@ def metadata_json(i: int, meta: Mapping[str, Any]) -> str:
 
 
 def metadata_problem(meta: Mapping[str, Any]) -> str | None:
-    """Non-string keys, or nesting deeper than `MAX_METADATA_DEPTH`, found iteratively.
+    r"""What metadata filters could not match as stored, or ``None``; found iteratively.
 
-    ``json.dumps`` would recurse (a ``RecursionError`` thousands of levels deep) and turn
-    int keys into strings silently.
+    Non-string keys, nesting deeper than `MAX_METADATA_DEPTH`, a key or string holding NUL,
+    an int outside the 64-bit integers. ``json.dumps`` would recurse (a ``RecursionError``
+    thousands of levels deep) and turn int keys into strings silently; SQLite's JSON functions
+    cut strings at NUL (``"x\x00y"`` would match a filter on ``"x"``) and read an int
+    beyond 64 bits as a float (a filter on it is refused), so such metadata would be stored
+    but never filtered as written.
     """
-    if any("\x00" in key for key in meta if isinstance(key, str)):
-        return "a field name holds NUL ('\\x00'), which SQLite's JSON functions cut short"
     stack: list[tuple[Any, int]] = [(meta, 1)]
     seen = 0
     while stack:
@@ -383,8 +420,26 @@ def metadata_problem(meta: Mapping[str, Any]) -> str | None:
             bad = next((k for k in value if not isinstance(k, str)), None)
             if bad is not None:
                 return f"key {bad!r} is not a string"
+            if any("\x00" in k for k in value):
+                return "a field name holds NUL ('\\x00'), which SQLite's JSON functions cut short"
         elif isinstance(value, (list, tuple)):
             children = value
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return (
+                    f"the string {value[:40]!r} holds NUL ('\\x00'), which SQLite's JSON "
+                    "functions cut short; remove it or store the value another way"
+                )
+            continue
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not _INT64[0] <= value <= _INT64[1]
+        ):
+            return (
+                f"an int of {value.bit_length()} bits is outside the signed 64-bit integers "
+                "metadata filters compare; store it as a string or a float"
+            )
         else:
             continue
         if depth > MAX_METADATA_DEPTH:
@@ -426,12 +481,17 @@ def store_shape(
     if bad:
         msg = f"heads must be a subset of {list(HEADS)} (empty: BM25 only), got {list(chosen)}"
         raise ValueError(msg)
-    if "dense" in chosen and (not isinstance(dim, int) or dim < 1):
-        msg = "dim (the dense size) is required to store dense vectors without an encoder"
-        raise ValueError(msg)
-    if "colbert" in chosen and (not isinstance(colbert_dim, int) or colbert_dim < 1):
-        msg = "colbert_dim is required to store ColBERT vectors without an encoder"
-        raise ValueError(msg)
+    sizes = (("dense", "dim", "dense", dim), ("colbert", "colbert_dim", "ColBERT", colbert_dim))
+    for head, name, label, size in sizes:
+        if head not in chosen:
+            continue
+        if size is None:
+            msg = f"{name} is required to store {label} vectors without an encoder"
+            raise ValueError(msg)
+        # a bool is an int to Python, but the manifest would refuse it on every later open
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            msg = f"{name} (the {label} vector size) must be a positive int, got {size!r}"
+            raise ValueError(msg)
     return chosen, dim, colbert_dim, vocab_size
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -410,6 +411,160 @@ def test_refresh_onto_a_damaged_commit_keeps_the_snapshot(template: Path, tmp_pa
     writer.close()
     (path / "lexical.offsets").unlink()
     with pytest.raises(IndexFormatError, match=r"lexical\.offsets"):
+        reader.refresh()
+    assert _snapshot(reader) == seen
+    reader.close()
+
+
+def _reads(col: Collection) -> dict[str, Callable[[], Any]]:
+    """Every read path a damaged store can fail on."""
+    keys = np.arange(len(col.allowed()), dtype=np.int64)
+    return {
+        "bm25": lambda: col.search_bm25("harbour number", k=3),
+        "bm25_scores": lambda: col.bm25_scores("harbour", keys),
+        "lexical": lambda: col.search_lexical(Q_LEX, k=3),
+        "lexical_scores": lambda: col.lexical_scores(Q_LEX, keys),
+        "dense": lambda: col.search_dense(Q_DENSE, k=3),
+        "colbert": lambda: col.colbert_scores(np.ones((2, 8)), keys),
+        "colbert_vecs": lambda: col.colbert_vecs(keys),
+        "get": lambda: col.get(col.ids()),
+    }
+
+
+def test_damaged_tantivy_segments_are_reported(template: Path, tmp_path: Path) -> None:
+    """A damaged segment file is an IndexFormatError on every path, never tantivy's own error."""
+    suffixes = sorted({p.suffix for p in (template / "tantivy").iterdir()} - {".json", ""})
+    assert ".pos" in suffixes
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        suffix=st.sampled_from(suffixes),
+        damage=st.sampled_from(["delete", "empty", "garble"]),
+        read_only=st.booleans(),
+    )
+    @example(suffix=".pos", damage="delete", read_only=True)
+    @example(suffix=".pos", damage="delete", read_only=False)
+    def check(suffix: str, damage: str, read_only: bool) -> None:
+        path = _copy(template, tmp_path, "damaged")
+        for target in (path / "tantivy").glob(f"*{suffix}"):
+            data = target.read_bytes()
+            if damage == "delete":
+                target.unlink()
+            elif damage == "empty":
+                target.write_bytes(b"")
+            else:
+                target.write_bytes(bytes(b ^ 0xFF for b in data))
+        opened: list[Collection] = []
+        error = _error_of(lambda: opened.append(Collection.open(path, read_only=read_only)))
+        assert error is None or _reported(error), repr(error)
+        for col in opened:
+            for name, call in _reads(col).items():
+                error = _error_of(call)
+                assert error is None or _reported(error), f"{name}: {error!r}"
+            col.close()
+
+    check()
+
+
+def _error_of(call: Callable[[], Any]) -> Exception | None:
+    try:
+        call()
+    except Exception as exc:  # the caller asserts which
+        return exc
+    return None
+
+
+def _reported(error: Exception) -> bool:
+    """Whether ``error`` reports tantivy damage as m3rag does (not tantivy's own ValueError)."""
+    return isinstance(error, IndexFormatError) and "tantivy" in str(error)
+
+
+def _damage_offsets(path: Path, store: str, row: int, column: int, value: int) -> None:
+    data = np.fromfile(path / store, dtype=np.int64).reshape(-1, 2)
+    data[row % len(data), column] = value
+    data.tofile(path / store)
+
+
+OFFSET_VALUES = st.one_of(
+    st.sampled_from([-1, 1, 10**6, 2**62, -(2**63)]), st.integers(-(2**63), 2**63 - 1)
+)
+
+
+def test_damaged_offsets_are_reported_naming_the_file(template: Path, tmp_path: Path) -> None:
+    """Any changed offset is damage: they tile the data in order, so each one is checkable."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        store=st.sampled_from(["colbert.offsets", "lexical.offsets"]),
+        row=st.integers(0, N - 1),
+        column=st.integers(0, 1),
+        value=OFFSET_VALUES,
+        read_only=st.booleans(),
+    )
+    @example(store="colbert.offsets", row=1, column=0, value=10**6, read_only=True)
+    @example(store="lexical.offsets", row=5, column=1, value=10**6, read_only=True)
+    def check(store: str, row: int, column: int, value: int, read_only: bool) -> None:
+        path = _copy(template, tmp_path, "damaged")
+        before = np.fromfile(path / store, dtype=np.int64).reshape(-1, 2)
+        if before[row, column] == value:
+            return
+        _damage_offsets(path, store, row, column, value)
+        with pytest.raises(IndexFormatError, match=re.escape(store)):
+            Collection.open(path, read_only=read_only).close()
+
+    check()
+
+
+def test_damaged_tombstones_are_reported(template: Path, tmp_path: Path) -> None:
+    """A tombstone outside the committed keys, or repeated, is damage (never a raw IndexError).
+
+    The file has no checksum: a tombstone changed into another live key cannot be told apart
+    from a deletion, and is not asserted here.
+    """
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        value=st.one_of(
+            st.integers(max_value=-1),
+            st.integers(min_value=N),
+            st.sampled_from([-1, N, 10**6, 2**63 - 1, -(2**63)]),
+        ),
+        duplicate=st.booleans(),
+        read_only=st.booleans(),
+    )
+    @example(value=10**6, duplicate=False, read_only=True)
+    @example(value=-1, duplicate=False, read_only=True)
+    @example(value=0, duplicate=True, read_only=True)
+    def check(value: int, duplicate: bool, read_only: bool) -> None:
+        value = max(-(2**63), min(value, 2**63 - 1))
+        path = _copy(template, tmp_path, "damaged")
+        tomb = np.fromfile(path / "tombstones.int64", dtype=np.int64)
+        assert tomb.tolist() == [0]  # d0, deleted by _make
+        # the manifest counts one tombstone: a duplicate takes a second, counted, row
+        if duplicate:
+            manifest = json.loads((path / "manifest.json").read_text())
+            manifest["lengths"]["tombstones"] = 2
+            (path / "manifest.json").write_text(json.dumps(manifest))
+            np.array([0, 0], dtype=np.int64).tofile(path / "tombstones.int64")
+        else:
+            np.array([value], dtype=np.int64).tofile(path / "tombstones.int64")
+        with pytest.raises(IndexFormatError, match=r"tombstones\.int64"):
+            Collection.open(path, read_only=read_only).close()
+
+    check()
+
+
+def test_refresh_checks_the_offsets_of_new_commits(template: Path, tmp_path: Path) -> None:
+    """A reader checks the rows each refresh adds (and only those: the files are append-only)."""
+    path = _copy(template, tmp_path, "c")
+    reader = Collection.open(path, read_only=True)
+    seen = _snapshot(reader)
+    writer = Collection.open(path)
+    writer.add(["harbour more", "harbour again"], ids=["m", "n"], embeddings=random_outputs(2))
+    writer.commit()
+    writer.close()
+    _damage_offsets(path, "lexical.offsets", N + 1, 0, 3)  # the last row, just committed
+    with pytest.raises(IndexFormatError, match=r"lexical\.offsets.*document key 7"):
         reader.refresh()
     assert _snapshot(reader) == seen
     reader.close()
