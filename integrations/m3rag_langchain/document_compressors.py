@@ -7,10 +7,11 @@ from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from m3rag import Reranker
 from m3rag.serve.client import RemoteReranker
+from m3rag_langchain._remote import Remote, remote_client
 from m3rag_langchain._validation import check_documents, check_positive_int, check_text
 
 __all__ = ["M3Reranker"]
@@ -31,28 +32,36 @@ class M3Reranker(BaseDocumentCompressor):
         ```
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # hide_input_in_errors: a ValidationError would otherwise print the arguments, api_key too
+    model_config = ConfigDict(arbitrary_types_allowed=True, hide_input_in_errors=True)
 
     reranker: Reranker | RemoteReranker | None = Field(default=None, exclude=True)
     """The cross-encoder (or give ``base_url``)."""
     base_url: str | None = None
     """An ``m3rag serve --reranker`` server to rerank on instead of a local model."""
-    api_key: str | None = Field(default=None, exclude=True, repr=False)
-    """The server's API key (default: the ``M3RAG_API_KEY`` environment variable)."""
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """The server's API key, held as a ``SecretStr`` and never shown in a repr or an error
+    (default: the ``M3RAG_API_KEY`` environment variable)."""
     top_n: int = 3
     """Documents kept."""
     normalize: bool = False
     """Report sigmoid probabilities instead of logits."""
 
+    _remote: Remote[RemoteReranker] | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _one_source(self) -> M3Reranker:
-        if (self.reranker is None) == (self.base_url is None):
-            msg = "give either reranker= (in-process) or base_url= (an m3rag serve server)"
-            raise ValueError(msg)
-        if self.reranker is None:
-            assert self.base_url is not None  # noqa: S101 - checked just above
-            self.reranker = RemoteReranker(self.base_url, api_key=self.api_key)
+        self._source()  # a bad base_url or key fails here, not at the first call
         return self
+
+    def _source(self) -> Reranker | RemoteReranker:
+        if self.reranker is not None and self.base_url is None:
+            return self.reranker
+        if self.reranker is None and self.base_url is not None:
+            self._remote = remote_client(self._remote, RemoteReranker, self.base_url, self.api_key)
+            return self._remote[1]
+        msg = "give either reranker= (in-process) or base_url= (an m3rag serve server)"
+        raise ValueError(msg)
 
     @field_validator("top_n", mode="before")
     @classmethod
@@ -70,8 +79,7 @@ class M3Reranker(BaseDocumentCompressor):
         check_text(query, "query")
         if not documents:
             return []
-        assert self.reranker is not None  # noqa: S101 - set by the validator
-        result = self.reranker.rerank(
+        result = self._source().rerank(
             query, [d.page_content for d in documents], top_n=self.top_n, normalize=self.normalize
         )
         out = []

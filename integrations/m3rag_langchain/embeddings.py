@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from m3rag import M3Encoder
 from m3rag.serve.client import RemoteEncoder
+from m3rag_langchain._remote import Remote, remote_client
 from m3rag_langchain._validation import check_text, check_texts
 
 __all__ = ["M3Embeddings", "M3SparseEmbeddings"]
@@ -18,7 +19,13 @@ __all__ = ["M3Embeddings", "M3SparseEmbeddings"]
 class _EncoderModel(BaseModel):
     """The encoder settings both LangChain embedding classes share; the model loads lazily."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
+    # hide_input_in_errors: a ValidationError would otherwise print the arguments, api_key too
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        extra="forbid",
+        protected_namespaces=(),
+        hide_input_in_errors=True,
+    )
 
     model_name_or_path: str = "BAAI/bge-m3"
     """Hub id or local folder of the checkpoint."""
@@ -29,27 +36,33 @@ class _EncoderModel(BaseModel):
     base_url: str | None = None
     """An ``m3rag serve`` server to encode on (e.g. ``"http://127.0.0.1:8000"``) instead of a
     local model; the results are the same."""
-    api_key: str | None = Field(default=None, exclude=True, repr=False)
-    """The server's API key (default: the ``M3RAG_API_KEY`` environment variable)."""
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """The server's API key, held as a ``SecretStr`` and never shown in a repr or an error
+    (default: the ``M3RAG_API_KEY`` environment variable)."""
 
-    _encoder: M3Encoder | RemoteEncoder | None = PrivateAttr(default=None)
+    # each kept with the fields it was built from: a model_copy(update=...) builds its own
+    _remote: Remote[RemoteEncoder] | None = PrivateAttr(default=None)
+    _local: tuple[tuple[str, dict[str, Any]], M3Encoder] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_source(self) -> _EncoderModel:
-        if self.base_url is not None and (self.encoder is not None or self.encoder_kwargs):
-            msg = "give encoder=/encoder_kwargs= (in-process) or base_url= (a server), not both"
-            raise ValueError(msg)
+        if self.base_url is not None:
+            self._get_encoder()  # a bad base_url or key fails here (no request is sent)
         return self
 
     def _get_encoder(self) -> M3Encoder | RemoteEncoder:
+        if self.base_url is not None:
+            if self.encoder is not None or self.encoder_kwargs:
+                msg = "give encoder=/encoder_kwargs= (in-process) or base_url= (a server), not both"
+                raise ValueError(msg)
+            self._remote = remote_client(self._remote, RemoteEncoder, self.base_url, self.api_key)
+            return self._remote[1]
         if self.encoder is not None:
             return self.encoder
-        if self._encoder is None:
-            if self.base_url is not None:
-                self._encoder = RemoteEncoder(self.base_url, api_key=self.api_key)
-            else:
-                self._encoder = M3Encoder(self.model_name_or_path, **self.encoder_kwargs)
-        return self._encoder
+        fields = (self.model_name_or_path, dict(self.encoder_kwargs))
+        if self._local is None or self._local[0] != fields:  # loaded at the first use
+            self._local = (fields, M3Encoder(self.model_name_or_path, **self.encoder_kwargs))
+        return self._local[1]
 
 
 class M3Embeddings(_EncoderModel, Embeddings):

@@ -10,10 +10,11 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from m3rag import HybridRetriever, SearchResults
 from m3rag.serve.client import RemoteRetriever
+from m3rag_langchain._remote import Remote, remote_client
 from m3rag_langchain._validation import check_positive_int
 
 __all__ = ["M3Retriever"]
@@ -49,14 +50,16 @@ class M3Retriever(BaseRetriever):
         ```
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # hide_input_in_errors: a ValidationError would otherwise print the arguments, api_key too
+    model_config = ConfigDict(arbitrary_types_allowed=True, hide_input_in_errors=True)
 
     retriever: HybridRetriever | RemoteRetriever | None = Field(default=None, exclude=True)
     """The m3rag hybrid retriever to query (or give ``base_url``)."""
     base_url: str | None = None
     """An ``m3rag serve --index`` server to search instead of a local retriever."""
-    api_key: str | None = Field(default=None, exclude=True, repr=False)
-    """The server's API key (default: the ``M3RAG_API_KEY`` environment variable)."""
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """The server's API key, held as a ``SecretStr`` and never shown in a repr or an error
+    (default: the ``M3RAG_API_KEY`` environment variable)."""
     k: int = 4
     """Documents returned (overridable per call: ``invoke(query, k=...)``)."""
     filter: dict[str, Any] | None = None
@@ -65,19 +68,21 @@ class M3Retriever(BaseRetriever):
     """Relevance cutoff: the reranker's probability with a reranker, else the fused score
     (overridable per call)."""
 
+    _remote: Remote[RemoteRetriever] | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _one_source(self) -> M3Retriever:
-        if (self.retriever is None) == (self.base_url is None):
-            msg = "give either retriever= (in-process) or base_url= (an m3rag serve server)"
-            raise ValueError(msg)
-        if self.retriever is None:
-            assert self.base_url is not None  # noqa: S101 - checked just above
-            self.retriever = RemoteRetriever(self.base_url, api_key=self.api_key)
+        self._source()  # a bad base_url or key fails here, not at the first query
         return self
 
     def _source(self) -> HybridRetriever | RemoteRetriever:
-        assert self.retriever is not None  # noqa: S101 - set by the validator
-        return self.retriever
+        if self.retriever is not None and self.base_url is None:
+            return self.retriever
+        if self.retriever is None and self.base_url is not None:
+            self._remote = remote_client(self._remote, RemoteRetriever, self.base_url, self.api_key)
+            return self._remote[1]
+        msg = "give either retriever= (in-process) or base_url= (an m3rag serve server)"
+        raise ValueError(msg)
 
     @field_validator("k", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
@@ -258,6 +259,14 @@ class M3VectorStore(VectorStore):
             (doc, 1.0 / (1.0 + math.exp(-score)))
             for doc, score in self._hybrid_search(query, k, kwargs.get("filter"))
         ]
+
+    async def _asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        # LangChain's default maps the dense scores here, not the fused ones the sync path gives
+        return await run_in_executor(
+            None, self._similarity_search_with_relevance_scores, query, k, **kwargs
+        )
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         # inner products of normalised vectors are cosines in [-1, 1]

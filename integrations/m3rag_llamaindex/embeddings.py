@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
-from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.embeddings import BaseEmbedding
 
 from m3rag import M3Encoder
@@ -17,20 +17,38 @@ from m3rag_llamaindex._validation import check_text, check_texts
 __all__ = ["M3Embedding", "M3SparseEmbedding"]
 
 
+_DEFAULT_MODEL = "BAAI/bge-m3"
+
+
 def _encoder(
-    model_name: str,
+    model_name: str | None,
     encoder: M3Encoder | None,
     encoder_kwargs: dict[str, Any] | None,
     base_url: str | None,
     api_key: str | None,
-) -> M3Encoder | RemoteEncoder:
-    """The local encoder, or a client of the ``m3rag serve`` server at ``base_url``."""
+) -> tuple[str, M3Encoder | RemoteEncoder]:
+    """The model name that identifies the encoder, and the encoder (or a server's client).
+
+    The name is what LlamaIndex hashes for its ``IngestionCache`` (through ``to_dict``), so it
+    is the encoder's own ``model_name_or_path``, or the server's URL: two different models never
+    share an entry.
+    """
     if base_url is not None:
         if encoder is not None or encoder_kwargs:
             msg = "give encoder=/encoder_kwargs= (in-process) or base_url= (a server), not both"
             raise ValueError(msg)
-        return RemoteEncoder(base_url, api_key=api_key)
-    return encoder or M3Encoder(model_name, **(encoder_kwargs or {}))
+        return model_name or base_url, RemoteEncoder(base_url, api_key=api_key)
+    if encoder is not None:
+        actual = str(encoder.model_name_or_path)
+        if model_name is not None and model_name != actual:
+            msg = (
+                f"model_name={model_name!r} but encoder= is {actual!r}; leave model_name out "
+                "(it is read from the encoder)"
+            )
+            raise ValueError(msg)
+        return actual, encoder
+    name = model_name or _DEFAULT_MODEL
+    return name, M3Encoder(name, **(encoder_kwargs or {}))
 
 
 class M3Embedding(BaseEmbedding):
@@ -38,6 +56,11 @@ class M3Embedding(BaseEmbedding):
 
     ``_get_text_embeddings`` encodes a whole batch in one call (LlamaIndex's default loops one
     text at a time), and the async methods run in a worker thread.
+
+    ``model_name`` is the encoder's ``model_name_or_path`` with ``encoder=``, the server's URL with
+    ``base_url=`` (unless given), else the checkpoint to load (default ``"BAAI/bge-m3"``):
+    LlamaIndex's ``IngestionCache`` tells models apart by it. ``to_dict`` keeps ``base_url``,
+    never the API key, so ``from_dict`` gives the same embedding back.
 
     Example:
         ```python
@@ -47,11 +70,15 @@ class M3Embedding(BaseEmbedding):
         ```
     """
 
+    base_url: str | None = Field(
+        default=None, description="The m3rag serve server encoding instead of a local model."
+    )
+
     _encoder: M3Encoder | RemoteEncoder = PrivateAttr()
 
     def __init__(
         self,
-        model_name: str = "BAAI/bge-m3",
+        model_name: str | None = None,
         *,
         encoder: M3Encoder | None = None,
         embed_batch_size: int = 64,
@@ -60,8 +87,11 @@ class M3Embedding(BaseEmbedding):
         api_key: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model_name=model_name, embed_batch_size=embed_batch_size, **kwargs)
-        self._encoder = _encoder(model_name, encoder, encoder_kwargs, base_url, api_key)
+        name, client = _encoder(model_name, encoder, encoder_kwargs, base_url, api_key)
+        super().__init__(  # type: ignore[call-arg]  # base_url: a field of ours
+            model_name=name, embed_batch_size=embed_batch_size, base_url=base_url, **kwargs
+        )
+        self._encoder = client
 
     @classmethod
     def class_name(cls) -> str:
@@ -107,6 +137,10 @@ class M3Embedding(BaseEmbedding):
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._dense([check_text(text, "text")], query=False)[0]
 
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        # LlamaIndex's default calls the sync method inline, blocking the event loop
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         return self._dense(texts, query=False)
 
@@ -118,7 +152,8 @@ class M3SparseEmbedding(BaseSparseEmbedding):
     """LlamaIndex ``BaseSparseEmbedding``: BGE-M3 lexical weights as ``{token_id: weight}``.
 
     Batches for real (``_get_text_embeddings`` encodes the whole batch in one call); usable by
-    the Milvus and Pinecone vector stores' hybrid modes.
+    the Milvus and Pinecone vector stores' hybrid modes. ``model_name`` and ``base_url`` as in
+    [`M3Embedding`][m3rag_llamaindex.M3Embedding].
 
     Example:
         ```python
@@ -127,11 +162,15 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         ```
     """
 
+    base_url: str | None = Field(
+        default=None, description="The m3rag serve server encoding instead of a local model."
+    )
+
     _encoder: M3Encoder | RemoteEncoder = PrivateAttr()
 
     def __init__(
         self,
-        model_name: str = "BAAI/bge-m3",
+        model_name: str | None = None,
         *,
         encoder: M3Encoder | None = None,
         embed_batch_size: int = 64,
@@ -140,8 +179,11 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         api_key: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model_name=model_name, embed_batch_size=embed_batch_size, **kwargs)
-        self._encoder = _encoder(model_name, encoder, encoder_kwargs, base_url, api_key)
+        name, client = _encoder(model_name, encoder, encoder_kwargs, base_url, api_key)
+        super().__init__(  # type: ignore[call-arg]  # base_url: a field of ours
+            model_name=name, embed_batch_size=embed_batch_size, base_url=base_url, **kwargs
+        )
+        self._encoder = client
 
     @classmethod
     def class_name(cls) -> str:

@@ -11,6 +11,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from m3rag import Reranker
 from m3rag.serve.client import RemoteReranker
+from m3rag_llamaindex._nodes import hide_metadata
 from m3rag_llamaindex._validation import check_nodes, check_positive_int, check_text
 
 __all__ = ["M3Reranker"]
@@ -21,8 +22,10 @@ dispatcher = get_dispatcher(__name__)
 class M3Reranker(BaseNodePostprocessor):
     """Rerank nodes with [`m3rag.Reranker`][m3rag.Reranker], keeping the best ``top_n``.
 
-    The incoming retrieval score is kept in the node's metadata as ``retrieval_score``; the
-    node's score becomes the cross-encoder's. Emits LlamaIndex's ReRank start/end events.
+    The incoming retrieval score is kept in the node's metadata as ``retrieval_score`` (hidden
+    from the LLM and the embedding model, as the retriever's scores are); the node's score
+    becomes the cross-encoder's. Emits LlamaIndex's ReRank start/end events, naming the model
+    in ``model``: the reranker's ``model_name_or_path``, or the server's URL.
 
     Example:
         ```python
@@ -32,14 +35,20 @@ class M3Reranker(BaseNodePostprocessor):
         ```
     """
 
-    model: str = Field(default="BAAI/bge-reranker-v2-m3", description="Reranker hub id or folder.")
+    model: str = Field(
+        default="BAAI/bge-reranker-v2-m3",
+        description="The reranker: its hub id or folder, or the server's URL.",
+    )
     top_n: int = Field(default=3, description="Nodes kept.")
+    base_url: str | None = Field(
+        default=None, description="The m3rag serve server reranking instead of a local model."
+    )
 
     _reranker: Reranker | RemoteReranker = PrivateAttr()
 
     def __init__(
         self,
-        model: str = "BAAI/bge-reranker-v2-m3",
+        model: str | None = None,
         *,
         top_n: int = 3,
         reranker: Reranker | None = None,
@@ -47,14 +56,11 @@ class M3Reranker(BaseNodePostprocessor):
         api_key: str | None = None,
     ) -> None:
         check_positive_int(top_n, "top_n")
-        if reranker is not None and base_url is not None:
-            msg = "give reranker= (in-process) or base_url= (an m3rag serve server), not both"
-            raise ValueError(msg)
-        super().__init__(model=model, top_n=top_n)  # type: ignore[call-arg]  # pydantic fields
-        if base_url is not None:
-            self._reranker = RemoteReranker(base_url, api_key=api_key)
-        else:
-            self._reranker = reranker or Reranker(model)
+        name, client = _reranker(model, reranker, base_url, api_key)
+        super().__init__(  # type: ignore[call-arg]  # pydantic fields
+            model=name, top_n=top_n, base_url=base_url
+        )
+        self._reranker = client
 
     @classmethod
     def class_name(cls) -> str:
@@ -94,7 +100,30 @@ class M3Reranker(BaseNodePostprocessor):
                 original = nodes[hit.index]
                 node = original.node.model_copy(deep=True)  # never touch the caller's nodes
                 node.metadata["retrieval_score"] = original.score
+                hide_metadata(node, ["retrieval_score"])  # for the caller, not the LLM prompt
                 out.append(NodeWithScore(node=node, score=hit.score))
             event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))
         return out
+
+
+def _reranker(
+    model: str | None, reranker: Reranker | None, base_url: str | None, api_key: str | None
+) -> tuple[str, Reranker | RemoteReranker]:
+    """The name the rerank events report (the model's own, or the server's URL), and the model."""
+    if base_url is not None:
+        if reranker is not None:
+            msg = "give reranker= (in-process) or base_url= (an m3rag serve server), not both"
+            raise ValueError(msg)
+        return model or base_url, RemoteReranker(base_url, api_key=api_key)
+    if reranker is not None:
+        actual = str(reranker.model_name_or_path)
+        if model is not None and model != actual:
+            msg = (
+                f"model={model!r} but reranker= is {actual!r}; leave model out "
+                "(it is read from the reranker)"
+            )
+            raise ValueError(msg)
+        return actual, reranker
+    name = model or "BAAI/bge-reranker-v2-m3"
+    return name, Reranker(name)

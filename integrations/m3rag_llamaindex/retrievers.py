@@ -8,13 +8,7 @@ from typing import Any
 
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import (
-    NodeRelationship,
-    NodeWithScore,
-    QueryBundle,
-    RelatedNodeInfo,
-    TextNode,
-)
+from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo
 from llama_index.core.vector_stores.types import (
     FilterCondition,
     FilterOperator,
@@ -24,8 +18,9 @@ from llama_index.core.vector_stores.types import (
 from m3rag import Collection, FusionConfig, HybridRetriever, Reranker, SearchResults
 from m3rag._inputs import check_min_score
 from m3rag.index.filters import Filter
-from m3rag.rollup import CHUNK_FIELDS, PARENT_ID
+from m3rag.rollup import PARENT_ID
 from m3rag.serve.client import RemoteRetriever
+from m3rag_llamaindex._nodes import hide_metadata, stored_node
 from m3rag_llamaindex._validation import check_positive_int
 
 __all__ = ["M3Retriever", "to_m3rag_filter"]
@@ -102,7 +97,10 @@ class M3Retriever(BaseRetriever):
     ``fused_score``, ``rerank_score`` (if reranked) and ``path_scores`` / ``path_ranks`` per
     retrieval path. ``MetadataFilters`` (AND of ``==``, ``>``, ``>=``, ``<``, ``<=``, ``in``), or
     a plain m3rag filter dict, are applied inside every path; unsupported filters raise instead
-    of being ignored.
+    of being ignored. Nodes that [`M3VectorStore`][m3rag_llamaindex.M3VectorStore] wrote come
+    back as it stored them (their own metadata, ``ref_doc_id`` and excluded keys), as
+    ``index.as_retriever()`` gives them; the score keys are hidden from the LLM and the
+    embedding model.
 
     Example:
         ```python
@@ -182,23 +180,20 @@ class M3Retriever(BaseRetriever):
     def _nodes(self, results: SearchResults) -> list[NodeWithScore]:
         out = []
         for hit in results:
-            meta = dict(hit.metadata)
-            meta["fused_score"] = hit.fused_score
-            if hit.rerank_score is not None:
-                meta["rerank_score"] = hit.rerank_score
-            meta["path_scores"] = {p: s.raw for p, s in hit.paths.items()}
-            meta["path_ranks"] = {p: s.rank for p, s in hit.paths.items()}
-            node = TextNode(id_=hit.id, text=hit.text, metadata=meta)
-            parent = hit.parent_id or meta.get(PARENT_ID)
+            # the node as stored: decoded when M3VectorStore wrote it, as LlamaIndex stores do
+            node = stored_node(hit.id, hit.text, hit.metadata)
+            parent = hit.parent_id or hit.metadata.get(PARENT_ID)
             if parent is not None:
                 # a chunk's source document: node.ref_doc_id, as LlamaIndex's own nodes have
                 node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=str(parent))
-            # scores, paths and internal chunk bookkeeping are for the caller, not for the
-            # LLM prompt or an embedding model
-            hidden = ["fused_score", "rerank_score", "path_scores", "path_ranks"]
-            hidden += [key for key in (*CHUNK_FIELDS, "source") if key in meta]
-            node.excluded_llm_metadata_keys = list(hidden)
-            node.excluded_embed_metadata_keys = list(hidden)
+            scores: dict[str, Any] = {"fused_score": hit.fused_score}
+            if hit.rerank_score is not None:
+                scores["rerank_score"] = hit.rerank_score
+            scores["path_scores"] = {p: s.raw for p, s in hit.paths.items()}
+            scores["path_ranks"] = {p: s.rank for p, s in hit.paths.items()}
+            node.metadata.update(scores)
+            # scores and paths are for the caller, not for the LLM prompt or an embedding model
+            hide_metadata(node, list(scores))
             out.append(NodeWithScore(node=node, score=hit.score))
         return out
 

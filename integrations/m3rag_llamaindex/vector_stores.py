@@ -29,7 +29,11 @@ query mode          what runs
 
 Filters are LlamaIndex ``MetadataFilters`` (mapped to m3rag filters; operators m3rag cannot
 express raise ``ValueError``), ``doc_ids`` restrict to nodes of those documents and ``node_ids``
-to those nodes.
+to those nodes; all three are applied inside every recall path, so ``similarity_top_k`` counts
+allowed nodes only. The store keeps each node's id in its metadata (``_node_id``) for that; a
+node written without it (by an older m3rag or another tool) cannot be asked for by id until it
+is added again, and a query that does raises ``ValueError``. Query modes may be given as the
+enum or its string (``"sparse"``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode, MetadataMode, TextNode
+from llama_index.core.schema import BaseNode, MetadataMode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     MetadataFilters,
@@ -47,21 +51,26 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryMode,
     VectorStoreQueryResult,
 )
-from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
-from m3rag import FusionConfig, HybridRetriever, M3Output, Reranker
+from m3rag import FusionConfig, HybridRetriever, M3Output, Reranker, UnknownIdError
 from m3rag.index import WritableStore
-from m3rag.rollup import CHUNK_FIELDS
+from m3rag_llamaindex._nodes import INTERNAL_METADATA, NODE_ID, stored_node
 from m3rag_llamaindex._passes import recall
 from m3rag_llamaindex._validation import check_positive_int
 from m3rag_llamaindex.retrievers import to_m3rag_filter
 
 __all__ = ["INTERNAL_METADATA", "M3VectorStore"]
 
-INTERNAL_METADATA = (*CHUNK_FIELDS, "source")
-"""Metadata keys kept out of the LLM's and the embedding model's view of a node by default."""
-
 _REF = "ref_doc_id"
+_MODES = (
+    VectorStoreQueryMode.DEFAULT,
+    VectorStoreQueryMode.SPARSE,
+    VectorStoreQueryMode.HYBRID,
+    VectorStoreQueryMode.SEMANTIC_HYBRID,
+    VectorStoreQueryMode.TEXT_SEARCH,
+    VectorStoreQueryMode.MMR,
+)
 
 
 class M3VectorStore(BasePydanticVectorStore):
@@ -134,7 +143,8 @@ class M3VectorStore(BasePydanticVectorStore):
             texts.append(text)
             embed_texts.append(node.get_content(metadata_mode=MetadataMode.EMBED))
             ids.append(node.node_id)
-            metas.append(node_to_metadata_dict(node, remove_text=True, flat_metadata=False))
+            meta = node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
+            metas.append({**meta, NODE_ID: node.node_id})  # so node_ids= can be a filter
         self._collection.upsert(texts, ids=ids, metadata=metas, embeddings=self._embed(embed_texts))
         self._collection.commit()
         return ids
@@ -185,16 +195,17 @@ class M3VectorStore(BasePydanticVectorStore):
         """Nodes by id and/or metadata filter, as stored (text, metadata, relationships)."""
         ids = self._select(node_ids, filters)
         return [
-            self._node(str(doc.id), doc.text, doc.metadata) for doc in self._collection.get(ids)
+            stored_node(str(doc.id), doc.text, doc.metadata) for doc in self._collection.get(ids)
         ]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Run a LlamaIndex query through m3rag's hybrid retriever (modes: module docstring)."""
         k = check_positive_int(query.similarity_top_k, "similarity_top_k")
-        retriever, needs_text = self._retriever(query)
+        mode = _mode(query.mode)
+        retriever, needs_text = self._retriever(query, mode)
         text = query.query_str
         if needs_text and not (isinstance(text, str) and text.strip()):
-            msg = f"query mode {query.mode.value!r} needs the query text (query_str)"
+            msg = f"query mode {mode.value!r} needs the query text (query_str)"
             raise ValueError(msg)
         flt = self._filter(query)
         embeddings = self._query_embeddings(retriever, query)
@@ -205,10 +216,7 @@ class M3VectorStore(BasePydanticVectorStore):
             query_embeddings=embeddings,
         )
         hits = list(results)
-        if query.node_ids:  # LlamaIndex passes [] for "no restriction", as other stores read it
-            wanted = set(query.node_ids)
-            hits = [h for h in hits if h.id in wanted]
-        nodes = [self._node(h.id, h.text, h.metadata) for h in hits]
+        nodes = [stored_node(h.id, h.text, h.metadata) for h in hits]
         return VectorStoreQueryResult(
             nodes=nodes, similarities=[h.score for h in hits], ids=[h.id for h in hits]
         )
@@ -263,16 +271,42 @@ class M3VectorStore(BasePydanticVectorStore):
         return [i for i in matching if i in wanted]
 
     def _filter(self, query: VectorStoreQuery) -> Any:
-        flt = to_m3rag_filter(query.filters)
-        if query.doc_ids:
-            docs = {_REF: {"$in": [str(d) for d in query.doc_ids]}}
-            flt = docs if flt is None else {**flt, **docs}
-        return flt
+        """The query's filters, ``doc_ids`` and ``node_ids`` as one m3rag filter.
 
-    def _retriever(self, query: VectorStoreQuery) -> tuple[HybridRetriever, bool]:
+        Inside the filter, each recall path searches only the allowed nodes; restricting the
+        top-k afterwards would lose every allowed node that ranked below it.
+        """
+        flt = to_m3rag_filter(query.filters) or {}
+        if query.doc_ids:
+            flt[_REF] = {"$in": [str(d) for d in query.doc_ids]}
+        if query.node_ids:  # LlamaIndex passes [] for "no restriction", as other stores read it
+            wanted = [str(i) for i in dict.fromkeys(query.node_ids)]
+            self._check_node_ids(wanted)
+            flt[NODE_ID] = {"$in": wanted}
+        return flt or None
+
+    def _check_node_ids(self, wanted: list[str]) -> None:
+        """Refuse node ids stored without ``NODE_ID`` (which the filter would never match)."""
+        found = set(self._collection.ids_matching({NODE_ID: {"$in": wanted}}))
+        for node_id in wanted:
+            if node_id in found:
+                continue
+            try:
+                self._collection.get([node_id])
+            except UnknownIdError:
+                continue  # not in the store: nothing to find, as with any other store
+            msg = (
+                f"node {node_id!r} was stored without its id in the metadata (by an older "
+                "m3rag or another writer), so queries cannot be restricted to it; add the "
+                "nodes again with M3VectorStore.add"
+            )
+            raise ValueError(msg)
+
+    def _retriever(
+        self, query: VectorStoreQuery, mode: VectorStoreQueryMode
+    ) -> tuple[HybridRetriever, bool]:
         """The retriever for a query mode, and whether it needs the query text."""
         col = self._collection
-        mode = query.mode
         common: dict[str, Any] = {"recall_k": self.recall_k, "rollup": None}
         if mode in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
             mmr = None
@@ -300,11 +334,7 @@ class M3VectorStore(BasePydanticVectorStore):
         if mode == VectorStoreQueryMode.TEXT_SEARCH:
             bm25 = FusionConfig(weights={"bm25": 1})
             return HybridRetriever(col, recall=("bm25",), fusion=bm25, **common), True
-        if mode == VectorStoreQueryMode.SEMANTIC_HYBRID:
-            return HybridRetriever(col, reranker=self._reranker, **common), True
-        supported = "default, sparse, hybrid, semantic_hybrid (m3rag), text_search, mmr"
-        msg = f"query mode {mode.value!r} is not supported by M3VectorStore; use {supported}"
-        raise ValueError(msg)
+        return HybridRetriever(col, reranker=self._reranker, **common), True  # semantic_hybrid
 
     @staticmethod
     def _query_embeddings(retriever: HybridRetriever, query: VectorStoreQuery) -> M3Output | None:
@@ -316,18 +346,16 @@ class M3VectorStore(BasePydanticVectorStore):
         vec = np.asarray([query.query_embedding], dtype=np.float32)
         return M3Output(vec, None, None, np.ones(1, np.int64), np.zeros(1, np.bool_))
 
-    @staticmethod
-    def _node(node_id: str, text: str, metadata: Any) -> BaseNode:
-        meta = dict(metadata)
-        try:
-            node = metadata_dict_to_node(meta, text=text)
-        except (ValueError, KeyError, TypeError):  # stored by another writer: a plain node
-            node = TextNode(id_=node_id, text=text, metadata=meta)
-        node.id_ = node_id
-        for key in INTERNAL_METADATA:
-            if key in node.metadata:
-                if key not in node.excluded_llm_metadata_keys:
-                    node.excluded_llm_metadata_keys.append(key)
-                if key not in node.excluded_embed_metadata_keys:
-                    node.excluded_embed_metadata_keys.append(key)
-        return node
+
+def _mode(mode: object) -> VectorStoreQueryMode:
+    """A supported query mode, given as the enum or its string (``"sparse"``)."""
+    try:
+        found = VectorStoreQueryMode(mode)
+    except (ValueError, TypeError):
+        found = None
+    if found not in _MODES:
+        shown = mode.value if isinstance(mode, VectorStoreQueryMode) else mode
+        supported = "default, sparse, hybrid, semantic_hybrid (m3rag), text_search, mmr"
+        msg = f"query mode {shown!r} is not supported by M3VectorStore; use {supported}"
+        raise ValueError(msg)
+    return found

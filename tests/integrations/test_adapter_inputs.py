@@ -20,7 +20,7 @@ pytest.importorskip("llama_index.core")
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
-from m3rag_langchain import M3Embeddings, M3VectorStore
+from m3rag_langchain import M3Embeddings, M3SparseEmbeddings, M3VectorStore
 from m3rag_langchain import M3Reranker as LCReranker
 from m3rag_langchain import M3Retriever as LCRetriever
 from m3rag_llamaindex import M3Embedding, M3SparseEmbedding
@@ -231,3 +231,89 @@ def test_llamaindex_embedding_batches_refuse_bare_strings(
     with pytest.raises(TypeError, match=r"texts\[1\] must be a string, got NoneType"):
         embed.get_text_embedding_batch(["ok", None])
     assert len(embed.get_text_embedding_batch(["x", "y"])) == 2
+
+
+# -- API keys and servers ------------------------------------------------------------------------
+
+MARKER = "TOPSECRET"  # what a leaked key would show
+# keys around the secret: sendable ones, and ones a header cannot carry (spaces, non-ASCII)
+KEYS = st.builds(lambda a, b: f"{a}{MARKER}{b}", st.text(max_size=4), st.text(max_size=4))
+BASE_URLS = st.one_of(
+    st.sampled_from(
+        ["localhost:8000", "127.0.0.1:8000", "ftp://127.0.0.1", "", "http://127.0.0.1:9"]
+    ),
+    st.text(max_size=12),
+)
+COUNTS = st.one_of(st.integers(-1, 3), st.none())
+
+
+def _remote_adapters(url: str, key: str, n: int | None) -> list[tuple[str, Any]]:
+    """Every adapter class that takes an API key, built with ``url``, ``key`` and count ``n``."""
+    k = {} if n is None else {"k": n}
+    top_n = {} if n is None else {"top_n": n}
+    top_k = {} if n is None else {"similarity_top_k": n}
+    return [
+        ("lc retriever", lambda: LCRetriever(base_url=url, api_key=key, **k)),
+        ("lc reranker", lambda: LCReranker(base_url=url, api_key=key, **top_n)),
+        ("lc embeddings", lambda: M3Embeddings(base_url=url, api_key=key)),
+        ("lc sparse", lambda: M3SparseEmbeddings(base_url=url, api_key=key)),
+        (
+            "lc embeddings, two sources",
+            lambda: M3Embeddings(api_key=key, base_url=url, encoder_kwargs={"device": "cpu"}),
+        ),
+        ("li retriever", lambda: LIRetriever(base_url=url, api_key=key, **top_k)),
+        ("li reranker", lambda: LIReranker(base_url=url, api_key=key, **top_n)),
+        ("li embedding", lambda: M3Embedding(base_url=url, api_key=key)),
+        ("li sparse", lambda: M3SparseEmbedding(base_url=url, api_key=key)),
+    ]
+
+
+@FAMILY
+@given(url=BASE_URLS, key=KEYS, n=COUNTS)
+def test_the_api_key_is_never_in_an_error_or_a_repr(url: str, key: str, n: int | None) -> None:
+    """Bad URLs, unsendable keys, bad counts: whatever is refused, the key is not shown."""
+    import traceback
+
+    for name, build in _remote_adapters(url, key, n):
+        try:
+            adapter = build()
+        except Exception as exc:  # any error at all must keep the key out
+            shown = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
+        else:
+            shown = [str(adapter), repr(adapter)]
+        assert not any(MARKER in text for text in shown), (name, shown)
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_langchain_model_copy_calls_the_new_server() -> None:
+    """``model_copy(update={"base_url": ...})`` must not keep the client of the old server."""
+    old, new = (f"http://127.0.0.1:{p}" for p in _free_ports(2))
+    retriever = LCRetriever(base_url=old, api_key="key-1")
+    with pytest.raises(OSError, match=re.escape(old)):  # RemoteError: cannot reach
+        retriever.invoke("capital")
+    with pytest.raises(OSError, match=re.escape(new)):
+        retriever.model_copy(update={"base_url": new}).invoke("capital")
+    with pytest.raises(OSError, match=re.escape(old)):  # the original is untouched
+        retriever.invoke("capital")
+    reranker = LCReranker(base_url=old)
+    docs = [Document(page_content="Paris"), Document(page_content="Tokyo")]
+    with pytest.raises(OSError, match=re.escape(new)):
+        reranker.model_copy(update={"base_url": new}).compress_documents(docs, "capital")
+    for cls in (M3Embeddings, M3SparseEmbeddings):
+        embeddings = cls(base_url=old)
+        with pytest.raises(OSError, match=re.escape(old)):
+            embeddings.embed_query("capital")  # its client is built and used
+        with pytest.raises(OSError, match=re.escape(new)):
+            embeddings.model_copy(update={"base_url": new}).embed_query("capital")

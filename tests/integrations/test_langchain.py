@@ -329,3 +329,32 @@ def test_sparse_embeddings_in_langchain_qdrant_hybrid_store() -> None:
         sum(w * d.get(t, 0.0) for t, w in q.items()) for d in sparse.sparse.embed_documents(TEXTS)
     )
     assert top[1] == pytest.approx(want, rel=1e-4)
+
+
+def test_relevance_scores_are_the_same_sync_and_async(tmp_path: Path) -> None:
+    """The async path gives the fused logistic scores too, not LangChain's dense default."""
+    import asyncio
+
+    from m3rag import Collection, M3Encoder
+
+    store = M3VectorStore(
+        Collection.create(tmp_path / "idx", encoder=M3Encoder(_checkpoint(), device="cpu"))
+    )
+    store.add_texts(TEXTS, [{"n": i} for i in range(len(TEXTS))], ids=[f"d{i}" for i in range(7)])
+    for kwargs in ({}, {"filter": {"n": {"$lt": 5}}}):
+        scored = store.similarity_search_with_relevance_scores("capital city", k=5, **kwargs)
+        ascored = asyncio.run(
+            store.asimilarity_search_with_relevance_scores("capital city", k=5, **kwargs)
+        )
+        assert [d.id for d, _ in ascored] == [d.id for d, _ in scored]
+        assert [s for _, s in ascored] == pytest.approx([s for _, s in scored])
+    scored = store.similarity_search_with_relevance_scores("capital city", k=5)
+    cut = scored[2][1]
+    threshold = store.as_retriever(
+        search_type="similarity_score_threshold", search_kwargs={"score_threshold": cut, "k": 5}
+    )
+    want = [d.id for d, s in scored if s >= cut]
+    assert len(want) < 5
+    assert [d.id for d in threshold.invoke("capital city")] == want
+    assert [d.id for d in asyncio.run(threshold.ainvoke("capital city"))] == want
+    store.collection.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -214,3 +215,100 @@ def test_embeddings_inside_query_engines(tiny_encoder) -> None:  # type: ignore[
     )
     assert len(response.source_nodes) == 2
     assert response.source_nodes[0].score >= response.source_nodes[1].score
+
+
+def test_an_ingestion_cache_tells_encoders_apart(
+    tiny_encoder, tmp_path_factory: pytest.TempPathFactory
+) -> None:  # type: ignore[no-untyped-def]
+    """LlamaIndex keys its cache by ``to_dict()``: another checkpoint is another entry."""
+    from llama_index.core import Document as LIDocument
+    from llama_index.core.ingestion import IngestionCache, IngestionPipeline
+
+    from m3rag import M3Encoder
+    from m3rag.testing import build_m3_checkpoint
+
+    other = M3Encoder(
+        build_m3_checkpoint(tmp_path_factory.mktemp("other-m3"), seed=1), device="cpu"
+    )
+    docs = [LIDocument(text=t, id_=f"d{i}") for i, t in enumerate(TEXTS[:2])]
+    cache = IngestionCache()
+
+    def run(encoder) -> list[list[float]]:  # type: ignore[no-untyped-def]
+        embed = M3Embedding(encoder=encoder)
+        assert embed.model_name == encoder.model_name_or_path
+        pipeline = IngestionPipeline(transformations=[embed], cache=cache)
+        return [n.embedding for n in pipeline.run(documents=docs)]
+
+    first, second = run(tiny_encoder), run(other)
+    fresh = IngestionPipeline(transformations=[M3Embedding(encoder=other)]).run(documents=docs)
+    np.testing.assert_allclose(second, [n.embedding for n in fresh], atol=1e-6)
+    assert not np.allclose(first, second)
+    with pytest.raises(ValueError, match="leave model_name out"):
+        M3Embedding("BAAI/bge-m3", encoder=tiny_encoder)
+
+
+def test_to_dict_keeps_the_server_and_never_the_key() -> None:
+    url = "http://127.0.0.1:9"
+    remote = M3Embedding(base_url=url, api_key="key-TOPSECRET")
+    data = remote.to_dict()
+    assert data["base_url"] == url and data["model_name"] == url
+    assert "TOPSECRET" not in str(data) and "TOPSECRET" not in remote.to_json()
+    again = M3Embedding.from_dict(data)
+    assert again.base_url == url and again.to_dict() == data
+    assert again._encoder.base_url == url  # a client of that server, not a local model
+    sparse = M3SparseEmbedding(base_url=url, api_key="key-TOPSECRET").model_dump()
+    assert sparse["base_url"] == url and "TOPSECRET" not in str(sparse)
+    reranker = M3Reranker(base_url=url, api_key="key-TOPSECRET", top_n=2)
+    data = reranker.to_dict()
+    assert data["base_url"] == url and data["model"] == url and "TOPSECRET" not in str(data)
+    assert M3Reranker.from_dict(data)._reranker.base_url == url
+
+
+def test_async_embeddings_run_in_a_worker_thread(tiny_encoder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    threads: list[int] = []
+    for method in ("encode_queries", "encode_corpus"):
+        real = getattr(tiny_encoder, method)
+
+        def spy(texts, _real=real, **kw):  # type: ignore[no-untyped-def]
+            threads.append(threading.get_ident())
+            return _real(texts, **kw)
+
+        monkeypatch.setattr(tiny_encoder, method, spy)
+    for embed in (M3Embedding(encoder=tiny_encoder), M3SparseEmbedding(encoder=tiny_encoder)):
+        asyncio.run(embed.aget_text_embedding("capital"))
+        asyncio.run(embed.aget_text_embedding_batch(["capital", "city"]))
+        asyncio.run(embed.aget_query_embedding("capital"))
+    assert len(threads) == 6
+    assert threading.get_ident() not in threads  # never on the event loop's thread
+
+
+def test_reranker_names_its_model_and_hides_the_retrieval_score(
+    hybrid: HybridRetriever, tiny_reranker_path: Path
+) -> None:
+    from llama_index.core.schema import MetadataMode
+
+    names: list[str | None] = []
+
+    class Handler(BaseEventHandler):
+        def handle(self, event, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            if isinstance(event, ReRankStartEvent):
+                names.append(event.model_name)
+
+    dispatcher = get_dispatcher("m3rag_llamaindex.postprocessors")
+    handler = Handler()
+    dispatcher.add_event_handler(handler)
+    try:
+        post = M3Reranker(reranker=Reranker(tiny_reranker_path, device="cpu"), top_n=2)
+        nodes = M3Retriever(hybrid, similarity_top_k=4).retrieve("capital of France")
+        out = post.postprocess_nodes(nodes, query_bundle=QueryBundle("capital of France"))
+    finally:
+        dispatcher.event_handlers.remove(handler)
+    assert post.model == str(tiny_reranker_path) and names == [str(tiny_reranker_path)]
+    for nws in out:
+        assert "retrieval_score" in nws.node.metadata
+        for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+            assert "retrieval_score" not in nws.node.get_content(metadata_mode=mode)
+    with pytest.raises(ValueError, match="leave model out"):
+        M3Reranker("BAAI/bge-reranker-v2-m3", reranker=Reranker(tiny_reranker_path, device="cpu"))

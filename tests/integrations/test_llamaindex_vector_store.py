@@ -158,3 +158,62 @@ def test_one_encoder_pass_for_an_ingestion(tmp_path: Path, tiny_encoder) -> None
     key = np.array([col.ids().index(node.node_id)], dtype=np.int64)
     np.testing.assert_allclose(col.dense_vecs(key)[0], fresh.dense_vecs[0], atol=1e-3)
     col.close()
+
+
+def test_node_ids_restrict_the_search_not_its_top_k(index, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    from llama_index.core.retrievers import VectorIndexRetriever
+
+    idx, store = index
+    embed = M3Embedding(encoder=tiny_encoder)
+    top = idx.as_retriever(similarity_top_k=1).retrieve("capital of France")[0].node.node_id
+    other = next(n.node_id for n in store.get_nodes() if n.node_id != top)
+    for mode in ("default", "hybrid", "semantic_hybrid", "mmr"):
+        retriever = VectorIndexRetriever(
+            idx,
+            similarity_top_k=1,
+            node_ids=[other],
+            embed_model=embed,
+            vector_store_query_mode=mode,
+        )
+        assert [n.node.node_id for n in retriever.retrieve("capital of France")] == [other], mode
+    query = VectorStoreQuery(query_str="capital", similarity_top_k=3, node_ids=[other, "missing"])
+    assert store.query(query).ids == [other]
+    # a node written without its id in the metadata cannot be restricted to: said, not guessed
+    store.collection.upsert(["Written by another tool."], ids=["plain"], metadata=[{"lang": "en"}])
+    store.collection.commit()
+    with pytest.raises(ValueError, match="'plain' was stored without its id"):
+        store.query(VectorStoreQuery(query_str="tool", similarity_top_k=1, node_ids=["plain"]))
+
+
+def test_query_modes_given_as_strings(index) -> None:  # type: ignore[no-untyped-def]
+    _, store = index
+    for mode in MODES:
+        as_str = VectorStoreQuery(query_str="capital of France", similarity_top_k=2, mode=mode)
+        as_enum = VectorStoreQuery(
+            query_str="capital of France", similarity_top_k=2, mode=VectorStoreQueryMode(mode)
+        )
+        assert store.query(as_str).ids == store.query(as_enum).ids, mode
+    with pytest.raises(ValueError, match="query mode 'sparse' needs the query text"):
+        store.query(VectorStoreQuery(query_str=None, similarity_top_k=1, mode="sparse"))
+    for bad in ("svm", "bogus", VectorStoreQueryMode.SVM):
+        with pytest.raises(ValueError, match="is not supported by M3VectorStore"):
+            store.query(VectorStoreQuery(query_str="x", similarity_top_k=1, mode=bad))
+
+
+def test_m3_retriever_decodes_the_nodes_the_store_wrote(index) -> None:  # type: ignore[no-untyped-def]
+    """What `M3Retriever` gives on a LlamaIndex-written store is what the index retriever gives."""
+    from m3rag_llamaindex import M3Retriever
+
+    from m3rag import HybridRetriever
+
+    idx, store = index
+    ours = M3Retriever(HybridRetriever(store.collection), similarity_top_k=3).retrieve("capital")
+    theirs = {n.node.node_id: n.node for n in idx.as_retriever(similarity_top_k=3).retrieve("x")}
+    assert set(theirs) == {n.node.node_id for n in ours}
+    scores = {"fused_score", "rerank_score", "path_scores", "path_ranks"}
+    for nws in ours:
+        node, want = nws.node, theirs[nws.node.node_id]
+        assert {k: v for k, v in node.metadata.items() if k not in scores} == want.metadata
+        assert node.ref_doc_id == want.ref_doc_id and node.ref_doc_id in {"fr", "cn", "pt"}
+        for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+            assert node.get_content(metadata_mode=mode) == want.get_content(metadata_mode=mode)
