@@ -133,7 +133,15 @@ def serve(
             )
         ),
     ] = 32768,
-    timeout: Annotated[float, typer.Option(help="Seconds a request may wait.")] = 60.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help=(
+                "Seconds a request may wait for a model or the index (then 503), or its body "
+                "take to arrive (then 408). A write that reached the index is awaited to its end."
+            )
+        ),
+    ] = 60.0,
     device: DeviceOption = None,
     model_process: Annotated[
         bool,

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,7 +35,7 @@ from prometheus_client import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from m3rag._inputs import validate_pairs
+from m3rag._inputs import check_text, validate_pairs
 from m3rag._version import __version__
 from m3rag.errors import M3RagError, ModelProcessError, ReadOnlyError, UnknownIdError
 from m3rag.rerank.cross_encoder import rank_passages
@@ -67,6 +67,9 @@ T = TypeVar("T")
 # Probes and the page answer GETs without a key (the page asks for one and sends it with
 # searches); ``POST /`` encodes, as text-embeddings-inference's root route does, and needs it.
 OPEN_PATHS = frozenset({"/", "/health", "/ready"})
+
+# metadata numbers are stored for filters, which compare 64-bit integers
+INT64 = range(-(2**63), 2**63)
 
 # ColBERT answers longer than this many tokens are written to JSON on a worker thread: at
 # BGE-M3's size they take the event loop tens of milliseconds and more
@@ -124,6 +127,11 @@ class _Metrics:
 
 
 def _texts(value: Any, name: str, limit: int) -> list[str]:
+    """``value``'s texts, each checked.
+
+    A bad text fails its own request here, before it could join (and fail) a batch shared
+    with other requests.
+    """
     items = [value] if isinstance(value, str) else list(value)
     if not items:
         msg = f"`{name}` cannot be empty; send at least one text"
@@ -138,7 +146,53 @@ def _texts(value: Any, name: str, limit: int) -> list[str]:
         if not isinstance(t, str):
             msg = f"`{name}[{i}]` must be a string, got {type(t).__name__}"
             raise ApiError(422, msg, param=name)
+        _check_text(t, f"`{name}[{i}]`", name)
     return items
+
+
+def _check_text(text: str, label: str, param: str) -> None:
+    """422 for a text the model cannot take (a lone surrogate), named by ``label``."""
+    try:
+        check_text(text, label)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(422, str(exc), param=param) from exc
+
+
+def _check_metadata_ints(documents: Sequence[Any]) -> None:
+    """422 for an integer in any document's metadata that a filter could not compare.
+
+    Filters compare numbers as 64-bit integers or floats; a larger integer would be stored and
+    then match nothing, or fail the searches that reach it.
+    """
+    for i, doc in enumerate(documents):
+        stack: list[tuple[Any, str]] = [(doc.metadata, "metadata")]
+        while stack:
+            value, where = stack.pop()
+            if isinstance(value, dict):
+                stack.extend((v, f"{where}.{k}") for k, v in value.items())
+            elif isinstance(value, list):
+                stack.extend((v, f"{where}[{j}]") for j, v in enumerate(value))
+            elif isinstance(value, int) and not isinstance(value, bool) and value not in INT64:
+                msg = (
+                    f"documents[{i}].{where} is an integer of {value.bit_length()} bits, "
+                    "outside the signed 64-bit range [-2**63, 2**63 - 1] that filters compare: "
+                    "store it as a string or a float"
+                )
+                raise ApiError(422, msg, param="documents")
+
+
+@contextmanager
+def _undone_on_error(col: Any) -> Iterator[None]:
+    """Roll back what the block staged if it raises.
+
+    On the index's thread, before the next write: a refused write's changes must not ride
+    along with the next commit.
+    """
+    try:
+        yield
+    except BaseException:
+        col.rollback()
+        raise
 
 
 def create_app(
@@ -294,6 +348,7 @@ def create_app(
         open_paths=OPEN_PATHS,
         record=record,
         label=route_labels(app.routes),
+        body_timeout=cfg.request_timeout_s,
     )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -330,6 +385,7 @@ def create_app(
             raise ApiError(422, str(exc), param=param) from exc
 
     async def in_worker(func: Callable[[], T]) -> T:
+        """``func`` (a read) on the index's thread; 503 after ``request_timeout_s``."""
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(
@@ -338,6 +394,14 @@ def create_app(
         except asyncio.TimeoutError as exc:
             msg = f"no result within {cfg.request_timeout_s:g} s; the server is overloaded"
             raise ApiError(503, msg, headers={"Retry-After": "5"}) from exc
+
+    async def write_in_worker(func: Callable[[], T]) -> T:
+        """``func`` (a write) on the index's thread, awaited to its end however long it takes.
+
+        Not cut by ``request_timeout_s``: the thread cannot be stopped, so a write answered
+        503 would still land, and its retry find it there. A write's answer is its outcome.
+        """
+        return await asyncio.get_running_loop().run_in_executor(pool, func)
 
     async def check_colbert_size(texts: list[str], *, kind: str, what: str) -> None:
         """413 before encoding when ``texts`` get ColBERT vectors for too many tokens.
@@ -371,6 +435,16 @@ def create_app(
                 msg = f"the served model {cfg.model_name!r} has no {head} head"
                 raise ApiError(424, msg)
 
+    def refuse_prompt(name: str | None) -> None:
+        # text-embeddings-inference applies a prompt named in the model's sentence-transformers
+        # config; BGE-M3 has none, so any name would be ignored: refused instead
+        if name is not None:
+            msg = (
+                f"prompt_name={name!r}: the served model {cfg.model_name!r} has no prompts; "
+                "leave `prompt_name` out"
+            )
+            raise ApiError(422, msg, param="prompt_name")
+
     def refuse_truncated(out: M3Output, *, truncate: bool | None, what: str) -> None:
         if not truncate and bool(out.truncated.any()):
             i = int(np.flatnonzero(out.truncated)[0])
@@ -384,6 +458,7 @@ def create_app(
     # -- probes, page, metrics -------------------------------------------------------------
 
     @app.get("/", include_in_schema=False)
+    @app.head("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
 
@@ -398,7 +473,10 @@ def create_app(
                 dead.append(name if len(models) == 1 else f"{name} ({down} of {len(models)})")
         return dead
 
+    # HEAD as well: the open paths answer it (load balancers probe with it); out of the schema,
+    # which would give the two methods one operation id
     @app.get("/health", summary="The process and its models are up")
+    @app.head("/health", include_in_schema=False)
     async def health() -> JSONResponse:
         dead = _dead_models()
         if dead:
@@ -407,6 +485,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     @app.get("/ready", summary="The models are loaded and the queue has room")
+    @app.head("/ready", include_in_schema=False)
     async def ready() -> JSONResponse:
         dead = _dead_models()
         full = batcher.queued_texts >= cfg.max_queued_texts or (
@@ -500,6 +579,13 @@ def create_app(
         if body.normalize is False:
             msg = "normalize=false is not supported: BGE-M3's dense vectors are normalised"
             raise ApiError(422, msg, param="normalize")
+        if body.dimensions is not None and body.dimensions != encoder.dim:
+            msg = (
+                f"dimensions={body.dimensions} is not supported: this model gives {encoder.dim} "
+                "and was not trained to be cut shorter (Matryoshka); leave `dimensions` out"
+            )
+            raise ApiError(422, msg, param="dimensions")
+        refuse_prompt(body.prompt_name)
         out = await encode(texts, kind="passage", dense=True)
         refuse_truncated(out, truncate=body.truncate, what="inputs")
         assert out.dense_vecs is not None  # noqa: S101 - dense was requested
@@ -509,6 +595,7 @@ def create_app(
     async def tei_embed_sparse(body: EmbedSparseRequest) -> list[list[dict[str, Any]]]:
         texts = _texts(body.inputs, "inputs", cfg.max_client_batch_size)
         check_heads(sparse=True)
+        refuse_prompt(body.prompt_name)
         out = await encode(texts, kind="passage", sparse=True)
         refuse_truncated(out, truncate=body.truncate, what="inputs")
         assert out.lexical_weights is not None  # noqa: S101 - sparse was requested
@@ -603,8 +690,15 @@ def create_app(
 
         if not body.query.strip():
             raise ApiError(422, "`query` cannot be empty", param="query")
+        _check_text(body.query, "`query`", "query")
         if body.k > cfg.max_k:
             raise ApiError(422, f"k={body.k} exceeds the limit of {cfg.max_k}", param="k")
+        if body.recall_k is not None and body.recall_k > cfg.max_recall_k:
+            msg = (
+                f"recall_k={body.recall_k} exceeds the limit of {cfg.max_recall_k} candidates "
+                "per path; lower it"
+            )
+            raise ApiError(422, msg, param="recall_k")
         if body.rerank and reranker is None:
             raise ApiError(424, "rerank=true but this server has no reranker (--reranker)")
         use_reranker = search_reranker if (body.rerank is None or body.rerank) else None
@@ -615,7 +709,7 @@ def create_app(
                 encoder=encoder,
                 reranker=use_reranker,
                 fusion=fusion,
-                recall_k=body.recall_k or 100,
+                recall_k=body.recall_k or min(100, cfg.max_recall_k),
             )
         except (ValueError, TypeError, M3RagError) as exc:
             raise ApiError(422, str(exc), param="fusion") from exc
@@ -649,6 +743,9 @@ def create_app(
             raise ApiError(413, msg, param="documents")
         from m3rag.types import Document
 
+        for i, d in enumerate(body.documents):
+            _check_text(d.text, f"`documents[{i}].text`", "documents")
+        _check_metadata_ints(body.documents)
         try:
             docs = [Document(d.text, d.id, d.metadata) for d in body.documents]
         except (ValueError, TypeError) as exc:
@@ -660,16 +757,16 @@ def create_app(
 
         def run() -> tuple[list[str], int]:
             write = col.add if body.mode == "add" else col.upsert
-            ids = write(docs, embeddings=out)
-            col.commit()
+            with _undone_on_error(col):
+                ids = write(docs, embeddings=out)
+                col.commit()
             return list(ids), col.count()
 
         try:
-            ids, count = await in_worker(run)
+            ids, count = await write_in_worker(run)
         except ReadOnlyError as exc:
             raise ApiError(403, str(exc)) from exc
         except (ValueError, TypeError, M3RagError) as exc:
-            await in_worker(col.rollback)
             raise ApiError(422, str(exc), param="documents") from exc
         return {"ids": ids, "count": count}
 
@@ -680,16 +777,17 @@ def create_app(
             raise ApiError(422, "`ids` cannot be empty", param="ids")
 
         def run() -> int:
-            col.delete(body.ids)
-            col.commit()
+            with _undone_on_error(col):
+                col.delete(body.ids)
+                col.commit()
             return int(col.count())
 
         try:
-            count = await in_worker(run)
+            count = await write_in_worker(run)
         except UnknownIdError as exc:
-            await in_worker(col.rollback)
             raise ApiError(404, str(exc).strip("\"'"), param="ids") from exc
-        return {"deleted": len(body.ids), "count": count}
+        # an id named twice is one document deleted
+        return {"deleted": len(set(body.ids)), "count": count}
 
     def _writable() -> Any:
         col = _need_index()

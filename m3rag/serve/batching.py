@@ -417,10 +417,24 @@ class _SharedBatcher(abc.ABC):
         share: Callable[[Any, slice, _Job], Any],
         what: str,
     ) -> None:
-        """``run`` on the items of every job at once; each job gets ``share(out, its rows)``."""
+        """``run`` on the items of every job at once; each job gets ``share(out, its rows)``.
+
+        A batch refused for its input (``ValueError``, ``TypeError``: a text the model cannot
+        take) runs again one job at a time, so that only the job holding the bad input fails,
+        with an error that counts its own items. The routes check their texts before they
+        queue them; this is the batcher's own guard for callers that do not.
+        """
         items = [x for j in jobs for x in j.items]
         try:
             out = run(items)
+        except (ValueError, TypeError) as exc:
+            if len(jobs) > 1:
+                for j in jobs:
+                    _SharedBatcher._fan_out([j], run, share, what)
+            else:  # the request's own fault: its answer says so, the log need not
+                logger.debug("%s refused a request's input: %s", what, exc)
+                jobs[0].done(None, exc)
+            return
         except BaseException as exc:  # every waiter must hear about it, whatever it is
             logger.exception("%s a batch of %d items failed", what, len(items))
             for j in jobs:

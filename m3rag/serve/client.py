@@ -5,6 +5,10 @@ LangChain and LlamaIndex adapters call on [`M3Encoder`][m3rag.M3Encoder],
 [`Reranker`][m3rag.Reranker] and [`HybridRetriever`][m3rag.HybridRetriever], with the same
 value objects, so an adapter given ``base_url=`` works exactly as with local models. Standard
 library only (``urllib``): no extra to install on the client side.
+
+Every answer's shape is checked before it becomes a value object (the fields, their types,
+one result per text or passage sent, finite numbers): anything else raises `RemoteError`, as
+does a redirect, which is never followed (urllib would send the API key wherever it points).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import math
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
 
 from m3rag._inputs import check_api_key, check_rerank_inputs, validate_texts
 from m3rag.errors import M3RagError
@@ -26,6 +33,8 @@ from m3rag.serve.wire import output_from_json, results_from_json
 from m3rag.types import M3Output
 
 __all__ = ["RemoteEncoder", "RemoteError", "RemoteReranker", "RemoteRetriever"]
+
+T = TypeVar("T")
 
 
 class RemoteError(M3RagError, OSError):
@@ -38,6 +47,20 @@ class RemoteError(M3RagError, OSError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: a 3xx answer becomes an ``HTTPError``.
+
+    urllib's default handler resends the ``Authorization`` header wherever a redirect points
+    (and turns a POST into a GET).
+    """
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class _Client:
@@ -79,20 +102,51 @@ class _Client:
             method="GET" if data is None else "POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise RemoteError(_message(exc), exc.code) from exc
+            with exc:  # its connection: closed once its body is read
+                text = _message(exc)
+            if 300 <= exc.code < 400:
+                msg = (
+                    f"the server at {self.base_url} answered {path} with a redirect ({exc.code}) "
+                    f"to {exc.headers.get('Location')!r}, which is not followed (it would carry "
+                    "the API key elsewhere): give base_url the address the server is at"
+                )
+                raise RemoteError(msg, exc.code) from exc
+            raise RemoteError(text, exc.code) from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             # refused, reset, timed out, or an answer that is not HTTP
             msg = f"cannot reach the m3rag server at {self.base_url}: {exc or type(exc).__name__}"
             raise RemoteError(msg) from exc
         try:
             return json.loads(raw)
-        except ValueError as exc:  # a proxy's HTML page, a truncated body
+        except (ValueError, RecursionError) as exc:  # a proxy's HTML page, a truncated body
+            what = "JSON nested too deep" if isinstance(exc, RecursionError) else "not JSON"
             msg = (
                 f"the server at {self.base_url} answered {path} with something other than JSON "
-                f"({len(raw)} bytes): is it an m3rag server?"
+                f"({len(raw)} bytes, {what}): is it an m3rag server?"
+            )
+            raise RemoteError(msg) from exc
+
+    def _read(self, path: str, parse: Callable[[], T]) -> T:
+        """``parse()`` of an answer to ``path``; a ``RemoteError`` saying why if it is malformed.
+
+        ``parse`` raises ``ValueError`` with the reason (or a ``TypeError``, ``KeyError``... from
+        reading a field that is not there or not of its type).
+        """
+        try:
+            return parse()
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+            if isinstance(exc, KeyError):
+                why = f"no field {exc}"
+            elif isinstance(exc, ValueError):
+                why = str(exc)
+            else:
+                why = f"{type(exc).__name__}: {exc}"
+            msg = (
+                f"the server at {self.base_url} answered {path} with a malformed answer ({why}): "
+                "is it an m3rag server of this version?"
             )
             raise RemoteError(msg) from exc
 
@@ -102,9 +156,86 @@ def _message(exc: urllib.error.HTTPError) -> str:
         body = json.loads(exc.read())
         error = body.get("error")
         text = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         text = None
     return f"the m3rag server answered {exc.code}: {text or exc.reason}"
+
+
+def _expect(condition: object, why: str) -> None:
+    """``ValueError(why)`` unless ``condition`` holds: a malformed answer, and why."""
+    if not condition:
+        raise ValueError(why)
+
+
+def _finite(value: object) -> bool:
+    """A JSON number that is finite (not a bool, not NaN or an infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _output(answer: Any, n: int, heads: Mapping[str, bool], info: Mapping[str, Any]) -> M3Output:
+    """The `M3Output` of an ``/embed_all`` answer for ``n`` texts.
+
+    Every head asked for (``heads``) is there, of the sizes the server's ``info`` gives.
+    """
+    _expect(isinstance(answer, dict), f"expected an object, got {type(answer).__name__}")
+    data = answer["data"]
+    _expect(isinstance(data, list), f"`data` must be a list, got {type(data).__name__}")
+    _expect(len(data) == n, f"{len(data)} items for {n} texts")
+    _expect(all(isinstance(it, dict) for it in data), "`data` must hold objects")
+    keys = {"dense": "dense", "sparse": "lexical_weights", "colbert": "colbert"}
+    for head, key in keys.items():
+        _expect(not heads[head] or all(key in it for it in data), f"items lack `{key}`")
+    out = output_from_json(data)
+    if out.dense_vecs is not None:
+        vecs = out.dense_vecs
+        _expect(vecs.ndim == 2, "dense vectors of different lengths")
+        dim = info.get("dim")
+        _expect(dim is None or vecs.shape[1] == dim, f"dense vectors of {vecs.shape[1]} numbers")
+        _expect(bool(np.isfinite(vecs).all()), "a dense vector holds NaN or infinity")
+    for weights in out.lexical_weights or ():
+        _expect(all(map(math.isfinite, weights.values())), "a lexical weight is not finite")
+    colbert_dim = info.get("colbert_dim")
+    for mat in out.colbert_vecs or ():
+        _expect(mat.ndim == 2, "a ColBERT matrix is not 2-D")
+        _expect(
+            not isinstance(colbert_dim, int) or mat.shape[1] == colbert_dim,
+            f"ColBERT vectors of {mat.shape[1]} numbers",
+        )
+        _expect(bool(np.isfinite(mat).all()), "a ColBERT matrix holds NaN or infinity")
+    return out
+
+
+def _ranked(rows: Any, docs: Sequence[str]) -> tuple[RankedPassage, ...]:
+    """The passages of a ``/rerank`` answer: one row per passage sent, each index once."""
+    _expect(isinstance(rows, list), f"expected a list, got {type(rows).__name__}")
+    _expect(len(rows) == len(docs), f"{len(rows)} results for {len(docs)} passages")
+    ranked = []
+    for row in rows:
+        _expect(isinstance(row, dict), "results must be objects")
+        index, score = row["index"], row["score"]
+        _expect(
+            isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(docs),
+            f"index {index!r} is not one of the {len(docs)} passages",
+        )
+        _expect(_finite(score), f"score {score!r} is not a finite number")
+        ranked.append(RankedPassage(index, float(score), docs[index], truncated=False))
+    _expect(len({r.index for r in ranked}) == len(docs), "a passage is ranked twice")
+    return tuple(ranked)
+
+
+def _results(answer: Any, k: int) -> SearchResults:
+    """The `SearchResults` of a ``/search`` answer for ``k`` hits at most."""
+    _expect(isinstance(answer, dict), f"expected an object, got {type(answer).__name__}")
+    hits = answer["hits"]
+    _expect(isinstance(hits, list), f"`hits` must be a list, got {type(hits).__name__}")
+    _expect(len(hits) <= k, f"{len(hits)} hits for k={k}")
+    _expect(all(isinstance(h, dict) for h in hits), "hits must be objects")
+    results = results_from_json(answer)
+    for hit in results:
+        _expect(isinstance(hit.id, str) and isinstance(hit.text, str), "a hit's id or text")
+        scores = [hit.score, hit.fused_score, *(s.raw for s in hit.paths.values())]
+        _expect(all(map(math.isfinite, scores)), f"hit {hit.id!r} has a score that is not finite")
+    return results
 
 
 class RemoteEncoder(_Client):
@@ -123,7 +254,19 @@ class RemoteEncoder(_Client):
     def info(self) -> dict[str, Any]:
         """What the server serves (``GET /info``), fetched once."""
         if self._info is None:
-            self._info = self.get("/info")
+            answer = self.get("/info")
+
+            def parse() -> dict[str, Any]:
+                _expect(isinstance(answer, dict), "expected an object")
+                heads, dim = answer["heads"], answer["dim"]
+                _expect(
+                    isinstance(heads, list) and all(isinstance(h, str) for h in heads),
+                    "`heads` must be a list of names",
+                )
+                _expect(dim is None or (isinstance(dim, int) and dim > 0), "`dim` must be > 0")
+                return dict(answer)
+
+            self._info = self._read("/info", parse)
         return self._info
 
     @property
@@ -172,7 +315,9 @@ class RemoteEncoder(_Client):
         if not items:
             return output_from_json([], dim=self.info()["dim"] if flags["dense"] else None)
         body = {"inputs": items, "kind": kind, "colbert_format": "base64", **flags}
-        return output_from_json(self.post("/embed_all", body)["data"])
+        answer = self.post("/embed_all", body)
+        info = self.info()
+        return self._read("/embed_all", lambda: _output(answer, len(items), flags, info))
 
 
 class RemoteReranker(_Client):
@@ -194,12 +339,7 @@ class RemoteReranker(_Client):
             "/rerank",
             {"query": query, "texts": docs, "raw_scores": not normalize, "truncate": True},
         )
-        ranked = tuple(
-            RankedPassage(
-                int(r["index"]), float(r["score"]), docs[int(r["index"])], truncated=False
-            )
-            for r in rows
-        )
+        ranked = self._read("/rerank", lambda: _ranked(rows, docs))
         if top_n is not None:
             ranked = ranked[:top_n]
         return RerankResult(query, ranked)
@@ -260,7 +400,8 @@ class RemoteRetriever(_Client):
             body["rerank"] = self.rerank
         if self.fusion is not None:
             body["fusion"] = self.fusion
-        return results_from_json(self.post("/search", body))
+        answer = self.post("/search", body)
+        return self._read("/search", lambda: _results(answer, k))
 
     async def aretrieve(
         self,

@@ -30,8 +30,11 @@ class ServeConfig:
             for (``/embed_all`` with ``colbert``, ``/documents``); more get 413. Each token is a
             vector of ``colbert_dim`` floats (1024 for BGE-M3: 4 KiB as float32, about 20 KB as
             JSON), so the default of 32768 bounds one answer to 128 MiB of float32.
-        request_timeout_s: Seconds a request may wait for the model before a 503.
+        request_timeout_s: Seconds a request may wait for the model (or a search for the index)
+            before a 503, and its body may take to arrive before a 408. Writes are not cut: a
+            write's answer is its outcome (``docs/serve.md``).
         max_k: The largest ``k`` a search may ask for.
+        max_recall_k: The largest ``recall_k`` (candidates per path) a search may ask for.
         api_key: When set, every route but ``/``, ``/health`` and ``/ready`` needs
             ``Authorization: Bearer <key>`` (compared in constant time, never logged). Printable
             ASCII without spaces, as HTTP headers carry it.
@@ -49,6 +52,7 @@ class ServeConfig:
     max_colbert_tokens: int = 32768
     request_timeout_s: float = 60.0
     max_k: int = 1000
+    max_recall_k: int = 10_000
     api_key: str | None = None
     allow_writes: bool = False
     cors_origins: tuple[str, ...] = ()
@@ -61,6 +65,7 @@ class ServeConfig:
             "max_request_bytes",
             "max_colbert_tokens",
             "max_k",
+            "max_recall_k",
         ):
             check_positive_int(getattr(self, name), name)
         timeout = self.request_timeout_s

@@ -3,6 +3,9 @@
 * OpenAI (``/v1/...``): ``{"error": {"message", "type", "param", "code"}}``;
 * text-embeddings-inference (``/embed``, ``/embed_sparse``, ``/rerank``) and m3rag's own routes:
   ``{"error": "...", "error_type": "Validation" | "Overloaded" | ...}``.
+
+OpenAI answers 400 for every invalid request, so a 422 (a check of the server's own, after the
+schema's) goes to ``/v1/*`` clients as 400.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    500: "server_error",
     503: "server_error",
     504: "timeout",
 }
@@ -31,10 +36,12 @@ _TEI_TYPES = {
     403: "Forbidden",
     404: "NotFound",
     405: "Validation",
+    408: "Timeout",
     413: "Validation",
     422: "Validation",
     424: "Backend",
     429: "Overloaded",
+    500: "Backend",
     503: "Unhealthy",
     504: "Timeout",
 }
@@ -74,8 +81,9 @@ def error_body(path: str, status: int, message: str, param: str | None = None) -
 
 def error_response(path: str, err: ApiError) -> JSONResponse:
     """``err`` as the response a client of ``path``'s API expects: its body, status, headers."""
+    status = 400 if err.status == 422 and path.startswith("/v1/") else err.status
     return JSONResponse(
-        error_body(path, err.status, err.message, err.param),
-        status_code=err.status,
+        error_body(path, status, err.message, err.param),
+        status_code=status,
         headers=err.headers,
     )

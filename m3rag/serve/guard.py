@@ -6,12 +6,20 @@ third of its time per request under load (``py-spy --gil``, tiny checkpoint, 32 
 
 The body is read here, before any route sees it, and counted as it arrives: a body over the
 limit gets 413 whether or not it says its length (a chunked upload says none), and the app
-never runs for it. A body within the limit is handed on whole.
+never runs for it. A body within the limit is handed on whole. A body that has not arrived
+whole within ``body_timeout`` seconds gets 408 and the connection is closed: a client that
+sends part of its body and stops must not hold a connection (and its buffer) forever.
+
+Anything the app raises before it answers becomes a 500 in the route's error shape, logged
+here once (the method, the path and the traceback: never the body or the key), instead of
+the framework's plain-text "Internal Server Error".
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -22,6 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from m3rag.serve.errors import ApiError, error_response
 
 __all__ = ["Guard", "route_labels"]
+
+logger = logging.getLogger(__name__)
 
 # what ``record`` gets: the route's label, the status, and the seconds (None when refused here)
 Record = Callable[[str, int, float | None], None]
@@ -38,6 +48,7 @@ class Guard:
         record: Called once per request with its route label, status and seconds.
         label: The route label of a path refused before routing (a known route's path or
             ``"other"``: arbitrary paths must not grow the metrics' label set).
+        body_timeout: Seconds the whole body may take to arrive (``None``: no limit).
     """
 
     def __init__(
@@ -49,8 +60,10 @@ class Guard:
         open_paths: Collection[str],
         record: Record,
         label: Callable[[str], str],
+        body_timeout: float | None = None,
     ) -> None:
         self.app = app
+        self.body_timeout = body_timeout
         self.key = key
         self.max_request_bytes = max_request_bytes
         self.open_paths = open_paths
@@ -58,7 +71,10 @@ class Guard:
         self.label = label
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse the request here (401, 413), or pass it on with its body read; count it."""
+        """Refuse the request here (401, 408, 413), or pass it on with its body read; count it.
+
+        What the app raises before it answers is answered here: 500, in the route's shape.
+        """
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -81,6 +97,7 @@ class Guard:
             return
 
         status = 500  # if the app raises before it answers
+        started = False
         delivered = False
 
         async def replay() -> Message:
@@ -91,13 +108,25 @@ class Guard:
             return await receive()  # after the body: the disconnect, when it comes
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                started = True
             await send(message)
 
         try:
             await self.app(scope, replay, send_status)
+        except Exception as exc:
+            if started:  # half an answer sent: the server closes the connection, and logs it
+                raise
+            # once, here: the method and path, never the body or the headers (the key)
+            logger.error("%s %s failed", method, path, exc_info=exc)
+            status = 500
+            msg = (
+                f"internal error ({type(exc).__name__}) while serving {path}; the server's log "
+                "has the details"
+            )
+            await error_response(path, ApiError(500, msg))(scope, receive, send)
         finally:
             route = scope.get("route")
             self.record(getattr(route, "path", "other"), status, time.perf_counter() - start)
@@ -129,11 +158,21 @@ class Guard:
         return None
 
     async def _read_body(self, receive: Receive) -> bytes | ApiError | None:
-        """The whole body; an ``ApiError`` once it passes the limit; None if the client left."""
+        """The whole body; an ``ApiError`` past the limit or deadline; None if the client left."""
         parts: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = None if self.body_timeout is None else loop.time() + self.body_timeout
         while True:
-            message = await receive()
+            try:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                message = await asyncio.wait_for(receive(), left)
+            except asyncio.TimeoutError:
+                msg = (
+                    f"the request body did not arrive whole within {self.body_timeout:g} s "
+                    "(--timeout): send it at once"
+                )
+                return ApiError(408, msg, headers={"Connection": "close"})
             if message["type"] != "http.request":
                 return None
             chunk: bytes = message.get("body", b"")

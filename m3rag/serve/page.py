@@ -1,8 +1,9 @@
 """The search page served at ``/``: one self-contained HTML file, no build step.
 
 It posts to ``/search`` and renders every hit with its per-path scores, its evidence with the
-query terms marked, and where the reranker moved it (fused rank -> final rank). Text from the
-index is inserted with ``textContent`` only, never as HTML.
+query terms marked (the server's spans count code points, and so does the page), and where the
+reranker moved it (fused rank -> final rank). Text from the index is inserted with
+``textContent`` only, never as HTML.
 """
 
 from __future__ import annotations
@@ -55,15 +56,19 @@ function el(tag, text, cls) {
   return node;
 }
 
+// The server's spans count code points (Python's str); a JS string counts UTF-16 units, in
+// which a character beyond the BMP (an emoji) is two: slice the code points.
 function evidence(text, spans) {
   const p = el("p", undefined, "evidence");
+  const chars = Array.from(text);
+  const part = (a, b) => chars.slice(a, b).join("");
   let at = 0;
   for (const [a, b] of spans || []) {
-    p.append(document.createTextNode(text.slice(at, a)));
-    p.append(el("mark", text.slice(a, b)));
+    p.append(document.createTextNode(part(at, a)));
+    p.append(el("mark", part(a, b)));
     at = b;
   }
-  p.append(document.createTextNode(text.slice(at)));
+  p.append(document.createTextNode(part(at)));
   return p;
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -20,14 +21,18 @@ LIMIT = 64
 
 
 class Inner:
-    """An app that records the body it read and answers 200 (or raises)."""
+    """An app that records the body it read and answers 200 (or raises, before or after it
+    starts its answer)."""
 
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, fail: bool = False, fail_late: bool = False) -> None:
         self.calls: list[bytes] = []
         self.after_body: list[dict[str, Any]] = []
         self.fail = fail
+        self.fail_late = fail_late
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # a live server's lifespan: nothing to start
+            return
         body = b""
         while True:
             message = await receive()
@@ -40,6 +45,8 @@ class Inner:
             raise RuntimeError("the route broke")
         scope["route"] = type("Route", (), {"path": "/embed"})()
         await send({"type": "http.response.start", "status": 200, "headers": []})
+        if self.fail_late:
+            raise RuntimeError("the route broke mid-answer")
         await send({"type": "http.response.body", "body": b"[]"})
 
 
@@ -78,7 +85,9 @@ def call(
     return status, json.loads(body) if body else None
 
 
-def make(inner: Inner, *, key: str | None = None) -> tuple[Guard, list[tuple[str, int, Any]]]:
+def make(
+    inner: Inner, *, key: str | None = None, body_timeout: float | None = None
+) -> tuple[Guard, list[tuple[str, int, Any]]]:
     records: list[tuple[str, int, Any]] = []
     guard = Guard(
         inner,
@@ -87,6 +96,7 @@ def make(inner: Inner, *, key: str | None = None) -> tuple[Guard, list[tuple[str
         open_paths={"/health"},
         record=lambda route, status, seconds: records.append((route, status, seconds)),
         label=lambda path: path if path in {"/embed", "/v1/embeddings", "/health"} else "other",
+        body_timeout=body_timeout,
     )
     return guard, records
 
@@ -157,12 +167,83 @@ def test_only_the_key_opens_keyed_routes(given_header: str | None, method: str, 
         assert records == [("other" if path == "/nowhere" else path, 401, None)]
 
 
-def test_a_route_that_raises_is_counted_as_500() -> None:
+@pytest.mark.parametrize("path", ["/embed", "/v1/embeddings"])
+def test_a_route_that_raises_gets_a_500_in_its_shape_logged_once(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not the framework's plain-text "Internal Server Error": JSON in the route's shape, and
+    one log record, with the traceback but without the body or the key."""
     inner = Inner(fail=True)
-    guard, records = make(inner)
-    with pytest.raises(RuntimeError, match="the route broke"):
-        call(guard, [b"{}"])
+    guard, records = make(inner, key=KEY)
+    headers = {"authorization": f"Bearer {KEY}"}
+    with caplog.at_level("DEBUG"):
+        status, answer = call(guard, [b'{"inputs": "private words"}'], path=path, headers=headers)
+    assert status == 500
+    if path.startswith("/v1/"):
+        assert answer["error"]["type"] == "server_error"
+        assert "RuntimeError" in answer["error"]["message"]
+    else:
+        assert answer["error_type"] == "Backend" and "RuntimeError" in answer["error"]
     assert [r[:2] for r in records] == [("other", 500)]
+    logged = [r for r in caplog.records if r.name == "m3rag.serve.guard"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    text = caplog.text
+    assert "the route broke" in text and path in text
+    assert "private words" not in text and KEY not in text
+
+
+def test_a_route_that_raises_mid_answer_is_left_to_the_server() -> None:
+    """Half an answer is out: no second one can follow, the server closes the connection."""
+    guard, records = make(Inner(fail_late=True))
+    with pytest.raises(RuntimeError, match="mid-answer"):
+        call(guard, [b"{}"])
+    assert [r[:2] for r in records] == [("/embed", 200)]
+
+
+@pytest.mark.parametrize("path", ["/embed", "/v1/embeddings"])
+def test_a_body_that_never_arrives_whole_gets_408_and_a_closed_connection(path: str) -> None:
+    inner = Inner()
+    guard, records = make(inner, body_timeout=0.2)
+    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    first = [{"type": "http.request", "body": b'{"inputs":', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if first:
+            return first.pop()
+        await asyncio.Event().wait()  # the rest of the body never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await asyncio.wait_for(guard(scope, receive, send), 10)
+
+    asyncio.run(run())
+    start = sent[0]
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    answer = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    message = answer["error"]["message"] if path.startswith("/v1/") else answer["error"]
+    assert "0.2 s" in message
+    assert inner.calls == [] and records == [(path, 408, None)]
+
+
+def test_a_slow_body_is_cut_on_a_real_connection(live) -> None:  # type: ignore[no-untyped-def]
+    """Content-Length 1000, 10 bytes sent, then nothing: 408, and the server hangs up."""
+    guard, _ = make(Inner(), body_timeout=0.5)
+    guard.max_request_bytes = 10_000
+    server = live(guard)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"inputs":'
+        )
+        got = b""
+        while chunk := s.recv(65536):  # until the server closes the connection
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert b"did not arrive whole" in got
 
 
 def test_a_client_gone_mid_body_gets_nothing_and_runs_nothing() -> None:

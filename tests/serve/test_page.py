@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from m3rag import Collection, HybridRetriever, Reranker
 from m3rag.serve import ServeConfig, create_app
+from m3rag.serve.page import PAGE
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -103,3 +107,37 @@ def test_type_a_query_and_see_the_hits(
     page.click("#go")
     page.wait_for_function("document.getElementById('status').textContent.includes('API key')")
     col.close()
+
+
+@st.composite
+def marked_texts(draw: st.DrawFn) -> tuple[str, list[tuple[int, int]]]:
+    """A text with characters beyond the BMP (two UTF-16 units each in JS) and spans over it,
+    counted in code points as the server counts them."""
+    text = draw(st.text(alphabet=st.sampled_from("ab <>é😀𝔘中"), max_size=30))
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    return text, list(itertools.pairwise(cuts))[::2]
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=marked_texts())
+@example(  # the reviewer's case: after the emoji the marks slid by one unit each
+    case=(
+        "The capital <img src=x onerror=alert(1)> of France 😀😀 is Paris capital",
+        [(4, 11), (57, 62), (63, 70)],
+    )
+)
+def test_the_evidence_marks_the_spans_by_code_point(browser, case) -> None:  # type: ignore[no-untyped-def]
+    text, spans = case
+    page = browser.contexts[0].pages[0] if browser.contexts else browser.new_page()
+    if page.evaluate("typeof evidence") != "function":
+        page.set_content(PAGE)
+    got = page.evaluate(
+        """([text, spans]) => {
+            const p = evidence(text, spans);
+            return [p.textContent, [...p.querySelectorAll("mark")].map((m) => m.textContent)];
+        }""",
+        [text, spans],
+    )
+    assert got == [text, [text[a:b] for a, b in spans]]

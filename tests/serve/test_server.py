@@ -251,8 +251,8 @@ def test_openai_errors_have_openai_shape(server) -> None:  # type: ignore[no-unt
     assert (
         r.status_code == 400 and "check_embedding_ctx_length=False" in r.json()["error"]["message"]
     )
-    r = post(server, "/v1/embeddings", {"input": []})
-    assert r.status_code == 422 and "cannot be empty" in r.json()["error"]["message"]
+    r = post(server, "/v1/embeddings", {"input": []})  # OpenAI: 400 for every invalid request
+    assert r.status_code == 400 and "cannot be empty" in r.json()["error"]["message"]
     r = post(server, "/v1/embeddings", {"input": "x", "dimensions": 7})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
 
