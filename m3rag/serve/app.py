@@ -526,6 +526,12 @@ def create_app(
             "index": fields or None,
             "writes": cfg.allow_writes and collection is not None,
             "version": __version__,
+            # what one request may carry: clients cut longer lists to fit
+            "limits": {
+                "max_client_batch_size": cfg.max_client_batch_size,
+                "max_request_bytes": cfg.max_request_bytes,
+                "max_colbert_tokens": cfg.max_colbert_tokens,
+            },
         }
 
     # -- OpenAI ----------------------------------------------------------------------------

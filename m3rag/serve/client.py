@@ -27,7 +27,7 @@ import numpy as np
 
 from m3rag._inputs import check_api_key, check_rerank_inputs, validate_texts
 from m3rag.errors import M3RagError
-from m3rag.rerank.cross_encoder import RankedPassage, RerankResult
+from m3rag.rerank.cross_encoder import RankedPassage, RerankResult, RerankScores, rank_passages
 from m3rag.results import SearchResults
 from m3rag.serve.wire import output_from_json, results_from_json
 from m3rag.types import M3Output
@@ -129,6 +129,26 @@ class _Client:
             )
             raise RemoteError(msg) from exc
 
+    def _in_parts(self, items: list[str], limit: int, send: Callable[[list[str]], T]) -> list[T]:
+        """``send`` on consecutive parts of ``items`` that the server takes, in order.
+
+        Parts hold at most ``limit`` items; one the server still refuses as too large (413: too
+        many bytes, or ColBERT vectors for too many tokens) is halved and sent again, down to a
+        single item, whose 413 is the answer.
+        """
+        out: list[T] = []
+        parts = [items[i : i + limit] for i in range(0, len(items), limit)]
+        while parts:
+            part = parts.pop(0)
+            try:
+                out.append(send(part))
+            except RemoteError as exc:
+                if exc.status != 413 or len(part) == 1:
+                    raise
+                half = len(part) // 2
+                parts[:0] = [part[:half], part[half:]]
+        return out
+
     def _read(self, path: str, parse: Callable[[], T]) -> T:
         """``parse()`` of an answer to ``path``; a ``RemoteError`` saying why if it is malformed.
 
@@ -205,6 +225,19 @@ def _output(answer: Any, n: int, heads: Mapping[str, bool], info: Mapping[str, A
     return out
 
 
+def _limit(info: Any, name: str) -> int:
+    """A per-request limit from ``/info``'s ``limits``; 256, the default, from older servers."""
+    _expect(isinstance(info, dict), f"expected an object, got {type(info).__name__}")
+    limits = info.get("limits") or {}
+    _expect(isinstance(limits, dict), "`limits` must be an object")
+    value = limits.get(name, 256)
+    _expect(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"`limits.{name}` must be a positive integer, got {value!r}",
+    )
+    return int(value)
+
+
 def _ranked(rows: Any, docs: Sequence[str]) -> tuple[RankedPassage, ...]:
     """The passages of a ``/rerank`` answer: one row per passage sent, each index once."""
     _expect(isinstance(rows, list), f"expected a list, got {type(rows).__name__}")
@@ -274,6 +307,12 @@ class RemoteEncoder(_Client):
         """The heads the served model produces."""
         return tuple(self.info()["heads"])
 
+    @property
+    def max_batch(self) -> int:
+        """Texts per request: the server's ``max_client_batch_size`` (``/info``'s limits)."""
+        info = self.info()
+        return self._read("/info", lambda: _limit(info, "max_client_batch_size"))
+
     def encode_queries(
         self,
         texts: str | Sequence[str],
@@ -314,14 +353,35 @@ class RemoteEncoder(_Client):
         }
         if not items:
             return output_from_json([], dim=self.info()["dim"] if flags["dense"] else None)
-        body = {"inputs": items, "kind": kind, "colbert_format": "base64", **flags}
-        answer = self.post("/embed_all", body)
         info = self.info()
-        return self._read("/embed_all", lambda: _output(answer, len(items), flags, info))
+
+        def send(part: list[str]) -> M3Output:
+            body = {"inputs": part, "kind": kind, "colbert_format": "base64", **flags}
+            answer = self.post("/embed_all", body)
+            return self._read("/embed_all", lambda: _output(answer, len(part), flags, info))
+
+        parts = self._in_parts(items, self.max_batch, send)
+        return parts[0] if len(parts) == 1 else M3Output.concat(parts)
 
 
 class RemoteReranker(_Client):
-    """[`Reranker.rerank`][m3rag.Reranker.rerank] over HTTP (the server's ``/rerank``)."""
+    """[`Reranker.rerank`][m3rag.Reranker.rerank] over HTTP (the server's ``/rerank``).
+
+    More passages than the server takes in one request are scored in several; the raw scores
+    are ranked (and normalised) here, as the local method ranks them.
+    """
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0) -> None:
+        super().__init__(base_url, api_key=api_key, timeout=timeout)
+        self._max_batch: int | None = None
+
+    @property
+    def max_batch(self) -> int:
+        """Passages per request: the server's ``max_client_batch_size`` (``/info``'s limits)."""
+        if self._max_batch is None:
+            answer = self.get("/info")
+            self._max_batch = self._read("/info", lambda: _limit(answer, "max_client_batch_size"))
+        return self._max_batch
 
     def rerank(
         self,
@@ -335,14 +395,21 @@ class RemoteReranker(_Client):
         docs = check_rerank_inputs(query, passages, top_n)
         if not docs:
             return RerankResult(query, ())
-        rows = self.post(
-            "/rerank",
-            {"query": query, "texts": docs, "raw_scores": not normalize, "truncate": True},
-        )
-        ranked = self._read("/rerank", lambda: _ranked(rows, docs))
-        if top_n is not None:
-            ranked = ranked[:top_n]
-        return RerankResult(query, ranked)
+
+        def send(part: list[str]) -> tuple[RankedPassage, ...]:
+            body = {"query": query, "texts": part, "raw_scores": True, "truncate": True}
+            rows = self.post("/rerank", body)
+            return self._read("/rerank", lambda: _ranked(rows, part))
+
+        scores = np.empty(len(docs), dtype=np.float32)
+        start = 0
+        for ranked in self._in_parts(docs, self.max_batch, send):
+            for r in ranked:
+                scores[start + r.index] = r.score
+            start += len(ranked)
+        # ranked by the logits, ties in input order, as Reranker.rerank ranks them
+        result = RerankScores(scores, np.zeros(len(docs), dtype=np.bool_))
+        return rank_passages(query, docs, result, top_n=top_n, normalize=normalize)
 
     async def arerank(
         self,
