@@ -43,6 +43,10 @@ DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_MODEL = "BAAI/bge-m3"
 DEFAULT_RERANKER = "BAAI/bge-reranker-v2-m3"
+# The pair length search and ask rerank at: a full 512-token chunk of `m3rag index` and a query
+# fit whole (the Reranker's own default, FlagReranker's 512, cuts the chunk's last tokens);
+# models that take fewer positions (bge-reranker-base and -large: 512) get their limit
+CLI_RERANK_MAX_LENGTH = 1024
 
 
 # Options several commands share, defined once
@@ -377,11 +381,29 @@ def load_encoder(model: str, device: str | None, dtype: str | None) -> Any:
         return M3Encoder(model, device=device, dtype=dtype)
 
 
-def load_reranker(model: str, device: str | None) -> Any:
+def load_reranker(model: str, device: str | None, max_length: int | None = None) -> Any:
+    """The reranker; ``max_length`` ``None`` keeps the Reranker's default (512)."""
     from m3rag.rerank import Reranker
 
     with loading(model):
-        return Reranker(model, device=device)
+        if max_length is None:
+            return Reranker(model, device=device)
+        return Reranker(model, device=device, max_length=max_length)
+
+
+def load_chunk_reranker(model: str, device: str | None, max_length: int | None) -> Any:
+    """The reranker of search and ask, reading pairs of ``max_length`` tokens.
+
+    By default `CLI_RERANK_MAX_LENGTH`, or the model's limit where it takes fewer.
+    """
+    from m3rag._hub import resolve_model_dir
+    from m3rag._modelfiles import read_model_config
+
+    if max_length is None:
+        with loading(model):
+            limit = read_model_config(resolve_model_dir(model)).usable_positions
+        max_length = min(CLI_RERANK_MAX_LENGTH, limit)
+    return load_reranker(model, device, max_length)
 
 
 def stored_model(index: Target) -> str | None:

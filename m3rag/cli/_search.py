@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from m3rag.cli._app import (
+    CLI_RERANK_MAX_LENGTH,
     DEFAULT_MODEL,
     DEFAULT_RERANKER,
     EXIT_MODEL,
@@ -26,8 +27,8 @@ from m3rag.cli._app import (
     check_lang,
     fail,
     handled,
+    load_chunk_reranker,
     load_encoder,
-    load_reranker,
     open_collection,
     out,
     resolve_target,
@@ -51,6 +52,15 @@ ModeOption = Annotated[
     typer.Option(help="hybrid (every path, fused), dense, lexical or bm25 (no model needed)."),
 ]
 RerankerOption = Annotated[str, typer.Option(help="Reranker hub id or folder.")]
+RerankMaxLengthOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Tokens of a (query, passage) pair the reranker reads, specials included (default: "
+        f"{CLI_RERANK_MAX_LENGTH}, which fits a full 512-token chunk and its query, or the "
+        "model's limit where lower).",
+        min=6,
+    ),
+]
 LangOption = Annotated[
     str | None,
     typer.Option(
@@ -130,6 +140,7 @@ def search(
         bool, typer.Option("--rerank/--no-rerank", help="Rerank with a cross-encoder.")
     ] = False,
     reranker: RerankerOption = DEFAULT_RERANKER,
+    rerank_max_length: RerankMaxLengthOption = None,
     model: ModelOption = None,
     json_lines: Annotated[
         bool, typer.Option("--json", help="JSON lines instead of a table.")
@@ -146,7 +157,7 @@ def search(
     target = _target(index, store)
     encoder, col = _open_for(target, mode, model, device)
     try:
-        rr = load_reranker(reranker, device) if rerank else None
+        rr = load_chunk_reranker(reranker, device, rerank_max_length) if rerank else None
         results = build_retriever(col, encoder, mode, rr, lang=lang).retrieve(
             query, k=k, min_score=min_score
         )
@@ -221,6 +232,7 @@ def ask(
         bool, typer.Option("--rerank/--no-rerank", help="Rerank with a cross-encoder.")
     ] = True,
     reranker: RerankerOption = DEFAULT_RERANKER,
+    rerank_max_length: RerankMaxLengthOption = None,
     model: ModelOption = None,
     llm: Annotated[
         str | None,
@@ -251,7 +263,7 @@ def ask(
     target = _target(index, store)
     encoder, col = _open_for(target, mode, model, device)
     try:
-        rr = load_reranker(reranker, device) if rerank else None
+        rr = load_chunk_reranker(reranker, device, rerank_max_length) if rerank else None
         retriever = build_retriever(col, encoder, mode, rr, rollup=None, lang=lang)
         results = retriever.retrieve(question, k=k, min_score=min_score)
     finally:
