@@ -6,13 +6,15 @@ is therefore checked here first, in the order the load reads them, and each fail
 [`ModelLoadError`][m3rag.errors.ModelLoadError] that names the file and says what to do:
 
 * ``config.json``: a JSON object whose ``model_type``, ``hidden_size``, ``vocab_size`` (and, when
-  present, ``max_position_embeddings`` and ``pad_token_id``) have the right types;
+  present, ``max_position_embeddings`` and ``pad_token_id``) have the right types, whose other
+  fields transformers accepts, whose ``model_type`` agrees with its ``architectures``, and with a
+  pad id where the model counts positions from it (the RoBERTa family);
 * the tokenizer's JSON files: JSON objects; at least one tokenizer file present; the loaded
   tokenizer fits the model (no id beyond the embedding matrix, the special tokens the model
   needs, the pad id the model was trained with);
 * the weights: a ``model.safetensors`` (or its shards) whose header parses and covers the file,
   with an embedding matrix of the configured shape; ``pytorch_model.bin`` errors are wrapped when
-  transformers reads it;
+  transformers reads it; no tensor missing, none left over (a pooler or pretraining head aside);
 * ``.pt`` head files: read with ``torch.load(weights_only=True)`` (never unpickling code) and
   checked to be a ``Linear`` state dict of the right shape.
 """
@@ -126,8 +128,9 @@ def read_model_config(folder: Path) -> ModelConfig:
     """Read and validate ``folder / "config.json"``.
 
     Raises:
-        ModelLoadError: Naming ``config.json``: missing, damaged, not an object, or a field of the
-            wrong type.
+        ModelLoadError: Naming ``config.json``: missing, damaged, not an object, a field of the
+            wrong type, a ``model_type`` that contradicts ``architectures``, or a null
+            ``pad_token_id`` for a model that counts positions from it.
     """
     path = folder / "config.json"
     if not path.is_file():
@@ -157,7 +160,68 @@ def read_model_config(folder: Path) -> ModelConfig:
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
         msg = f"{path}: pad_token_id must be a non-negative int or null, got {pad!r}"
         raise ModelLoadError(msg)
+    if pad is None and "pad_token_id" in config and model_type in _ROBERTA:
+        # transformers takes the key as given (a missing key defaults to 1), and the RoBERTa
+        # family counts position ids from the pad id: every forward pass would fail on None
+        msg = (
+            f"{path}: pad_token_id is null, but a {model_type} model counts its positions from "
+            "the pad id; set it to the tokenizer's pad id (1 for BGE-M3 and the bge-rerankers)"
+        )
+        raise ModelLoadError(msg)
+    _check_architectures(path, config, model_type)
+    _check_config_fields(path, config, model_type)
     return ModelConfig(path, model_type, hidden, vocab, positions, pad)
+
+
+def _check_architectures(path: Path, config: dict[str, Any], model_type: str) -> None:
+    """Refuse a ``model_type`` that contradicts the classes named in ``architectures``.
+
+    transformers builds the model from ``model_type`` alone, and a BERT built on XLM-R weights
+    takes every tensor (the names agree) yet computes other numbers.
+    """
+    from transformers.models.auto import modeling_auto
+
+    names = config.get("architectures")
+    if not isinstance(names, list):
+        return
+    types: dict[str, set[str]] = {}
+    for attr in dir(modeling_auto):
+        if attr.endswith("_MAPPING_NAMES"):
+            for kind, classes in getattr(modeling_auto, attr).items():
+                for cls in classes if isinstance(classes, (list, tuple)) else (classes,):
+                    types.setdefault(cls, set()).add(kind)
+    for name in names:
+        known = types.get(name) if isinstance(name, str) else None
+        if known and model_type not in known:
+            msg = (
+                f"{path}: model_type {model_type!r} contradicts architectures {names} "
+                f"({name} is a {sorted(known)[0]!r} model); the config is damaged or from another "
+                "model, copy it again"
+            )
+            raise ModelLoadError(msg)
+
+
+def _check_config_fields(path: Path, config: dict[str, Any], model_type: str) -> None:
+    """Let transformers validate every field now, so that a bad one names ``config.json``.
+
+    Otherwise the first to read it is the tokenizer's load, whose error names the tokenizer.
+    A config with custom code (``auto_map``) is read by that code, later.
+    """
+    if "auto_map" in config:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        CONFIG_MAPPING[model_type].from_dict(config)
+    except MemoryError:
+        raise
+    except Exception as exc:  # huggingface_hub's strict dataclass errors, TypeError, ValueError
+        detail = " ".join(str(exc).split())
+        msg = (
+            f"{path}: transformers cannot read it ({type(exc).__name__}: {detail}); the config "
+            "is damaged, copy it again"
+        )
+        raise ModelLoadError(msg) from exc
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -227,9 +291,11 @@ def load_pretrained(loader: Any, folder: Path, weights: list[Path], **kwargs: An
     """``loader.from_pretrained(folder, **kwargs)``, any failure a [`ModelLoadError`][].
 
     The config and the safetensors headers were checked before, so what remains is the weights'
-    contents (``.bin`` files, tensors of the wrong shape, tensors missing); the message names the
-    weight files. transformers fills missing tensors with random values and only logs it; a
-    checkpoint missing any (the unused pooler aside) is refused instead.
+    contents (``.bin`` files, tensors of the wrong shape, tensors missing or left over); the
+    message names the weight files. transformers fills missing tensors with random values and
+    drops left-over ones, and only logs either; a checkpoint missing any (the unused pooler
+    aside) or holding tensors the model has no place for (a pooler or pretraining head aside) is
+    refused instead.
     """
     names = ", ".join(p.name for p in weights)
     try:
@@ -253,7 +319,29 @@ def load_pretrained(loader: Any, folder: Path, weights: list[Path], **kwargs: An
             "is damaged or from another model; copy it again"
         )
         raise ModelLoadError(msg)
+    # transformers drops tensors the model has no place for and only logs it: a config.json
+    # with fewer layers than the weights would load and compute other numbers
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not _unused_extra(k))
+    if unexpected:
+        msg = (
+            f"the weights {names} in {folder} hold {len(unexpected)} tensor(s) the model built "
+            f"from config.json has no place for (e.g. {unexpected[:3]}): config.json and the "
+            "weights come from different models (a wrong num_hidden_layers or model_type?); "
+            "use the config.json of this checkpoint"
+        )
+        raise ModelLoadError(msg)
     return model
+
+
+def _unused_extra(key: str) -> bool:
+    """Whether a checkpoint tensor the model does not take is one it may carry unused.
+
+    A pooler (the reranker's classifier has none; BGE-M3's is never used) and pretraining heads
+    (masked-LM ``lm_head``, BERT's ``cls.predictions`` / ``cls.seq_relationship``), which
+    transformers leaves out of a base model on purpose.
+    """
+    parts = key.split(".")
+    return "pooler" in parts or "lm_head" in parts or parts[0] == "cls"
 
 
 def load_tokenizer(

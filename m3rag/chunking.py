@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from m3rag._inputs import as_list, check_strings, check_text
+
 __all__ = ["Chunk", "Chunker"]
 
 # Document structure, preferred over sentences as cut points: a Markdown heading line (HTML
@@ -37,6 +39,21 @@ def _token_bounds(offsets: np.ndarray, chars: list[int]) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     idx = np.searchsorted(offsets[:, 0], np.asarray(chars, dtype=np.int64), side="left")
     return np.unique(idx[(idx > 0) & (idx < len(offsets))])
+
+
+def _clean_cut(offsets: np.ndarray, start: int, stop: int) -> int:
+    """``stop``, moved back to the nearest cut whose two sides share no character.
+
+    A sentencepiece word-start token ``"▁"`` is mapped to the first character of the word it
+    starts, which the next token holds too (``"▁"`` (6, 7), ``"pe"`` (6, 8)); cut between them,
+    the character would open the next chunk and close this one. When the window holds no clean
+    cut (a single token), ``stop`` as given.
+    """
+    cut = stop
+    while cut > start + 1 and cut < len(offsets) and offsets[cut, 0] < offsets[cut - 1, 1]:
+        cut -= 1
+    clean = cut >= len(offsets) or offsets[cut, 0] >= offsets[cut - 1, 1]
+    return cut if clean else stop
 
 
 def _is_cjk(ch: str) -> bool:
@@ -116,10 +133,15 @@ class Chunker:
         self._budget = budget
 
     def split(self, text: str, *, parent_id: str | None = None) -> list[Chunk]:
-        """Chunks of ``text`` in order (one chunk when it fits; none for blank text)."""
-        if not isinstance(text, str):
-            msg = f"text must be a string, got {type(text).__name__}"
-            raise TypeError(msg)
+        """Chunks of ``text`` in order (one chunk when it fits; none for blank text).
+
+        Raises:
+            TypeError: ``text`` is not a string.
+            ValueError: ``text`` holds a lone surrogate (the message gives its position).
+        """
+        return self._split(check_text(text, "text"), parent_id)
+
+    def _split(self, text: str, parent_id: str | None) -> list[Chunk]:
         if not text.strip():
             return []
         # verbose=False: a long document is longer than the model on purpose; no warning
@@ -153,9 +175,9 @@ class Chunker:
                     if inside.size:
                         stop = int(inside[-1])
                         break
-            chunk = self._make(text, offsets, start, stop, len(chunks), parent_id, words)
+                stop = _clean_cut(offsets, start, stop)
+            chunk, stop = self._make(text, offsets, start, stop, len(chunks), parent_id, words)
             chunks.append(chunk)
-            stop = start + max(1, self._token_span(offsets, chunk))
             if stop >= n:
                 break
             nxt = max(stop - self.overlap, start + 1)
@@ -168,13 +190,6 @@ class Chunker:
                         break
             start = nxt
         return chunks
-
-    @staticmethod
-    def _token_span(offsets: np.ndarray, chunk: Chunk) -> int:
-        """Tokens of the whole-text tokenisation that the chunk covers."""
-        return int(np.searchsorted(offsets[:, 1], chunk.end, side="right")) - int(
-            np.searchsorted(offsets[:, 0], chunk.start, side="left")
-        )
 
     @staticmethod
     def _word_token_bounds(text: str, offsets: np.ndarray) -> np.ndarray:
@@ -195,12 +210,23 @@ class Chunker:
     def split_many(
         self, texts: Sequence[str], *, parent_ids: Sequence[str | None] | None = None
     ) -> list[Chunk]:
-        """Chunks of several documents, in order."""
-        ids = list(parent_ids) if parent_ids is not None else [None] * len(texts)
-        if len(ids) != len(texts):
-            msg = f"parent_ids has {len(ids)} entries for {len(texts)} texts"
+        """Chunks of several documents, in order.
+
+        Raises:
+            TypeError: ``texts`` (or ``parent_ids``) is a single string or not a list, or a
+                text is not a string (the message names its index).
+            ValueError: A text holds a lone surrogate, or ``parent_ids`` has another length.
+        """
+        items = check_strings(texts, "texts")
+        ids = (
+            as_list(parent_ids, "parent_ids", "ids or None")
+            if parent_ids is not None
+            else [None] * len(items)
+        )
+        if len(ids) != len(items):
+            msg = f"parent_ids has {len(ids)} entries for {len(items)} texts"
             raise ValueError(msg)
-        return [c for t, i in zip(texts, ids, strict=True) for c in self.split(t, parent_id=i)]
+        return [c for t, i in zip(items, ids, strict=True) for c in self._split(t, i)]
 
     def _sentence_token_bounds(self, text: str, offsets: np.ndarray) -> np.ndarray:
         """Token indices at which a new sentence starts."""
@@ -220,7 +246,8 @@ class Chunker:
         index: int,
         parent_id: str | None,
         words: np.ndarray,
-    ) -> Chunk:
+    ) -> tuple[Chunk, int]:
+        """The chunk of tokens ``start`` to ``stop`` (shrunk until it fits), and its stop."""
         while True:
             a = int(offsets[start, 0])
             b = int(offsets[stop - 1, 1])
@@ -229,6 +256,6 @@ class Chunker:
             # shrink until the piece itself fits, so the encoder never truncates a chunk
             count = len(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
             if count <= self._budget or stop - start <= 1:
-                return Chunk(piece, a, b, index, parent_id, count)
+                return Chunk(piece, a, b, index, parent_id, count), stop
             earlier = words[(words > start) & (words < stop)]
-            stop = int(earlier[-1]) if earlier.size else stop - 1
+            stop = _clean_cut(offsets, start, int(earlier[-1]) if earlier.size else stop - 1)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from m3rag._inputs import check_positive_int, validate_texts
+from m3rag.encoder.m3 import check_length, select_heads, truncation_length
 from m3rag.types import Head, M3Output
 
 __all__ = ["FakeEncoder", "FakeTokenizer"]
@@ -66,12 +68,19 @@ class FakeTokenizer:
 class FakeEncoder:
     """A deterministic encoder with all three heads and no model (see the module docstring).
 
+    It refuses what [`M3Encoder`][m3rag.M3Encoder] refuses, with the same error types: no head
+    requested, a head it lacks asked for, a bad or too large ``max_length``, bad texts.
+
     Args:
         dim: Dense vector size.
         colbert_dim: ColBERT vector size.
         vocab_size: Token ids are below this.
-        max_length: Inputs are cut at this many tokens, specials included.
-        heads: The heads to offer.
+        max_length: Inputs are cut at this many tokens, specials included (at least 3).
+        heads: The heads to offer: ``"dense"`` and any of ``"sparse"``, ``"colbert"``.
+
+    Raises:
+        ValueError: A size that is not a positive int, ``max_length`` under 3, or heads without
+            ``"dense"`` or with an unknown name.
     """
 
     def __init__(
@@ -83,9 +92,28 @@ class FakeEncoder:
         max_length: int = 512,
         heads: Sequence[Head] = ("dense", "sparse", "colbert"),
     ) -> None:
+        for name, value in (("dim", dim), ("colbert_dim", colbert_dim)):
+            check_positive_int(value, name)
+        if (
+            isinstance(vocab_size, bool)
+            or not isinstance(vocab_size, int)
+            or vocab_size <= SPECIALS
+        ):
+            msg = f"vocab_size must be an int > {SPECIALS} (the specials), got {vocab_size!r}"
+            raise ValueError(msg)
+        check_length(max_length, "max_length")
+        offered = tuple(heads)
+        if "dense" not in offered or not set(offered) <= {"dense", "sparse", "colbert"}:
+            msg = (
+                f"heads must hold 'dense' and any of 'sparse', 'colbert' (as a real model), "
+                f"got {offered!r}"
+            )
+            raise ValueError(msg)
         self._dim = dim
-        self._colbert_dim = colbert_dim if "colbert" in heads else None
-        self._heads: tuple[Head, ...] = tuple(heads)
+        self._colbert_dim = colbert_dim if "colbert" in offered else None
+        self._heads: tuple[Head, ...] = tuple(
+            h for h in ("dense", "sparse", "colbert") if h in offered
+        )
         self.tokenizer = FakeTokenizer(vocab_size)
         self.max_length = max_length
         self.query_max_length = max_length
@@ -149,14 +177,19 @@ class FakeEncoder:
     def count_tokens(
         self, texts: str | Sequence[str], *, max_length: int | None = None
     ) -> np.ndarray:
-        """Tokens each text encodes to, specials included (``M3Output.token_counts``)."""
-        from m3rag._inputs import validate_texts
+        """Tokens each text encodes to, specials included (``M3Output.token_counts``).
 
-        length = self.max_length if max_length is None else min(max_length, self.max_length)
+        Raises:
+            TypeError: A text is not a string.
+            ValueError: A text holds a lone surrogate, or ``max_length`` < 3.
+            InputTooLongError: ``max_length`` exceeds ``self.max_length``.
+        """
+        items = validate_texts(texts)
+        length = truncation_length(self, max_length)
         return np.array(
             [
                 min(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) + 2, length)
-                for t in validate_texts(texts)
+                for t in items
             ],
             dtype=np.int64,
         )
@@ -175,14 +208,9 @@ class FakeEncoder:
         sparse: bool | None,
         colbert: bool | None,
     ) -> M3Output:
-        from m3rag._inputs import validate_texts
-
         items = validate_texts(texts)
-        want = {
-            "dense": dense is not False and "dense" in self.heads,
-            "sparse": sparse is not False and "sparse" in self.heads,
-            "colbert": colbert is not False and "colbert" in self.heads,
-        }
+        chosen = select_heads(self, dense=dense, sparse=sparse, colbert=colbert)
+        want = {head: head in chosen for head in ("dense", "sparse", "colbert")}
         dense_out, lexical_out, colbert_out, counts, cut = [], [], [], [], []
         for text in items:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -43,7 +43,14 @@ from m3rag.types import Head, M3Output
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["M3Encoder", "PairScores", "validate_texts"]
+__all__ = [
+    "M3Encoder",
+    "PairScores",
+    "check_length",
+    "select_heads",
+    "truncation_length",
+    "validate_texts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +117,12 @@ def _validate_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-def _check_length(value: int, name: str) -> int:
+def check_length(value: int, name: str) -> int:
+    """``value`` if it is an int of at least 3 (``<s>``, one token, ``</s>``).
+
+    Raises:
+        ValueError: Anything else (the message names ``name``).
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 3:
         msg = f"{name} must be an int >= 3 (specials included), got {value!r}"
         raise ValueError(msg)
@@ -129,7 +141,7 @@ def truncation_length(model: Any, max_length: int | None) -> int:
     """
     if max_length is None:
         return int(model.passage_max_length)
-    length = _check_length(max_length, "max_length")
+    length = check_length(max_length, "max_length")
     if length > model.max_length:
         msg = (
             f"max_length={length} exceeds the {model.max_length} tokens "
@@ -137,6 +149,49 @@ def truncation_length(model: Any, max_length: int | None) -> int:
         )
         raise InputTooLongError(msg)
     return length
+
+
+def select_heads(
+    model: Any, *, dense: bool | None, sparse: bool | None, colbert: bool | None
+) -> tuple[Head, ...]:
+    """The heads a call on ``model`` (an encoder, real or fake) computes.
+
+    ``None`` means "if the model has the head", ``True`` that it must.
+
+    Raises:
+        UnsupportedOutputError: A head the model lacks was asked for explicitly.
+        ValueError: No head requested.
+    """
+    available = tuple(model.heads)
+    chosen: list[Head] = []
+    options: tuple[tuple[Head, bool | None], ...] = (
+        ("dense", dense),
+        ("sparse", sparse),
+        ("colbert", colbert),
+    )
+    for head, flag in options:
+        if flag is None:
+            if head in available:
+                chosen.append(head)
+        elif flag:
+            if head not in available:
+                if available == ("dense",):
+                    msg = (
+                        f"{model.model_name_or_path!r} is a dense-only model and cannot produce "
+                        f"{head} output; use a BGE-M3 checkpoint with {COLBERT_FILE} and "
+                        f"{SPARSE_FILE}, or ask for dense only"
+                    )
+                else:
+                    msg = (
+                        f"{model.model_name_or_path!r} cannot produce {head} output (its heads: "
+                        f"{', '.join(available)}); ask for those only"
+                    )
+                raise UnsupportedOutputError(msg)
+            chosen.append(head)
+    if not chosen:
+        msg = "at least one of dense, sparse, colbert must be requested"
+        raise ValueError(msg)
+    return tuple(chosen)
 
 
 def count_with(tokenize: Any, texts: list[str], max_length: int) -> npt.NDArray[np.int64]:
@@ -255,8 +310,8 @@ class M3Encoder(BatchedModel):
         trust_remote_code: bool = False,
     ) -> None:
         self._init_batching(batch_size, max_batch_tokens, batch_overhead)
-        _check_length(query_max_length, "query_max_length")
-        _check_length(passage_max_length, "passage_max_length")
+        check_length(query_max_length, "query_max_length")
+        check_length(passage_max_length, "passage_max_length")
 
         self.model_name_or_path = (
             os.fspath(model_name_or_path)
@@ -482,30 +537,7 @@ class M3Encoder(BatchedModel):
     def _select_heads(
         self, *, dense: bool | None, sparse: bool | None, colbert: bool | None
     ) -> tuple[Head, ...]:
-        available = self.heads
-        chosen: list[Head] = []
-        options: tuple[tuple[Head, bool | None], ...] = (
-            ("dense", dense),
-            ("sparse", sparse),
-            ("colbert", colbert),
-        )
-        for head, flag in options:
-            if flag is None:
-                if head in available:
-                    chosen.append(head)
-            elif flag:
-                if head not in available:
-                    msg = (
-                        f"{self.model_name_or_path!r} is a dense-only model and cannot produce "
-                        f"{head} output; use a BGE-M3 checkpoint with {COLBERT_FILE} and "
-                        f"{SPARSE_FILE}, or ask for dense only"
-                    )
-                    raise UnsupportedOutputError(msg)
-                chosen.append(head)
-        if not chosen:
-            msg = "at least one of dense, sparse, colbert must be requested"
-            raise ValueError(msg)
-        return tuple(chosen)
+        return select_heads(self, dense=dense, sparse=sparse, colbert=colbert)
 
     def _empty(self, heads: tuple[Head, ...]) -> M3Output:
         return M3Output(
@@ -597,6 +629,32 @@ class M3Encoder(BatchedModel):
             progress.close()
         return M3Output(dense, lexical, colbert, lengths, truncated)
 
+    def _encode_distinct(
+        self, texts: list[str], max_length: int, heads: tuple[Head, ...]
+    ) -> tuple[
+        npt.NDArray[np.float32],
+        list[dict[int, float]],
+        list[npt.NDArray[np.float32]],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.intp],
+    ]:
+        """All three heads of each distinct text, encoded once, as [`encode`][] encodes.
+
+        Returns dense vectors, lexical weights, ColBERT vectors and token counts of the distinct
+        texts, and where each of ``texts`` is among them.
+        """
+        distinct = list(dict.fromkeys(texts))
+        position = {text: i for i, text in enumerate(distinct)}
+        where = np.array([position[t] for t in texts], dtype=np.intp)
+        if not distinct:
+            return np.zeros((0, self.dim), np.float32), [], [], np.zeros(0, np.int64), where
+        rows, truncated = self._tokenize(distinct, max_length)
+        out = self._encode_ids(rows, truncated, heads)
+        if out.dense_vecs is None or out.lexical_weights is None or out.colbert_vecs is None:
+            msg = "compute_score needs the dense, sparse and colbert heads"
+            raise UnsupportedOutputError(msg)
+        return out.dense_vecs, out.lexical_weights, out.colbert_vecs, out.token_counts, where
+
     def _lexical_dicts(self, ids: np.ndarray, weights: np.ndarray) -> list[dict[int, float]]:
         """Per-row ``{token_id: max weight}``, specials and zeros dropped, first-occurrence order.
 
@@ -668,7 +726,7 @@ class M3Encoder(BatchedModel):
         limit = (
             self.passage_max_length
             if max_length is None
-            else _check_length(max_length, "max_length")
+            else check_length(max_length, "max_length")
         )
         if limit > self.max_length:
             msg = f"max_length={limit} exceeds the {self.max_length} tokens the model supports"
@@ -735,11 +793,14 @@ class M3Encoder(BatchedModel):
     ) -> PairScores:
         """Score ``(query, passage)`` pairs on all three heads and their weighted combinations.
 
-        Reproduces ``BGEM3FlagModel.compute_score``: pairs are processed in input order in chunks
-        of ``batch_size``; queries and passages of a chunk are each padded to their longest; the
-        ColBERT score keeps the reference's zero rows for pads (a padded passage offers a 0
-        similarity to every query token, which only matters when all real similarities of a query
-        token are negative). ``weights`` are ``(dense, sparse, colbert)``.
+        Reproduces ``BGEM3FlagModel.compute_score`` within 1e-5. The queries and the passages are
+        encoded as [`encode`][] encodes (each distinct text once, in length-sorted batches under
+        ``batch_size`` and ``max_batch_tokens``, halved on a CUDA out-of-memory error), then
+        each pair is scored. The ColBERT score keeps the reference's zero rows for pads: the
+        reference pads the passages of each input-order chunk of ``batch_size`` pairs to the
+        chunk's longest, and a pad offers a 0 similarity to every query token, which matters
+        when all real similarities of a query token are negative. ``weights`` are
+        ``(dense, sparse, colbert)``.
 
         Returns:
             [`PairScores`][m3rag.PairScores], one float32 value per pair and mode.
@@ -749,49 +810,43 @@ class M3Encoder(BatchedModel):
             ValueError: Bad weights, or a lone surrogate in a text (index and position named).
             UnsupportedOutputError: The model is dense-only.
         """
-        import torch
-
         w_dense, w_sparse, w_colbert = _validate_weights(weights)
         queries, passages = validate_pairs(pairs)
         heads = self._select_heads(dense=True, sparse=True, colbert=True)
         q_len = (
             self.query_max_length
             if max_query_length is None
-            else self._cap(_check_length(max_query_length, "max_query_length"), "max_query_length")
+            else self._cap(check_length(max_query_length, "max_query_length"), "max_query_length")
         )
         p_len = (
             self.passage_max_length
             if max_passage_length is None
             else self._cap(
-                _check_length(max_passage_length, "max_passage_length"), "max_passage_length"
+                check_length(max_passage_length, "max_passage_length"), "max_passage_length"
             )
         )
         n = len(queries)
-        dense = np.zeros(n, dtype=np.float32)
-        sparse = np.zeros(n, dtype=np.float32)
+        chunk = self.batch_size  # the reference's chunks, before any out-of-memory shrink
+        q_dense, q_lex, q_col, _, q_of = self._encode_distinct(queries, q_len, heads)
+        p_dense, p_lex, p_col, p_tokens, p_of = self._encode_distinct(passages, p_len, heads)
+        dense = np.einsum("ij,ij->i", q_dense[q_of], p_dense[p_of], dtype=np.float32)
+        sparse = np.array(
+            [lexical_matching_score(q_lex[a], p_lex[b]) for a, b in zip(q_of, p_of, strict=True)],
+            dtype=np.float32,
+        )
+        # the reference pads a passage shorter than the longest of its chunk
+        p_tokens = p_tokens[p_of]
+        padded = np.zeros(n, dtype=np.bool_)
+        for start in range(0, n, chunk):
+            part = p_tokens[start : start + chunk]
+            padded[start : start + chunk] = part < part.max()
         colbert = np.zeros(n, dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                stop = min(n, start + self.batch_size)
-                q_rows, _ = self._tokenize(queries[start:stop], q_len)
-                p_rows, _ = self._tokenize(passages[start:stop], p_len)
-                q_ids, q_mask = self._pad(q_rows)
-                p_ids, p_mask = self._pad(p_rows)
-                q_out = self._forward(q_ids, q_mask, heads)
-                p_out = self._forward(p_ids, p_mask, heads)
-                dense[start:stop] = (q_out["dense"] * p_out["dense"]).sum(-1).float().cpu().numpy()
-                q_lex = self._lexical_dicts(
-                    q_ids.cpu().numpy(), q_out["sparse"].float().cpu().numpy()
-                )
-                p_lex = self._lexical_dicts(
-                    p_ids.cpu().numpy(), p_out["sparse"].float().cpu().numpy()
-                )
-                sparse[start:stop] = [
-                    lexical_matching_score(a, b) for a, b in zip(q_lex, p_lex, strict=False)
-                ]
-                sims = torch.einsum("bin,bjn->bij", q_out["colbert"], p_out["colbert"])
-                best = sims.max(-1).values.sum(-1) / q_mask[:, 1:].sum(-1)
-                colbert[start:stop] = best.float().cpu().numpy()
+        for i, (a, b) in enumerate(zip(q_of, p_of, strict=True)):
+            q_vecs, p_vecs = q_col[a], p_col[b]
+            best = (q_vecs @ p_vecs.T).max(axis=1)
+            if padded[i]:
+                best = np.maximum(best, np.float32(0))
+            colbert[i] = best.sum(dtype=np.float32) / np.float32(q_vecs.shape[0])
         sparse_dense = (
             (w_sparse * sparse + w_dense * dense) / np.float32(w_sparse + w_dense)
             if (w_sparse + w_dense) > 0

@@ -3,7 +3,8 @@
 For each ``(query, passage)`` pair (``shared/reference/m3_reference_spec.md`` section 7):
 
 1. query ids = the query tokenised without specials, truncated at ``query_max_length``
-   (default ``3/4 * max_length``), so the query is never truncated away entirely;
+   (default ``3/4 * max_length``, at most ``max_length - 5``), so the passage always keeps
+   room;
    passage ids = the passage tokenised without specials, truncated at ``max_length``;
 2. the model input is ``<s> q </s></s> p </s>`` with only the passage cut so that the whole
    pair fits ``max_length`` (``[cls] + q + [sep, sep] + p[:room] + [sep]``);
@@ -14,7 +15,8 @@ For each ``(query, passage)`` pair (``shared/reference/m3_reference_spec.md`` se
 Step 2 is the id-level construction of FlagReranker under transformers 4. FlagEmbedding 1.4.2 on
 transformers 5 instead decodes the truncated ids back to text and re-tokenises the pair, which
 can re-segment the cut-off word at the end of a truncated passage; ``pairing="text"`` reproduces
-that variant exactly.
+that variant exactly, wherever it succeeds (a re-tokenised query that grows to leave the passage
+no room makes FlagReranker fail; m3rag cuts it again at ``query_max_length``).
 """
 
 from __future__ import annotations
@@ -170,7 +172,8 @@ class Reranker(BatchedModel):
             (``None`` on GPUs).
         max_length: Pair length in tokens, specials included; up to the model's limit (8192 for
             v2-m3, 512 for base/large).
-        query_max_length: Query length cap; default ``3/4 * max_length``.
+        query_max_length: Query length cap; default ``3/4 * max_length`` as FlagReranker
+            (``max_length - 5`` below 20, where 3/4 would leave the passage no room).
         show_progress: Show a progress bar over batches.
         pairing: ``"ids"`` (default) builds the pair from token ids; ``"text"`` reproduces
             FlagEmbedding 1.4.2 on transformers 5 (decode and re-tokenise the truncated pair).
@@ -221,7 +224,12 @@ class Reranker(BatchedModel):
         if max_length < 6:
             msg = f"max_length must be at least 6 (4 special tokens included), got {max_length}"
             raise ValueError(msg)
-        q_max = max_length * 3 // 4 if query_max_length is None else query_max_length
+        # FlagReranker's default, 3/4 of max_length, leaves the passage no room under 20
+        q_max = (
+            min(max_length * 3 // 4, max_length - 5)
+            if query_max_length is None
+            else query_max_length
+        )
         if (
             isinstance(q_max, bool)
             or not isinstance(q_max, int)
@@ -306,6 +314,7 @@ class Reranker(BatchedModel):
         p_full = ids(passages, self.max_length)
         rows: list[list[int]] = []
         truncated = np.zeros(len(queries), dtype=np.bool_)
+        retokenised: dict[str, list[int]] = {}
         for i, (q, p) in enumerate(zip(q_full, p_full, strict=True)):
             q_ids = list(q[: self.query_max_length])
             p_ids = list(p[: self.max_length])
@@ -314,28 +323,65 @@ class Reranker(BatchedModel):
             if self.pairing == "ids":
                 rows.append([self._cls, *q_ids, self._sep, self._sep, *p_ids[:room], self._sep])
             else:
-                rows.append(self._text_roundtrip(q_ids, p_ids))
+                row, recapped = self._text_roundtrip(q_ids, p_ids, retokenised)
+                rows.append(row)
+                truncated[i] |= recapped
         return rows, truncated
 
-    def _text_roundtrip(self, q_ids: list[int], p_ids: list[int]) -> list[int]:
-        """FlagEmbedding 1.4.2 + transformers 5: decode the truncated ids and re-tokenise."""
-
-        def decode(ids: list[int]) -> str:
-            return str(
-                self._tokenizer_call(
-                    "decode", ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
-                )
+    def _decode(self, ids: list[int]) -> str:
+        return str(
+            self._tokenizer_call(
+                "decode", ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
             )
-
-        encoded = self._tokenizer_call(
-            "__call__",
-            decode(q_ids),
-            decode(p_ids),
-            truncation="only_second",
-            max_length=self.max_length,
-            padding=False,
         )
-        return list(encoded["input_ids"])
+
+    def _text_roundtrip(
+        self, q_ids: list[int], p_ids: list[int], retokenised: dict[str, list[int]]
+    ) -> tuple[list[int], bool]:
+        """FlagEmbedding 1.4.2 + transformers 5: decode the truncated ids and re-tokenise.
+
+        Returns the row and whether the query had to be cut again. Re-tokenised, a query cut
+        at ``query_max_length`` can come back a token or two longer (a cut word segments
+        differently); where it leaves the passage no room, cutting only the passage cannot fit
+        the pair and FlagReranker fails ("Sequence to truncate too short"). The re-tokenised
+        query is then cut at ``query_max_length`` and the passage fills the rest. Every pair
+        FlagReranker can build is built exactly as it does. ``retokenised`` caches the decoded
+        queries' ids over one call (a query is usually scored against many passages).
+        """
+        query, passage = self._decode(q_ids), self._decode(p_ids)
+        if query not in retokenised:
+            retokenised[query] = self._tokenize_plain(query)
+        q_again = retokenised[query]
+        # An empty passage string is no pair at all: <s> q </s>. Otherwise <s> q </s></s> p </s>,
+        # and only_second truncation must leave the passage a token, unless the pair fits whole.
+        p_again: list[int] | None = None
+        if not passage:
+            fits = len(q_again) + 2 <= self.max_length
+        elif len(q_again) + 4 < self.max_length:
+            fits = True
+        else:
+            p_again = self._tokenize_plain(passage)
+            fits = len(q_again) + 4 == self.max_length and not p_again
+        if fits:
+            encoded = self._tokenizer_call(
+                "__call__",
+                query,
+                passage,
+                truncation="only_second",
+                max_length=self.max_length,
+                padding=False,
+            )
+            return list(encoded["input_ids"]), False
+        q_cut = q_again[: self.query_max_length]
+        if not passage:
+            return [self._cls, *q_cut, self._sep], True
+        if p_again is None:
+            p_again = self._tokenize_plain(passage)
+        room = self.max_length - 4 - len(q_cut)
+        return [self._cls, *q_cut, self._sep, self._sep, *p_again[:room], self._sep], True
+
+    def _tokenize_plain(self, text: str) -> list[int]:
+        return list(self._tokenizer_call("__call__", text, add_special_tokens=False)["input_ids"])
 
     # -- scoring ------------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from m3rag.chunking import Chunker
 from m3rag.testing import MULTILINGUAL_SAMPLES
@@ -68,3 +70,50 @@ def test_bad_sizes(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
         Chunker(tiny_encoder.tokenizer, max_tokens=2)
     with pytest.raises(ValueError, match="overlap"):
         Chunker(tiny_encoder.tokenizer, max_tokens=64, overlap=40)
+
+
+def test_bad_texts_are_refused_with_their_index(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    chunker = Chunker(tiny_encoder.tokenizer, max_tokens=64, overlap=8)
+    with pytest.raises(ValueError, match=r"text has a lone surrogate '\\ud800' at position 1"):
+        chunker.split("a\ud800b")
+    with pytest.raises(ValueError, match=r"texts\[1\] has a lone surrogate"):
+        chunker.split_many(["fine", "a\ud800b"])
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a string, got NoneType"):
+        chunker.split_many(["fine", None])  # type: ignore[list-item]
+    # a bare string is not a list of one-character documents
+    with pytest.raises(TypeError, match="texts must be a list of strings, got a single str"):
+        chunker.split_many("abc")
+    with pytest.raises(TypeError, match="parent_ids must be a list"):
+        chunker.split_many(["a", "b"], parent_ids="ab")
+
+
+# Words that exercise sentencepiece's word-start "▁" token (mapped onto the next token's first
+# character), CJK, combining marks, an unknown character and a special token written as text.
+CHUNK_WORDS = [
+    "la", "de", "peuplée", "peuplée.", "hello", "world", "x", "北京是中国的首都。", "ภาษาไทย",
+    "e\u0301cole", "don't", "🎉", "，", "<mask>", "supercalifragilistic", "a", "Straße", "123",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text=st.one_of(
+        st.lists(st.sampled_from(CHUNK_WORDS), min_size=1, max_size=40).map(" ".join),
+        st.text(max_size=120),
+    ),
+    max_tokens=st.integers(4, 12) | st.sampled_from([16, 32, 64]),
+)
+@example(text="la de peuplée", max_tokens=4)  # the "u" was in no chunk
+def test_chunks_without_overlap_cover_the_text_at_every_size(
+    tiny_encoder, text: str, max_tokens: int
+) -> None:  # type: ignore[no-untyped-def]
+    chunks = Chunker(tiny_encoder.tokenizer, max_tokens=max_tokens, overlap=0).split(text)
+    covered = [False] * len(text)
+    for c in chunks:
+        assert text[c.start : c.end] == c.text
+        assert c.n_tokens <= max_tokens - 2
+        covered[c.start : c.end] = [True] * (c.end - c.start)
+    lost = [i for i, ch in enumerate(text) if not covered[i] and not ch.isspace()]
+    assert not lost, (lost, [(c.start, c.end) for c in chunks])
+    for a, b in itertools.pairwise(chunks):
+        assert b.start >= a.end  # no overlap was asked for

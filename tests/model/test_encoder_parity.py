@@ -145,3 +145,75 @@ def test_compute_score_combinations(tiny_m3_path, reference_m3, weights) -> None
         pairs[0], weights=weights, max_query_length=32, max_passage_length=48
     )
     assert len(single) == 1
+
+
+def _assert_scores_match(ours, ref) -> None:  # type: ignore[no-untyped-def]
+    for key in ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"):
+        np.testing.assert_allclose(ours[key], np.array(ref[key], np.float32), atol=1e-5, rtol=0)
+
+
+# Short passages beside long ones: the reference pads them to their chunk's longest, and one
+# ColBERT row ("" has only </s>) often has a negative best similarity that the pad's 0 replaces.
+SCORE_PAIRS = [
+    *zip(TEXTS[:24], ["", "短", "x", *TEXTS[30:51]], strict=True),
+    *[(TEXTS[i], "word " * 200) for i in range(4)],
+    ("q", ""),
+    ("q", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "max_batch_tokens"), [(8, None), (8, 64), (5, 256), (64, 1024)]
+)
+def test_compute_score_is_planned_under_the_token_budget(
+    tiny_m3_path, reference_m3, batch_size: int, max_batch_tokens: int | None
+) -> None:  # type: ignore[no-untyped-def]
+    enc = M3Encoder(
+        tiny_m3_path, device="cpu", batch_size=batch_size, max_batch_tokens=max_batch_tokens
+    )
+    real = enc._forward
+    passes: list[tuple[int, int]] = []
+
+    def spy(ids, mask, heads):  # type: ignore[no-untyped-def]
+        passes.append(tuple(ids.shape))
+        return real(ids, mask, heads)
+
+    enc._forward = spy  # type: ignore[method-assign]
+    ours = enc.compute_score(SCORE_PAIRS, max_query_length=32, max_passage_length=512)
+    ref = reference_m3.compute_score(
+        SCORE_PAIRS,
+        batch_size=batch_size,
+        max_query_length=32,
+        max_passage_length=512,
+        weights_for_different_modes=[0.4, 0.2, 0.4],
+    )
+    _assert_scores_match(ours, ref)
+    # every pass within batch_size and the budget (a text longer than the budget goes alone)
+    for texts, longest in passes:
+        assert texts <= batch_size
+        assert max_batch_tokens is None or texts == 1 or texts * longest <= max_batch_tokens
+
+
+def test_compute_score_recovers_from_out_of_memory(tiny_m3_path, reference_m3) -> None:  # type: ignore[no-untyped-def]
+    enc = M3Encoder(tiny_m3_path, device="cpu", batch_size=64, max_batch_tokens=None)
+    real = enc._forward
+    passes: list[int] = []
+
+    def flaky(ids, mask, heads):  # type: ignore[no-untyped-def]
+        passes.append(ids.shape[0])
+        if ids.shape[0] > 4:
+            msg = "CUDA out of memory. Tried to allocate 20.00 GiB"
+            raise RuntimeError(msg)
+        return real(ids, mask, heads)
+
+    enc._forward = flaky  # type: ignore[method-assign]
+    ours = enc.compute_score(SCORE_PAIRS, max_query_length=32, max_passage_length=512)
+    ref = reference_m3.compute_score(
+        SCORE_PAIRS,
+        batch_size=64,
+        max_query_length=32,
+        max_passage_length=512,
+        weights_for_different_modes=[0.4, 0.2, 0.4],
+    )
+    _assert_scores_match(ours, ref)
+    assert passes[0] > 4 and enc.batch_size <= 4

@@ -189,6 +189,110 @@ def test_config_fields_of_the_wrong_type(
         expect_named(kind, folder, "config.json")
 
 
+def _set_config(**fields: object) -> Callable[[Path], None]:
+    def mutate(path: Path) -> None:
+        config = json.loads(path.read_text())
+        for key, value in fields.items():
+            if value is _DELETE:
+                del config[key]
+            else:
+                config[key] = value
+        path.write_text(json.dumps(config))
+
+    return mutate
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("kind", ["m3", "reranker"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"layer_norm_eps": "x"},
+        {"num_attention_heads": "2"},
+        {"intermediate_size": "7"},
+        {"num_hidden_layers": "2"},
+        {"hidden_dropout_prob": [0.1]},
+    ],
+)
+def test_other_config_fields_of_the_wrong_type_name_the_config(
+    sources: dict[str, Path], kind: str, fields: dict[str, object]
+) -> None:
+    # transformers' strict config validation, first met in the tokenizer's load before
+    with damaged(sources[kind], "config.json", _set_config(**fields)) as folder:
+        with pytest.raises(ModelLoadError) as info:
+            load(kind, folder)
+        message = str(info.value)
+        assert "config.json" in message and next(iter(fields)) in message
+        assert "tokenizer" not in message
+
+
+@pytest.mark.parametrize("kind", ["m3", "reranker"])
+def test_a_null_pad_token_id_is_refused_and_a_missing_one_defaults(
+    sources: dict[str, Path], kind: str
+) -> None:
+    # XLM-R counts position ids from the pad id: every forward pass would fail on None
+    with (
+        damaged(sources[kind], "config.json", _set_config(pad_token_id=None)) as folder,
+        pytest.raises(ModelLoadError, match=r"config\.json: pad_token_id is null"),
+    ):
+        load(kind, folder)
+    # a deleted key is transformers' default, 1: the model works
+    with damaged(sources[kind], "config.json", _set_config(pad_token_id=_DELETE)) as folder:
+        model = load(kind, folder)
+        assert isinstance(model, (M3Encoder, Reranker))
+        assert len(model.compute_score([("q", "p")])) == 1
+
+
+@pytest.mark.parametrize("kind", ["m3", "reranker"])
+def test_a_model_type_contradicting_the_architectures_is_refused(
+    sources: dict[str, Path], kind: str
+) -> None:
+    # a BertModel takes every XLM-R tensor (the names agree) and computes other numbers
+    with (
+        damaged(sources[kind], "config.json", _set_config(model_type="bert")) as folder,
+        pytest.raises(ModelLoadError, match=r"config\.json: model_type 'bert' contradicts"),
+    ):
+        load(kind, folder)
+
+
+@pytest.mark.parametrize("kind", ["m3", "reranker"])
+def test_weights_with_more_layers_than_the_config_are_refused(
+    sources: dict[str, Path], kind: str
+) -> None:
+    # transformers drops the second layer's tensors and only logs it
+    with (
+        damaged(sources[kind], "config.json", _set_config(num_hidden_layers=1)) as folder,
+        pytest.raises(ModelLoadError) as info,
+    ):
+        load(kind, folder)
+    message = str(info.value)
+    assert "model.safetensors" in message and "encoder.layer.1." in message
+
+
+@pytest.mark.parametrize("kind", ["m3", "reranker"])
+def test_an_unused_pooler_or_pretraining_head_in_the_weights_loads(
+    sources: dict[str, Path], kind: str
+) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    def add_extras(path: Path) -> None:
+        tensors = load_file(str(path))
+        prefix = "roberta." if kind == "reranker" else ""
+        tensors[f"{prefix}pooler.dense.weight"] = torch.zeros(32, 32)
+        tensors[f"{prefix}pooler.dense.bias"] = torch.zeros(32)
+        tensors["lm_head.bias"] = torch.zeros(4)
+        tensors[f"{prefix}embeddings.position_ids"] = torch.arange(8)[None]
+        save_file(tensors, str(path), metadata={"format": "pt"})
+
+    with damaged(sources[kind], "model.safetensors", add_extras) as folder:
+        model = load(kind, folder)
+        assert isinstance(model, (M3Encoder, Reranker))
+        assert len(model.compute_score([("q", "p")])) == 1
+
+
 @pytest.mark.parametrize("kind", ["m3", "reranker"])
 def test_weights_from_another_model(
     sources: dict[str, Path], kind: str, tmp_path_factory: pytest.TempPathFactory

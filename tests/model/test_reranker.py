@@ -200,3 +200,72 @@ def test_oom_backoff(tiny_reranker_path, monkeypatch: pytest.MonkeyPatch) -> Non
     got = r.compute_score(PAIRS[:16])
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert sizes[0] == 16 and r.batch_size <= 8
+
+
+# A query whose cut re-tokenises longer: the full-width comma is <unk>, and decoded as "<unk>" it
+# is followed by a word-start "▁" the original ids lacked (18 ids come back as 20).
+GROWING_QUERY = "论，化。重，学预放文段中和开档重的和。、稀段片也良都开和密"
+GROWING_PASSAGES = ["x", "", " ", "x y z", "北京是中国的首都 " * 30, "word " * 300]
+
+
+@pytest.mark.parametrize(
+    ("max_length", "query_max_length"),
+    [(24, None), (25, None), (26, None), (32, None), (40, 35), (64, 59), (512, 507)],
+)
+def test_text_pairing_recaps_a_query_that_grows_and_matches_flagreranker_elsewhere(
+    tiny_reranker_path, reference_reranker, max_length: int, query_max_length: int | None
+) -> None:  # type: ignore[no-untyped-def]
+    ours = Reranker(
+        tiny_reranker_path,
+        device="cpu",
+        max_length=max_length,
+        query_max_length=query_max_length,
+        pairing="text",
+        max_batch_tokens=None,
+    )
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    queries = [GROWING_QUERY * k for k in (1, 2, 20)] + QUERIES[:3]
+    pairs = [(q, p) for q in queries for p in GROWING_PASSAGES]
+    got = ours.score(pairs)
+    rows, _ = ours._pair_ids([q for q, _ in pairs], [p for _, p in pairs])
+    tok, q_max = ours.tokenizer, ours.query_max_length
+    built: list[int] = []
+    for i, (q, p) in enumerate(pairs):
+        assert len(rows[i]) <= max_length
+        q_ids = tok(q, add_special_tokens=False, max_length=q_max, truncation=True)["input_ids"]
+        p_ids = tok(p, add_special_tokens=False, max_length=max_length, truncation=True)
+        try:  # FlagReranker's own pair construction
+            want = prepare_for_model_compat(
+                tok, q_ids, p_ids["input_ids"], truncation="only_second", max_length=max_length
+            )["input_ids"]
+        except Exception as exc:  # tokenizers' bare Exception: FlagReranker fails on this pair
+            assert "Truncation error" in str(exc)  # noqa: PT017 - one of many pairs, not a raise
+            assert got.truncated[i]  # m3rag cut the query again and scored the pair
+            assert rows[i][0] == ours._cls and rows[i][-1] == ours._sep
+            continue
+        assert rows[i] == list(want), (q, p)  # where FlagReranker builds the pair: the same ids
+        built.append(i)
+    # FlagReranker fails on some pairs at these lengths, and builds all at 25 to 32
+    assert (len(built) < len(pairs)) == (max_length in (24, 40, 64, 512))
+    want_scores = reference_reranker.compute_score(
+        [pairs[i] for i in built], max_length=max_length, query_max_length=query_max_length
+    )
+    np.testing.assert_allclose(got.scores[built], np.float32(want_scores), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("max_length", list(range(6, 24)))
+def test_default_query_cap_fits_every_max_length(
+    tiny_reranker_path, reference_reranker, max_length: int
+) -> None:  # type: ignore[no-untyped-def]
+    r = Reranker(tiny_reranker_path, device="cpu", max_length=max_length)
+    # FlagReranker's 3/4 from 20 up (where it leaves the passage room); max_length - 5 below
+    assert r.query_max_length == min(max_length * 3 // 4, max_length - 5)
+    result = r.score([("word " * 50, "passage " * 50), ("q", "p")])
+    assert np.isfinite(result.scores).all()
+    assert result.truncated[0]
+    if max_length >= 20:
+        want = reference_reranker.compute_score(
+            [("word " * 50, "passage " * 50)], max_length=max_length
+        )
+        np.testing.assert_allclose(result.scores[:1], np.float32(want), atol=1e-5, rtol=0)
