@@ -328,9 +328,12 @@ def check_index_lang(index: Target, lang: str | None) -> None:
 def check_index_path(index: Target, *, must_exist: bool) -> None:
     """``--index`` must be a folder (or, when it may be created, not exist yet).
 
-    A store URI was checked by `resolve_target`; whether it exists is the server's to say.
+    A store URI (its form checked by `resolve_target`) is asked of its server, before any model
+    loads: a server that cannot be reached or refuses ends the command (exit 4), and so does
+    a collection that does not exist when ``must_exist`` (exit 2; ``index`` creates it).
     """
     if isinstance(index, StoreURI):
+        _check_store(index, must_exist=must_exist)
         return
     if index.exists() and not index.is_dir():
         msg = f"--index {index} is a file; give a folder for the index"
@@ -338,6 +341,57 @@ def check_index_path(index: Target, *, must_exist: bool) -> None:
     if must_exist and not (index / "manifest.json").exists():
         msg = f"no index at {index}; build one with: m3rag index PATH... --index {index}"
         raise fail(msg, EXIT_USAGE)
+
+
+def _check_store(store: StoreURI, *, must_exist: bool) -> None:
+    """Open the store once without a model: what the server says comes before any loading."""
+    try:
+        col = open_collection(store, None, read_only=True)
+    except CollectionNotFoundError:
+        if must_exist:
+            raise
+        return
+    col.close()
+
+
+def _missing_store(store: StoreURI) -> str:
+    """What to do about a ``--store`` collection that does not exist, on the command line."""
+    from m3rag.index.uri import parse_milvus_uri
+
+    server, name, _ = parse_milvus_uri(store.spec)
+    return (
+        f"no Milvus collection {name!r} at {server}; create it with: m3rag index PATH... "
+        f"--store {store.spec}"
+    )
+
+
+_PYMILVUS_LEVELS: dict[str, int] = {}  # the levels pymilvus gave its loggers, for --debug
+
+
+def quiet_pymilvus() -> None:
+    """Silence pymilvus's loggers, unless --debug (which gets pymilvus's own levels back).
+
+    pymilvus logs each failed call at ERROR with a traceback (and warns on paged reads from
+    milvus-lite), before m3rag reports the same failure in its one line. Its import configures
+    its loggers (level and handler of ``pymilvus``, ``pymilvus.milvus_client`` ...), so this
+    runs after that import, before each store is opened.
+    """
+    try:
+        # importing pymilvus configures its loggers: ours must come after
+        import pymilvus  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
+    except ImportError:
+        return  # opening the store says which extra to install
+    names = ["pymilvus"] + [
+        name
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if name.startswith("pymilvus.")
+        and isinstance(logger, logging.Logger)
+        and logger.level != logging.NOTSET
+    ]
+    for name in names:
+        logger = logging.getLogger(name)
+        saved = _PYMILVUS_LEVELS.setdefault(name, logger.level)
+        logger.setLevel(saved if state.debug else logging.CRITICAL)
 
 
 def quiet_third_party() -> None:
@@ -351,8 +405,6 @@ def quiet_third_party() -> None:
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     disable_progress_bars()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    # pymilvus warns on every paged read from milvus-lite ("failed to get mvccTs")
-    logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -421,9 +473,14 @@ def open_collection(
     if isinstance(index, StoreURI):
         from m3rag.index.uri import open_store
 
-        return open_store(
-            index.spec, encoder=encoder, read_only=read_only, create=create, **options
-        )
+        quiet_pymilvus()
+        try:
+            return open_store(
+                index.spec, encoder=encoder, read_only=read_only, create=create, **options
+            )
+        except CollectionNotFoundError as exc:
+            # the library's message says create=True; here the way is a command
+            raise CollectionNotFoundError(_missing_store(index)) from exc
     from m3rag.index import Collection
 
     if create and not (index / "manifest.json").exists():

@@ -8,3 +8,4 @@ MAX_LIMIT = 16_384  # Milvus's largest topk / query window
 EMPTY_TOKEN = 2**32 - 2  # Milvus refuses an empty sparse vector: a zero-impact stand-in
 EMPTY_WEIGHT = 1e-30
 FETCH = 256  # ids per fetch query
+PAGE = 1000  # rows per page of a full read (ids, ids_matching, metadata_values)

@@ -7,7 +7,9 @@
     dummy   FLOAT_VECTOR dim 2 (Milvus loads no collection without a vector field)
 
 where ``ntok`` is the main row's token count; see
-[`ColbertLayout`][m3rag.index.milvus.ColbertLayout].
+[`ColbertLayout`][m3rag.index.milvus.ColbertLayout]. Its property ``m3rag.side_of`` names the
+main collection it belongs to, so that dropping a store never drops a collection that merely
+shares the name.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from m3rag.index.milvus._limits import MAX_ID_BYTES, MAX_TEXT_BYTES
 from m3rag.index.milvus._server import Caller
 from m3rag.index.milvus_expr import ids_expr
 
-__all__ = ["ColbertLayout", "ColbertSide"]
+__all__ = ["SIDE_KEY", "ColbertLayout", "ColbertSide"]
+
+SIDE_KEY = "m3rag.side_of"
+"""The side collection's property naming its main collection (set at creation)."""
+_SIDE_FIELDS = frozenset({"pk", "doc", "chunk", "data", "dummy"})
 
 _CHUNK_CHARS = MAX_TEXT_BYTES  # a packed ColBERT chunk is one VARCHAR of base64
 _FETCH_CHUNKS = 1024  # chunk rows per lookup (primary keys in one expression)
@@ -153,8 +159,8 @@ class ColbertSide:
         self.layout = layout
         self._call = call
 
-    def create(self, pm: Any) -> None:
-        """Create the side collection (``pm``: the pymilvus module)."""
+    def create(self, pm: Any, *, owner: str) -> None:
+        """Create the side collection of main collection ``owner`` (``pm``: pymilvus)."""
         DataType = pm.DataType
         side = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         side.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES + 12)
@@ -170,9 +176,28 @@ class ColbertSide:
         self._call(
             "create_collection",
             lambda: self._client.create_collection(
-                self.name, schema=side, index_params=index, consistency_level="Strong"
+                self.name,
+                schema=side,
+                index_params=index,
+                consistency_level="Strong",
+                properties={SIDE_KEY: owner},
             ),
         )
+
+    def owner(self) -> str | None:
+        """The main collection this side collection belongs to, ``None`` if not an m3rag side.
+
+        The ``m3rag.side_of`` mark says it; a collection made before the mark counts as the
+        side of the name it extends when it has exactly the side's fields.
+        """
+        described = self._call(
+            "describe_collection", lambda: self._client.describe_collection(self.name)
+        )
+        mark = (described.get("properties") or {}).get(SIDE_KEY)
+        if mark is not None:
+            return str(mark)
+        fields = {str(f.get("name")) for f in described.get("fields") or ()}
+        return self.name.removesuffix("_colbert") if fields == _SIDE_FIELDS else None
 
     def fetch(self, ids: list[str], ntok: list[int]) -> list[npt.NDArray[np.float32]]:
         """The matrices of ``ids`` (of ``ntok`` tokens each), by primary-key lookups.

@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,7 @@ from m3rag._optional import require
 from m3rag.analysis import family_of
 from m3rag.errors import (
     CollectionClosedError,
+    CollectionExistsError,
     CollectionNotFoundError,
     CommitError,
     DuplicateIdError,
@@ -31,12 +33,13 @@ from m3rag.errors import (
 )
 from m3rag.index.collection import _check_encoder, content_hash
 from m3rag.index.filters import Filter, dumps_metadata
-from m3rag.index.milvus._limits import EMPTY_TOKEN, FETCH, MAX_LIMIT
+from m3rag.index.milvus._limits import EMPTY_TOKEN, FETCH, MAX_LIMIT, PAGE
 from m3rag.index.milvus._server import Caller
 from m3rag.index.milvus.colbert import ColbertLayout, ColbertSide
 from m3rag.index.milvus.schema import DENSE_INDEXES, build_config, create_main, read_config
 from m3rag.index.milvus.writes import Put, prepare, send
 from m3rag.index.milvus_expr import compile_filter, ids_expr, literal
+from m3rag.index.uri import redact_uri
 from m3rag.index.validation import (
     MAX_TOKEN_ID,
     check_embeddings,
@@ -65,9 +68,11 @@ class MilvusStore:
     """A hybrid store in a Milvus collection, with the API of [`Collection`][m3rag.Collection].
 
     Args:
-        uri: The server, e.g. ``"http://127.0.0.1:19530"`` (a ``milvus-lite server`` too).
-        collection_name: The Milvus collection (a ColBERT side collection ``<name>_colbert``
-            goes with it).
+        uri: The server, e.g. ``"http://127.0.0.1:19530"`` (a ``milvus-lite server`` too); not
+            an IPv6 address (pymilvus misreads one). Kept as `uri` with any credentials
+            replaced by ``***``, which is all that messages and the repr show.
+        collection_name: The Milvus collection (with the ColBERT head, a side collection
+            ``<name>_colbert`` goes with it). A create that fails drops what it made.
         encoder: Embeds documents and queries; recorded at creation and checked at opening.
         create: Create the collection if it does not exist (else open it; the recorded heads
             and sizes win over ``heads``/``dim``).
@@ -91,6 +96,9 @@ class MilvusStore:
 
     Raises:
         CollectionNotFoundError: The collection does not exist and ``create`` is false.
+        CollectionExistsError: ``create`` would make a ColBERT side collection whose name
+            another collection holds.
+        ValueError: A URI pymilvus cannot use (an IPv6 address, a port not in 1..65535).
         IndexFormatError: The collection was not made by m3rag, or by a newer one.
         EncoderMismatchError: ``encoder`` differs from the recorded one.
         RemoteStoreError: The server cannot be reached or refused a call.
@@ -139,8 +147,14 @@ class MilvusStore:
             msg = f"dense_index must be one of {list(DENSE_INDEXES)}, got {dense_index!r}"
             raise ValueError(msg)
         check_positive_int(recall_factor, "recall_factor")
+        if not isinstance(uri, str):
+            msg = f"uri must be a string such as 'http://127.0.0.1:19530', got {type(uri).__name__}"
+            raise TypeError(msg)
+        secret = token if token is not None else os.environ.get("M3RAG_MILVUS_TOKEN")
+        _check_server_uri(uri)
         self._pm = pymilvus
-        self.uri = uri
+        self.uri = redact_uri(uri)
+        """The server's URI as given, credentials and query values replaced by ``***``."""
         self.name = collection_name
         self.side = f"{collection_name}_colbert"
         self.encoder = encoder
@@ -148,8 +162,8 @@ class MilvusStore:
         self.recall_factor = recall_factor
         self._timeout = timeout
         self._closed = True
+        self._made: list[str] = []  # collections this constructor created, undone if it fails
         kwargs: dict[str, Any] = {"uri": uri}
-        secret = token if token is not None else os.environ.get("M3RAG_MILVUS_TOKEN")
         if secret:
             kwargs["token"] = secret
         if db_name:
@@ -163,7 +177,7 @@ class MilvusStore:
         if _major(getattr(pymilvus, "__version__", "0")) >= 3:
             # a channel of its own: closing this store never closes another one's connection
             kwargs["dedicated"] = True
-        self._call = Caller(collection_name)
+        self._call = Caller(collection_name, _secrets(uri, secret))
         self._client = self._call("connect", lambda: pymilvus.MilvusClient(**kwargs))
         self._closed = False
         try:
@@ -171,8 +185,8 @@ class MilvusStore:
             if not exists:
                 if not create:
                     msg = (
-                        f"no Milvus collection {collection_name!r} at {uri}; pass create=True "
-                        "to create it"
+                        f"no Milvus collection {collection_name!r} at {self.uri}; pass "
+                        "create=True to create it"
                     )
                     raise CollectionNotFoundError(msg)
                 if read_only:
@@ -189,11 +203,7 @@ class MilvusStore:
                     dense_index=dense_index,
                 )
                 side = self._side(config)
-                if side is not None:
-                    side.create(pymilvus)
-                create_main(
-                    pymilvus, self._client, self.name, config, self._call, dense_index_params
-                )
+                self._create(config, side, dense_index_params)
             else:
                 config = read_config(self._client, self.name, self._call)
                 side = self._side(config)
@@ -213,8 +223,10 @@ class MilvusStore:
             if side is not None:
                 side.load()
         except BaseException:
+            self._undo_create()
             self.close()
             raise
+        self._made = []
         self._staged: dict[str, Put | None] = {}
         self._keys: dict[str, int] = {}
         self._id_of: list[str] = []
@@ -231,6 +243,55 @@ class MilvusStore:
             config.get("colbert_layout"), config.get("colbert_dim"), self.name
         )
         return ColbertSide(self._client, self.side, layout, self._call)
+
+    def _create(
+        self,
+        config: Mapping[str, Any],
+        side: ColbertSide | None,
+        dense_index_params: Mapping[str, Any] | None,
+    ) -> None:
+        """Create the side collection (when the heads need one), then the main collection.
+
+        The side comes first, so a main collection (what makes the store exist) never lacks
+        its side. Each collection made is recorded in ``_made``: when anything later in the
+        constructor fails, `_undo_create` drops them, and a failed create changes nothing.
+
+        Raises:
+            CollectionExistsError: ``<name>_colbert`` exists and is not a leftover side
+                collection of this name.
+        """
+        if side is not None and self._exists(side.name):
+            owner = side.owner()
+            if owner != self.name:
+                what = "the ColBERT side of another store" if owner else "not an m3rag one"
+                msg = (
+                    f"cannot create the Milvus collection {self.name!r}: its ColBERT side "
+                    f"collection {side.name!r} already exists and is {what}; choose another "
+                    "collection_name"
+                )
+                raise CollectionExistsError(msg)
+            # the side of an earlier store of this name whose main collection is gone (a drop
+            # cut short): nothing refers to it any more
+            logger.info("dropping the leftover side collection %r", side.name)
+            self._call("drop_collection", lambda: self._client.drop_collection(side.name))
+        if side is not None:
+            self._made.append(side.name)
+            side.create(self._pm, owner=self.name)
+        self._made.append(self.name)
+        create_main(self._pm, self._client, self.name, config, self._call, dense_index_params)
+
+    def _undo_create(self) -> None:
+        """Drop the collections a failed constructor made (best effort: it is failing anyway)."""
+        for name in reversed(self._made):
+            try:
+                if self._exists(name):
+                    self._call("drop_collection", lambda n=name: self._client.drop_collection(n))  # type: ignore[misc]
+            except Exception:
+                logger.warning("could not drop %r after a failed create", name, exc_info=True)
+        self._made = []
+
+    def _exists(self, name: str) -> bool:
+        return bool(self._call("has_collection", lambda: self._client.has_collection(name)))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -261,11 +322,27 @@ class MilvusStore:
         return f"MilvusStore({self.uri!r}, {self.name!r}, {mode}, {state})"
 
     def drop(self) -> None:
-        """Delete the collection (and its ColBERT side collection) on the server, and close."""
+        """Delete the collection (and its ColBERT side collection) on the server, and close.
+
+        Only what this store owns is dropped: the side collection ``<name>_colbert`` only when
+        the store has the ColBERT head and that collection is its side (marked so at creation,
+        or, made by an m3rag before the mark, of the side's schema). A collection of that name
+        that belongs to no one, or to someone else, is left alone.
+        """
         self._check_open(write=True)
-        for name in (self.name, self.side):
-            if self._call("has_collection", lambda n=name: self._client.has_collection(n)):  # type: ignore[misc]
-                self._call("drop_collection", lambda n=name: self._client.drop_collection(n))  # type: ignore[misc]
+        side = self._colbert
+        side_exists = side is not None and self._exists(side.name)
+        owned = side is not None and side_exists and side.owner() == self.name
+        if self._exists(self.name):
+            self._call("drop_collection", lambda: self._client.drop_collection(self.name))
+        if side is not None and owned:
+            self._call("drop_collection", lambda: self._client.drop_collection(side.name))
+        elif side is not None and side_exists:
+            logger.warning(
+                "left the collection %r in place: it is not the ColBERT side collection of %r",
+                side.name,
+                self.name,
+            )
         self._staged = {}
         self.close()
 
@@ -402,7 +479,35 @@ class MilvusStore:
         )
         return [(str(hit["id"]), float(hit["distance"])) for hit in found[0]]
 
+    def _recall(
+        self,
+        field: str,
+        data: Any,
+        limit: int,
+        expr: str,
+        params: Callable[[int], dict[str, Any]],
+        score: Callable[[list[str], list[float]], npt.NDArray[np.float32]],
+        k: int,
+    ) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Candidates of a search and their scores, widened until the ``k``-th place is settled.
+
+        The server recalls ``limit`` candidates (``params(limit)``: its search parameters) and
+        ``score`` scores them (from the ids and the server's distances). When the window is
+        full and its last candidate ties with the ``k``-th best, documents the server left out
+        may tie too, and which of them it returned is its own choice: the window grows (4x, up
+        to `MAX_LIMIT`) until the tie ends inside it, so the ties are then broken by id among
+        every tied document, the same whatever ``k``.
+        """
+        while True:
+            found = self._search(field, data, limit, expr, params(limit))
+            ids = [i for i, _ in found]
+            scores = score(ids, [d for _, d in found])
+            if len(ids) < limit or limit >= MAX_LIMIT or not _tied_at_edge(scores, k):
+                return ids, scores
+            limit = min(MAX_LIMIT, 4 * limit)
+
     def _top(self, ids: list[str], scores: npt.NDArray[np.float32], k: int) -> Hits:
+        """The best ``k``: by score, ties by id (code point order)."""
         order = sorted(range(len(ids)), key=lambda j: (-float(scores[j]), ids[j]))[:k]
         return self._hits([ids[j] for j in order], scores[order] if order else np.zeros(0))
 
@@ -430,17 +535,23 @@ class MilvusStore:
         expr = compile_filter(filter)
         self._rows = {}
         approximate = self.dense_index != "FLAT"
-        limit = min(MAX_LIMIT, k * self.recall_factor if approximate else k)
+        # one past k: whether the k-th place ties with a document left out shows
+        limit = min(MAX_LIMIT, k * self.recall_factor if approximate else k + 1)
         if approximate and exact is True:
             limit = MAX_LIMIT
-        params: dict[str, Any] = {"metric_type": "IP"}
-        if self._dense_search:
-            params["params"] = dict(self._dense_search)
-        elif self.dense_index == "HNSW":
-            params["params"] = {"ef": max(64, limit)}
-        found = self._search("dense", q.tolist(), limit, expr, params)
-        ids = [i for i, _ in found]
-        return self._top(ids, self._dense_exact(q, ids), k)
+
+        def params(window: int) -> dict[str, Any]:
+            chosen: dict[str, Any] = {"metric_type": "IP"}
+            if self._dense_search:
+                chosen["params"] = dict(self._dense_search)
+            elif self.dense_index == "HNSW":
+                chosen["params"] = {"ef": max(64, window)}
+            return chosen
+
+        ids, scores = self._recall(
+            "dense", q.tolist(), limit, expr, params, lambda i, _: self._dense_exact(q, i), k
+        )
+        return self._top(ids, scores, k)
 
     def search_lexical(
         self,
@@ -461,10 +572,15 @@ class MilvusStore:
         self._rows = {}
         if not weights:
             return self._hits([], np.zeros(0, np.float32))
-        limit = min(MAX_LIMIT, 2 * k + 16)
-        found = self._search("sparse", weights, limit, expr, {"metric_type": "IP"})
-        ids = [i for i, _ in found]
-        scores = self._lexical_exact(weights, ids)
+        ids, scores = self._recall(
+            "sparse",
+            weights,
+            min(MAX_LIMIT, 2 * k + 16),
+            expr,
+            lambda _: {"metric_type": "IP"},
+            lambda i, _: self._lexical_exact(weights, i),
+            k,
+        )
         keep = [j for j, s in enumerate(scores.tolist()) if s > 0]
         return self._top([ids[j] for j in keep], scores[keep], k)
 
@@ -488,9 +604,15 @@ class MilvusStore:
         self._rows = {}
         if not query.strip() or not self._bm25_applies(lang):
             return self._hits([], np.zeros(0, np.float32))
-        found = self._search("bm25", query, min(MAX_LIMIT, k), expr, {"metric_type": "BM25"})
-        ids = [i for i, _ in found]
-        scores = np.array([abs(d) for _, d in found], dtype=np.float32)
+        ids, scores = self._recall(
+            "bm25",
+            query,
+            min(MAX_LIMIT, k + 1),
+            expr,
+            lambda _: {"metric_type": "BM25"},
+            lambda _, d: np.abs(np.array(d, dtype=np.float32)),
+            k,
+        )
         return self._top(ids, scores, k)
 
     def hybrid_search(
@@ -572,12 +694,20 @@ class MilvusStore:
     # -- exact scores ---------------------------------------------------------------------------
 
     def _dense_exact(self, q: npt.NDArray[np.float32], ids: list[str]) -> npt.NDArray[np.float32]:
+        """Inner products of ``q`` with the stored vectors of ``ids`` (0 for a missing one).
+
+        Each row is summed on its own, in float64 (exact products of float32 values), then
+        rounded to float32: a matrix product's blocking depends on where a row sits in the
+        fetched matrix, which gave identical vectors scores one ulp apart.
+        """
         rows = self._fetch(ids)
         out = np.zeros(len(ids), dtype=np.float32)
         present = [j for j, i in enumerate(ids) if i in rows]
-        if present:
-            mat = np.array([rows[ids[j]]["dense"] for j in present], dtype=np.float32)
-            out[present] = mat @ q
+        q64 = q.astype(np.float64)
+        for start in range(0, len(present), FETCH):
+            part = present[start : start + FETCH]
+            mat = np.array([rows[ids[j]]["dense"] for j in part], dtype=np.float64)
+            out[part] = (mat * q64).sum(axis=1).astype(np.float32)
         return out
 
     def _lexical_exact(
@@ -722,23 +852,40 @@ class MilvusStore:
         return out
 
     def _iterate(self, expr: str, fields: list[str]) -> Iterable[dict[str, Any]]:
-        iterator = self._call(
-            "query_iterator",
-            lambda: self._client.query_iterator(
-                self.name, batch_size=1000, filter=expr, output_fields=fields
-            ),
-        )
-        try:
-            while True:
-                batch = self._call("query_iterator", iterator.next)
-                if not batch:
-                    break
-                yield from batch
-        finally:
-            iterator.close()
+        """Every row matching ``expr``, in pages of `PAGE` ordered by id (each row once).
+
+        Each page asks for ids after the last one seen, written with m3rag's escaping
+        (``id > "..."``); pymilvus's ``query_iterator`` writes that condition with the raw id,
+        so an id holding a quote or a backslash broke the next page or, like ``x" or id != "``,
+        made it match everything again, forever. ``iterator`` asks the server for the
+        smallest ids first, as pymilvus's iterator does; the pages after the first read the
+        snapshot the first one saw where the server reports it.
+        """
+        wanted = fields if "id" in fields else [*fields, "id"]
+        options: dict[str, Any] = {"iterator": "True", "reduce_stop_for_best": "True"}
+        last: str | None = None
+        while True:
+            after = None if last is None else f"id > {literal(last)}"
+            where = " and ".join(f"({c})" for c in (after, expr) if c)
+            rows = self._call(
+                "query",
+                lambda w=where, o=dict(options): self._client.query(  # type: ignore[misc]
+                    self.name, filter=w, output_fields=wanted, limit=PAGE, **o
+                ),
+            )
+            if not rows:
+                return
+            if "guarantee_timestamp" not in options:
+                extra = getattr(rows, "extra", None) or {}
+                session = extra.get("iterator_session_ts", 0)
+                if isinstance(session, int) and session > 0:
+                    options["guarantee_timestamp"] = session
+            page = sorted(rows, key=lambda r: str(r["id"]))  # code point order: UTF-8's
+            yield from page
+            last = str(page[-1]["id"])
 
     def ids(self) -> list[str]:
-        """Every committed id (in the server's order)."""
+        """Every committed id, in code point order (read in pages of 1,000)."""
         self._check_open()
         return [str(r["id"]) for r in self._iterate("", ["id"])]
 
@@ -992,6 +1139,55 @@ def _check_field(field: object) -> None:
     if not isinstance(field, str) or not field:
         msg = f"field must be a non-empty string, got {field!r}"
         raise TypeError(msg)
+
+
+def _tied_at_edge(scores: npt.NDArray[np.float32], k: int) -> bool:
+    """Whether the last candidate (the server's order) ties with the ``k``-th best score.
+
+    A tie within a few float32 ulps counts: the server's order comes from its own arithmetic.
+    """
+    if len(scores) == 0:
+        return False
+    kth = float(np.sort(scores)[::-1][min(k, len(scores)) - 1])
+    last = float(scores[-1])
+    return last >= kth - 4 * float(np.finfo(np.float32).eps) * max(abs(kth), 1e-30)
+
+
+def _check_server_uri(uri: str) -> None:
+    """Refuse a server URI pymilvus would misread (an IPv6 address, a bad port) up front.
+
+    Raises:
+        ValueError: The message shows the URI without its credentials.
+    """
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # its message may quote the URI's text: a password
+        msg = (
+            f"uri {redact_uri(uri)!r} is not a valid URI (an unclosed '[', or a port that is "
+            "not a number in 1..65535?); use http://HOST:PORT"
+        )
+        raise ValueError(msg) from None
+    if host and ":" in host:
+        msg = (
+            f"uri {redact_uri(uri)!r} names an IPv6 address, which pymilvus cannot connect to "
+            "(it reads the address's colons as a port); use a host name that resolves to it"
+        )
+        raise ValueError(msg)
+    if port == 0:
+        msg = f"the port of uri {redact_uri(uri)!r} must be in 1..65535"
+        raise ValueError(msg)
+
+
+def _secrets(uri: str, token: str | None) -> list[str]:
+    """What no message may show: the token, and the credentials of ``uri``."""
+    found = [token or ""]
+    if token and ":" in token:
+        found.append(token.split(":", 1)[1])
+    userinfo = (uri.partition("://")[2] or uri).rpartition("@")[0]
+    if userinfo:
+        found += [userinfo, userinfo.partition(":")[2]]
+    return [s for s in found if s]
 
 
 def _major(version: str) -> int:
