@@ -255,6 +255,7 @@ def main() -> None:
             base,
             output,
             config,
+            overwrite=True,  # the train stage trains afresh into its folder
             on_log=lambda r: logging.info("step %d loss %.4f %s", r["step"], r["loss"], r),
         )
         results["train"] = {

@@ -13,6 +13,8 @@ working in code that does not know about m3rag::
     │   └── ModelProcessError(RuntimeError)     a model's child process (``m3rag serve``) died
     ├── UnknownLanguageError(ValueError)        a ``lang`` that is not a language code
     ├── DistributedError(RuntimeError)          a Ray cluster cannot be reached, a stage failed
+    ├── CheckpointError(OSError)                a training checkpoint is damaged or incomplete
+    ├── TrainingDivergedError(ValueError)       a training loss or weight became NaN or infinite
     └── CollectionError                         anything about a collection (index) on disk
         ├── CollectionNotFoundError(FileNotFoundError)  no collection at that path
         ├── CollectionExistsError(FileExistsError)  create() on a folder that already holds one
@@ -61,6 +63,8 @@ __all__ = [
     "EmbeddingMismatchError",
     "DistributedError",
     "RemoteStoreError",
+    "CheckpointError",
+    "TrainingDivergedError",
 ]
 
 
@@ -172,3 +176,11 @@ class RemoteStoreError(CollectionError, OSError):
     The message names the operation and the server's answer; the server's own exception is
     chained (``__cause__``).
     """
+
+
+class CheckpointError(M3RagError, OSError):
+    """A checkpoint (or run manifest) cannot be read: damaged, incomplete, or an old format."""
+
+
+class TrainingDivergedError(M3RagError, ValueError):
+    """The loss or the weights became NaN or infinite; nothing of that step was saved."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from m3rag.cli._app import (
     DEFAULT_MODEL,
+    EXIT_INDEX,
     EXIT_USAGE,
     DeviceOption,
     app,
@@ -25,6 +27,9 @@ from m3rag.cli._app import (
     stored_model,
 )
 
+if TYPE_CHECKING:
+    from m3rag.train import TrainConfig
+
 
 def _window(text: str) -> tuple[int, int]:
     try:
@@ -34,6 +39,15 @@ def _window(text: str) -> tuple[int, int]:
     if not 0 <= lo < hi:
         raise fail(f"--range {text!r}: the start must be >= 0 and below the end", EXIT_USAGE)
     return lo, hi
+
+
+def _check_writable(output: Path) -> None:
+    """Fail before the work when ``output`` cannot be written (its folder missing, read-only)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".m3rag-probe-"):
+            pass
+    except OSError as exc:
+        raise fail(f"--output {output} cannot be written: {exc}", EXIT_USAGE) from exc
 
 
 def _load_data(data: Path, split: str) -> list[object]:
@@ -89,6 +103,7 @@ def mine(
     check_index_path(index, must_exist=False)
     if output.is_dir():
         raise fail(f"--output {output} is a folder; give a .jsonl file name", EXIT_USAGE)
+    _check_writable(output)
     examples = _load_data(data, split)
     exists = (index / "manifest.json").exists()
     if not exists and not (data / "corpus.jsonl").is_file():
@@ -128,20 +143,102 @@ def mine(
     )
 
 
+# --option -> the TrainConfig field it sets ("loss.x": a LossConfig field)
+_OPTION_FIELDS = {
+    "mode": ("--mode", "loss.mode"),
+    "temperature": ("--temperature", "loss.temperature"),
+    "self_distill": ("--self-distill", "loss.self_distill"),
+    "kd_loss": ("--kd-loss", "loss.kd_loss_type"),
+    "epochs": ("--epochs", "epochs"),
+    "max_steps": ("--max-steps", "max_steps"),
+    "batch_size": ("--batch-size", "batch_size"),
+    "group_size": ("--group-size", "group_size"),
+    "grad_accum": ("--grad-accum", "gradient_accumulation_steps"),
+    "lr": ("--lr", "learning_rate"),
+    "head_lr": ("--head-lr", "head_learning_rate"),
+    "head_warmup_steps": ("--head-warmup-steps", "head_warmup_steps"),
+    "lexical_init": ("--lexical-init", "lexical_init"),
+    "warmup": ("--warmup", "warmup_ratio"),
+    "schedule": ("--schedule", "schedule"),
+    "teacher_scores": ("--teacher-scores", "teacher_scores"),
+    "query_max_length": ("--query-max-length", "query_max_length"),
+    "passage_max_length": ("--passage-max-length", "passage_max_length"),
+    "precision": ("--precision", "precision"),
+    "gradient_checkpointing": ("--gradient-checkpointing", "gradient_checkpointing"),
+    "eval_steps": ("--eval-steps", "eval_steps"),
+    "patience": ("--patience", "early_stopping_patience"),
+    "save_steps": ("--save-steps", "save_steps"),
+    "seed": ("--seed", "seed"),
+    "device": ("--device", "device"),
+}
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """The option was on the command line (or in the environment), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _resume_config(
+    ctx: typer.Context, output: Path, saved: dict[str, Any], values: dict[str, Any]
+) -> TrainConfig:
+    """The run's own config, with the options a resume may change applied; others refused."""
+    from m3rag.train.trainer import RESUME_MAY_CHANGE, TrainConfig
+
+    merged = json.loads(json.dumps(saved))
+    merged["loss"] = dict(merged.get("loss", {}))
+    conflicts = []
+    for name, (option, key) in _OPTION_FIELDS.items():
+        if not _given(ctx, name):
+            continue
+        section, _, leaf = key.rpartition(".")
+        target = merged["loss"] if section else merged
+        if key in RESUME_MAY_CHANGE:
+            target[leaf] = values[name]
+        elif target.get(leaf) != values[name]:
+            conflicts.append(f"{option} (the run's: {target.get(leaf)!r}, given: {values[name]!r})")
+    if conflicts:
+        raise fail(
+            f"--resume continues the run in {output} with its own options, and these differ: "
+            f"{'; '.join(conflicts)}. Drop them, or start over with --overwrite (only "
+            "--max-steps, --epochs, --save-steps, --eval-steps, --patience, --device and "
+            "--gradient-checkpointing may change on a resume)",
+            EXIT_USAGE,
+        )
+    if _given(ctx, "epochs") and not _given(ctx, "max_steps"):
+        merged["max_steps"] = None  # --epochs asks for epochs: max_steps would replace them
+    merged["show_progress"] = True
+    try:
+        return TrainConfig.from_dict(merged)
+    except ValueError as exc:
+        raise fail(f"--resume: {output}'s run config: {exc}", EXIT_INDEX) from exc
+
+
 @app.command("finetune")
 @handled
 def finetune_(
+    ctx: typer.Context,
     data: Annotated[
         Path, typer.Argument(help="Training data: BGE-M3 JSONL, or a BEIR folder with qrels.")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the result.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder of the result: new or empty (or a previous run with --resume or "
+            "--overwrite).",
+        ),
+    ],
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model",
-            help="Base model: a BGE-M3 checkpoint or a dense-only sentence-transformers one.",
+            help="Base model: a BGE-M3 checkpoint or a dense-only sentence-transformers one "
+            f"[default: {DEFAULT_MODEL}; with --resume: the run's].",
+            show_default=False,
         ),
-    ] = DEFAULT_MODEL,
+    ] = None,
     mode: Annotated[str, typer.Option(help="unified, dense, sparse or colbert.")] = "unified",
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     max_steps: Annotated[int | None, typer.Option(help="Steps (replaces --epochs).")] = None,
@@ -184,15 +281,26 @@ def finetune_(
         Path | None, typer.Option(help="A BEIR folder evaluated every --eval-steps.")
     ] = None,
     dev_split: Annotated[str, typer.Option(help="The qrels split of --dev.")] = "dev",
-    eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
+    eval_steps: Annotated[
+        int | None, typer.Option(help="Evaluate --dev every N steps (needs --dev).")
+    ] = None,
     patience: Annotated[
-        int | None, typer.Option(help="Stop after N evaluations without improvement.")
+        int | None,
+        typer.Option(help="Stop after N evaluations without improvement (needs --dev)."),
     ] = None,
     save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue from the newest checkpoint in --output.")
+        bool,
+        typer.Option(
+            help="Continue the run in --output from its newest checkpoint, with its model and "
+            "options."
+        ),
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace the previous run in --output (its contents are deleted)."),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed (data order, sampling, dropout).")] = 0,
     device: DeviceOption = None,
 ) -> None:
     """Fine-tune a BGE-M3 (or dense-only) model with BGE-M3's unified loss.
@@ -200,44 +308,90 @@ def finetune_(
     The result in --output has the BGE-M3 file layout, loadable by M3Encoder and FlagEmbedding.
     """
     from m3rag.train import LossConfig, TrainConfig, finetune, latest_checkpoint
+    from m3rag.train.data import check_examples
+    from m3rag.train.state import CheckpointError, check_output
 
     check_device(device)
-    if output.exists() and not output.is_dir():
-        raise fail(f"--output {output} is a file; give a folder", EXIT_USAGE)
+    if resume and overwrite:
+        raise fail(
+            "--resume continues the run in --output, --overwrite replaces it: not both",
+            EXIT_USAGE,
+        )
+    if dev is None and (eval_steps is not None or patience is not None):
+        raise fail("--eval-steps and --patience evaluate a dev split: give --dev", EXIT_USAGE)
     try:
-        config = TrainConfig(
-            loss=LossConfig(
-                mode=mode,  # type: ignore[arg-type]
-                temperature=temperature,
-                self_distill=self_distill,
-                kd_loss_type=kd_loss,  # type: ignore[arg-type]
-            ),
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            group_size=group_size,
-            gradient_accumulation_steps=grad_accum,
-            learning_rate=lr,
-            head_learning_rate=head_lr,
-            head_warmup_steps=head_warmup_steps,
-            lexical_init=lexical_init,  # type: ignore[arg-type]
-            warmup_ratio=warmup,
-            schedule=schedule,  # type: ignore[arg-type]
-            query_max_length=query_max_length,
-            passage_max_length=passage_max_length,
-            precision=precision,  # type: ignore[arg-type]
-            gradient_checkpointing=gradient_checkpointing,
-            teacher_scores=teacher_scores,
-            eval_steps=eval_steps,
-            early_stopping_patience=patience,
-            save_steps=save_steps,
-            seed=seed,
-            device=device,
-            show_progress=True,
+        run = check_output(output, model, resume=resume, overwrite=overwrite)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    except CheckpointError as exc:
+        raise fail(str(exc), EXIT_INDEX) from exc
+    given = locals()
+    values = {name: given[name] for name in _OPTION_FIELDS}
+    resume_from = None
+    if resume:
+        from m3rag.train.state import model_reference
+
+        if run is None:  # pragma: no cover - check_output refuses a resume without a run
+            raise fail(f"--resume: no run in {output}", EXIT_USAGE)
+        if model is not None and model_reference(model) != run.model:
+            raise fail(
+                f"--resume continues the run in {output}, which trains {run.model}; drop "
+                f"--model {model}, or start over with --overwrite",
+                EXIT_USAGE,
+            )
+        config = _resume_config(ctx, output, run.config, values)
+        resume_from = latest_checkpoint(output)
+        if resume_from is None:
+            raise fail(
+                f"--resume: the run in {output} has no checkpoint-<step> yet (it stopped before "
+                "its first --save-steps checkpoint); start over with --overwrite",
+                EXIT_USAGE,
+            )
+        base = run.model
+    else:
+        base = model or DEFAULT_MODEL
+        try:
+            config = TrainConfig(
+                loss=LossConfig(
+                    mode=mode,  # type: ignore[arg-type]
+                    temperature=temperature,
+                    self_distill=self_distill,
+                    kd_loss_type=kd_loss,  # type: ignore[arg-type]
+                ),
+                epochs=epochs,
+                max_steps=max_steps,
+                batch_size=batch_size,
+                group_size=group_size,
+                gradient_accumulation_steps=grad_accum,
+                learning_rate=lr,
+                head_learning_rate=head_lr,
+                head_warmup_steps=head_warmup_steps,
+                lexical_init=lexical_init,  # type: ignore[arg-type]
+                warmup_ratio=warmup,
+                schedule=schedule,  # type: ignore[arg-type]
+                query_max_length=query_max_length,
+                passage_max_length=passage_max_length,
+                precision=precision,  # type: ignore[arg-type]
+                gradient_checkpointing=gradient_checkpointing,
+                teacher_scores=teacher_scores,
+                eval_steps=eval_steps,
+                early_stopping_patience=patience,
+                save_steps=save_steps,
+                seed=seed,
+                device=device,
+                show_progress=True,
+            )
+        except ValueError as exc:
+            raise fail(str(exc), EXIT_USAGE) from exc
+    examples = _load_data(data, "train")
+    try:
+        check_examples(
+            examples,  # type: ignore[arg-type]
+            group_size=config.group_size,
+            teacher_scores=config.teacher_scores,
         )
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from exc
-    examples = _load_data(data, "train")
     dev_data = None
     if dev is not None:
         from m3rag.eval import load_beir
@@ -246,21 +400,25 @@ def finetune_(
             dev_data = load_beir(dev, split=dev_split)
         except (FileNotFoundError, ValueError) as exc:
             raise fail(str(exc), EXIT_USAGE) from exc
-    resume_from = latest_checkpoint(output) if resume else None
-    if resume and resume_from is None:
-        raise fail(f"--resume: no checkpoint-<step> folder in {output}", EXIT_USAGE)
-    with loading(model):
-        from m3rag.train.model import M3TrainModel
+    if resume_from is None:
+        with loading(base):
+            from m3rag.train.model import M3TrainModel
 
-        M3TrainModel(model)  # load errors (exit 3) before any work; cheap next to training
-    result = finetune(
-        examples,  # type: ignore[arg-type]
-        model,
-        output,
-        config,
-        dev=dev_data,
-        resume_from=resume_from,
-    )
+            M3TrainModel(base)  # load errors (exit 3) before any work; cheap next to training
+    try:
+        result = finetune(
+            examples,  # type: ignore[arg-type]
+            base,
+            output,
+            config,
+            dev=dev_data,
+            resume_from=resume_from,
+            overwrite=overwrite,
+        )
+    except CheckpointError as exc:
+        raise fail(str(exc), EXIT_INDEX) from exc
+    except ValueError as exc:  # a resume with nothing left to train, a diverged run
+        raise fail(str(exc), EXIT_USAGE) from exc
     summary = {
         "output": str(result.output),
         "steps": result.steps,
@@ -270,4 +428,4 @@ def finetune_(
         "best_metric": result.best_metric,
         "stopped_early": result.stopped_early,
     }
-    out().print_json(json.dumps(summary))
+    out().print_json(json.dumps(summary, allow_nan=False))

@@ -7,6 +7,8 @@ Install with ``pip install "m3rag[train]"``. The pieces, by concern:
 * `m3rag.train.loss` -- the unified loss (reference spec §9), checked against FlagEmbedding;
 * `m3rag.train.model` -- backbone + heads, saved in the BGE-M3 layout;
 * `m3rag.train.trainer` -- the loop: schedules, mixed precision, evaluation, checkpoints.
+* `m3rag.train.state` -- the run folder: its manifest, atomic saves, the pickle-free trainer
+  state (`CheckpointError`, `TrainingDivergedError`).
 
 Only the data and loss configuration are imported eagerly; the torch-bound parts load on first
 use, so ``import m3rag.train`` stays cheap.

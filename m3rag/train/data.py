@@ -9,6 +9,11 @@ with optional ``pos_scores`` / ``neg_scores`` (teacher scores, parallel to ``pos
 Sampling follows FlagEmbedding's ``AbsEmbedderTrainDataset``: one random positive, then
 ``group_size - 1`` negatives drawn without replacement (from the list repeated when it is too
 short); teacher scores follow the same indices.
+
+Input is checked where it is read, each problem named by file and line: text that is not UTF-8,
+lone surrogates (valid in JSON escapes, not in text), teacher scores that are not finite numbers,
+nesting too deep to parse. [`check_examples`][m3rag.train.data.check_examples] checks, before any
+model loads, that every example can make a group (negatives, teacher scores).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,7 @@ import numpy as np
 __all__ = [
     "Group",
     "TrainExample",
+    "check_examples",
     "load_training_data",
     "read_jsonl",
     "sample_group",
@@ -35,7 +43,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrainExample:
-    """One training query with its positives, negatives and optional teacher scores."""
+    """One training query with its positives, negatives and optional teacher scores.
+
+    ``source`` says where the example was read (``file:line``), for error messages.
+    """
 
     query: str
     pos: tuple[str, ...]
@@ -44,6 +55,7 @@ class TrainExample:
     neg_scores: tuple[float, ...] | None = None
     prompt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL object (unknown fields of the input kept)."""
@@ -75,7 +87,42 @@ def _scores(value: Any, n: int, where: str, name: str) -> tuple[float, ...] | No
     ):
         msg = f"{where}: {name!r} must be a list of {n} numbers (one per text)"
         raise ValueError(msg)
-    return tuple(float(x) for x in value)
+    out: list[float] = []
+    for x in value:
+        try:
+            score = float(x)
+        except OverflowError:  # an int beyond the float range
+            score = math.inf
+        if not math.isfinite(score):
+            shown = x if isinstance(x, float) else f"an integer of {len(str(abs(x)))} digits"
+            msg = f"{where}: {name!r} must hold finite numbers, got {shown}"
+            raise ValueError(msg)
+        out.append(score)
+    return tuple(out)
+
+
+# a JSON escape of a UTF-16 surrogate: only then can a parsed string hold a lone one
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(obj: Any, where: str) -> None:
+    """Refuse lone surrogates: JSON escapes allow them, UTF-8 (so any output) cannot hold them."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            msg = (
+                f"{where}: a lone surrogate {obj[exc.start]!r} in {obj[:40]!r}: not valid Unicode "
+                "text; fix the JSON escape (a surrogate needs its pair)"
+            )
+            raise ValueError(msg) from None
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_unicode(key, where)
+            _check_unicode(value, where)
+    elif isinstance(obj, list):
+        for value in obj:
+            _check_unicode(value, where)
 
 
 def _example(obj: Any, where: str) -> TrainExample:
@@ -104,6 +151,7 @@ def _example(obj: Any, where: str) -> TrainExample:
         _scores(obj.get("neg_scores"), len(neg), where, "neg_scores"),
         prompt,
         {k: v for k, v in obj.items() if k not in known},
+        where,
     )
 
 
@@ -112,7 +160,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[TrainExample]:
 
     Raises:
         FileNotFoundError: Nothing to read.
-        ValueError: A malformed line (file and line named).
+        ValueError: A malformed line (file and line named): not UTF-8, not JSON, nested too
+            deeply, a lone surrogate, a wrong field.
     """
     root = Path(path)
     files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
@@ -121,27 +170,56 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[TrainExample]:
         raise FileNotFoundError(msg)
     out: list[TrainExample] = []
     for file in files:
-        with file.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
+        with file.open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
                 where = f"{file}:{n}"
                 try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    msg = (
+                        f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                        f"{exc.start + 1}); save the file as UTF-8"
+                    )
+                    raise ValueError(msg) from None
+                if not line.strip():
+                    continue
+                try:
                     obj = json.loads(line)
+                except RecursionError:
+                    msg = f"{where}: JSON nested too deeply to read"
+                    raise ValueError(msg) from None
                 except ValueError as exc:
                     msg = f"{where}: not JSON ({exc})"
                     raise ValueError(msg) from exc
+                if _SURROGATE_ESCAPE.search(line):
+                    _check_unicode(obj, where)
                 out.append(_example(obj, where))
     return out
 
 
 def write_jsonl(examples: Iterable[TrainExample], path: str | os.PathLike[str]) -> int:
-    """Write examples in the training format; returns how many lines were written."""
+    """Write examples in the training format; returns how many lines were written.
+
+    The file is written whole or not at all: into a temporary file next to ``path``, renamed
+    over it once complete, so a failure keeps what ``path`` held before.
+    """
+    from m3rag.train.state import new_file_mode
+
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     n = 0
-    with Path(path).open("w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
-            n += 1
+    try:
+        os.chmod(tmp, new_file_mode(target))
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for ex in examples:
+                fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return n
 
 
@@ -153,6 +231,7 @@ def beir_examples(folder: str | os.PathLike[str], *, split: str = "train") -> li
     from m3rag.eval import load_beir
 
     data = load_beir(Path(folder), split=split)
+    qrels = Path(folder) / "qrels" / f"{split}.tsv"
     out: list[TrainExample] = []
     for qid, judged in data.qrels.items():
         ids = [d for d, rel in judged.items() if rel > 0 and d in data.corpus]
@@ -163,6 +242,7 @@ def beir_examples(folder: str | os.PathLike[str], *, split: str = "train") -> li
                 data.queries[qid],
                 tuple(data.corpus[d] for d in ids),
                 extra={"query_id": qid, "pos_ids": ids},
+                source=f"{qrels} (query {qid})",
             )
         )
     return out
@@ -172,18 +252,51 @@ def load_training_data(path: str | os.PathLike[str], *, split: str = "train") ->
     """JSONL (a file or a folder of files) or a BEIR folder (one with ``qrels/<split>.tsv``).
 
     Raises:
-        FileNotFoundError: Neither.
+        FileNotFoundError: Neither, or a BEIR folder without the split.
         ValueError: Malformed data, or no usable example.
     """
     root = Path(path)
     if root.is_dir() and (root / "qrels" / f"{split}.tsv").is_file():
         examples = beir_examples(root, split=split)
+    elif root.is_dir() and any(
+        (root / name).exists() for name in ("corpus.jsonl", "queries.jsonl", "qrels")
+    ):
+        msg = (
+            f"no qrels/{split}.tsv in {root} (a BEIR folder needs a {split} split; or give a "
+            "training JSONL)"
+        )
+        raise FileNotFoundError(msg)
     else:
         examples = read_jsonl(root)
     if not examples:
         msg = f"{root} holds no training example (every example needs a query and a positive)"
         raise ValueError(msg)
     return examples
+
+
+def check_examples(
+    examples: Sequence[TrainExample], *, group_size: int, teacher_scores: bool = False
+) -> None:
+    """Check, before any training, that every example can make a group of ``group_size``.
+
+    Raises:
+        ValueError: No examples, an example without negatives while ``group_size`` > 1, or
+            without teacher scores while ``teacher_scores`` is on; named by its ``source``.
+    """
+    if not examples:
+        msg = "no training examples"
+        raise ValueError(msg)
+    for ex in examples:
+        where = ex.source or f"query {ex.query[:60]!r}"
+        if group_size > 1 and not ex.neg:
+            msg = (
+                f"{where}: no negatives but group_size={group_size}; mine hard negatives first "
+                "(m3rag mine) or use group_size=1"
+            )
+            raise ValueError(msg)
+        if teacher_scores and (ex.pos_scores is None or (group_size > 1 and ex.neg_scores is None)):
+            msg = f"{where}: no pos_scores/neg_scores, which teacher-score distillation needs"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,14 @@ class LossConfig:
         if self.mode not in LOSS_MODES:
             msg = f"mode must be one of {LOSS_MODES}, got {self.mode!r}"
             raise ValueError(msg)
-        if not (self.temperature > 0):
-            msg = f"temperature must be > 0, got {self.temperature!r}"
+        if not (0 < self.temperature < float("inf")):
+            msg = f"temperature must be a finite number > 0, got {self.temperature!r}"
             raise ValueError(msg)
-        if len(self.teacher_weights) != 3 or any(w < 0 for w in self.teacher_weights):
+        if len(self.teacher_weights) != 3 or not all(
+            0 <= w < float("inf") for w in self.teacher_weights
+        ):
             msg = (
-                "teacher_weights must be 3 non-negative numbers (dense, lexical, colbert), "
+                "teacher_weights must be 3 finite non-negative numbers (dense, lexical, colbert), "
                 f"got {self.teacher_weights!r}"
             )
             raise ValueError(msg)

@@ -4,8 +4,18 @@ Plain PyTorch, no ``transformers.Trainer`` (its pinned behaviours are what users
 FlagEmbedding over): AdamW, a linear or cosine schedule with warm-up, gradient accumulation,
 fp16/bf16 autocast (fp16 with a gradient scaler, on any device), gradient checkpointing, periodic
 evaluation on a BEIR dev split through `m3rag.eval`, early stopping, and checkpoints that resume
-the same run (model, optimiser, scheduler, step; the data order is a pure function of the seed
-and the epoch, so the skipped batches are replayed, not stored).
+the same run exactly.
+
+A run is a pure function of its data, config and seed: the data order and the groups come from
+generators seeded by ``(seed, epoch)``, and the torch generator behind dropout is seeded from
+``seed`` (inside `torch.random.fork_rng`, so the caller's generator is left as it was). A
+checkpoint keeps the model, the optimiser, scheduler and gradient-scaler state, the step and the
+RNG states, without pickle (see `m3rag.train.state`); a resumed run replays the data up to its
+step and ends where the uninterrupted one does, dropout included.
+
+Gradient accumulation follows ``transformers.Trainer``: an epoch of ``n`` batches takes
+``ceil(n / gradient_accumulation_steps)`` optimiser steps, the last one on the remaining batches
+(its loss divided by their number), and the schedule plans exactly these steps.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,17 +36,62 @@ import numpy as np
 import torch
 
 from m3rag._inputs import check_positive_int
-from m3rag.train.data import Group, TrainExample, sample_group
+from m3rag.errors import ModelError
+from m3rag.train.data import Group, TrainExample, check_examples, sample_group
 from m3rag.train.loss import LossConfig, M3Reps, UnifiedLoss
 from m3rag.train.model import LEXICAL_INITS, LexicalInit, M3TrainModel
+from m3rag.train.state import (
+    LEGACY_STATE,
+    LOG_FILE,
+    STATE_JSON,
+    CheckpointError,
+    RunInfo,
+    TrainingDivergedError,
+    check_output,
+    checkpoint_run_id,
+    checkpoints,
+    clear_run,
+    load_optimizer_state,
+    model_reference,
+    new_run_id,
+    optimizer_state,
+    publish_dir,
+    publish_model,
+    read_log,
+    read_run,
+    read_state,
+    remove_dir,
+    remove_temp,
+    restore_rng,
+    rng_state,
+    temp_dir,
+    write_json,
+    write_run,
+    write_state,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_model", "finetune", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
 Schedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["fp32", "fp16", "bf16"]
+
+# What a resumed run may change: how long it trains, how it checkpoints and evaluates, where it
+# runs. Anything else would make it another run than the one its checkpoint belongs to.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "epochs",
+        "max_steps",
+        "save_steps",
+        "save_total_limit",
+        "eval_steps",
+        "early_stopping_patience",
+        "device",
+        "show_progress",
+        "gradient_checkpointing",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +132,7 @@ class TrainConfig:
         early_stopping_patience: Stop after this many evaluations without improvement.
         save_steps: Write a resumable checkpoint every this many steps.
         save_total_limit: Keep this many checkpoints (oldest removed).
-        seed: Data order, sampling and new heads.
+        seed: Data order, sampling, dropout and new heads.
         dropout: Keep the backbone's dropout on during training (FlagEmbedding does).
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
         show_progress: A progress bar over steps.
@@ -122,9 +177,19 @@ class TrainConfig:
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "query_max_length": self.query_max_length,
             "passage_max_length": self.passage_max_length,
+            "save_total_limit": self.save_total_limit,
         }
         for name, value in positive.items():
             check_positive_int(value, name)
+        for name, opt in (
+            ("max_steps", self.max_steps),
+            ("eval_steps", self.eval_steps),
+            ("save_steps", self.save_steps),
+            ("early_stopping_patience", self.early_stopping_patience),
+        ):
+            if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int) or opt < 1):
+                msg = f"{name} must be an int >= 1 (or None), got {opt!r}"
+                raise ValueError(msg)
         if (
             isinstance(self.head_warmup_steps, bool)
             or not isinstance(self.head_warmup_steps, int)
@@ -144,19 +209,18 @@ class TrainConfig:
                 "use mode 'unified', 'sparse' or 'colbert', or head_warmup_steps=0"
             )
             raise ValueError(msg)
-        for name, opt in (
-            ("max_steps", self.max_steps),
-            ("eval_steps", self.eval_steps),
-            ("save_steps", self.save_steps),
-            ("early_stopping_patience", self.early_stopping_patience),
+        for name, rate in (
+            ("learning_rate", self.learning_rate),
+            ("head_learning_rate", self.head_learning_rate),
         ):
-            if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int) or opt < 1):
-                msg = f"{name} must be a positive int or None, got {opt!r}"
+            if rate is not None and not (isinstance(rate, int | float) and 0 < rate < math.inf):
+                msg = f"{name} must be a finite number > 0, got {rate!r}"
                 raise ValueError(msg)
-        if not (self.learning_rate > 0) or (
-            self.head_learning_rate is not None and not (self.head_learning_rate > 0)
-        ):
-            msg = "learning rates must be > 0"
+        if not (isinstance(self.weight_decay, int | float) and 0 <= self.weight_decay < math.inf):
+            msg = f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            raise ValueError(msg)
+        if self.max_grad_norm is not None and not (0 < self.max_grad_norm < math.inf):
+            msg = f"max_grad_norm must be a finite number > 0 (or None), got {self.max_grad_norm!r}"
             raise ValueError(msg)
         if not 0 <= self.warmup_ratio < 1:
             msg = f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}"
@@ -173,7 +237,46 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for the run's ``training_args.json``."""
-        return asdict(self)
+        data: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config `to_dict` wrote (a run's ``training_args.json``).
+
+        Raises:
+            ValueError: Unknown fields or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            msg = f"unknown TrainConfig fields {unknown}"
+            raise ValueError(msg)
+        values = dict(data)
+        loss = dict(values.pop("loss", {}))
+        if "teacher_weights" in loss:
+            loss["teacher_weights"] = tuple(loss["teacher_weights"])
+        try:
+            return cls(loss=LossConfig(**loss), **values)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def resume_conflicts(self, saved: dict[str, Any]) -> list[str]:
+        """The fields where this config differs from a run's ``saved`` one and may not.
+
+        `RESUME_MAY_CHANGE` lists those a resumed run may change (``loss.*`` never).
+        """
+        mine = self.to_dict()
+        out: list[str] = []
+        for key in sorted(set(mine) | set(saved)):
+            if key in RESUME_MAY_CHANGE:
+                continue
+            if key == "loss":
+                a, b = mine.get("loss", {}), saved.get("loss", {})
+                out += [f"loss.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            elif mine.get(key) != saved.get(key):
+                out.append(key)
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,8 +287,9 @@ class TrainResult:
         output: The folder holding the fine-tuned model (BGE-M3 layout).
         steps: Optimiser steps taken in total (resumed ones included).
         seconds: Wall time of this call.
-        history: Per logged step: ``step``, ``lr``, ``loss`` and the loss parts.
-        evals: Per evaluation: ``step`` and the metrics of the watched mode.
+        history: Per step: ``step``, ``lr``, ``loss`` and the loss parts (of the step's last
+            forward pass); a resumed run's includes the steps before its checkpoint.
+        evals: Per evaluation: ``step`` and the metrics of the watched mode (resumed ones too).
         best_step: The step of the best evaluation (``None`` without a dev split).
         best_metric: Its watched metric.
         stopped_early: Early stopping ended the run.
@@ -220,6 +324,37 @@ def _batches(
         ]
         for start in range(0, len(order), config.batch_size)
     ]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How many forward passes (batches) and optimiser steps a run makes, epoch by epoch."""
+
+    batches: int  # per epoch
+    accumulation: int
+    total: int  # optimiser steps of the run
+
+    @property
+    def per_epoch(self) -> int:
+        """Optimiser steps an epoch takes: the last one on what remains (as transformers)."""
+        return math.ceil(self.batches / self.accumulation)
+
+    def passes_before(self, step: int) -> int:
+        """Forward passes made before optimiser step ``step`` (0-based) starts."""
+        epochs, within = divmod(step, self.per_epoch)
+        return epochs * self.batches + within * self.accumulation
+
+
+def _plan(n_examples: int, config: TrainConfig) -> _Plan:
+    batches = math.ceil(n_examples / config.batch_size)
+    per_epoch = math.ceil(batches / config.gradient_accumulation_steps)
+    # max_steps replaces epochs when given (as in transformers): the data is cycled as needed
+    total = (
+        per_epoch * config.epochs + config.head_warmup_steps
+        if config.max_steps is None
+        else config.max_steps
+    )
+    return _Plan(batches, config.gradient_accumulation_steps, total)
 
 
 def _param_groups(model: M3TrainModel, config: TrainConfig) -> list[dict[str, Any]]:
@@ -311,23 +446,32 @@ def evaluate_model(
     return report.metrics
 
 
-def _prune(output: Path, keep: int) -> None:
-    found = sorted(
-        (p for p in output.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    for old in found[: max(0, len(found) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
+def _prune(output: Path, keep: int, run_id: str) -> None:
+    """Keep the newest ``keep`` checkpoints of this run (other runs' are not touched)."""
+    mine = [p for _, p in checkpoints(output) if checkpoint_run_id(p) == run_id]
+    for old in mine[: max(0, len(mine) - keep)]:
+        remove_dir(old)
 
 
 def latest_checkpoint(output: str | os.PathLike[str]) -> Path | None:
-    """The newest ``checkpoint-<step>`` folder of a run, if any."""
-    found = [
-        p
-        for p in Path(output).glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit() and (p / STATE_FILE).is_file()
-    ]
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+    """The newest ``checkpoint-<step>`` folder of the run in ``output``, if any.
+
+    Only the run that ``output/training_args.json`` records counts; the temporary folders of an
+    interrupted save never do. A damaged checkpoint is returned, for resuming to report it.
+    """
+    out = Path(output)
+    try:
+        run = read_run(out)
+    except CheckpointError:
+        run = None
+    for _, path in reversed(checkpoints(out)):
+        if not ((path / STATE_JSON).is_file() or (path / LEGACY_STATE).is_file()):
+            continue
+        owner = checkpoint_run_id(path)
+        if run is not None and owner is not None and owner != run.run_id:
+            continue
+        return path
+    return None
 
 
 def _optimizer_step(scaler: Any, optimizer: Any, scheduler: Any) -> None:
@@ -345,209 +489,361 @@ def _optimizer_step(scaler: Any, optimizer: Any, scheduler: Any) -> None:
         scheduler.step()
 
 
+def _check_finite_weights(model: M3TrainModel, step: int) -> None:
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            msg = (
+                f"training diverged: {name} holds NaN or infinite weights after step {step}; "
+                "nothing was saved from this step on: lower the learning rates (--lr, --head-lr)"
+            )
+            raise TrainingDivergedError(msg)
+
+
+def _resume_point(
+    resume_from: Path, config: TrainConfig, model_name_or_path: str | os.PathLike[str] | None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """The checkpoint's state, checked against this call: (state, tensors, base model)."""
+    if not resume_from.is_dir():
+        msg = f"resume_from={resume_from} is not a checkpoint folder (checkpoint-<step>)"
+        raise ValueError(msg)
+    meta, tensors = read_state(resume_from)
+    saved_model = meta.get("model")
+    saved_config = meta.get("config")
+    if not isinstance(saved_model, str) or not isinstance(saved_config, dict):
+        msg = f"checkpoint {resume_from} is damaged: {STATE_JSON} lacks its model or config"
+        raise CheckpointError(msg)
+    if model_name_or_path is not None and model_reference(model_name_or_path) != saved_model:
+        msg = (
+            f"the run of {resume_from} trains {saved_model}, not {model_name_or_path}; a resumed "
+            "run keeps its base model"
+        )
+        raise ValueError(msg)
+    conflicts = config.resume_conflicts(saved_config)
+    if conflicts:
+        msg = (
+            f"a resumed run keeps its config, and {', '.join(conflicts)} differ from the run of "
+            f"{resume_from}; only {', '.join(sorted(RESUME_MAY_CHANGE))} may change"
+        )
+        raise ValueError(msg)
+    return meta, tensors, saved_model
+
+
 def finetune(
     examples: Sequence[TrainExample],
-    model_name_or_path: str | os.PathLike[str],
+    model_name_or_path: str | os.PathLike[str] | None,
     output: str | os.PathLike[str],
     config: TrainConfig | None = None,
     *,
     dev: Any = None,
     resume_from: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
     on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a BGE-M3 (or dense-only) model on ``examples``; write it to ``output``.
 
     Args:
         examples: From [`load_training_data`][m3rag.train.load_training_data] or mining.
-        model_name_or_path: The base model (a dense-only one gets new heads).
+        model_name_or_path: The base model (a dense-only one gets new heads); ``None`` with
+            ``resume_from`` takes the run's own.
         output: The folder of the result, in the BGE-M3 layout; checkpoints go into
-            ``output/checkpoint-<step>/``.
-        config: Hyper-parameters.
+            ``output/checkpoint-<step>/``. It must be new or empty, unless it holds an m3rag run
+            that ``resume_from`` continues (one of its checkpoints) or ``overwrite`` replaces;
+            never the base model's folder.
+        config: Hyper-parameters. A resumed run must keep its run's, except for
+            ``RESUME_MAY_CHANGE`` (more steps or epochs, checkpointing, evaluation, device).
         dev: A BEIR dataset (`m3rag.eval.load_beir`) evaluated every ``eval_steps``; the best
             model is what ``output`` holds at the end.
         resume_from: A checkpoint folder to continue from (see `latest_checkpoint`).
-        on_log: Called with each logged record (step, lr, loss parts).
+        overwrite: Replace the m3rag run ``output`` holds (its contents are deleted).
+        on_log: Called with each new logged record (step, lr, loss parts).
 
     Raises:
-        ValueError: No examples, a bad config, or groups that cannot be drawn (no negatives).
+        ValueError: No examples, a bad config, groups that cannot be drawn (no negatives or
+            teacher scores), an ``output`` the rule refuses, a resume that contradicts its run
+            or has nothing left to train.
+        CheckpointError: The checkpoint to resume is damaged or of an old (pickle) format.
+        TrainingDivergedError: The loss or the weights became NaN or infinite.
     """
     cfg = config or TrainConfig()
-    if not examples:
-        msg = "no training examples"
+    check_examples(examples, group_size=cfg.group_size, teacher_scores=cfg.teacher_scores)
+    if dev is None and (cfg.eval_steps is not None or cfg.early_stopping_patience is not None):
+        msg = "eval_steps and early_stopping_patience need a dev split (dev=, --dev)"
         raise ValueError(msg)
+    out = Path(output)
+    ckpt = Path(resume_from) if resume_from is not None else None
+    in_place = ckpt is not None and out.is_dir() and ckpt.resolve().parent == out.resolve()
+    previous = check_output(out, model_name_or_path, resume=in_place, overwrite=overwrite)
+    plan = _plan(len(examples), cfg)
+    meta: dict[str, Any] | None = None
+    tensors: dict[str, torch.Tensor] = {}
+    if ckpt is not None:
+        meta, tensors, base_ref = _resume_point(ckpt, cfg, model_name_or_path)
+        if int(meta["step"]) >= plan.total:
+            msg = (
+                f"checkpoint {ckpt} is at step {meta['step']} and this run plans {plan.total} "
+                "steps: nothing is left to train; raise max_steps or epochs (--max-steps, "
+                "--epochs) to train further"
+            )
+            raise ValueError(msg)
+    elif model_name_or_path is None:
+        msg = "model_name_or_path is needed unless resume_from is given"
+        raise ValueError(msg)
+    else:
+        base_ref = model_reference(model_name_or_path)
     from m3rag._torchutil import resolve_device
 
     started = time.perf_counter()
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    state: dict[str, Any] | None = None
-    base: str | os.PathLike[str] = model_name_or_path
-    if resume_from is not None:
-        ckpt = Path(resume_from)
-        if not (ckpt / STATE_FILE).is_file():
-            msg = f"{ckpt} is not a checkpoint of a run (no {STATE_FILE}); give checkpoint-<step>"
-            raise ValueError(msg)
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
-        base = ckpt
-    model = M3TrainModel(base, seed=cfg.seed, lexical_init=cfg.lexical_init).to(device)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    (out / "training_args.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", "utf-8")
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    # the caller's generators are left as they were: loading and training draw from a fork
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            model = M3TrainModel(ckpt or base_ref, seed=cfg.seed, lexical_init=cfg.lexical_init)
+        except ModelError as exc:
+            if ckpt is None:
+                raise
+            msg = f"checkpoint {ckpt} is damaged: its model cannot be loaded ({exc})"
+            raise CheckpointError(msg) from exc
+        model.to(device)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
 
-    per_epoch = math.ceil(
-        math.ceil(len(examples) / cfg.batch_size) / cfg.gradient_accumulation_steps
-    )
-    # max_steps replaces epochs when given (as in transformers): the data is cycled as needed
-    total = (
-        per_epoch * cfg.epochs + cfg.head_warmup_steps if cfg.max_steps is None else cfg.max_steps
-    )
-    epochs = math.ceil(total / per_epoch)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.learning_rate)
-    scheduler = _scheduler(optimizer, cfg, total)
-    # fp16 gradients underflow (and overflow) wherever they are computed: the scaler guards
-    # them on every device, so the path a GPU takes is the one the CPU tests run
-    use_scaler = cfg.precision == "fp16"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    loss_cfg = cfg.loss
-    if cfg.head_warmup_steps and loss_cfg.self_distill:
-        # no distillation from an ensemble of untrained heads: it starts with the whole model
-        # (the loss counts forward passes, gradient accumulation makes several per step)
-        frozen_passes = cfg.head_warmup_steps * cfg.gradient_accumulation_steps
-        start = max(loss_cfg.self_distill_start_step, frozen_passes - 1)
-        loss_cfg = replace(loss_cfg, self_distill_start_step=start)
-    loss_fn = UnifiedLoss(loss_cfg)
-    step, best, best_step, bad = 0, None, None, 0
-    history: list[dict[str, float]] = []
-    evals: list[dict[str, float]] = []
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if use_scaler and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        loss_fn.step = int(state["loss_step"])
-        best = state.get("best")
-        best_step = state.get("best_step")
-        bad = int(state.get("bad", 0))
-        logger.info("resumed at step %d from %s", step, resume_from)
+        # the folder, once everything is known to load
+        if previous is not None and overwrite and not in_place:
+            clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temp(out)
+        run_id = previous.run_id if (in_place and previous is not None) else new_run_id()
+        write_run(out, RunInfo(run_id, base_ref, cfg.to_dict()))
 
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
-    progress = None
-    if cfg.show_progress:
-        from tqdm.auto import tqdm
+        torch.manual_seed(cfg.seed)  # dropout: the run is a function of its seed
+        loop = _Run(examples, model, out, cfg, plan, device, dev, run_id, base_ref, on_log)
+        if ckpt is not None and meta is not None:
+            loop.restore(meta, tensors, ckpt)
+        return loop.run(started)
 
-        progress = tqdm(total=total, initial=step, desc="Fine-tuning", unit="step")
 
-    def save_checkpoint() -> None:
-        ckpt = model.save(out / f"checkpoint-{step}")
-        payload: dict[str, Any] = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "loss_step": loss_fn.step,
-            "best": best,
-            "best_step": best_step,
-            "bad": bad,
-        }
-        if use_scaler:
-            payload["scaler"] = scaler.state_dict()
-        torch.save(payload, ckpt / STATE_FILE)
-        _prune(out, cfg.save_total_limit)
+class _Run:
+    """One call's training loop (state shared by the step, the evaluation and the saves)."""
 
-    def run_eval() -> bool:
-        """Evaluate; save the model to ``output`` when it improves; True to stop early."""
-        nonlocal best, best_step, bad
-        model.eval()
-        metrics = evaluate_model(model, dev, modes=(cfg.eval_mode,), device=cfg.device)
-        model.train()
-        if not cfg.dropout:
-            model.backbone.eval()
-        value = metrics[cfg.eval_mode][cfg.eval_metric]
-        evals.append({"step": float(step), **metrics[cfg.eval_mode]})
-        logger.info("step %d: dev %s %s = %.4f", step, cfg.eval_mode, cfg.eval_metric, value)
-        if best is None or value > best:
-            best, best_step, bad = value, step, 0
-            model.save(out)
-            return False
-        bad += 1
-        return cfg.early_stopping_patience is not None and bad >= cfg.early_stopping_patience
-
-    model.train()
-    if not cfg.dropout:
-        model.backbone.eval()
-    stopped = False
-    micro_done = step * cfg.gradient_accumulation_steps
-    micro = 0
-    heads = cfg.loss.heads
-    for epoch in range(epochs):
-        if step >= total or stopped:
-            break
-        for groups in _batches(examples, cfg, epoch):
-            if micro < micro_done:  # replaying a resumed run's batches
-                micro += 1
-                continue
-            if cfg.head_warmup_steps:
-                model.freeze_backbone(frozen=step < cfg.head_warmup_steps)
-            queries = [g.query for g in groups]
-            passages = [p for g in groups for p in g.passages]
-            q_ids, q_mask = _tokens(model, queries, cfg.query_max_length, device)
-            p_ids, p_mask = _tokens(model, passages, cfg.passage_max_length, device)
-            teacher = (
-                torch.tensor([g.scores for g in groups], dtype=torch.float32)
-                if cfg.teacher_scores
-                else None
+    def __init__(
+        self,
+        examples: Sequence[TrainExample],
+        model: M3TrainModel,
+        out: Path,
+        cfg: TrainConfig,
+        plan: _Plan,
+        device: torch.device,
+        dev: Any,
+        run_id: str,
+        base_ref: str,
+        on_log: Callable[[dict[str, float]], None] | None,
+    ) -> None:
+        self.examples, self.model, self.out, self.cfg, self.plan = examples, model, out, cfg, plan
+        self.device, self.dev, self.run_id, self.base_ref, self.on_log = (
+            device,
+            dev,
+            run_id,
+            base_ref,
+            on_log,
+        )
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.learning_rate)
+        self.scheduler = _scheduler(self.optimizer, cfg, plan.total)
+        # fp16 gradients underflow (and overflow) wherever they are computed: the scaler guards
+        # them on every device, so the path a GPU takes is the one the CPU tests run
+        self.use_scaler = cfg.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_scaler)
+        loss_cfg = cfg.loss
+        if cfg.head_warmup_steps and loss_cfg.self_distill:
+            # no distillation from an ensemble of untrained heads: it starts with the whole
+            # model (the loss counts forward passes, gradient accumulation makes several a step)
+            start = max(
+                loss_cfg.self_distill_start_step, plan.passes_before(cfg.head_warmup_steps) - 1
             )
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
-                q_reps, p_reps = model(q_ids, q_mask, p_ids, p_mask, heads)
-            parts = loss_fn(_float(q_reps), _float(p_reps), teacher)
-            scaled: torch.Tensor = scaler.scale(parts["loss"] / cfg.gradient_accumulation_steps)
-            scaled.backward()  # type: ignore[no-untyped-call]
-            micro += 1
-            if micro % cfg.gradient_accumulation_steps:
-                continue
-            if cfg.max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            _optimizer_step(scaler, optimizer, scheduler)
-            step += 1
-            record = {"step": float(step), "lr": float(scheduler.get_last_lr()[0])}
-            record.update({k: float(v.detach()) for k, v in parts.items()})
-            history.append(record)
-            if on_log is not None:
-                on_log(record)
+            loss_cfg = replace(loss_cfg, self_distill_start_step=start)
+        self.loss_fn = UnifiedLoss(loss_cfg)
+        self.step, self.bad = 0, 0
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.evals: list[dict[str, float]] = []
+
+    def restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], ckpt: Path) -> None:
+        try:
+            load_optimizer_state(self.optimizer, meta["optimizer"], tensors)
+            self.scheduler.load_state_dict(meta["scheduler"])
+            if self.use_scaler:
+                self.scaler.load_state_dict(meta["scaler"])
+            self.step = int(meta["step"])
+            self.loss_fn.step = int(meta["loss_step"])
+            self.best, self.best_step = meta["best"], meta["best_step"]
+            self.bad = int(meta["bad"])
+            restore_rng(tensors, self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            msg = f"checkpoint {ckpt} is damaged: its trainer state cannot be restored ({exc})"
+            raise CheckpointError(msg) from exc
+        self.history, self.evals = read_log(ckpt)
+        logger.info("resumed at step %d from %s", self.step, ckpt)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if not self.cfg.dropout:
+            self.model.backbone.eval()
+
+    def save_model(self) -> None:
+        """Publish the model into the output folder, whole or not at all."""
+        _check_finite_weights(self.model, self.step)
+        tmp = temp_dir(self.out, "model")
+        try:
+            self.model.save(tmp)
+            publish_model(tmp, self.out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone once published; else half-written
+
+    def save_checkpoint(self) -> None:
+        _check_finite_weights(self.model, self.step)
+        tmp = temp_dir(self.out, f"checkpoint-{self.step}")
+        try:
+            self.model.save(tmp)
+            opt_meta, tensors = optimizer_state(self.optimizer)
+            tensors.update(rng_state(self.device))
+            meta = {
+                "run_id": self.run_id,
+                "model": self.base_ref,
+                "config": self.cfg.to_dict(),
+                "step": self.step,
+                "loss_step": self.loss_fn.step,
+                "best": self.best,
+                "best_step": self.best_step,
+                "bad": self.bad,
+                "optimizer": opt_meta,
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.use_scaler else None,
+            }
+            write_state(tmp, meta, tensors)
+            write_json(tmp / LOG_FILE, {"history": self.history, "evals": self.evals})
+            # make room first: an interruption leaves fewer checkpoints, never a broken newest one
+            _prune(self.out, self.cfg.save_total_limit - 1, self.run_id)
+            publish_dir(tmp, self.out / f"checkpoint-{self.step}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def run_eval(self) -> bool:
+        """Evaluate; publish the model when it improves; True to stop early."""
+        cfg = self.cfg
+        self.model.eval()
+        cuda = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # evaluation leaves the training RNG alone
+            metrics = evaluate_model(
+                self.model, self.dev, modes=(cfg.eval_mode,), device=cfg.device
+            )
+        self._train_mode()
+        value = metrics[cfg.eval_mode][cfg.eval_metric]
+        self.evals.append({"step": float(self.step), **metrics[cfg.eval_mode]})
+        logger.info("step %d: dev %s %s = %.4f", self.step, cfg.eval_mode, cfg.eval_metric, value)
+        if self.best is None or value > self.best:
+            self.best, self.best_step, self.bad = value, self.step, 0
+            self.save_model()
+            return False
+        self.bad += 1
+        return cfg.early_stopping_patience is not None and self.bad >= cfg.early_stopping_patience
+
+    def forward(self, groups: list[Group], passes: int) -> dict[str, torch.Tensor]:
+        """One batch's loss, backpropagated as ``1 / passes`` of the step's."""
+        cfg, model, device = self.cfg, self.model, self.device
+        queries = [g.query for g in groups]
+        passages = [p for g in groups for p in g.passages]
+        q_ids, q_mask = _tokens(model, queries, cfg.query_max_length, device)
+        p_ids, p_mask = _tokens(model, passages, cfg.passage_max_length, device)
+        teacher = (
+            torch.tensor([g.scores for g in groups], dtype=torch.float32)
+            if cfg.teacher_scores
+            else None
+        )
+        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            q_reps, p_reps = model(q_ids, q_mask, p_ids, p_mask, cfg.loss.heads)
+        parts = self.loss_fn(_float(q_reps), _float(p_reps), teacher)
+        loss = float(parts["loss"].detach())
+        if not math.isfinite(loss):
+            msg = (
+                f"training diverged: the loss is {loss} at step {self.step + 1}; the run stops "
+                "and nothing of this step is saved: lower the learning rates (--lr, --head-lr) "
+                "or check the teacher scores"
+            )
+            raise TrainingDivergedError(msg)
+        scaled: torch.Tensor = self.scaler.scale(parts["loss"] / passes)
+        scaled.backward()  # type: ignore[no-untyped-call]
+        return parts
+
+    def train_step(self, chunk: list[list[Group]]) -> dict[str, float]:
+        """One optimiser step on ``chunk`` (up to ``gradient_accumulation_steps`` batches)."""
+        cfg = self.cfg
+        for groups in chunk:
+            parts = self.forward(groups, len(chunk))
+        if cfg.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        _optimizer_step(self.scaler, self.optimizer, self.scheduler)
+        self.step += 1
+        record = {"step": float(self.step), "lr": float(self.scheduler.get_last_lr()[0])}
+        record.update({key: float(v.detach()) for key, v in parts.items()})
+        self.history.append(record)
+        if self.on_log is not None:
+            self.on_log(record)
+        return record
+
+    def run(self, started: float) -> TrainResult:
+        cfg, plan = self.cfg, self.plan
+        progress = None
+        if cfg.show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=plan.total, initial=self.step, desc="Fine-tuning", unit="step")
+        try:
+            self._train_mode()
+            stopped = False
+            accum = cfg.gradient_accumulation_steps
+            while self.step < plan.total and not stopped:
+                epoch, within = divmod(self.step, plan.per_epoch)
+                batches = _batches(self.examples, cfg, epoch)
+                for k in range(within, plan.per_epoch):
+                    if cfg.head_warmup_steps:
+                        self.model.freeze_backbone(frozen=self.step < cfg.head_warmup_steps)
+                    record = self.train_step(batches[k * accum : (k + 1) * accum])
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(loss=f"{record['loss']:.4f}")
+                    if self.dev is not None and cfg.eval_steps and self.step % cfg.eval_steps == 0:
+                        stopped = self.run_eval()
+                    if cfg.save_steps and self.step % cfg.save_steps == 0:
+                        self.save_checkpoint()
+                    if stopped or self.step >= plan.total:
+                        break
+        finally:
             if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{record['loss']:.4f}")
-            if dev is not None and cfg.eval_steps and step % cfg.eval_steps == 0:
-                stopped = run_eval()
-            if cfg.save_steps and step % cfg.save_steps == 0:
-                save_checkpoint()
-            if stopped or step >= total:
-                break
-    if micro % cfg.gradient_accumulation_steps and step < total and not stopped:
-        # a last partial accumulation: step on what was gathered
-        _optimizer_step(scaler, optimizer, scheduler)
-        step += 1
-    if progress is not None:
-        progress.close()
-    if dev is not None and not stopped and (not evals or evals[-1]["step"] != step):
-        run_eval()
-    if dev is None:
-        model.save(out)
-    (out / "trainer_log.json").write_text(
-        json.dumps({"history": history, "evals": evals, "best_step": best_step}, indent=2) + "\n",
-        "utf-8",
-    )
-    return TrainResult(
-        out,
-        step,
-        time.perf_counter() - started,
-        history,
-        evals,
-        best_step,
-        best,
-        stopped,
-    )
+                progress.close()
+        if (
+            self.dev is not None
+            and not stopped
+            and (not self.evals or self.evals[-1]["step"] != self.step)
+        ):
+            self.run_eval()
+        if self.dev is None:
+            self.save_model()
+        write_json(
+            self.out / LOG_FILE,
+            {"history": self.history, "evals": self.evals, "best_step": self.best_step},
+        )
+        return TrainResult(
+            self.out,
+            self.step,
+            time.perf_counter() - started,
+            self.history,
+            self.evals,
+            self.best_step,
+            self.best,
+            stopped,
+        )

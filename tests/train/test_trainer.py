@@ -134,10 +134,18 @@ def test_single_head_modes_train_only_their_head(tiny_m3_path, tmp_path, mode):
 
 
 def _resumed_run_matches(tiny_m3_path, tmp_path, cfg):
-    """Train 4 steps, and again from the first run's step-2 checkpoint: both must end alike."""
+    """Train 4 steps twice, and again from the first run's step-2 checkpoint: all end alike.
+
+    Bit for bit, dropout included: the torch generator is seeded from the run's seed and its
+    state travels with the checkpoint.
+    """
     examples = _examples(6)  # 2 batches an epoch: the resumed run replays the next epoch
+    torch.manual_seed(1)  # whatever the caller's generator holds, the run's seed decides
     full = finetune(examples, tiny_m3_path, tmp_path / "full", cfg)
-    assert (tmp_path / "full" / "checkpoint-2" / "trainer_state.pt").is_file()
+    assert (tmp_path / "full" / "checkpoint-2" / "trainer_state.json").is_file()
+    torch.manual_seed(2)
+    twice = finetune(examples, tiny_m3_path, tmp_path / "twice", cfg)
+    torch.manual_seed(3)
     resumed = finetune(
         examples,
         tiny_m3_path,
@@ -146,20 +154,30 @@ def _resumed_run_matches(tiny_m3_path, tmp_path, cfg):
         resume_from=tmp_path / "full" / "checkpoint-2",
     )
     assert resumed.steps == 4
-    assert len(resumed.history) == 2
-    a, b = _state(tmp_path / "full"), _state(tmp_path / "again")
+    assert twice.history == full.history
+    assert resumed.history == full.history  # the steps before the checkpoint included
+    a, b, c = _state(tmp_path / "full"), _state(tmp_path / "twice"), _state(tmp_path / "again")
     for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
+        assert torch.equal(b[k], a[k]), k
+        assert torch.equal(c[k], a[k]), k
     return full
 
 
-RESUMABLE = {"max_steps": 4, "save_steps": 2, "learning_rate": 1e-3, "dropout": False}
+RESUMABLE = {"max_steps": 4, "save_steps": 2, "learning_rate": 1e-3}
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_does(tiny_m3_path, tmp_path):
-    _resumed_run_matches(
-        tiny_m3_path, tmp_path, TrainConfig(save_total_limit=3, **RESUMABLE, **FAST)
-    )
+def test_runs_repeat_and_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_m3_path, tmp_path):
+    cfg = TrainConfig(save_total_limit=3, **RESUMABLE, **FAST)
+    assert cfg.dropout
+    _resumed_run_matches(tiny_m3_path, tmp_path, cfg)
+
+
+def test_training_leaves_the_callers_torch_generator_alone(tiny_m3_path, tmp_path):
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    finetune(_examples(), tiny_m3_path, tmp_path / "out", TrainConfig(max_steps=1, **FAST))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_teacher_scores_and_gradient_accumulation_run(tiny_m3_path, tmp_path):
@@ -273,5 +291,124 @@ def test_fp16_trains_with_a_scaler_that_checkpoints_and_resumes(tiny_m3_path, tm
     cfg = TrainConfig(save_total_limit=3, precision="fp16", **RESUMABLE, **FAST)
     full = _resumed_run_matches(tiny_m3_path, tmp_path, cfg)
     assert all(np.isfinite(r["loss"]) for r in full.history)
-    state = torch.load(tmp_path / "full" / "checkpoint-2" / "trainer_state.pt", weights_only=True)
+    state = json.loads((tmp_path / "full" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["scaler"]["scale"] > 0  # the scaler's state travels with the checkpoint
+
+
+@pytest.mark.parametrize(("epochs", "steps"), [(1, 2), (2, 4), (3, 6)])
+def test_accumulation_steps_at_each_epoch_end_as_planned(
+    tiny_m3_path, tmp_path, monkeypatch, epochs, steps
+):
+    # 6 batches of 1 with 4 per step: each epoch takes a full and a partial step (transformers'
+    # Trainer does the same); the schedule plans exactly the steps taken, so it ends at 0
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def counting(params, max_norm):
+        clipped.append(max_norm)
+        return real(params, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", counting)
+    from m3rag.train.model import M3TrainModel
+
+    passes = []
+    forward = M3TrainModel.forward
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(M3TrainModel, "forward", counted)
+    cfg = TrainConfig(
+        epochs=epochs, gradient_accumulation_steps=4, warmup_ratio=0, **{**FAST, "batch_size": 1}
+    )
+    result = finetune(_examples(6), tiny_m3_path, tmp_path / "out", cfg)
+    assert result.steps == steps
+    assert [r["step"] for r in result.history] == [float(s) for s in range(1, steps + 1)]
+    assert result.history[-1]["lr"] == 0.0
+    assert len(clipped) == steps  # the partial steps are clipped too
+    assert len(passes) == 6 * epochs  # every batch of every epoch, once
+
+
+def test_a_partial_step_averages_over_its_own_batches(tiny_m3_path, tmp_path):
+    # the second step of an epoch of 3 batches with 2 per step has 1 batch: it weighs it fully,
+    # as one batch with gradient_accumulation_steps=1 would (same data, same first update)
+    common = {"learning_rate": 1e-3, "dropout": False, "schedule": "constant", "warmup_ratio": 0}
+    one = {**FAST, "batch_size": 2}
+    a = finetune(
+        _examples(2),
+        tiny_m3_path,
+        tmp_path / "a",
+        TrainConfig(max_steps=1, gradient_accumulation_steps=2, **common, **one),
+    )
+    b = finetune(
+        _examples(2), tiny_m3_path, tmp_path / "b", TrainConfig(max_steps=1, **common, **one)
+    )
+    assert a.history == b.history
+    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=0, rtol=0, msg=k)
+
+
+def test_a_diverging_run_stops_and_saves_nothing(tiny_m3_path, tmp_path):
+    from m3rag.train.state import TrainingDivergedError
+
+    cfg = TrainConfig(max_steps=3, learning_rate=1e30, **FAST)
+    with pytest.raises(TrainingDivergedError, match="the loss is nan at step 2"):
+        finetune(_examples(), tiny_m3_path, tmp_path / "out", cfg)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["training_args.json"]
+
+
+def test_non_finite_weights_are_never_saved(tiny_m3_path):
+    from m3rag.train.model import M3TrainModel
+    from m3rag.train.state import TrainingDivergedError
+    from m3rag.train.trainer import _check_finite_weights
+
+    model = M3TrainModel(tiny_m3_path)
+    _check_finite_weights(model, 1)
+    with torch.no_grad():
+        model.sparse_linear.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingDivergedError, match=r"sparse_linear\.weight holds NaN or infinite"):
+        _check_finite_weights(model, 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number > 0"),
+        ({"head_learning_rate": float("inf")}, "head_learning_rate must be a finite"),
+        ({"max_grad_norm": float("nan")}, "max_grad_norm must be a finite"),
+        ({"max_steps": 0}, "max_steps must be an int >= 1"),
+        ({"save_total_limit": 0}, "save_total_limit"),
+    ],
+)
+def test_config_refuses_non_finite_and_empty_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+    with pytest.raises(ValueError, match="temperature must be a finite"):
+        LossConfig(temperature=float("inf"))
+    with pytest.raises(ValueError, match="teacher_weights must be 3 finite"):
+        LossConfig(teacher_weights=(1.0, float("nan"), 1.0))
+
+
+def test_examples_are_checked_before_anything_loads_or_is_written(tmp_path):
+    good = _examples(2)
+    bare = TrainExample("q", ("p",), source="data.jsonl:7")
+    with pytest.raises(ValueError, match=r"data\.jsonl:7: no negatives but group_size=2"):
+        finetune([*good, bare], tmp_path / "no-model", tmp_path / "out", TrainConfig(**FAST))
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_options_need_a_dev_split(tiny_m3_path, tmp_path):
+    for opts in ({"eval_steps": 1}, {"early_stopping_patience": 2}):
+        with pytest.raises(ValueError, match="need a dev split"):
+            finetune(_examples(), tiny_m3_path, tmp_path / "out", TrainConfig(**opts, **FAST))
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_round_trips_through_its_dict():
+    cfg = TrainConfig(loss=LossConfig(mode="sparse", teacher_weights=(1, 0.5, 1)), max_steps=3)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"nope": 1})
