@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,24 +202,11 @@ def write_jsonl(examples: Iterable[TrainExample], path: str | os.PathLike[str]) 
     The file is written whole or not at all: into a temporary file next to ``path``, renamed
     over it once complete, so a failure keeps what ``path`` held before.
     """
-    from m3rag.train.state import new_file_mode
+    from m3rag.train.state import write_text
 
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    n = 0
-    try:
-        os.chmod(tmp, new_file_mode(target))
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for ex in examples:
-                fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+    return write_text(
+        Path(path), (json.dumps(ex.to_json(), ensure_ascii=False) + "\n" for ex in examples)
+    )
 
 
 def beir_examples(folder: str | os.PathLike[str], *, split: str = "train") -> list[TrainExample]:

@@ -28,7 +28,7 @@ import signal
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -231,20 +231,32 @@ def new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON whole or not at all (temporary file, fsync, rename)."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".json", dir=path.parent)
+def write_text(path: Path, lines: Iterable[str]) -> int:
+    """Write ``lines`` to ``path`` whole or not at all; returns how many were written.
+
+    Into a temporary file next to ``path`` (its mode that of ``path``, or the umask's), flushed
+    to disk and renamed over ``path`` once complete: a failure keeps what ``path`` held before.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent)
+    n = 0
     try:
         os.chmod(tmp, new_file_mode(path))
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            for line in lines:
+                fh.write(line)
+                n += 1
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return n
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON whole or not at all (`write_text`)."""
+    write_text(path, [json.dumps(obj, indent=2, allow_nan=False) + "\n"])
 
 
 def temp_dir(parent: Path, what: str) -> Path:

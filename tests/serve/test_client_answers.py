@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _places import places
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -123,19 +124,6 @@ JSON = st.recursive(
 )
 
 
-def _places(value: Any) -> Iterator[tuple[Any, Any]]:
-    """(container, key) of every field and item in ``value``, and a new field in each object."""
-    if isinstance(value, dict):
-        yield value, "unknown_field"
-        for k, v in value.items():
-            yield value, k
-            yield from _places(v)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield value, i
-            yield from _places(v)
-
-
 @st.composite
 def answers(draw: st.DrawFn, route: str) -> bytes:
     """An answer to ``route``: its valid answer bent in one place, any JSON, or not JSON."""
@@ -145,7 +133,7 @@ def answers(draw: st.DrawFn, route: str) -> bytes:
     if kind == "any":
         return json.dumps(draw(JSON)).encode()
     body = VALID[route]()
-    parent, key = draw(st.sampled_from(list(_places(body))))
+    parent, key = draw(st.sampled_from(list(places(body))))
     action = draw(st.sampled_from(["replace", "delete", "append"]))
     if action == "delete" and (isinstance(parent, list) or key in parent):
         del parent[key]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _places import places
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,7 +83,7 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
         return route, json.dumps(draw(JSON)).encode()
     body = json.loads(json.dumps(VALID[route]))
     # a place anywhere in the body (a field of a document, an item of a list) or a new field
-    parent, key = draw(st.sampled_from(list(_places(body))))
+    parent, key = draw(st.sampled_from(list(places(body))))
     if draw(st.booleans()) and isinstance(parent, dict) and key in parent:
         del parent[key]
     elif isinstance(parent, list) and draw(st.booleans()):
@@ -90,19 +91,6 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     else:
         parent[key] = draw(JSON)
     return route, json.dumps(body).encode()
-
-
-def _places(value: Any) -> Any:
-    """(container, key) for every field and item in ``value``, and a new field in each object."""
-    if isinstance(value, dict):
-        yield value, "unknown_field"
-        for k, v in value.items():
-            yield value, k
-            yield from _places(v)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield value, i
-            yield from _places(v)
 
 
 @pytest.fixture
