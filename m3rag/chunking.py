@@ -163,6 +163,7 @@ class Chunker:
             headings = paragraphs = sentences = empty
         words = self._word_token_bounds(text, offsets)
         preferred = (headings, paragraphs, sentences, words)
+        heading_starts = set(headings.tolist())
         chunks: list[Chunk] = []
         start = 0
         while start < n:
@@ -181,7 +182,11 @@ class Chunker:
             if stop >= n:
                 break
             nxt = max(stop - self.overlap, start + 1)
-            if self.overlap:
+            if stop in heading_starts:
+                # cut before a heading: the next chunk opens the section, with no overlap into
+                # the one before (its first line is never split between two chunks)
+                nxt = stop
+            elif self.overlap:
                 # start the overlap at a sentence start if one is near, else at a word start
                 for bounds in (sentences, words):
                     near = bounds[(bounds >= nxt) & (bounds < stop)]
