@@ -80,7 +80,11 @@ def output_to_json(
 
 
 def output_from_json(items: Sequence[Mapping[str, Any]], *, dim: int | None = None) -> M3Output:
-    """The [`M3Output`][m3rag.M3Output] of [`output_to_json`][]'s list."""
+    """The [`M3Output`][m3rag.M3Output] of [`output_to_json`][]'s list.
+
+    A number past float32's range becomes infinity, quietly: whoever reads the output checks
+    that it is finite (the clients refuse such an answer).
+    """
     n = len(items)
 
     def has(key: str) -> bool:
@@ -88,7 +92,8 @@ def output_from_json(items: Sequence[Mapping[str, Any]], *, dim: int | None = No
 
     dense = None
     if has("dense"):
-        dense = np.asarray([it["dense"] for it in items], dtype=np.float32)
+        with np.errstate(over="ignore"):
+            dense = np.asarray([it["dense"] for it in items], dtype=np.float32)
     elif n == 0 and dim is not None:
         dense = np.zeros((0, dim), dtype=np.float32)
     lexical = (
@@ -104,7 +109,9 @@ def output_from_json(items: Sequence[Mapping[str, Any]], *, dim: int | None = No
             if isinstance(value, Mapping):
                 colbert.append(decode_matrix(value))
             else:
-                colbert.append(np.asarray(value, dtype=np.float32).reshape(len(value), -1))
+                with np.errstate(over="ignore"):
+                    matrix = np.asarray(value, dtype=np.float32)
+                colbert.append(matrix.reshape(len(value), -1))
     return M3Output(
         dense,
         lexical,
