@@ -179,6 +179,15 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
+def _config_dict(values: dict[str, Any]) -> dict[str, Any]:
+    """The options' values as a ``TrainConfig.to_dict``-shaped dict (``loss.*`` nested)."""
+    out: dict[str, Any] = {"loss": {}}
+    for name, (_, key) in _OPTION_FIELDS.items():
+        section, _, leaf = key.rpartition(".")
+        (out["loss"] if section else out)[leaf] = values[name]
+    return out
+
+
 def _resume_config(
     ctx: typer.Context, output: Path, saved: dict[str, Any], values: dict[str, Any]
 ) -> TrainConfig:
@@ -198,11 +207,11 @@ def _resume_config(
         elif target.get(leaf) != values[name]:
             conflicts.append(f"{option} (the run's: {target.get(leaf)!r}, given: {values[name]!r})")
     if conflicts:
+        may_change = [o for o, key in _OPTION_FIELDS.values() if key in RESUME_MAY_CHANGE]
         raise fail(
             f"--resume continues the run in {output} with its own options, and these differ: "
             f"{'; '.join(conflicts)}. Drop them, or start over with --overwrite (only "
-            "--max-steps, --epochs, --save-steps, --eval-steps, --patience, --device and "
-            "--gradient-checkpointing may change on a resume)",
+            f"{', '.join(may_change)} may change on a resume)",
             EXIT_USAGE,
         )
     if _given(ctx, "epochs") and not _given(ctx, "max_steps"):
@@ -307,7 +316,7 @@ def finetune_(
 
     The result in --output has the BGE-M3 file layout, loadable by M3Encoder and FlagEmbedding.
     """
-    from m3rag.train import LossConfig, TrainConfig, finetune, latest_checkpoint
+    from m3rag.train import TrainConfig, finetune, latest_checkpoint
     from m3rag.train.data import check_examples
     from m3rag.train.state import CheckpointError, check_output
 
@@ -351,36 +360,7 @@ def finetune_(
     else:
         base = model or DEFAULT_MODEL
         try:
-            config = TrainConfig(
-                loss=LossConfig(
-                    mode=mode,  # type: ignore[arg-type]
-                    temperature=temperature,
-                    self_distill=self_distill,
-                    kd_loss_type=kd_loss,  # type: ignore[arg-type]
-                ),
-                epochs=epochs,
-                max_steps=max_steps,
-                batch_size=batch_size,
-                group_size=group_size,
-                gradient_accumulation_steps=grad_accum,
-                learning_rate=lr,
-                head_learning_rate=head_lr,
-                head_warmup_steps=head_warmup_steps,
-                lexical_init=lexical_init,  # type: ignore[arg-type]
-                warmup_ratio=warmup,
-                schedule=schedule,  # type: ignore[arg-type]
-                query_max_length=query_max_length,
-                passage_max_length=passage_max_length,
-                precision=precision,  # type: ignore[arg-type]
-                gradient_checkpointing=gradient_checkpointing,
-                teacher_scores=teacher_scores,
-                eval_steps=eval_steps,
-                early_stopping_patience=patience,
-                save_steps=save_steps,
-                seed=seed,
-                device=device,
-                show_progress=True,
-            )
+            config = TrainConfig.from_dict({**_config_dict(values), "show_progress": True})
         except ValueError as exc:
             raise fail(str(exc), EXIT_USAGE) from exc
     examples = _load_data(data, "train")
