@@ -12,7 +12,7 @@ from llama_index.core.embeddings import BaseEmbedding
 from m3rag import M3Encoder
 from m3rag.serve.client import RemoteEncoder
 from m3rag_llamaindex._passes import remember
-from m3rag_llamaindex._validation import check_text, check_texts
+from m3rag_llamaindex._validation import check_text, check_texts, loaded_name
 
 __all__ = ["M3Embedding", "M3SparseEmbedding"]
 
@@ -39,14 +39,7 @@ def _encoder(
             raise ValueError(msg)
         return model_name or base_url, RemoteEncoder(base_url, api_key=api_key)
     if encoder is not None:
-        actual = str(encoder.model_name_or_path)
-        if model_name is not None and model_name != actual:
-            msg = (
-                f"model_name={model_name!r} but encoder= is {actual!r}; leave model_name out "
-                "(it is read from the encoder)"
-            )
-            raise ValueError(msg)
-        return actual, encoder
+        return loaded_name(model_name, "model_name", encoder, "encoder"), encoder
     name = model_name or _DEFAULT_MODEL
     return name, M3Encoder(name, **(encoder_kwargs or {}))
 

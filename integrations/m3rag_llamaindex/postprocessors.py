@@ -12,7 +12,12 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from m3rag import Reranker
 from m3rag.serve.client import RemoteReranker
 from m3rag_llamaindex._nodes import hide_metadata
-from m3rag_llamaindex._validation import check_nodes, check_positive_int, check_text
+from m3rag_llamaindex._validation import (
+    check_nodes,
+    check_positive_int,
+    check_text,
+    loaded_name,
+)
 
 __all__ = ["M3Reranker"]
 
@@ -117,13 +122,6 @@ def _reranker(
             raise ValueError(msg)
         return model or base_url, RemoteReranker(base_url, api_key=api_key)
     if reranker is not None:
-        actual = str(reranker.model_name_or_path)
-        if model is not None and model != actual:
-            msg = (
-                f"model={model!r} but reranker= is {actual!r}; leave model out "
-                "(it is read from the reranker)"
-            )
-            raise ValueError(msg)
-        return actual, reranker
+        return loaded_name(model, "model", reranker, "reranker"), reranker
     name = model or "BAAI/bge-reranker-v2-m3"
     return name, Reranker(name)
